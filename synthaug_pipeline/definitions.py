@@ -1,0 +1,53 @@
+"""The Dagster code location: every stage's assets for the active profile.
+
+The profile comes from SYNTHAUG_PROFILE (default: digits) and SYNTHAUG_SET
+(';'-separated key=value overrides), so `dagster dev` with no setup serves the
+embedded default.
+"""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+
+from synthaug_pipeline.defs.data.assets import build_data_assets
+from synthaug_pipeline.defs.evaluation.assets import build_evaluation_assets
+from synthaug_pipeline.defs.generation.assets import build_generation_assets
+from synthaug_pipeline.defs.partitions import class_partitions
+from synthaug_pipeline.defs.resources import SynthaugSettings
+from synthaug_pipeline.defs.scoring.assets import build_scoring_assets
+from synthaug_pipeline.defs.training.assets import build_training_assets
+from synthaug_pipeline.lib.config import DEFAULT_PROFILE, OVERRIDES_ENV_VAR, PROFILE_ENV_VAR, load_profile
+from synthaug_pipeline.lib.datasets import dataset_class_ids
+
+
+def build_definitions(profile_name: str | None = None, overrides: list[str] | None = None) -> dg.Definitions:
+    """Definitions for one profile: partitions are the profile's class ids."""
+    profile = load_profile(profile_name, overrides)
+    partitions = class_partitions(dataset_class_ids(profile.data))
+    assets = [
+        *build_data_assets(partitions),
+        *build_generation_assets(partitions),
+        *build_scoring_assets(partitions),
+        *build_training_assets(),
+        *build_evaluation_assets(),
+    ]
+    per_class = dg.define_asset_job(
+        "synthaug_per_class",
+        selection=dg.AssetSelection.assets(*[a for a in assets if a.partitions_def is not None]),
+        partitions_def=partitions,
+        description="The per-class assets of one class (pick a partition).",
+    )
+    settings = SynthaugSettings(
+        profile=profile_name or os.environ.get(PROFILE_ENV_VAR) or DEFAULT_PROFILE, overrides=list(overrides or [])
+    )
+    return dg.Definitions(assets=assets, jobs=[per_class], resources={"settings": settings})
+
+
+def _load_default() -> dg.Definitions:
+    overrides = [item for item in os.environ.get(OVERRIDES_ENV_VAR, "").split(";") if item.strip()]
+    return build_definitions(os.environ.get(PROFILE_ENV_VAR), overrides)
+
+
+defs = _load_default()

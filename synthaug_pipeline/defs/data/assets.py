@@ -1,0 +1,77 @@
+"""Real data: the class catalog and each class's real train/test images."""
+
+import dagster as dg
+import numpy as np
+
+from synthaug_pipeline.defs.resources import SynthaugSettings
+from synthaug_pipeline.lib.images import grid_markdown
+
+
+def build_data_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
+    @dg.asset(group_name="data", kinds={"python"})
+    def class_catalog(context: dg.AssetExecutionContext, settings: SynthaugSettings) -> dict:
+        """Class ids, names and real-image counts of the active profile's dataset."""
+        dataset = settings.dataset()
+        counts = [
+            {
+                "class_id": class_id,
+                "name": name,
+                "train": int(np.sum(dataset.train.labels == i)),
+                "test": int(np.sum(dataset.test.labels == i)),
+            }
+            for i, (class_id, name) in enumerate(zip(dataset.class_ids, dataset.class_names))
+        ]
+        catalog = {
+            "dataset": dataset.name,
+            "source": dataset.source,
+            "class_ids": dataset.class_ids,
+            "class_names": dataset.class_names,
+            "image_shape": list(dataset.image_shape),
+            "classes": counts,
+            "skipped_files": len(dataset.skipped_files),
+        }
+        table = "| class | name | train | test |\n|---|---|---|---|\n" + "\n".join(
+            f"| {c['class_id']} | {c['name']} | {c['train']} | {c['test']} |" for c in counts
+        )
+        context.add_output_metadata(
+            {
+                "num_classes": len(dataset.class_ids),
+                "image_shape": str(dataset.image_shape),
+                "source": dataset.source,
+                "skipped_files": len(dataset.skipped_files),
+                "classes": dg.MetadataValue.md(table),
+            }
+        )
+        return catalog
+
+    @dg.asset(partitions_def=partitions, group_name="data", kinds={"numpy"})
+    def real_images(context: dg.AssetExecutionContext, settings: SynthaugSettings, class_catalog: dict) -> dict:
+        """The real train and test images of one class."""
+        class_id = context.partition_key
+        class_index = class_catalog["class_ids"].index(class_id)
+        dataset = settings.dataset()
+        train, test = dataset.train.of_class(class_index), dataset.test.of_class(class_index)
+        context.add_output_metadata(
+            {
+                "train_images": len(train),
+                "test_images": len(test),
+                "preview": dg.MetadataValue.md(grid_markdown(train, f"real {class_id} ({class_catalog['class_names'][class_index]})")),
+            }
+        )
+        return {
+            "class_id": class_id,
+            "class_index": class_index,
+            "class_name": class_catalog["class_names"][class_index],
+            "train": train,
+            "test": test,
+        }
+
+    return [class_catalog, real_images]
+
+
+def stack_real(real_images: dict[str, dict], split: str) -> tuple[np.ndarray, np.ndarray]:
+    """All classes' images of one split, with their class indices, in class order."""
+    parts = sorted(real_images.values(), key=lambda part: part["class_index"])
+    images = np.concatenate([part[split] for part in parts])
+    labels = np.concatenate([np.full(len(part[split]), part["class_index"], dtype=np.int64) for part in parts])
+    return images, labels

@@ -1,0 +1,75 @@
+"""Evaluation and the report: baseline vs augmented, in-domain and under distribution shift."""
+
+import json
+
+import dagster as dg
+import fsspec
+
+from synthaug_pipeline.defs.data.assets import stack_real
+from synthaug_pipeline.defs.resources import SynthaugSettings, cached_classifier
+from synthaug_pipeline.lib.evaluation import compare, evaluate_under_shift
+from synthaug_pipeline.lib.report import render_report_markdown
+
+
+def build_evaluation_assets() -> list[dg.AssetsDefinition]:
+    @dg.asset(group_name="evaluation", kinds={"pytorch"})
+    def evaluation(
+        context: dg.AssetExecutionContext,
+        settings: SynthaugSettings,
+        class_catalog: dict,
+        real_images: dict[str, dict],
+        classifier_baseline: dict,
+        classifier_augmented: dict,
+    ) -> dict:
+        """Top-1 overall and per class on the test split and on corrupted copies of it, for both classifiers."""
+        cfg = settings.load().evaluation
+        images, labels = stack_real(real_images, "test")
+        results = {}
+        for record in (classifier_baseline, classifier_augmented):
+            model = cached_classifier(record["url"], record["version"]).model
+            results[record["name"]] = evaluate_under_shift(model, images, labels, class_catalog["class_ids"], cfg.corruptions, cfg.severities)
+        delta = compare(results["classifier_baseline"], results["classifier_augmented"])
+        context.add_output_metadata(
+            {
+                "baseline_top1": results["classifier_baseline"]["in_domain"]["top1"],
+                "augmented_top1": results["classifier_augmented"]["in_domain"]["top1"],
+                "baseline_shifted_top1": results["classifier_baseline"]["shifted_mean_top1"],
+                "augmented_shifted_top1": results["classifier_augmented"]["shifted_mean_top1"],
+                "test_images": len(images),
+            }
+        )
+        return {"models": results, "delta": delta, "test_images": len(images)}
+
+    @dg.asset(group_name="evaluation", kinds={"json"})
+    def report(
+        context: dg.AssetExecutionContext,
+        settings: SynthaugSettings,
+        class_catalog: dict,
+        judge: dict,
+        synthetic_shards: dict[str, dict],
+        synthetic_scores: dict[str, dict],
+        classifier_baseline: dict,
+        classifier_augmented: dict,
+        evaluation: dict,
+    ) -> dict:
+        """report.json and report.md in the output folder: what was generated, kept, and what it changed."""
+        profile = settings.load()
+        payload = {
+            "profile": profile.model_dump(mode="json"),
+            "dataset": {k: class_catalog[k] for k in ("dataset", "source", "class_ids", "image_shape")},
+            "judge": judge,
+            "per_class": {c: synthetic_scores[c]["summary"] for c in class_catalog["class_ids"] if c in synthetic_scores},
+            "shards": [synthetic_shards[c] for c in class_catalog["class_ids"] if c in synthetic_shards],
+            "models": {"baseline": classifier_baseline, "augmented": classifier_augmented},
+            "evaluation": evaluation,
+            "run_id": context.run_id,
+        }
+        base = profile.output_url.rstrip("/")
+        markdown = render_report_markdown(payload)
+        for name, text in (("report.json", json.dumps(payload, indent=2, default=float)), ("report.md", markdown)):
+            with fsspec.open(f"{base}/{name}", "w") as handle:
+                handle.write(text)
+        context.add_output_metadata({"report_json": f"{base}/report.json", "report": dg.MetadataValue.md(markdown)})
+        return {"json": f"{base}/report.json", "markdown": f"{base}/report.md", "summary": payload["evaluation"]["delta"]}
+
+    return [evaluation, report]

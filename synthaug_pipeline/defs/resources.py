@@ -1,0 +1,71 @@
+"""Resources shared by every stage: the active profile and in-process caches."""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import dagster as dg
+from pydantic import Field
+
+from synthaug_pipeline.lib.config import DEFAULT_PROFILE, Profile, load_profile
+from synthaug_pipeline.lib.datasets import Dataset, load_dataset
+
+
+class SynthaugSettings(dg.ConfigurableResource):
+    """The active profile: a packaged profile name (or a YAML path) plus key=value overrides."""
+
+    profile: str = Field(default=DEFAULT_PROFILE, description="Profile name (digits, fashion, folder) or path to a profile YAML.")
+    overrides: list[str] = Field(default_factory=list, description="key=value settings applied on top of the profile.")
+
+    def load(self) -> Profile:
+        return _profile(self.profile, tuple(self.overrides))
+
+    def dataset(self) -> Dataset:
+        return _dataset(self.load().data.model_dump_json())
+
+
+@functools.lru_cache(maxsize=8)
+def _profile(name: str, overrides: tuple[str, ...]) -> Profile:
+    return load_profile(name, list(overrides))
+
+
+@functools.lru_cache(maxsize=2)
+def _dataset(data_json: str) -> Dataset:
+    # one decode per process serves every class partition of a multi-class run
+    from synthaug_pipeline.lib.config import DataConfig
+
+    return load_dataset(DataConfig.model_validate(json.loads(data_json)))
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@functools.lru_cache(maxsize=2)
+def cached_generator(url: str, version: str):
+    """Load a generator once per process; ``version`` keys the cache so a retrained model is reloaded."""
+    from synthaug_pipeline.lib.diffusion import load_generator
+
+    generator = load_generator(url)
+    if version and generator.version != version:
+        raise ValueError(f"generator at {url} has version {generator.version}, expected {version}: it was overwritten")
+    return generator
+
+
+@functools.lru_cache(maxsize=4)
+def cached_classifier(url: str, version: str):
+    """Load a classifier (judge or trained model) once per process."""
+    from synthaug_pipeline.lib.classifier import load_classifier
+
+    classifier = load_classifier(url)
+    if version and classifier.version != version:
+        raise ValueError(f"classifier at {url} has version {classifier.version}, expected {version}: it was overwritten")
+    return classifier
+
+
+def model_url(output_url: str, name: str, run_id: str) -> str:
+    """Where a model trained by run ``run_id`` lives: never overwritten by a later run."""
+    return f"{output_url.rstrip('/')}/models/{name}/{run_id[:8]}"

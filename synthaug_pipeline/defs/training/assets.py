@@ -1,0 +1,79 @@
+"""Training: the real-only baseline and the real + synthetic classifier, each with its lineage."""
+
+import dagster as dg
+import numpy as np
+
+from synthaug_pipeline.defs.data.assets import stack_real
+from synthaug_pipeline.defs.resources import SynthaugSettings, default_device, model_url
+from synthaug_pipeline.lib.classifier import TrainedClassifier, save_classifier, train_classifier
+from synthaug_pipeline.lib.shards import decode_shard_images, file_sha256, read_shards
+from synthaug_pipeline.lib.plots import line_chart_markdown
+
+
+def _model_record(context: dg.AssetExecutionContext, trained: TrainedClassifier, name: str, output_url: str, lineage: dict) -> dict:
+    url = model_url(output_url, name, context.run_id)
+    version = save_classifier(trained, url)
+    context.add_output_metadata(
+        {
+            "url": url,
+            "version": version,
+            "model": trained.config.get("model", ""),
+            "steps": len(trained.history) and trained.history[-1]["step"],
+            "real_images": trained.num_real,
+            "synthetic_images": trained.num_synthetic,
+            "seconds": round(trained.seconds, 1),
+            "loss_curve": dg.MetadataValue.md(line_chart_markdown([h["loss"] for h in trained.history], "training loss")),
+            "lineage": dg.MetadataValue.json(lineage),
+        }
+    )
+    return {"url": url, "version": version, "name": name, "lineage": lineage}
+
+
+def build_training_assets() -> list[dg.AssetsDefinition]:
+    @dg.asset(group_name="training", pool="gpu", kinds={"pytorch", "timm"})
+    def classifier_baseline(context: dg.AssetExecutionContext, settings: SynthaugSettings, class_catalog: dict, real_images: dict[str, dict]) -> dict:
+        """A classifier trained on the real training images only."""
+        profile = settings.load()
+        images, labels = stack_real(real_images, "train")
+        trained = train_classifier(images, labels, len(class_catalog["class_ids"]), profile.classifier, device=default_device())
+        lineage = {"real": {"dataset": class_catalog["dataset"], "source": class_catalog["source"], "images": len(images)}, "shards": []}
+        return _model_record(context, trained, "classifier_baseline", profile.output_url, lineage)
+
+    @dg.asset(group_name="training", pool="gpu", kinds={"pytorch", "timm"})
+    def classifier_augmented(
+        context: dg.AssetExecutionContext,
+        settings: SynthaugSettings,
+        class_catalog: dict,
+        real_images: dict[str, dict],
+        synthetic_shards: dict[str, dict],
+    ) -> dict:
+        """A classifier trained on real images plus the accepted synthetic images, at the profile's ratio."""
+        profile = settings.load()
+        images, labels = stack_real(real_images, "train")
+        shards = [synthetic_shards[c] for c in class_catalog["class_ids"] if c in synthetic_shards]
+        for shard in shards:
+            # the shard a model trains on must be the exact bytes the scoring run wrote
+            if file_sha256(shard["uri"]) != shard["sha256"]:
+                raise ValueError(f"shard {shard['uri']} changed since it was written (sha256 mismatch): re-materialize synthetic_shards[{shard['class_id']}]")
+        table = read_shards([s["uri"] for s in shards], accepted_only=True)
+        synthetic, synthetic_labels = decode_shard_images(table) if table.num_rows else (np.zeros((0, *images.shape[1:]), np.uint8), np.zeros(0, np.int64))
+        trained = train_classifier(
+            images,
+            labels,
+            len(class_catalog["class_ids"]),
+            profile.classifier,
+            synthetic_images=synthetic,
+            synthetic_labels=synthetic_labels,
+            synthetic_ratio=profile.augmented.synthetic_ratio if len(synthetic) else 0.0,
+            device=default_device(),
+        )
+        lineage = {
+            "real": {"dataset": class_catalog["dataset"], "source": class_catalog["source"], "images": len(images)},
+            "synthetic_ratio": profile.augmented.synthetic_ratio,
+            "shards": [
+                {k: s[k] for k in ("class_id", "uri", "sha256", "num_accepted", "filter_version", "generator_version")} for s in shards
+            ],
+        }
+        return _model_record(context, trained, "classifier_augmented", profile.output_url, lineage)
+
+    return [classifier_baseline, classifier_augmented]

@@ -1,0 +1,531 @@
+"""Classifiers: a small CNN registered with timm, a fixed-compute training loop, predictions and storage.
+
+Importing this module registers ``synthaug_cnn`` (widths 32-64-128) and ``synthaug_cnn_small``
+(16-32-64) with timm, so ``timm.create_model("synthaug_cnn", num_classes=10, in_chans=1)`` works and
+any other timm model name can be used in a profile instead.
+
+The same code trains the judge (real images only) and the baseline/augmented classifiers (real +
+synthetic mix). Training runs a fixed number of optimisation steps whatever the data size, so runs
+that are compared with each other get exactly the same compute.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import fsspec
+import numpy as np
+import safetensors.torch
+import timm
+import torch
+import torch.nn.functional as F
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.optim import create_optimizer_v2
+from torch import nn
+
+from synthaug_pipeline.lib.config import ClassifierConfig
+from synthaug_pipeline.lib.images import to_model_tensor
+
+LABEL_SMOOTHING = 0.1
+WARMUP_FRACTION = 0.05
+HISTORY_POINTS = 20  # how many times per run the loss is logged
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+ProgressFn = Callable[[int, int, float], None]
+
+
+# --------------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------------
+
+
+def _conv_block(in_chs: int, out_chs: int) -> nn.Sequential:
+    """Two 3x3 conv + BatchNorm + ReLU layers at one resolution."""
+    return nn.Sequential(
+        nn.Conv2d(in_chs, out_chs, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_chs),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(out_chs, out_chs, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_chs),
+        nn.ReLU(inplace=True),
+    )
+
+
+class SynthaugCNN(nn.Module):
+    """A small VGG-style CNN for tiny images (8x8 digits up to 32x32 and beyond).
+
+    ``stages`` are conv blocks whose widths come from ``widths``; every stage after the first
+    halves the resolution with a max-pool first. The head average-pools globally, then an MLP
+    (hidden Linear + ReLU = the pre-logits features) and a final Linear ``fc``.
+    """
+
+    def __init__(
+        self,
+        widths: tuple[int, ...] = (32, 64, 128),
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        drop_rate: float = 0.0,
+        global_pool: str = "avg",
+    ) -> None:
+        super().__init__()
+        if global_pool != "avg":
+            raise ValueError(f"synthaug_cnn supports only global_pool='avg', got {global_pool!r}")
+        self.num_classes = num_classes
+        self.drop_rate = drop_rate
+        stages, prev = [], in_chans
+        for i, width in enumerate(widths):
+            # Pool before every stage but the first: the total stride is 2**(len(widths)-1), so an
+            # 8x8 digit still has a 2x2 map in the last stage. ceil_mode keeps odd sizes (7 -> 4)
+            # and never shrinks a 1x1 map to nothing.
+            pool = nn.MaxPool2d(2, ceil_mode=True) if i else nn.Identity()
+            stages.append(nn.Sequential(pool, _conv_block(prev, width)))
+            prev = width
+        self.stages = nn.Sequential(*stages)
+        self.feature_info = [dict(num_chs=w, reduction=2**i, module=f"stages.{i}") for i, w in enumerate(widths)]
+
+        # The MLP's hidden layer keeps the width, so pre-logits features have num_features dims
+        # (timm's head_hidden_size == num_features for this model).
+        self.num_features = self.head_hidden_size = prev
+        self.global_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+        self.pre_logits = nn.Sequential(nn.Linear(prev, prev), nn.ReLU(inplace=True))
+        self.fc = nn.Linear(prev, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Input ``[N, C, H, W]`` -> unpooled feature map ``[N, num_features, H', W']``."""
+        return self.stages(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Feature map -> logits ``[N, num_classes]``, or the MLP features ``[N, num_features]``."""
+        x = self.pre_logits(self.global_pool(x))
+        if pre_logits:
+            return x
+        x = F.dropout(x, p=self.drop_rate, training=self.training)
+        return self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self, name_only: bool = False) -> str | nn.Module:
+        """The final linear layer (timm convention), or its name."""
+        return "fc" if name_only else self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the final layer with a fresh one for ``num_classes`` (0 -> identity, features out)."""
+        if global_pool not in (None, "avg"):
+            raise ValueError(f"synthaug_cnn supports only global_pool='avg', got {global_pool!r}")
+        device = self.pre_logits[0].weight.device
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
+        self.fc.train(self.training)
+
+
+def _cfg(**kwargs: Any) -> dict[str, Any]:
+    # No url / hf_hub_id: there are no pretrained weights. Mean/std 0.5 match to_model_tensor's [-1, 1].
+    return {
+        "num_classes": 10,
+        "input_size": (1, 28, 28),
+        "pool_size": (7, 7),
+        "mean": (0.5,),
+        "std": (0.5,),
+        "interpolation": "bilinear",
+        "crop_pct": 1.0,
+        "first_conv": "stages.0.1.0",
+        "classifier": "fc",
+        "license": "apache-2.0",
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({"synthaug_cnn": _cfg(), "synthaug_cnn_small": _cfg()})
+
+
+def _create_synthaug_cnn(variant: str, widths: tuple[int, ...], pretrained: bool, **kwargs: Any) -> SynthaugCNN:
+    if pretrained:
+        raise ValueError(f"{variant} has no pretrained weights: create it with pretrained=False")
+    return build_model_with_cfg(
+        SynthaugCNN,
+        variant,
+        pretrained=False,
+        widths=widths,
+        # features_only=True returns the output of each stage (timm's default asks for 5 stages).
+        feature_cfg=dict(flatten_sequential=True, out_indices=tuple(range(len(widths)))),
+        **kwargs,
+    )
+
+
+@register_model
+def synthaug_cnn(pretrained: bool = False, **kwargs: Any) -> SynthaugCNN:
+    """Small CNN, stage widths 32-64-128 (about 0.3 M parameters)."""
+    return _create_synthaug_cnn("synthaug_cnn", (32, 64, 128), pretrained, **kwargs)
+
+
+@register_model
+def synthaug_cnn_small(pretrained: bool = False, **kwargs: Any) -> SynthaugCNN:
+    """Tiny CNN, stage widths 16-32-64, for tests and smoke runs."""
+    return _create_synthaug_cnn("synthaug_cnn_small", (16, 32, 64), pretrained, **kwargs)
+
+
+def create_classifier(name: str, num_classes: int, in_chans: int) -> nn.Module:
+    """A freshly initialised timm model (never pretrained: nothing is downloaded).
+
+    Raises ValueError for an unknown name, suggesting close matches from ``timm.list_models()``.
+    """
+    if not timm.is_model(name):
+        matches = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+        hint = f"; did you mean {', '.join(matches)}?" if matches else "; see timm.list_models()"
+        raise ValueError(f"unknown classifier model {name!r}{hint}")
+    return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+
+
+# --------------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainedClassifier:
+    """A trained model (eval mode, on CPU) with what is needed to rebuild and judge it."""
+
+    model: nn.Module
+    config: dict[str, Any]  # JSON-able: model name, num_classes, in_chans, image_size, training settings
+    history: list[dict[str, float]] = field(default_factory=list)  # {"step", "loss", "lr"}, ~20 entries
+    seconds: float = 0.0
+    num_parameters: int = 0
+    num_real: int = 0
+    num_synthetic: int = 0
+    version: str = ""  # sha256 prefix of the saved weights; set by save_classifier / load_classifier
+
+
+class BalancedMixSampler:
+    """Draws the sample indices of each training batch.
+
+    A share ``synthetic_ratio / (1 + synthetic_ratio)`` of every batch comes from the synthetic pool
+    (stochastically rounded, so the share is exact on average), the rest from the real pool. Both
+    pools are class-balanced: pick a class uniformly (among the classes the pool has), then an image
+    of that class uniformly.
+    """
+
+    def __init__(
+        self,
+        real_labels: np.ndarray,
+        num_classes: int,
+        synthetic_labels: np.ndarray | None = None,
+        synthetic_ratio: float = 0.0,
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        self.rng = rng if rng is not None else np.random.default_rng(0)
+        self._real = _ClassPools(real_labels, num_classes)
+        use_synthetic = synthetic_ratio > 0 and synthetic_labels is not None and len(synthetic_labels) > 0
+        self._synthetic = _ClassPools(synthetic_labels, num_classes) if use_synthetic else None
+        self.synthetic_share = synthetic_ratio / (1.0 + synthetic_ratio) if use_synthetic else 0.0
+
+    def draw(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Indices into the real pool and into the synthetic pool (int64 arrays) for one batch."""
+        expected = batch_size * self.synthetic_share
+        num_synthetic = int(expected) + int(self.rng.random() < expected - int(expected))
+        real = self._real.draw(batch_size - num_synthetic, self.rng)
+        synthetic = self._synthetic.draw(num_synthetic, self.rng) if self._synthetic else np.zeros(0, np.int64)
+        return real, synthetic
+
+
+class _ClassPools:
+    """Indices grouped by class, for vectorised class-balanced draws."""
+
+    def __init__(self, labels: np.ndarray, num_classes: int) -> None:
+        self.order = np.argsort(labels, kind="stable")
+        counts = np.bincount(labels, minlength=num_classes)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        present = counts > 0
+        self.counts, self.starts = counts[present], starts[present]
+
+    def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        classes = rng.integers(len(self.counts), size=n)
+        within = (rng.random(n) * self.counts[classes]).astype(np.int64)
+        return self.order[self.starts[classes] + within].astype(np.int64)
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
+    """Learning-rate multiplier for 0-based ``step``: linear warm-up to 1, then cosine decay to 0."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def random_translate(x: torch.Tensor, max_shift: int, rng: np.random.Generator) -> torch.Tensor:
+    """Shift each image by up to ``max_shift`` pixels in x and y (reflect-pad, then random crop).
+
+    No flips: digits and many other classes are not mirror-symmetric.
+    """
+    if max_shift <= 0:
+        return x
+    n, _, h, w = x.shape
+    padded = F.pad(x, (max_shift,) * 4, mode="reflect").permute(0, 2, 3, 1)  # [N, H+2s, W+2s, C]
+    dy, dx = torch.from_numpy(rng.integers(0, 2 * max_shift + 1, size=(2, n))).to(x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # [N, H, 1]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]  # [N, 1, W]
+    batch = torch.arange(n, device=x.device)[:, None, None]
+    return padded[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
+
+
+def train_classifier(
+    images: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    cfg: ClassifierConfig,
+    synthetic_images: np.ndarray | None = None,
+    synthetic_labels: np.ndarray | None = None,
+    synthetic_ratio: float = 0.0,
+    progress: ProgressFn | None = None,
+    device: str | torch.device = "cpu",
+) -> TrainedClassifier:
+    """Train ``cfg.model`` for exactly ``cfg.steps`` steps of ``cfg.batch_size`` images.
+
+    Images are uint8 ``[N, H, W, C]``, labels integers in ``[0, num_classes)``; every class needs at
+    least one real image. With ``synthetic_ratio > 0`` each batch mixes in synthetic images (see
+    :class:`BalancedMixSampler`). AdamW (no decay on biases/norms), 5% linear warm-up then cosine
+    decay, cross-entropy with label smoothing 0.1, random translation by up to 1/8 of the image size.
+    ``progress(step, total_steps, mean_loss)`` is called each time the loss is logged (~20 times).
+    Deterministic for ``cfg.seed`` (bit-exact on CPU; cuDNN may differ slightly between GPU runs).
+    The CPU RNG state and that of the training GPU are restored afterwards.
+    """
+    labels, synthetic_labels = _check_training_data(
+        images, labels, num_classes, synthetic_images, synthetic_labels, synthetic_ratio
+    )
+    use_synthetic = synthetic_ratio > 0
+    rng = np.random.default_rng(cfg.seed)
+    sampler = BalancedMixSampler(labels, num_classes, synthetic_labels if use_synthetic else None, synthetic_ratio, rng)
+    height, width, in_chans = images.shape[1:]
+    max_shift = max(1, round(min(height, width) / 8))
+    warmup_steps = max(1, round(WARMUP_FRACTION * cfg.steps))
+    log_every = max(1, cfg.steps // HISTORY_POINTS)
+    device = torch.device(device)
+
+    cuda_devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda_devices):
+        torch.manual_seed(cfg.seed)  # weight init and dropout
+        model = create_classifier(cfg.model, num_classes, in_chans).to(device).train()
+        optimizer = create_optimizer_v2(model, "adamw", lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.steps, warmup_steps))
+        loss_fn = nn.CrossEntropyLoss(label_smoothing=LABEL_SMOOTHING)
+
+        history: list[dict[str, float]] = []
+        loss_sum, loss_count = torch.zeros((), device=device), 0
+        start = time.perf_counter()
+        for step in range(1, cfg.steps + 1):
+            real_idx, synthetic_idx = sampler.draw(cfg.batch_size)
+            batch, target = images[real_idx], labels[real_idx]
+            if len(synthetic_idx):
+                batch = np.concatenate([batch, synthetic_images[synthetic_idx]])
+                target = np.concatenate([target, synthetic_labels[synthetic_idx]])
+            x = random_translate(to_model_tensor(batch).to(device), max_shift, rng)
+            y = torch.from_numpy(target).to(device)
+
+            loss = loss_fn(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            lr = scheduler.get_last_lr()[0]  # the rate this step used
+            scheduler.step()
+
+            # Accumulate on the device; .item() only when logging, to avoid a GPU sync every step.
+            loss_sum += loss.detach()
+            loss_count += 1
+            if step % log_every == 0 or step == cfg.steps:
+                mean_loss = loss_sum.item() / loss_count
+                history.append({"step": step, "loss": mean_loss, "lr": lr})
+                loss_sum.zero_()
+                loss_count = 0
+                if progress is not None:
+                    progress(step, cfg.steps, mean_loss)
+        seconds = time.perf_counter() - start
+
+    model = model.cpu().eval()
+    config = {
+        **cfg.model_dump(),  # model, steps, batch_size, learning_rate, weight_decay, seed
+        "num_classes": int(num_classes),
+        "in_chans": int(in_chans),
+        "image_size": [int(height), int(width)],
+        "synthetic_ratio": float(synthetic_ratio) if use_synthetic else 0.0,
+        "label_smoothing": LABEL_SMOOTHING,
+        "warmup_steps": warmup_steps,
+        "max_translate": max_shift,
+    }
+    return TrainedClassifier(
+        model=model,
+        config=config,
+        history=history,
+        seconds=seconds,
+        num_parameters=sum(p.numel() for p in model.parameters()),
+        num_real=len(images),
+        num_synthetic=len(synthetic_images) if use_synthetic else 0,
+    )
+
+
+def _check_labels(labels: Any, num_images: int, num_classes: int, what: str) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or len(labels) != num_images:
+        raise ValueError(f"{what}: {num_images} images but labels shaped {labels.shape}")
+    if labels.size and not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{what}: labels must be integers, got {labels.dtype}")
+    labels = labels.astype(np.int64)
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(
+            f"{what}: labels must lie in [0, {num_classes}), got range [{labels.min()}, {labels.max()}]"
+        )
+    return labels
+
+
+def _check_images(images: Any, what: str) -> None:
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
+        got = f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
+        raise ValueError(f"{what}: expected uint8 images shaped [N, H, W, C], got {got}")
+
+
+def _check_training_data(
+    images: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    synthetic_images: np.ndarray | None,
+    synthetic_labels: np.ndarray | None,
+    synthetic_ratio: float,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Validate the inputs of train_classifier; returns labels (and synthetic labels) as int64."""
+    if num_classes < 2:
+        raise ValueError(f"a classifier needs at least 2 classes, got num_classes={num_classes}")
+    _check_images(images, "real images")
+    if len(images) == 0:
+        raise ValueError("no real training images: every class needs at least one")
+    labels = _check_labels(labels, len(images), num_classes, "real images")
+    missing = np.flatnonzero(np.bincount(labels, minlength=num_classes) == 0)
+    if len(missing):
+        raise ValueError(f"classes {missing.tolist()} have no real training images; every class needs at least one")
+    if not synthetic_ratio >= 0:
+        raise ValueError(f"synthetic_ratio must be >= 0, got {synthetic_ratio}")
+    if synthetic_images is None or synthetic_ratio == 0:
+        if synthetic_ratio > 0:
+            raise ValueError(f"synthetic_ratio={synthetic_ratio} but no synthetic images were given")
+        return labels, None
+    _check_images(synthetic_images, "synthetic images")
+    if len(synthetic_images) == 0:
+        raise ValueError(f"synthetic_ratio={synthetic_ratio} but the synthetic pool is empty")
+    if synthetic_images.shape[1:] != images.shape[1:]:
+        raise ValueError(
+            f"synthetic images are {synthetic_images.shape[1:]} (H, W, C) but real images are {images.shape[1:]}"
+        )
+    if synthetic_labels is None:
+        raise ValueError("synthetic images were given without synthetic_labels")
+    synthetic_labels = _check_labels(synthetic_labels, len(synthetic_images), num_classes, "synthetic images")
+    return labels, synthetic_labels
+
+
+# --------------------------------------------------------------------------------------------------
+# Inference
+# --------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, images: np.ndarray, batch_size: int = 512, device: str | torch.device = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax probabilities ``[N, K]`` and pre-logits features ``[N, D]`` (both float32).
+
+    The model needs timm's ``forward_features`` / ``forward_head(pre_logits=True)``. It runs in eval
+    mode on ``device`` without gradients; its original device and train/eval mode are restored.
+    """
+    _check_images(images, "predict")
+    if len(images) == 0:
+        features_dim = getattr(model, "head_hidden_size", None) or model.num_features
+        return np.zeros((0, model.num_classes), np.float32), np.zeros((0, features_dim), np.float32)
+    original_device = next(model.parameters()).device
+    was_training = model.training
+    model.eval().to(device)
+    try:
+        probabilities, features = [], []
+        for start in range(0, len(images), batch_size):
+            x = to_model_tensor(images[start : start + batch_size]).to(device)
+            feature_map = model.forward_features(x)
+            # forward_head twice (cheap next to the backbone) rather than applying the classifier to
+            # the pre-logits ourselves: that stays right for any timm head layout.
+            features.append(model.forward_head(feature_map, pre_logits=True).float().cpu())
+            probabilities.append(model.forward_head(feature_map).float().softmax(dim=1).cpu())
+    finally:
+        model.to(original_device).train(was_training)
+    return torch.cat(probabilities).numpy(), torch.cat(features).numpy()
+
+
+# --------------------------------------------------------------------------------------------------
+# Storage
+# --------------------------------------------------------------------------------------------------
+
+
+def _join(root: str, name: str) -> str:
+    return f"{root.rstrip('/')}/{name}"
+
+
+def _weights_version(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def save_classifier(trained: TrainedClassifier, url: str) -> str:
+    """Write ``<url>/model.safetensors`` and ``<url>/config.json`` (any fsspec URL or local path).
+
+    Returns the version (first 16 hex digits of the weights' sha256), also set on ``trained``.
+    """
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in trained.model.state_dict().items()}
+    data = safetensors.torch.save(state)
+    version = _weights_version(data)
+    record = {
+        "config": trained.config,
+        "history": trained.history,
+        "seconds": trained.seconds,
+        "num_parameters": trained.num_parameters,
+        "num_real": trained.num_real,
+        "num_synthetic": trained.num_synthetic,
+        "version": version,
+    }
+    fs, root = fsspec.core.url_to_fs(url)
+    fs.makedirs(root, exist_ok=True)
+    # Weights first, config last: a config.json whose version matches the weights marks a complete save.
+    fs.pipe_file(_join(root, MODEL_FILE), data)
+    fs.pipe_file(_join(root, CONFIG_FILE), json.dumps(record, indent=2).encode())
+    trained.version = version
+    return version
+
+
+def load_classifier(url: str) -> TrainedClassifier:
+    """Rebuild a classifier written by :func:`save_classifier` (eval mode, on CPU)."""
+    fs, root = fsspec.core.url_to_fs(url)
+    model_path, config_path = _join(root, MODEL_FILE), _join(root, CONFIG_FILE)
+    if not fs.exists(model_path) or not fs.exists(config_path):
+        raise FileNotFoundError(
+            f"no saved classifier at {url!r}: expected {MODEL_FILE} and {CONFIG_FILE} there (written by save_classifier)"
+        )
+    data = fs.cat_file(model_path)
+    record = json.loads(fs.cat_file(config_path))
+    version = _weights_version(data)
+    if record.get("version") not in (None, "", version):
+        raise ValueError(
+            f"{model_path} (version {version}) does not match {config_path} (version {record['version']}): "
+            "the save was interrupted or the files come from different runs; save the classifier again"
+        )
+    config = record["config"]
+    model = create_classifier(config["model"], config["num_classes"], config["in_chans"])
+    model.load_state_dict(safetensors.torch.load(data))
+    return TrainedClassifier(
+        model=model.eval(),
+        config=config,
+        history=record.get("history", []),
+        seconds=record.get("seconds", 0.0),
+        num_parameters=record.get("num_parameters", sum(p.numel() for p in model.parameters())),
+        num_real=record.get("num_real", 0),
+        num_synthetic=record.get("num_synthetic", 0),
+        version=version,
+    )

@@ -1,0 +1,198 @@
+"""Profiles: one YAML file names the data, sizes, models and output of a run.
+
+``load_profile("digits", ["generator.train_steps=200"])`` returns a validated
+:class:`Profile`. Unknown keys and wrong types are errors that name the field.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+PROFILE_ENV_VAR = "SYNTHAUG_PROFILE"
+OVERRIDES_ENV_VAR = "SYNTHAUG_SET"  # ';'-separated key=value pairs, for `dagster dev`
+DEFAULT_PROFILE = "digits"
+
+
+class ProfileError(ValueError):
+    """A profile that cannot be used; the message names the problem and the fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    source: Literal["digits", "fashion", "folder"] = Field(description="Which dataset loader to use.")
+    path: str | None = Field(None, description="fashion: idx directory; folder: ImageFolder root or Parquet file/URL.")
+    image_size: int | None = Field(None, ge=4, le=1024, description="Resize images to this square size; None keeps the native size.")
+    channels: Literal[1, 3] | None = Field(None, description="Force grayscale (1) or RGB (3); None keeps the dataset's.")
+    classes: list[str] | None = Field(None, description="Use only these class ids (partition keys).")
+    train_per_class: int | None = Field(None, ge=1, description="Real training images per class: None for all, or a few-shot count.")
+    test_per_class: int | None = Field(None, ge=1, description="Cap on test images per class; None for all.")
+    test_fraction: float = Field(0.25, gt=0, lt=1, description="Held-out share for datasets without an official split.")
+    seed: int = 0
+
+
+class GeneratorConfig(_Section):
+    backend: Literal["ddpm"] = "ddpm"
+    block_out_channels: list[int] = Field(default_factory=lambda: [32, 64, 64])
+    layers_per_block: int = Field(1, ge=1, le=4)
+    norm_num_groups: int = Field(8, ge=1)
+    train_steps: int = Field(1500, ge=1)
+    batch_size: int = Field(128, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    warmup_steps: int = Field(100, ge=0)
+    label_dropout: float = Field(0.15, ge=0, lt=1, description="Share of training labels replaced by the null class (enables guidance).")
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    num_train_timesteps: int = Field(1000, ge=2)
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
+    sampler: Literal["ddim", "ddpm", "dpmsolver++", "euler"] = "ddim"
+    sample_steps: int = Field(20, ge=1, le=1000)
+    guidance_scale: float = Field(2.5, ge=0, le=50)
+    images_per_class: int = Field(100, ge=1)
+    sample_batch_size: int = Field(256, ge=1)
+    seed: int = 0
+
+    @field_validator("block_out_channels")
+    @classmethod
+    def _at_least_two_levels(cls, value: list[int]) -> list[int]:
+        if len(value) < 2 or any(v < 1 for v in value):
+            raise ValueError("needs at least two positive channel counts, e.g. [32, 64, 64]")
+        return value
+
+
+class ClassifierConfig(_Section):
+    model: str = Field("synthaug_cnn", description="timm model name (synthaug_cnn is a small CNN registered with timm).")
+    steps: int = Field(600, ge=1)
+    batch_size: int = Field(128, ge=1)
+    learning_rate: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    seed: int = 0
+
+
+class AugmentedConfig(_Section):
+    synthetic_ratio: float = Field(1.0, ge=0, description="Synthetic images per real image in the augmented training mix.")
+
+
+class FilterConfig(_Section):
+    min_confidence: float = Field(0.5, ge=0, le=1, description="Judge confidence for the intended class needed to accept an image.")
+    require_label_match: bool = Field(True, description="Reject images whose judge top-1 class is not the intended class.")
+    min_accepted_per_class: int = Field(1, ge=0, description="Asset check: fewer accepted images than this fails the class.")
+
+
+class EvaluationConfig(_Section):
+    corruptions: list[Literal["gaussian_noise", "gaussian_blur", "contrast"]] = Field(
+        default_factory=lambda: ["gaussian_noise", "gaussian_blur", "contrast"]
+    )
+    severities: list[int] = Field(default_factory=lambda: [1, 3, 5])
+
+    @field_validator("severities")
+    @classmethod
+    def _severity_range(cls, value: list[int]) -> list[int]:
+        if not value or any(not 1 <= s <= 5 for s in value):
+            raise ValueError("severities are integers from 1 to 5")
+        return value
+
+
+class OutputConfig(_Section):
+    url: str = Field("synthaug_output/{profile}", description="fsspec URL or local path for shards, models and reports.")
+    image_format: Literal["png", "webp"] = "png"
+
+
+class Profile(_Section):
+    name: str
+    description: str = ""
+    data: DataConfig
+    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
+    judge: ClassifierConfig = Field(default_factory=ClassifierConfig)
+    classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
+    augmented: AugmentedConfig = Field(default_factory=AugmentedConfig)
+    filter: FilterConfig = Field(default_factory=FilterConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @property
+    def output_url(self) -> str:
+        return self.output.url.format(profile=self.name)
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.name[: -len(".yaml")] for p in resources.files("synthaug_pipeline.profiles").iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_profile_file(name_or_path: str) -> dict[str, Any]:
+    if name_or_path.endswith((".yaml", ".yml")) or os.sep in name_or_path:
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise ProfileError(f"profile file {name_or_path!r} does not exist")
+        text = path.read_text()
+    else:
+        entry = resources.files("synthaug_pipeline.profiles") / f"{name_or_path}.yaml"
+        if not entry.is_file():
+            raise ProfileError(
+                f"unknown profile {name_or_path!r}: choose one of {', '.join(available_profiles())} or pass a path to a .yaml file"
+            )
+        text = entry.read_text()
+    raw = yaml.safe_load(text)
+    if not isinstance(raw, dict):
+        raise ProfileError(f"profile {name_or_path!r} must be a YAML mapping")
+    return raw
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"generator.train_steps=200"`` -> (["generator", "train_steps"], 200)."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ProfileError(f"--set {item!r} is not key=value (example: --set generator.train_steps=200)")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    return [part for part in key.strip().split(".")], parsed
+
+
+def _apply_override(raw: dict[str, Any], path: list[str], value: Any) -> None:
+    fields: dict[str, Any] = Profile.model_fields
+    node = raw
+    for depth, part in enumerate(path):
+        if part not in fields:
+            where = ".".join(path[:depth]) or "profile"
+            raise ProfileError(f"unknown setting {'.'.join(path)!r}: {where} has {', '.join(sorted(fields))}")
+        annotation = fields[part].annotation
+        is_section = isinstance(annotation, type) and issubclass(annotation, _Section)
+        last = depth == len(path) - 1
+        if last:
+            if is_section:
+                raise ProfileError(f"{'.'.join(path)!r} is a section; set one of its fields, e.g. {part}.{next(iter(annotation.model_fields))}=...")
+            node[part] = value
+            return
+        if not is_section:
+            raise ProfileError(f"unknown setting {'.'.join(path)!r}: {'.'.join(path[: depth + 1])} has no sub-fields")
+        node = node.setdefault(part, {})
+        fields = annotation.model_fields
+
+
+def load_profile(name_or_path: str | None = None, overrides: list[str] | None = None) -> Profile:
+    """Load a packaged profile by name (or a YAML path) and apply ``key=value`` overrides."""
+    name_or_path = name_or_path or os.environ.get(PROFILE_ENV_VAR) or DEFAULT_PROFILE
+    if overrides is None:
+        env = os.environ.get(OVERRIDES_ENV_VAR, "")
+        overrides = [item for item in env.split(";") if item.strip()]
+    raw = _read_profile_file(name_or_path)
+    for item in overrides:
+        path, value = parse_override(item)
+        _apply_override(raw, path, value)
+    try:
+        return Profile.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" + (f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else "")
+            for err in exc.errors()
+        )
+        raise ProfileError(f"invalid profile {name_or_path!r}: {problems}") from None

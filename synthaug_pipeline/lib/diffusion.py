@@ -1,0 +1,426 @@
+"""Class-conditional pixel-space DDPM with classifier-free guidance.
+
+A small diffusers ``UNet2DModel`` (no attention: it is too slow on CPU) learns to
+predict the noise added to an image, conditioned on a class label. Label index
+``num_classes`` is the *null* class: training replaces a share of labels with it,
+so one network gives both conditional and unconditional predictions, and
+sampling can mix them (classifier-free guidance).
+
+Images enter and leave as uint8 ``[N, H, W, C]`` (see :mod:`.images`). Sampling is
+reproducible per image: each image's randomness comes from its own seed, so its
+pixels do not depend on the batch it was drawn in. Pure module: no Dagster here.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import posixpath
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import fsspec
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    UNet2DModel,
+)
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from .config import GeneratorConfig
+from .images import from_model_tensor, to_model_tensor
+
+SAMPLERS = ("ddim", "ddpm", "dpmsolver++", "euler")
+FORMAT = "synthaug-ddpm/1"
+LOSS_INTERVAL = 10  # training steps averaged into one entry of TrainedGenerator.losses
+WEIGHT_DECAY = 1e-4
+GRAD_CLIP = 1.0
+
+
+@dataclass
+class TrainedGenerator:
+    model: UNet2DModel  # EMA weights, eval mode, on CPU
+    config: dict  # JSON-able description: architecture, classes, schedule, training settings
+    losses: list[float]  # mean training loss per LOSS_INTERVAL steps
+    seconds: float
+    num_parameters: int
+    version: str = ""  # first 16 hex digits of sha256 of the safetensors bytes (set by save/load)
+
+
+def build_unet(cfg: GeneratorConfig, image_size: int, channels: int, num_classes: int) -> UNet2DModel:
+    """A class-conditional UNet with ``num_classes + 1`` label embeddings (the last is the null class).
+
+    Only ResNet blocks (``DownBlock2D``/``UpBlock2D``, mid block without attention), which keeps a
+    training step around a second on a 2-core CPU for 32x32 images.
+    """
+    levels = len(cfg.block_out_channels)
+    factor = 2 ** (levels - 1)  # each level but the last halves the resolution
+    if image_size < factor or image_size % factor:
+        raise ValueError(
+            f"image_size {image_size} must be divisible by {factor} (2**(levels-1)) for "
+            f"block_out_channels {list(cfg.block_out_channels)}; resize the images or use fewer levels"
+        )
+    bad = [c for c in cfg.block_out_channels if c % cfg.norm_num_groups]
+    if bad:
+        raise ValueError(f"norm_num_groups {cfg.norm_num_groups} must divide every block_out_channels entry; {bad} do not")
+    if num_classes < 1 or channels < 1:
+        raise ValueError(f"need at least one class and one channel, got num_classes={num_classes}, channels={channels}")
+    return UNet2DModel(
+        sample_size=image_size,
+        in_channels=channels,
+        out_channels=channels,
+        block_out_channels=tuple(cfg.block_out_channels),
+        layers_per_block=cfg.layers_per_block,
+        norm_num_groups=cfg.norm_num_groups,
+        down_block_types=("DownBlock2D",) * levels,
+        up_block_types=("UpBlock2D",) * levels,
+        mid_block_type="UNetMidBlock2D",
+        add_attention=False,
+        num_class_embeds=num_classes + 1,
+    )
+
+
+def _lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up, then cosine decay to zero (constant LR plateaued in CALIBRATION.md)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _validate_training_set(images: np.ndarray, labels: np.ndarray, num_classes: int) -> None:
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(f"images must be uint8 [N, H, W, C], got {getattr(images, 'dtype', type(images))} {getattr(images, 'shape', '')}")
+    if len(images) == 0:
+        raise ValueError("cannot train a generator on an empty image set")
+    if images.shape[1] != images.shape[2]:
+        raise ValueError(f"images must be square, got {images.shape[1]}x{images.shape[2]}")
+    labels = np.asarray(labels)
+    if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be integers shaped [{len(images)}], got {labels.dtype} {labels.shape}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(f"labels must lie in [0, {num_classes}), got min {labels.min()} max {labels.max()}")
+
+
+def train_generator(
+    images: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    cfg: GeneratorConfig,
+    progress: Callable[[int, float], None] | None = None,
+    device: str | torch.device = "cpu",
+    init_from: TrainedGenerator | None = None,
+) -> TrainedGenerator:
+    """Train (or fine-tune, with ``init_from``) a class-conditional noise predictor.
+
+    Deterministic for a given ``cfg.seed`` on a given machine: weight init, batch choice, noise,
+    timesteps and label dropout all come from seeded generators. ``progress(step, loss)`` is called
+    about every 10% of ``cfg.train_steps`` with the mean loss since the previous call.
+    Returns the EMA weights (in eval mode, on CPU), which sample better than the raw weights.
+    """
+    _validate_training_set(images, labels, num_classes)
+    device = torch.device(device)
+    _, size, _, channels = images.shape
+    start = time.perf_counter()
+
+    # Weight init uses the global RNG; fork it so training neither depends on nor disturbs callers.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = build_unet(cfg, size, channels, num_classes)
+    if init_from is not None:
+        previous = init_from.config
+        mine = {"num_classes": num_classes, "image_size": size, "channels": channels}
+        theirs = {k: previous.get(k) for k in mine}
+        if mine != theirs:
+            raise ValueError(f"init_from generator was trained for {theirs}, these images need {mine}")
+        try:
+            model.load_state_dict(init_from.model.state_dict())
+        except RuntimeError as exc:  # architecture mismatch: name the fix rather than the tensor
+            raise ValueError(f"init_from generator's UNet does not match cfg (block_out_channels etc.): {exc}") from None
+    model.to(device).train()
+    ema = copy.deepcopy(model).requires_grad_(False)
+
+    scheduler = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=WEIGHT_DECAY)
+    # A warm-up longer than half the run (e.g. short smoke runs) would never reach the peak rate.
+    warmup = min(cfg.warmup_steps, cfg.train_steps // 2)
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, warmup, cfg.train_steps))
+
+    data = to_model_tensor(images).to(device)
+    targets = torch.as_tensor(np.asarray(labels), dtype=torch.long, device=device)
+    null_class = num_classes
+    # CPU generator so the random stream is the same whatever the device.
+    gen = torch.Generator().manual_seed(cfg.seed)
+    report_every = max(1, cfg.train_steps // 10)
+    losses: list[float] = []
+    interval: list[float] = []
+    since_report: list[float] = []
+
+    for step in range(cfg.train_steps):
+        index = torch.randint(0, len(data), (cfg.batch_size,), generator=gen)
+        noise = torch.randn((cfg.batch_size, *data.shape[1:]), generator=gen)
+        t = torch.randint(0, cfg.num_train_timesteps, (cfg.batch_size,), generator=gen)
+        drop = torch.rand(cfg.batch_size, generator=gen) < cfg.label_dropout
+        x0, y = data[index.to(device)], targets[index.to(device)]
+        y = torch.where(drop.to(device), torch.full_like(y, null_class), y)
+        noise, t = noise.to(device), t.to(device)
+
+        prediction = model(scheduler.add_noise(x0, noise, t), t, class_labels=y).sample
+        loss = F.mse_loss(prediction, noise)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss became {loss.item()} at step {step}; lower learning_rate (now {cfg.learning_rate})")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+        optimizer.step()
+        lr_schedule.step()
+
+        # EMA warm-up: a plain 0.999 decay stays near the random init for hundreds of steps.
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for e, p in zip(ema.parameters(), model.parameters()):
+                e.lerp_(p, 1.0 - decay)
+            for e, b in zip(ema.buffers(), model.buffers()):
+                e.copy_(b)
+
+        value = loss.item()
+        interval.append(value)
+        since_report.append(value)
+        if len(interval) == LOSS_INTERVAL or step == cfg.train_steps - 1:
+            losses.append(float(np.mean(interval)))
+            interval = []
+        if progress is not None and ((step + 1) % report_every == 0 or step == cfg.train_steps - 1):
+            progress(step + 1, float(np.mean(since_report)))
+            since_report = []
+
+    ema.eval().cpu()
+    unet_config = {k: v for k, v in dict(ema.config).items() if not k.startswith("_")}
+    previous_steps = init_from.config.get("total_train_steps", 0) if init_from is not None else 0
+    config = {
+        "format": FORMAT,
+        "unet": json.loads(json.dumps(unet_config)),  # tuples -> lists, so it round-trips through JSON
+        "num_classes": num_classes,
+        "null_class": null_class,
+        "image_size": size,
+        "channels": channels,
+        "prediction_type": "epsilon",
+        "num_train_timesteps": cfg.num_train_timesteps,
+        "beta_schedule": cfg.beta_schedule,
+        "train_steps": cfg.train_steps,
+        "total_train_steps": previous_steps + cfg.train_steps,
+        "batch_size": cfg.batch_size,
+        "learning_rate": cfg.learning_rate,
+        "warmup_steps": warmup,
+        "label_dropout": cfg.label_dropout,
+        "ema_decay": cfg.ema_decay,
+        "seed": cfg.seed,
+        "loss_interval": LOSS_INTERVAL,
+        "init_from": init_from.version if init_from is not None else None,
+    }
+    return TrainedGenerator(
+        model=ema,
+        config=config,
+        losses=losses,
+        seconds=time.perf_counter() - start,
+        num_parameters=sum(p.numel() for p in ema.parameters()),
+    )
+
+
+def make_scheduler(name: str, num_train_timesteps: int, beta_schedule: str):
+    """A fresh diffusers scheduler for sampling (schedulers carry state: one per batch).
+
+    ``ddim`` (deterministic, the robust default) and ``ddpm`` (ancestral) clip the predicted clean
+    image to [-1, 1]; ``dpmsolver++`` gets the equivalent clipping through ``thresholding`` with
+    ``sample_max_value=1``, which tames the noise amplification seen on undertrained models.
+    ``trailing`` spacing makes few-step samplers start at the last training timestep (pure noise).
+    """
+    common = {"num_train_timesteps": num_train_timesteps, "beta_schedule": beta_schedule}
+    if name == "ddim":
+        # set_alpha_to_one: the final step returns the predicted clean image, no leftover noise.
+        return DDIMScheduler(**common, clip_sample=True, set_alpha_to_one=True, timestep_spacing="trailing")
+    if name == "ddpm":
+        return DDPMScheduler(**common, clip_sample=True, timestep_spacing="trailing")
+    if name == "dpmsolver++":
+        return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", thresholding=True, sample_max_value=1.0)
+    if name == "euler":
+        return EulerDiscreteScheduler(**common, timestep_spacing="trailing")
+    raise ValueError(f"unknown sampler {name!r}: choose one of {', '.join(SAMPLERS)}")
+
+
+def image_seed(class_id: str, index: int, generator_version: str) -> int:
+    """A 63-bit seed for image ``index`` of ``class_id``, stable across processes and machines."""
+    digest = hashlib.sha256(f"{class_id}\x00{index}\x00{generator_version}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
+
+
+def _check_finite(tensor: torch.Tensor, class_index: int, sampler: str, t) -> None:
+    if not torch.isfinite(tensor).all():
+        raise ValueError(
+            f"generator produced non-finite values for class index {class_index} with sampler {sampler!r} "
+            f"at timestep {float(t):.0f}; the model weights are probably broken (retrain with a lower learning rate)"
+        )
+
+
+@torch.no_grad()
+def sample_images(
+    generator: TrainedGenerator,
+    class_index: int,
+    seeds: list[int],
+    sampler: str = "ddim",
+    steps: int = 20,
+    guidance_scale: float = 2.5,
+    batch_size: int = 256,
+    progress: Callable[[int, int], None] | None = None,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """Draw one uint8 ``[H, W, C]`` image per seed for ``class_index``; returns ``[len(seeds), H, W, C]``.
+
+    Image ``i`` uses only ``torch.Generator().manual_seed(seeds[i])`` (initial noise and, for ``ddpm``,
+    the per-step noise), so it does not depend on ``batch_size`` or on the other seeds.
+    Guidance: ``eps = eps_uncond + w * (eps_cond - eps_uncond)`` from one forward on ``[x, x]``
+    (so a forward sees ``2 * batch_size`` images). ``guidance_scale <= 1`` means *no guidance*, as in
+    diffusers pipelines: only the conditional half runs (exact for ``w == 1``; ``w < 1`` would blend
+    toward unconditional samples, which is never wanted for class-specific data).
+    ``progress(done, total)`` counts images, once per batch.
+    """
+    cfg = generator.config
+    num_classes, null_class = cfg["num_classes"], cfg["null_class"]
+    if not isinstance(class_index, (int, np.integer)) or not 0 <= class_index < num_classes:
+        raise ValueError(f"class_index {class_index!r} out of range: the generator knows classes 0..{num_classes - 1}")
+    if not isinstance(steps, (int, np.integer)) or not 1 <= steps <= cfg["num_train_timesteps"]:
+        raise ValueError(f"steps must be between 1 and {cfg['num_train_timesteps']}, got {steps!r}")
+    if not math.isfinite(guidance_scale) or guidance_scale < 0:
+        raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    make_scheduler(sampler, cfg["num_train_timesteps"], cfg["beta_schedule"])  # raise early on unknown names
+
+    device = torch.device(device)
+    model = generator.model.to(device).eval()
+    shape = (cfg["channels"], cfg["image_size"], cfg["image_size"])
+    guided = guidance_scale > 1.0
+    out = np.empty((len(seeds), shape[1], shape[2], shape[0]), dtype=np.uint8)
+    try:
+        for begin in range(0, len(seeds), batch_size):
+            chunk = [int(s) for s in seeds[begin : begin + batch_size]]
+            n = len(chunk)
+            gens = [torch.Generator().manual_seed(s) for s in chunk]
+            # Per-image draws, concatenated: identical to what the image would get in a batch of one.
+            x = torch.cat([torch.randn((1, *shape), generator=g) for g in gens]).to(device)
+            scheduler = make_scheduler(sampler, cfg["num_train_timesteps"], cfg["beta_schedule"])
+            scheduler.set_timesteps(steps, device=device)
+            x = x * scheduler.init_noise_sigma
+            cond = torch.full((n,), class_index, dtype=torch.long, device=device)
+            labels = torch.cat([cond, torch.full_like(cond, null_class)]) if guided else cond
+            for t in scheduler.timesteps:
+                inp = scheduler.scale_model_input(x, t)
+                if guided:
+                    eps_cond, eps_uncond = model(torch.cat([inp, inp]), t, class_labels=labels).sample.chunk(2)
+                    eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+                else:
+                    eps = model(inp, t, class_labels=labels).sample
+                _check_finite(eps, class_index, sampler, t)
+                # diffusers' randn_tensor draws row i from gens[i] when given a list (only ddpm draws noise here).
+                x = scheduler.step(eps, t, x, generator=gens).prev_sample
+            _check_finite(x, class_index, sampler, 0)
+            out[begin : begin + n] = from_model_tensor(x)
+            if progress is not None:
+                progress(begin + n, len(seeds))
+    finally:
+        generator.model.cpu()
+    return out
+
+
+@torch.no_grad()
+def sample_images_naive(generator: TrainedGenerator, class_index: int, n: int, guidance_scale: float, seed: int) -> np.ndarray:
+    """Baseline for benchmarks: what one would write without thinking about speed.
+
+    Full ``num_train_timesteps`` ancestral DDPM steps, guidance as two separate forwards, one batch of ``n``.
+    """
+    cfg = generator.config
+    model = generator.model.eval()
+    scheduler = DDPMScheduler(num_train_timesteps=cfg["num_train_timesteps"], beta_schedule=cfg["beta_schedule"], clip_sample=True)
+    scheduler.set_timesteps(cfg["num_train_timesteps"])
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn((n, cfg["channels"], cfg["image_size"], cfg["image_size"]), generator=gen)
+    cond = torch.full((n,), class_index, dtype=torch.long)
+    null = torch.full((n,), cfg["null_class"], dtype=torch.long)
+    for t in scheduler.timesteps:
+        eps_cond = model(x, t, class_labels=cond).sample
+        eps_uncond = model(x, t, class_labels=null).sample
+        eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+        x = scheduler.step(eps, t, x, generator=gen).prev_sample
+    return from_model_tensor(x)
+
+
+def _version(weights: bytes) -> str:
+    return hashlib.sha256(weights).hexdigest()[:16]
+
+
+def save_generator(generator: TrainedGenerator, url: str) -> str:
+    """Write ``<url>/model.safetensors`` and ``<url>/config.json`` (any fsspec URL); return the version.
+
+    Both files are serialised in memory first; ``config.json`` is written last and records the
+    weights' hash, so a reader never mistakes a half-written directory for a complete generator.
+    """
+    state = {k: v.detach().cpu().contiguous() for k, v in generator.model.state_dict().items()}
+    weights = save_safetensors(state, metadata={"format": FORMAT})
+    version = _version(weights)
+    meta = {
+        "version": version,
+        "config": generator.config,
+        "losses": [float(v) for v in generator.losses],
+        "seconds": float(generator.seconds),
+        "num_parameters": int(generator.num_parameters),
+    }
+    meta_bytes = json.dumps(meta, indent=2).encode()
+    fs, root = fsspec.core.url_to_fs(url.rstrip("/"))
+    fs.makedirs(root, exist_ok=True)
+    fs.pipe_file(posixpath.join(root, "model.safetensors"), weights)
+    fs.pipe_file(posixpath.join(root, "config.json"), meta_bytes)
+    generator.version = version
+    return version
+
+
+def load_generator(url: str) -> TrainedGenerator:
+    """Read a generator written by :func:`save_generator`; its ``version`` is checked against the weights."""
+    fs, root = fsspec.core.url_to_fs(url.rstrip("/"))
+    config_path, weights_path = posixpath.join(root, "config.json"), posixpath.join(root, "model.safetensors")
+    if not fs.exists(config_path) or not fs.exists(weights_path):
+        raise FileNotFoundError(f"no generator at {url!r}: expected config.json and model.safetensors there")
+    try:
+        meta = json.loads(fs.cat_file(config_path))
+        config = meta["config"]
+        if config.get("format") != FORMAT:
+            raise ValueError(f"format {config.get('format')!r}, expected {FORMAT!r}")
+        model = UNet2DModel.from_config(config["unet"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{url!r}/config.json does not describe a generator: {exc}") from None
+    weights = fs.cat_file(weights_path)
+    version = _version(weights)
+    if version != meta.get("version"):
+        raise ValueError(f"{url!r}: model.safetensors (version {version}) does not match config.json ({meta.get('version')}); rewrite it")
+    try:
+        model.load_state_dict(load_safetensors(weights))
+    except RuntimeError as exc:
+        raise ValueError(f"{url!r}: weights do not fit the UNet in config.json: {exc}") from None
+    model.eval().requires_grad_(False)
+    return TrainedGenerator(
+        model=model,
+        config=config,
+        losses=list(meta.get("losses", [])),
+        seconds=float(meta.get("seconds", 0.0)),
+        num_parameters=int(meta.get("num_parameters", sum(p.numel() for p in model.parameters()))),
+        version=version,
+    )

@@ -1,0 +1,480 @@
+"""Parquet shards of synthetic images: the contract between generation and training.
+
+Layout on any fsspec URL (local path, ``file://``, ``s3://``, ``memory://`` ...)::
+
+    <base_url>/class=<class_id>/shard-<first 16 hex of the file's sha256>.parquet
+
+One row per synthetic image (see :data:`SHARD_SCHEMA`). Each class folder holds
+exactly one shard after a successful write: the file is named by its content,
+written atomically, and only then are the class's other shards removed, so a
+re-run replaces a partition's shard and never duplicates or half-writes it.
+Readers skip dot-prefixed temp files because only ``shard-*.parquet`` names
+count as shards.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import os
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+
+SHARD_CONTRACT = "synthaug-shard/1"
+CONTRACT_METADATA_KEY = b"synthaug_shard_contract"
+
+SHARD_SCHEMA = pa.schema(
+    [
+        pa.field("image", pa.binary(), nullable=False),
+        pa.field("image_format", pa.string(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("channels", pa.int32(), nullable=False),
+        pa.field("class_id", pa.string(), nullable=False),
+        pa.field("class_index", pa.int32(), nullable=False),
+        pa.field("prompt", pa.string(), nullable=True),
+        pa.field("negative_prompt", pa.string(), nullable=True),
+        pa.field("conditioning_image_id", pa.string(), nullable=True),
+        pa.field("generator_id", pa.string(), nullable=False),
+        pa.field("generator_version", pa.string(), nullable=False),
+        pa.field("sampler", pa.string(), nullable=False),
+        pa.field("steps", pa.int32(), nullable=False),
+        pa.field("guidance_scale", pa.float32(), nullable=False),
+        pa.field("seed", pa.int64(), nullable=False),
+        pa.field("image_index", pa.int32(), nullable=False),
+        pa.field("judge_confidence", pa.float32(), nullable=False),
+        pa.field("judge_top1", pa.int32(), nullable=False),
+        pa.field("clip_score", pa.float32(), nullable=True),
+        pa.field("nearest_real_distance", pa.float32(), nullable=False),
+        pa.field("accepted", pa.bool_(), nullable=False),
+        pa.field("filter_version", pa.string(), nullable=False),
+        pa.field("run_id", pa.string(), nullable=True),
+        pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ],
+    metadata={CONTRACT_METADATA_KEY: SHARD_CONTRACT.encode()},
+)
+
+SHARD_COLUMNS: tuple[str, ...] = tuple(SHARD_SCHEMA.names)
+REQUIRED_COLUMNS: tuple[str, ...] = tuple(f.name for f in SHARD_SCHEMA if not f.nullable)
+
+_SHARD_PREFIX = "shard-"
+_SHARD_SUFFIX = ".parquet"
+# Row groups of about this many bytes: one huge row group per class (ImageNet
+# at 512 px is hundreds of MB) would force readers to load it all at once.
+_TARGET_ROW_GROUP_BYTES = 64 * 1024 * 1024
+
+
+# --------------------------------------------------------------------------- #
+# Building and validating tables
+# --------------------------------------------------------------------------- #
+
+_SCALAR_TYPES = (str, bytes, bool, int, float, _dt.datetime, np.generic)
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, _SCALAR_TYPES)
+
+
+def _kind_compatible(source: pa.DataType, target: pa.DataType) -> bool:
+    """Whether values of ``source`` type may be cast to ``target`` at all.
+
+    Arrow would happily parse strings into integers or truncate floats into
+    integers; for a data contract both are mistakes, so only casts within the
+    same kind (and int -> float) are allowed. Range/precision is then checked by
+    a safe cast.
+    """
+    if pa.types.is_null(source):
+        return True
+    if pa.types.is_integer(target):
+        return pa.types.is_integer(source)
+    if pa.types.is_floating(target):
+        return pa.types.is_integer(source) or pa.types.is_floating(source)
+    if pa.types.is_string(target):
+        return pa.types.is_string(source) or pa.types.is_large_string(source) or pa.types.is_string_view(source)
+    if pa.types.is_binary(target):
+        return (
+            pa.types.is_binary(source)
+            or pa.types.is_large_binary(source)
+            or pa.types.is_fixed_size_binary(source)
+            or pa.types.is_binary_view(source)
+        )
+    if pa.types.is_boolean(target):
+        return pa.types.is_boolean(source)
+    if pa.types.is_timestamp(target):
+        return pa.types.is_timestamp(source)
+    return source == target
+
+
+def _column_array(name: str, values: Any, num_rows: int) -> pa.Array:
+    target = SHARD_SCHEMA.field(name)
+    try:
+        if _is_scalar(values):
+            array = pa.array([values] * num_rows)
+        elif isinstance(values, pa.ChunkedArray):
+            array = values.combine_chunks()
+        elif isinstance(values, pa.Array):
+            array = values
+        elif isinstance(values, np.ndarray):
+            array = pa.array(values)
+        else:
+            array = pa.array(list(values))
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
+        raise ValueError(f"column {name!r}: cannot convert values to Arrow ({exc})") from None
+    if not _kind_compatible(array.type, target.type):
+        raise ValueError(f"column {name!r} must be {target.type}, got values of type {array.type}")
+    try:
+        array = array.cast(target.type, safe=True)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise ValueError(f"column {name!r}: values do not fit {target.type} ({exc})") from None
+    if not target.nullable and array.null_count:
+        raise ValueError(f"column {name!r} is required but has {array.null_count} null values")
+    return array
+
+
+def build_shard_table(columns: Mapping[str, Any]) -> pa.Table:
+    """Build a table that conforms to :data:`SHARD_SCHEMA` from column values.
+
+    ``columns`` maps column names to sequences (lists, NumPy arrays, Arrow
+    arrays), one value per image. A scalar (str, bytes, number, bool, datetime,
+    None) is repeated for every row, which suits per-shard constants such as
+    ``generator_id``, ``sampler`` or ``created_at``. Nullable columns may be
+    omitted (filled with nulls); column order does not matter.
+
+    Raises ``ValueError`` naming the problem for missing required columns,
+    unknown columns, unequal column lengths, values of the wrong kind (e.g.
+    strings or fractional floats in an integer column), out-of-range values
+    and nulls in required columns.
+    """
+    if not isinstance(columns, Mapping):
+        raise ValueError(f"columns must be a mapping of column name to values, got {type(columns).__name__}")
+    missing = [name for name in REQUIRED_COLUMNS if name not in columns]
+    unknown = sorted(name for name in columns if name not in SHARD_SCHEMA.names)
+    if missing or unknown:
+        problems = []
+        if missing:
+            problems.append(f"missing required columns: {', '.join(missing)}")
+        if unknown:
+            problems.append(f"unknown columns: {', '.join(map(str, unknown))}")
+        raise ValueError("shard table does not match the shard schema: " + "; ".join(problems))
+
+    lengths: dict[str, int] = {}
+    for name, values in columns.items():
+        if _is_scalar(values):
+            continue
+        try:
+            lengths[name] = len(values)
+        except TypeError:
+            raise ValueError(f"column {name!r}: expected a sequence of values or a scalar, got {type(values).__name__}") from None
+    if not lengths:
+        raise ValueError("at least one column must be a sequence (one value per image) to give the number of rows")
+    if len(set(lengths.values())) > 1:
+        detail = ", ".join(f"{name}={length}" for name, length in sorted(lengths.items()))
+        raise ValueError(f"columns have different lengths: {detail}")
+    num_rows = next(iter(lengths.values()))
+
+    arrays = [
+        _column_array(f.name, columns[f.name], num_rows) if f.name in columns else pa.nulls(num_rows, type=f.type)
+        for f in SHARD_SCHEMA
+    ]
+    return pa.Table.from_arrays(arrays, schema=SHARD_SCHEMA)
+
+
+def _conform(table: pa.Table) -> pa.Table:
+    """Validate an arbitrary table against the contract and return it in schema order."""
+    if not isinstance(table, pa.Table):
+        raise ValueError(f"expected a pyarrow.Table, got {type(table).__name__}")
+    return build_shard_table({name: table.column(name) for name in table.column_names})
+
+
+# --------------------------------------------------------------------------- #
+# Locations
+# --------------------------------------------------------------------------- #
+
+
+def _check_class_id(class_id: Any) -> str:
+    if not isinstance(class_id, str) or not class_id:
+        raise ValueError(f"class_id must be a non-empty string, got {class_id!r}")
+    if "/" in class_id or "\\" in class_id or ".." in class_id:
+        raise ValueError(f"class_id {class_id!r} is not a safe path segment: it must not contain '/', '\\' or '..'")
+    if "::" in class_id or any(ord(ch) < 32 for ch in class_id):
+        # '::' chains fsspec protocols when a shard URI is parsed again.
+        raise ValueError(f"class_id {class_id!r} is not a safe path segment: no '::' or control characters")
+    return class_id
+
+
+@dataclass(frozen=True)
+class _ClassLocation:
+    fs: fsspec.AbstractFileSystem
+    folder: str  # path inside fs
+    uri_prefix: str  # folder as a URI in the caller's style
+
+    def uri(self, name: str) -> str:
+        return f"{self.uri_prefix}/{name}"
+
+
+def _class_location(base_url: str, class_id: str) -> _ClassLocation:
+    _check_class_id(class_id)
+    fs, root = fsspec.core.url_to_fs(base_url)
+    root = root.rstrip("/") or "/"
+    folder = f"{root.rstrip('/')}/class={class_id}"
+    if isinstance(fs, LocalFileSystem):
+        # Absolute local paths, so URIs stay valid if the working directory
+        # changes; keep the file:// form when the caller used a URL.
+        prefix = fs.unstrip_protocol(folder) if "://" in base_url else folder
+    else:
+        # Build from the caller's URL so chained URLs ("simplecache::s3://...")
+        # and the caller's spelling survive.
+        prefix = f"{base_url.rstrip('/')}/class={class_id}"
+    return _ClassLocation(fs=fs, folder=folder, uri_prefix=prefix)
+
+
+def _is_shard_name(name: str) -> bool:
+    return name.startswith(_SHARD_PREFIX) and name.endswith(_SHARD_SUFFIX)
+
+
+def _shard_names(loc: _ClassLocation) -> list[str]:
+    # Object-store listings are cached by fsspec; a stale cache would hide the
+    # shard just written or resurrect one just deleted.
+    loc.fs.invalidate_cache(loc.folder)
+    try:
+        entries = loc.fs.ls(loc.folder, detail=False)
+    except FileNotFoundError:
+        return []
+    # ls, not glob: class ids may contain glob characters such as '[' or '*'.
+    return sorted(name for name in (entry.rstrip("/").rsplit("/", 1)[-1] for entry in entries) if _is_shard_name(name))
+
+
+# --------------------------------------------------------------------------- #
+# Writing
+# --------------------------------------------------------------------------- #
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """Where a shard was written and what it holds.
+
+    ``sha256`` is the hex digest of the written file's bytes (its first 16 hex
+    characters name the file); ``num_bytes`` is the file size.
+    """
+
+    uri: str
+    sha256: str
+    num_rows: int
+    num_accepted: int
+    num_bytes: int
+
+
+def _serialize(table: pa.Table) -> bytes:
+    """Parquet bytes of ``table``; identical tables give identical bytes."""
+    others = [name for name in table.column_names if name != "image"]
+    image_bytes = int(pc.sum(pc.binary_length(table["image"])).as_py() or 0) if table.num_rows else 0
+    avg_row = max(1, image_bytes // max(1, table.num_rows))
+    row_group_size = max(1, min(max(1, table.num_rows), _TARGET_ROW_GROUP_BYTES // avg_row))
+    sink = pa.BufferOutputStream()
+    pq.write_table(
+        table,
+        sink,
+        row_group_size=row_group_size,
+        # Encoded images are already compressed, and min/max statistics or a
+        # dictionary of unique blobs would only bloat the file footer.
+        compression={name: "zstd" for name in others} | {"image": "none"},
+        use_dictionary=others,
+        write_statistics=others,
+    )
+    return sink.getvalue().to_pybytes()
+
+
+def _write_local_atomic(folder: str, final_path: str, data: bytes) -> None:
+    """Write ``data`` to a hidden temp file in ``folder`` and rename it into place.
+
+    The rename is atomic on POSIX and Windows (``os.replace``) because both
+    names are in the same folder (same filesystem), so readers see either the
+    old state or the complete new file, never a partial one.
+    """
+    tmp_path = os.path.join(folder, f".tmp-{uuid.uuid4().hex}{_SHARD_SUFFIX}")
+    try:
+        with open(tmp_path, "xb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())  # data on disk before the rename makes it visible
+        os.replace(tmp_path, final_path)
+    except BaseException:
+        try:
+            os.remove(tmp_path)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: str) -> None:
+    # Makes the rename itself durable on POSIX; not supported on Windows.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_class_shard(base_url: str, class_id: str, table: pa.Table) -> ShardInfo:
+    """Write ``table`` as the one shard of ``class_id`` under ``base_url``.
+
+    The table is validated against :data:`SHARD_SCHEMA` (see
+    :func:`build_shard_table`) and every row's ``class_id`` must equal
+    ``class_id``; nothing is written if either check fails. The file goes to
+    ``<base_url>/class=<class_id>/shard-<16 hex of its sha256>.parquet``:
+
+    * local filesystem: written to a hidden ``.tmp-<uuid>.parquet`` in the same
+      folder, fsynced and renamed into place with ``os.replace``;
+    * object stores (s3, gcs, memory, ...): one put of the whole object, which
+      is already atomic there, so the final key is written directly.
+
+    Only after the new shard is in place are the class's other
+    ``shard-*.parquet`` files deleted, so a failure at any point leaves the
+    previous shard readable. Writing identical content again gives the same
+    URI and leaves exactly one file. ``class_id`` must be a safe path segment
+    (non-empty, no '/', '\\', '..', '::'), else ``ValueError``.
+    """
+    loc = _class_location(base_url, class_id)
+    table = _conform(table)
+    wrong = pc.unique(pc.filter(table["class_id"], pc.not_equal(table["class_id"], class_id))).to_pylist()
+    if wrong:
+        raise ValueError(f"table rows have class_id {sorted(wrong)!r} but the shard is for class {class_id!r}")
+
+    data = _serialize(table)
+    digest = hashlib.sha256(data).hexdigest()
+    name = f"{_SHARD_PREFIX}{digest[:16]}{_SHARD_SUFFIX}"
+    final_path = f"{loc.folder}/{name}"
+
+    loc.fs.makedirs(loc.folder, exist_ok=True)
+    if isinstance(loc.fs, LocalFileSystem):
+        _write_local_atomic(loc.folder, final_path, data)
+    else:
+        loc.fs.pipe_file(final_path, data)
+
+    # Replace, never duplicate: the partition's older shards go only now that
+    # the new one is complete and visible.
+    for other in _shard_names(loc):
+        if other != name:
+            loc.fs.rm_file(f"{loc.folder}/{other}")
+
+    return ShardInfo(
+        uri=loc.uri(name),
+        sha256=digest,
+        num_rows=table.num_rows,
+        num_accepted=int(pc.sum(table["accepted"].cast(pa.int64())).as_py() or 0),
+        num_bytes=len(data),
+    )
+
+
+# --------------------------------------------------------------------------- #
+# Reading
+# --------------------------------------------------------------------------- #
+
+
+def list_class_shards(base_url: str, class_id: str) -> list[str]:
+    """URIs of the ``shard-*.parquet`` files of ``class_id`` (sorted; temp and
+    dot files ignored; empty if the class folder does not exist)."""
+    loc = _class_location(base_url, class_id)
+    return [loc.uri(name) for name in _shard_names(loc)]
+
+
+def read_shards(uris: Sequence[str], accepted_only: bool = True, columns: Sequence[str] | None = None) -> pa.Table:
+    """Read and concatenate shards.
+
+    With ``accepted_only`` (the default) only rows with ``accepted == True`` are
+    returned. ``columns`` selects columns (in that order); the ``accepted``
+    column is read for filtering even when not selected. No URIs gives an
+    empty table with the shard schema.
+
+    Raises ``FileNotFoundError`` naming a missing URI, and ``ValueError`` for
+    unknown column names or a file that is not a ``synthaug-shard/1`` shard.
+    """
+    if isinstance(uris, str):
+        uris = [uris]
+    selected = list(columns) if columns is not None else list(SHARD_SCHEMA.names)
+    unknown = [name for name in selected if name not in SHARD_SCHEMA.names]
+    if unknown:
+        raise ValueError(f"unknown shard columns: {', '.join(unknown)}")
+    to_read = selected + (["accepted"] if accepted_only and "accepted" not in selected else [])
+
+    tables = []
+    for uri in uris:
+        fs, path = fsspec.core.url_to_fs(uri)
+        if not fs.isfile(path):
+            raise FileNotFoundError(f"shard not found: {uri}")
+        with fs.open(path, "rb") as handle:
+            table = pq.read_table(handle, columns=to_read)
+        contract = (table.schema.metadata or {}).get(CONTRACT_METADATA_KEY, b"").decode()
+        if contract != SHARD_CONTRACT:
+            raise ValueError(f"{uri} is not a {SHARD_CONTRACT} shard (contract metadata: {contract or 'none'})")
+        if accepted_only:
+            table = table.filter(pc.fill_null(table["accepted"], False))
+        tables.append(table.select(selected))
+
+    if not tables:
+        empty_schema = pa.schema([SHARD_SCHEMA.field(name) for name in selected], metadata=SHARD_SCHEMA.metadata)
+        return empty_schema.empty_table()
+    return pa.concat_tables(tables)
+
+
+def file_sha256(uri: str) -> str:
+    """Hex sha256 of the bytes at ``uri`` (streamed, so large files are fine)."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    if not fs.isfile(path):
+        raise FileNotFoundError(f"file not found: {uri}")
+    digest = hashlib.sha256()
+    with fs.open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def decode_shard_images(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """Decode a shard table's images to uint8 ``[N, H, W, C]`` plus ``class_index`` labels (int64).
+
+    Every row must have the same ``height``, ``width`` and ``channels`` (else
+    ``ValueError`` listing the shapes found), and each decoded image must match
+    its row's recorded shape. An empty table gives images shaped
+    ``(0, 0, 0, 0)`` and empty labels.
+    """
+    # Imported here: images.py imports torch, which readers of shard metadata
+    # (listing, hashing, filtering) should not have to load.
+    from synthaug_pipeline.lib.images import decode_image
+
+    needed = ["image", "height", "width", "channels", "class_index"]
+    absent = [name for name in needed if name not in table.column_names]
+    if absent:
+        raise ValueError(f"table lacks columns needed to decode images: {', '.join(absent)}")
+    labels = np.asarray(table["class_index"].to_numpy(zero_copy_only=False), dtype=np.int64)
+    if table.num_rows == 0:
+        return np.zeros((0, 0, 0, 0), dtype=np.uint8), labels
+
+    shapes = pa.table({k: table[k] for k in ("height", "width", "channels")}).group_by(["height", "width", "channels"]).aggregate([])
+    if shapes.num_rows != 1:
+        found = sorted(tuple(row.values()) for row in shapes.to_pylist())
+        raise ValueError(f"shard rows have different image shapes (height, width, channels): {found}")
+    height, width, channels = (int(shapes[k][0].as_py()) for k in ("height", "width", "channels"))
+
+    images = np.empty((table.num_rows, height, width, channels), dtype=np.uint8)
+    # Decoding is per image by nature (each row is its own PNG/WebP/JPEG).
+    for i, data in enumerate(table["image"].to_pylist()):
+        decoded = decode_image(data, channels)
+        if decoded.shape != (height, width, channels):
+            raise ValueError(f"row {i}: decoded image has shape {decoded.shape}, row says {(height, width, channels)}")
+        images[i] = decoded
+    return images, labels

@@ -1,0 +1,72 @@
+"""The code location loads for every profile, and the asset graph keeps its shape."""
+
+from pathlib import Path
+
+import dagster as dg
+import yaml
+
+from synthaug_pipeline.definitions import build_definitions, defs
+from synthaug_pipeline.orchestration import DEFAULT_DAGSTER_YAML, STAGES
+
+EXPECTED_DEPS = {
+    "class_catalog": set(),
+    "real_images": {"class_catalog"},
+    "judge": {"class_catalog", "real_images"},
+    "generator": {"class_catalog", "real_images"},
+    "real_features": {"judge", "real_images"},
+    "synthetic_images": {"class_catalog", "generator"},
+    "synthetic_scores": {"judge", "synthetic_images", "real_features"},
+    "synthetic_shards": {"synthetic_images", "synthetic_scores"},
+    "classifier_baseline": {"class_catalog", "real_images"},
+    "classifier_augmented": {"class_catalog", "real_images", "synthetic_shards"},
+    "evaluation": {"class_catalog", "real_images", "classifier_baseline", "classifier_augmented"},
+    "report": {
+        "class_catalog", "judge", "synthetic_shards", "synthetic_scores",
+        "classifier_baseline", "classifier_augmented", "evaluation",
+    },
+}
+PER_CLASS = {"real_images", "real_features", "synthetic_images", "synthetic_scores", "synthetic_shards"}
+
+
+def _graph(definitions: dg.Definitions) -> dict[str, set[str]]:
+    graph = definitions.resolve_asset_graph()
+    return {
+        key.to_user_string(): {parent.to_user_string() for parent in graph.get(key).parent_keys}
+        for key in graph.get_all_asset_keys()
+    }
+
+
+def test_default_definitions_load_with_the_expected_graph():
+    dg.Definitions.validate_loadable(defs)
+    assert _graph(defs) == EXPECTED_DEPS
+
+
+def test_per_class_assets_are_partitioned_by_class_ids():
+    graph = defs.resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        partitions = graph.get(key).partitions_def
+        if key.to_user_string() in PER_CLASS:
+            assert partitions.get_partition_keys() == [str(i) for i in range(10)]
+        else:
+            assert partitions is None
+
+
+def test_fashion_and_folder_profiles_load(tmp_path):
+    fashion = build_definitions("fashion", [])
+    keys = fashion.resolve_asset_graph().get(dg.AssetKey("real_images")).partitions_def.get_partition_keys()
+    assert keys[:2] == ["t-shirt", "trouser"] and len(keys) == 10
+    for class_id in ("cats", "dogs"):
+        (tmp_path / class_id).mkdir()
+    folder = build_definitions("folder", [f"data.path={tmp_path}"])
+    assert folder.resolve_asset_graph().get(dg.AssetKey("real_images")).partitions_def.get_partition_keys() == ["cats", "dogs"]
+
+
+def test_cli_stages_cover_every_asset_once():
+    staged = [asset for stage in STAGES for asset in stage.assets]
+    assert sorted(staged) == sorted(EXPECTED_DEPS)
+    assert {a for s in STAGES if s.per_class for a in s.assets} == PER_CLASS
+
+
+def test_project_dagster_yaml_matches_the_built_in_default():
+    with open(Path(__file__).parents[2] / "dagster.yaml") as handle:
+        assert yaml.safe_load(handle) == yaml.safe_load(DEFAULT_DAGSTER_YAML)
