@@ -24,11 +24,8 @@ DEFAULT_DAGSTER_HOME = ".dagster_home"
 
 # The default instance config, used when the working directory has no dagster.yaml.
 DEFAULT_DAGSTER_YAML = """\
-# Local Dagster instance for synthaug_pipeline: SQLite storage under DAGSTER_HOME.
-storage:
-  sqlite:
-    base_dir:
-      env: DAGSTER_HOME
+# Local Dagster instance for synthaug_pipeline. Storage is Dagster's default: SQLite files
+# under $DAGSTER_HOME (`synthaug run` / `synthaug dev` use ./.dagster_home).
 # GPU-heavy assets (training, sampling) declare pool "gpu"; one at a time per instance.
 concurrency:
   pools:

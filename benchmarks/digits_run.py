@@ -1,0 +1,75 @@
+"""Wall time and accuracies of the embedded-default run (`synthaug run`), for BENCHMARKS.md.
+
+    python benchmarks/digits_run.py [--profile digits] [--set key=value ...]
+
+Runs the whole graph in a fresh temporary Dagster instance and output folder, then prints
+a Markdown block (command, machine, per-stage seconds, accuracies) and writes it as JSON to
+benchmarks/results/<profile>_run.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import dagster as dg
+import torch
+
+from synthaug_pipeline.orchestration import run_pipeline
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{os.cpu_count()} cores ({cpu}), {device}, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--profile", default="digits")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        overrides = [*args.overrides, f"output.url={tmp}/output"]
+        os.environ["DAGSTER_HOME"] = f"{tmp}/home"
+        os.makedirs(os.environ["DAGSTER_HOME"])
+        started = time.perf_counter()
+        with dg.DagsterInstance.get() as instance:
+            result = run_pipeline(args.profile, overrides, instance, echo=lambda line: print(line, file=sys.stderr))
+        total = time.perf_counter() - started
+    models = result.evaluation["models"]
+    record = {
+        "command": "python benchmarks/digits_run.py " + " ".join(sys.argv[1:]),
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d"),
+        "profile": args.profile,
+        "overrides": args.overrides,
+        "total_seconds": round(total, 1),
+        "stage_seconds": {k: round(v, 1) for k, v in result.seconds.items()},
+        "baseline_top1": models["classifier_baseline"]["in_domain"]["top1"],
+        "augmented_top1": models["classifier_augmented"]["in_domain"]["top1"],
+        "baseline_shifted_top1": models["classifier_baseline"]["shifted_mean_top1"],
+        "augmented_shifted_top1": models["classifier_augmented"]["shifted_mean_top1"],
+    }
+    out = Path(__file__).parent / "results" / f"{args.profile}_run.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps(record, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
