@@ -17,6 +17,7 @@ from typing import Callable
 import dagster as dg
 
 from synthaug_pipeline.definitions import build_definitions
+from synthaug_pipeline.defs.resources import set_progress_listener
 from synthaug_pipeline.lib.config import Profile, load_profile
 from synthaug_pipeline.lib.datasets import dataset_class_ids
 
@@ -135,6 +136,15 @@ def run_pipeline(
                 outcome.failed_checks.append(f"{check.asset_key.to_user_string()}[{partition}] {check.check_name}")
         return result
 
+    set_progress_listener(lambda message: echo(f"      {message}"))
+    try:
+        _run_stages(classes, materialize, outcome, echo)
+    finally:
+        set_progress_listener(None)
+    return outcome
+
+
+def _run_stages(classes, materialize, outcome: PipelineResult, echo: Callable[[str], None]) -> None:
     for number, stage in enumerate(STAGES, start=1):
         echo(f"[{number}/{len(STAGES)}] {stage.name}: {stage.description}" + (f" ({len(classes)} classes)" if stage.per_class else ""))
         started = time.perf_counter()
@@ -155,4 +165,3 @@ def run_pipeline(
                 outcome.report = result.output_for_node("report")
         outcome.seconds[stage.name] = time.perf_counter() - started
         echo(f"      done in {outcome.seconds[stage.name]:.1f}s")
-    return outcome

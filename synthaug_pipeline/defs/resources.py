@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from typing import Callable
 import json
 
 import dagster as dg
@@ -69,3 +70,31 @@ def cached_classifier(url: str, version: str):
 def model_url(output_url: str, name: str, run_id: str) -> str:
     """Where a model trained by run ``run_id`` lives: never overwritten by a later run."""
     return f"{output_url.rstrip('/')}/models/{name}/{run_id[:8]}"
+
+
+# A listener for progress lines, set by `synthaug run` so long stages are not silent in the
+# terminal; Dagster's own logs (the UI) get every line either way.
+_progress_listener: Callable[[str], None] | None = None
+
+
+def set_progress_listener(listener: Callable[[str], None] | None) -> None:
+    global _progress_listener
+    _progress_listener = listener
+
+
+def log_progress(context: dg.AssetExecutionContext, message: str) -> None:
+    """Log a progress line to the run's logs and, under `synthaug run`, to the terminal."""
+    context.log.info(message)
+    if _progress_listener is not None:
+        _progress_listener(message)
+
+
+def training_progress(context: dg.AssetExecutionContext, name: str) -> Callable[[int, int, float], None]:
+    """A ``progress(step, total, loss)`` callback that logs about four lines per training run."""
+
+    def report(step: int, total: int, loss: float) -> None:
+        quarter = max(1, total // 4)
+        if step % quarter == 0 or step == total:
+            log_progress(context, f"{name} step {step}/{total}, loss {loss:.4f}")
+
+    return report

@@ -6,7 +6,7 @@ import dagster as dg
 import numpy as np
 
 from synthaug_pipeline.defs.data.assets import stack_real
-from synthaug_pipeline.defs.resources import SynthaugSettings, cached_generator, default_device, model_url
+from synthaug_pipeline.defs.resources import SynthaugSettings, cached_generator, default_device, log_progress, model_url
 from synthaug_pipeline.lib.diffusion import image_seed, sample_images, save_generator, train_generator
 from synthaug_pipeline.lib.images import grid_markdown
 from synthaug_pipeline.lib.plots import line_chart_markdown
@@ -21,7 +21,7 @@ def build_generation_assets(partitions: dg.PartitionsDefinition) -> list[dg.Asse
         cfg = profile.generator
 
         def progress(step: int, loss: float) -> None:
-            context.log.info(f"generator step {step}/{cfg.train_steps} loss {loss:.4f}")
+            log_progress(context, f"generator step {step}/{cfg.train_steps}, loss {loss:.4f}")
 
         trained = train_generator(images, labels, len(class_catalog["class_ids"]), cfg, progress=progress, device=default_device())
         url = model_url(profile.output_url, "generator", context.run_id)

@@ -6,7 +6,7 @@ import dagster as dg
 import numpy as np
 
 from synthaug_pipeline.defs.data.assets import stack_real
-from synthaug_pipeline.defs.resources import SynthaugSettings, cached_classifier, default_device, model_url
+from synthaug_pipeline.defs.resources import SynthaugSettings, cached_classifier, default_device, model_url, training_progress
 from synthaug_pipeline.lib.classifier import predict, save_classifier, train_classifier
 from synthaug_pipeline.lib.evaluation import evaluate
 from synthaug_pipeline.lib.images import encode_image, grid_markdown
@@ -24,7 +24,14 @@ def build_scoring_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsD
         profile = settings.load()
         images, labels = stack_real(real_images, "train")
         test_images, test_labels = stack_real(real_images, "test")
-        trained = train_classifier(images, labels, len(class_catalog["class_ids"]), profile.judge, device=default_device())
+        trained = train_classifier(
+            images,
+            labels,
+            len(class_catalog["class_ids"]),
+            profile.judge,
+            progress=training_progress(context, "judge"),
+            device=default_device(),
+        )
         url = model_url(profile.output_url, "judge", context.run_id)
         version = save_classifier(trained, url)
         accuracy = evaluate(trained.model, test_images, test_labels, class_catalog["class_ids"])["top1"]

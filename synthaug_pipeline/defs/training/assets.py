@@ -4,7 +4,7 @@ import dagster as dg
 import numpy as np
 
 from synthaug_pipeline.defs.data.assets import stack_real
-from synthaug_pipeline.defs.resources import SynthaugSettings, default_device, model_url
+from synthaug_pipeline.defs.resources import SynthaugSettings, default_device, model_url, training_progress
 from synthaug_pipeline.lib.classifier import TrainedClassifier, save_classifier, train_classifier
 from synthaug_pipeline.lib.shards import decode_shard_images, file_sha256, read_shards
 from synthaug_pipeline.lib.plots import line_chart_markdown
@@ -35,7 +35,10 @@ def build_training_assets() -> list[dg.AssetsDefinition]:
         """A classifier trained on the real training images only."""
         profile = settings.load()
         images, labels = stack_real(real_images, "train")
-        trained = train_classifier(images, labels, len(class_catalog["class_ids"]), profile.classifier, device=default_device())
+        trained = train_classifier(
+            images, labels, len(class_catalog["class_ids"]), profile.classifier,
+            progress=training_progress(context, "classifier_baseline"), device=default_device(),
+        )
         lineage = {"real": {"dataset": class_catalog["dataset"], "source": class_catalog["source"], "images": len(images)}, "shards": []}
         return _model_record(context, trained, "classifier_baseline", profile.output_url, lineage)
 
@@ -65,6 +68,7 @@ def build_training_assets() -> list[dg.AssetsDefinition]:
             synthetic_images=synthetic,
             synthetic_labels=synthetic_labels,
             synthetic_ratio=profile.augmented.synthetic_ratio if len(synthetic) else 0.0,
+            progress=training_progress(context, "classifier_augmented"),
             device=default_device(),
         )
         lineage = {
