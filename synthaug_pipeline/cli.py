@@ -2,6 +2,7 @@
 
     synthaug run [--profile digits] [--set key=value ...]
     synthaug profiles
+    synthaug lineage MODEL_FOLDER | --shard URI
     synthaug dev
 """
 
@@ -30,6 +31,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--dagster-home", default=None, help="Dagster instance folder (default $DAGSTER_HOME or ./.dagster_home)")
 
     sub.add_parser("profiles", help="list packaged profiles")
+
+    lineage = sub.add_parser("lineage", help="the shards and settings that fed a model, or the models that used a shard")
+    lineage.add_argument("model", nargs="?", help="a model folder (…/models/classifier_augmented/<run>)")
+    lineage.add_argument("--shard", default=None, help="list the models whose training read this shard URI")
+    profile_args(lineage)
 
     dev = sub.add_parser("dev", help="start the Dagster UI on the same instance as `synthaug run`")
     profile_args(dev)
@@ -101,6 +107,42 @@ def _dev(args: argparse.Namespace) -> int:
     return subprocess.call(command, env=env)
 
 
+def _lineage(args: argparse.Namespace) -> int:
+    from synthaug_pipeline.lib.lineage import models_using_shard, read_lineage
+
+    if bool(args.model) == bool(args.shard):
+        return _fail("give either a model folder or --shard URI")
+    if args.model:
+        try:
+            record = read_lineage(args.model)
+        except FileNotFoundError as exc:
+            return _fail(str(exc))
+        print(f"model {args.model}: {record.get('name')} version {record.get('version')}, run {record.get('run_id')}")
+        real = record.get("real", {})
+        print(f"real data: {real.get('dataset')} ({real.get('source')}), {real.get('images')} images")
+        training = record.get("training", {})
+        print(f"training: {training.get('model')}, {training.get('steps')} steps, synthetic ratio {record.get('synthetic_ratio', 0)}")
+        shards = record.get("shards", [])
+        print(f"shards: {len(shards)}")
+        for shard in shards:
+            print(
+                f"  {shard['uri']}  sha256 {shard['sha256'][:16]}  accepted {shard['num_accepted']}  "
+                f"filter {shard['filter_version']}  generator {shard['generator_version']}  run {shard.get('run_id', '?')}"
+            )
+        return 0
+    try:
+        profile = load_profile(args.profile, args.overrides)
+    except ProfileError as exc:
+        return _fail(str(exc))
+    models = models_using_shard(profile.output_url, args.shard)
+    if not models:
+        print(f"no model under {profile.output_url}/models used {args.shard}")
+        return 1
+    for model in models:
+        print(f"{model['model']}  {model['name']} version {model['version']} (shard sha256 {model['shard_sha256'][:16]})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "profiles":
@@ -109,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "dev":
         return _dev(args)
+    if args.command == "lineage":
+        return _lineage(args)
     return _run(args)
 
 

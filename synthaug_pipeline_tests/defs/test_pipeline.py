@@ -102,3 +102,19 @@ def test_failed_blocking_check_stops_before_training(tmp_path):
         with pytest.raises(PipelineError, match="has_accepted_images"):
             run_pipeline("digits", overrides, instance, echo=lambda line: None)
     assert not (tmp_path / "report.json").exists()
+
+
+def test_lineage_from_model_to_shards_and_back(pipeline_run, capsys):
+    from synthaug_pipeline.cli import main
+
+    output, result, _, _, _ = pipeline_run
+    report = json.loads(open(f"{output}/report.json").read())
+    model = report["models"]["augmented"]["url"]
+    uris = [shard["uri"] for shard in report["shards"]]  # as trained on (a later test re-runs class 1)
+    assert main(["lineage", model]) == 0
+    out = capsys.readouterr().out
+    assert "shards: 2" in out and all(uri in out for uri in uris)
+    assert main(["lineage", "--shard", uris[0], "--set", f"output.url={output}"]) == 0
+    out = capsys.readouterr().out
+    assert "classifier_augmented" in out and "classifier_baseline" not in out
+    assert main(["lineage", "--shard", "/no/such/shard.parquet", "--set", f"output.url={output}"]) == 1

@@ -145,6 +145,7 @@ def build_scoring_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsD
                 "num_accepted": shard.num_accepted,
                 "filter_version": synthetic_scores["filter_version"],
                 "generator_version": synthetic_images["generator_version"],
+                "run_id": context.run_id,
             },
             metadata=metadata,
         )

@@ -7,12 +7,15 @@ from synthaug_pipeline.defs.data.assets import stack_real
 from synthaug_pipeline.defs.resources import SynthaugSettings, default_device, model_url, training_progress
 from synthaug_pipeline.lib.classifier import TrainedClassifier, save_classifier, train_classifier
 from synthaug_pipeline.lib.shards import decode_shard_images, file_sha256, read_shards
+from synthaug_pipeline.lib.lineage import write_lineage
 from synthaug_pipeline.lib.plots import line_chart_markdown
 
 
 def _model_record(context: dg.AssetExecutionContext, trained: TrainedClassifier, name: str, output_url: str, lineage: dict) -> dict:
     url = model_url(output_url, name, context.run_id)
     version = save_classifier(trained, url)
+    lineage = {**lineage, "name": name, "version": version, "run_id": context.run_id, "training": trained.config}
+    write_lineage(url, lineage)
     context.add_output_metadata(
         {
             "url": url,
@@ -75,7 +78,7 @@ def build_training_assets() -> list[dg.AssetsDefinition]:
             "real": {"dataset": class_catalog["dataset"], "source": class_catalog["source"], "images": len(images)},
             "synthetic_ratio": profile.augmented.synthetic_ratio,
             "shards": [
-                {k: s[k] for k in ("class_id", "uri", "sha256", "num_accepted", "filter_version", "generator_version")} for s in shards
+                {k: s[k] for k in ("class_id", "uri", "sha256", "num_accepted", "filter_version", "generator_version", "run_id")} for s in shards
             ],
         }
         return _model_record(context, trained, "classifier_augmented", profile.output_url, lineage)
