@@ -60,11 +60,12 @@ def render_report_markdown(payload: dict) -> str:
         "| class | generated | accepted | mean judge confidence | FID-style distance | baseline top-1 | augmented top-1 |",
         "|---|---|---|---|---|---|---|",
     ]
+    accepted = {shard["class_id"]: shard["num_accepted"] for shard in payload["shards"]}
     for class_id in payload["dataset"]["class_ids"]:
         summary = payload["per_class"].get(class_id, {})
         fid = summary.get("fid")
         lines.append(
-            f"| {class_id} | {summary.get('n_synthetic', 0)} | {summary.get('accepted', 0)} | "
+            f"| {class_id} | {summary.get('n_synthetic', 0)} | {accepted.get(class_id, 0)} | "
             f"{summary.get('mean_judge_confidence', float('nan')):.3f} | {'n/a' if fid is None else f'{fid:.3f}'} | "
             f"{_pct(base['in_domain']['per_class'].get(class_id))} | {_pct(aug['in_domain']['per_class'].get(class_id))} |"
         )

@@ -118,3 +118,20 @@ def test_lineage_from_model_to_shards_and_back(pipeline_run, capsys):
     out = capsys.readouterr().out
     assert "classifier_augmented" in out and "classifier_baseline" not in out
     assert main(["lineage", "--shard", "/no/such/shard.parquet", "--set", f"output.url={output}"]) == 1
+
+
+def test_refiltering_rewrites_shards_without_regenerating(pipeline_run):
+    output, _, _, _, instance = pipeline_run
+    before = read_shards(list_class_shards(f"{output}/synthetic_shards", "0"), accepted_only=False)
+    generated = len(instance.fetch_materializations(dg.AssetKey("synthetic_images"), limit=100).records)
+    strict = build_definitions("digits", tiny_overrides(output) + ["filter.min_confidence=0.6", "filter.min_accepted_per_class=0"])
+    result = dg.materialize(
+        list(strict.assets), selection=["synthetic_shards"], partition_key="0", instance=instance, resources=dict(strict.resources)
+    )
+    assert result.success
+    after = read_shards(list_class_shards(f"{output}/synthetic_shards", "0"), accepted_only=False)
+    assert after.column("image").to_pylist() == before.column("image").to_pylist()
+    assert after.column("filter_version")[0].as_py() != before.column("filter_version")[0].as_py()
+    confidence = np.asarray(after.column("judge_confidence"))
+    assert np.array_equal(np.asarray(after.column("accepted")), confidence >= 0.6)
+    assert len(instance.fetch_materializations(dg.AssetKey("synthetic_images"), limit=100).records) == generated

@@ -53,14 +53,16 @@ def build_scoring_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsD
     def synthetic_scores(
         context: dg.AssetExecutionContext, settings: SynthaugSettings, judge: dict, synthetic_images: dict, real_features: dict
     ) -> dict:
-        """Judge confidence, judge top-1, nearest-real distance and a per-class FID-style distance."""
-        policy = settings.load().filter
+        """Judge confidence, judge top-1, nearest-real distance and a per-class FID-style distance.
+
+        Scores are cached here; the filter policy is applied by ``synthetic_shards``, so a new policy
+        re-materializes shards without regenerating or re-scoring any image.
+        """
         class_index = synthetic_images["class_index"]
         model = cached_classifier(judge["url"], judge["version"]).model
         probs, features = predict(model, synthetic_images["images"], device=default_device())
         scores = score_class(probs, features, class_index, real_features["features"], real_features["extractor"])
-        accepted = accept(scores, class_index, policy)
-        summary = {**scores.summary, "accepted": int(accepted.sum()), "filter_version": filter_version(policy)}
+        summary = scores.summary
         context.add_output_metadata(
             {
                 **{k: v for k, v in summary.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)},
@@ -68,15 +70,7 @@ def build_scoring_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsD
                 "nearest_real_distance": dg.MetadataValue.md(histogram_markdown(scores.nearest_real_distance, "nearest real distance")),
             }
         )
-        return {
-            "class_id": synthetic_images["class_id"],
-            "judge_confidence": scores.judge_confidence,
-            "judge_top1": scores.judge_top1,
-            "nearest_real_distance": scores.nearest_real_distance,
-            "accepted": accepted,
-            "filter_version": summary["filter_version"],
-            "summary": summary,
-        }
+        return {"class_id": synthetic_images["class_id"], "class_index": class_index, "scores": scores, "summary": summary}
 
     @dg.asset(
         partitions_def=partitions,
@@ -85,10 +79,13 @@ def build_scoring_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsD
         check_specs=[dg.AssetCheckSpec(name, asset="synthetic_shards", blocking=True) for name in SHARD_CHECKS],
     )
     def synthetic_shards(context: dg.AssetExecutionContext, settings: SynthaugSettings, synthetic_images: dict, synthetic_scores: dict):
-        """Every scored image of one class as a Parquet shard, with provenance and an accepted flag."""
+        """Every scored image of one class as a Parquet shard, with provenance and the policy's accepted flag."""
         profile = settings.load()
         images = synthetic_images["images"]
         n = len(images)
+        scores = synthetic_scores["scores"]
+        accepted = accept(scores, synthetic_scores["class_index"], profile.filter)
+        policy_version = filter_version(profile.filter)
         table = build_shard_table(
             {
                 "image": [encode_image(image, profile.output.image_format) for image in images],
@@ -108,27 +105,26 @@ def build_scoring_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsD
                 "guidance_scale": [synthetic_images["guidance_scale"]] * n,
                 "seed": synthetic_images["seeds"],
                 "image_index": list(range(n)),
-                "judge_confidence": synthetic_scores["judge_confidence"],
-                "judge_top1": synthetic_scores["judge_top1"],
+                "judge_confidence": scores.judge_confidence,
+                "judge_top1": scores.judge_top1,
                 "clip_score": [None] * n,
-                "nearest_real_distance": synthetic_scores["nearest_real_distance"],
-                "accepted": synthetic_scores["accepted"],
-                "filter_version": [synthetic_scores["filter_version"]] * n,
+                "nearest_real_distance": scores.nearest_real_distance,
+                "accepted": accepted,
+                "filter_version": [policy_version] * n,
                 "run_id": [context.run_id] * n,
                 "created_at": [dt.datetime.now(dt.timezone.utc)] * n,
             }
         )
         shard = write_class_shard(f"{profile.output_url.rstrip('/')}/synthetic_shards", synthetic_images["class_id"], table)
-        accepted = synthetic_scores["accepted"]
         written = read_shards([shard.uri], accepted_only=False)
-        finite = all(np.isfinite(synthetic_scores[k]).all() for k in ("judge_confidence", "nearest_real_distance"))
+        finite = all(np.isfinite(v).all() for v in (scores.judge_confidence, scores.nearest_real_distance))
         metadata = {
                 "uri": shard.uri,
                 "sha256": shard.sha256,
                 "rows": shard.num_rows,
                 "accepted": shard.num_accepted,
                 "bytes": shard.num_bytes,
-                "filter_version": synthetic_scores["filter_version"],
+                "filter_version": policy_version,
                 "accepted_preview": dg.MetadataValue.md(
                     grid_markdown(images[accepted], "accepted") if accepted.any() else "**accepted**: none"
                 ),
@@ -143,7 +139,7 @@ def build_scoring_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsD
                 "sha256": shard.sha256,
                 "num_rows": shard.num_rows,
                 "num_accepted": shard.num_accepted,
-                "filter_version": synthetic_scores["filter_version"],
+                "filter_version": policy_version,
                 "generator_version": synthetic_images["generator_version"],
                 "run_id": context.run_id,
             },
