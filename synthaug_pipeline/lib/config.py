@@ -40,7 +40,17 @@ class DataConfig(_Section):
 
 
 class GeneratorConfig(_Section):
-    backend: Literal["ddpm"] = "ddpm"
+    backend: Literal["ddpm", "dit", "text2img", "img2img"] = Field(
+        "ddpm",
+        description="ddpm: class-conditional DDPM trained by the pipeline; dit: DiT class-label model; "
+        "text2img: Stable Diffusion family from prompts; img2img: prompts + augmented real images.",
+    )
+    model: str | None = Field(None, description="dit/text2img/img2img: a local diffusers folder or a hub id.")
+    dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", description="Weights dtype for pretrained backends (fp16/bf16 on GPU).")
+    prompt_template: str = Field("a photo of a {name}", description="text2img/img2img prompt; {name} is the class name.")
+    negative_prompt: str | None = Field(None, description="text2img/img2img negative prompt.")
+    strength: float = Field(0.6, gt=0, le=1, description="img2img: how far from the conditioning image (1 = ignore it).")
+    output_size: int | None = Field(None, ge=8, description="Pretrained backends: generated image size before resizing to data.image_size.")
     block_out_channels: list[int] = Field(default_factory=lambda: [32, 64, 64])
     layers_per_block: int = Field(1, ge=1, le=4)
     norm_num_groups: int = Field(8, ge=1)
@@ -52,7 +62,7 @@ class GeneratorConfig(_Section):
     ema_decay: float = Field(0.999, ge=0, lt=1)
     num_train_timesteps: int = Field(1000, ge=2)
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
-    sampler: Literal["ddim", "ddpm", "dpmsolver++", "euler"] = "ddim"
+    sampler: Literal["ddim", "ddpm", "dpmsolver++", "euler"] = Field("ddim", description="Scheduler used for sampling (swappable).")
     sample_steps: int = Field(20, ge=1, le=1000)
     guidance_scale: float = Field(2.5, ge=0, le=50)
     images_per_class: int = Field(100, ge=1)
