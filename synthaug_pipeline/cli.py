@@ -1,9 +1,9 @@
 """`synthaug`: run the pipeline, list profiles, start the Dagster UI.
 
-    synthaug run [--profile digits] [--set key=value ...]
-    synthaug profiles
-    synthaug lineage MODEL_FOLDER | --shard URI
-    synthaug dev
+synthaug run [--profile digits] [--set key=value ...]
+synthaug profiles
+synthaug lineage MODEL_FOLDER | --shard URI
+synthaug dev
 """
 
 from __future__ import annotations
@@ -22,8 +22,17 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def profile_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--profile", default=None, help=f"profile name ({', '.join(available_profiles())}) or YAML path; default {DEFAULT_PROFILE}")
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a profile field, e.g. generator.train_steps=500")
+        p.add_argument(
+            "--profile", default=None, help=f"profile name ({', '.join(available_profiles())}) or YAML path; default {DEFAULT_PROFILE}"
+        )
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a profile field, e.g. generator.train_steps=500",
+        )
 
     run = sub.add_parser("run", help="materialize the whole graph for every class and print the report")
     profile_args(run)

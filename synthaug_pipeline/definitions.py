@@ -39,9 +39,7 @@ def build_definitions(profile_name: str | None = None, overrides: list[str] | No
         partitions_def=partitions,
         description="The per-class assets of one class (pick a partition).",
     )
-    settings = SynthaugSettings(
-        profile=profile_name or os.environ.get(PROFILE_ENV_VAR) or DEFAULT_PROFILE, overrides=list(overrides or [])
-    )
+    settings = SynthaugSettings(profile=profile_name or os.environ.get(PROFILE_ENV_VAR) or DEFAULT_PROFILE, overrides=list(overrides or []))
     return dg.Definitions(assets=assets, jobs=[per_class], resources={"settings": settings})
 
 

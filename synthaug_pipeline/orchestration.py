@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import dagster as dg
 
@@ -150,7 +150,8 @@ def _run_stages(classes, materialize, outcome: PipelineResult, echo: Callable[[s
         started = time.perf_counter()
         if stage.name == "classifiers" and outcome.failed_checks:
             raise PipelineError(
-                "blocking shard checks failed, not training on them: " + "; ".join(outcome.failed_checks)
+                "blocking shard checks failed, not training on them: "
+                + "; ".join(outcome.failed_checks)
                 + ". Loosen filter.min_confidence / filter.min_accepted_per_class or improve the generator."
             )
         if stage.per_class:

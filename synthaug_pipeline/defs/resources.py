@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import functools
-from typing import Callable
 import json
+from collections.abc import Callable
 
 import dagster as dg
 from pydantic import Field

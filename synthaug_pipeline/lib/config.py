@@ -46,7 +46,9 @@ class GeneratorConfig(_Section):
         "text2img: Stable Diffusion family from prompts; img2img: prompts + augmented real images.",
     )
     model: str | None = Field(None, description="dit/text2img/img2img: a local diffusers folder or a hub id.")
-    dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", description="Weights dtype for pretrained backends (fp16/bf16 on GPU).")
+    dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        "float32", description="Weights dtype for pretrained backends (fp16/bf16 on GPU)."
+    )
     prompt_template: str = Field("a photo of a {name}", description="text2img/img2img prompt; {name} is the class name.")
     negative_prompt: str | None = Field(None, description="text2img/img2img negative prompt.")
     strength: float = Field(0.6, gt=0, le=1, description="img2img: how far from the conditioning image (1 = ignore it).")
@@ -179,7 +181,9 @@ def _apply_override(raw: dict[str, Any], path: list[str], value: Any) -> None:
         last = depth == len(path) - 1
         if last:
             if is_section:
-                raise ProfileError(f"{'.'.join(path)!r} is a section; set one of its fields, e.g. {part}.{next(iter(annotation.model_fields))}=...")
+                raise ProfileError(
+                    f"{'.'.join(path)!r} is a section; set one of its fields, e.g. {part}.{next(iter(annotation.model_fields))}=..."
+                )
             node[part] = value
             return
         if not is_section:
@@ -202,7 +206,8 @@ def load_profile(name_or_path: str | None = None, overrides: list[str] | None = 
         return Profile.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" + (f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else "")
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+            + (f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else "")
             for err in exc.errors()
         )
         raise ProfileError(f"invalid profile {name_or_path!r}: {problems}") from None

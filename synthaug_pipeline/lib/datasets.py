@@ -222,7 +222,7 @@ def _load_folder(cfg: DataConfig) -> Dataset:
             raise DatasetError(f"{path} needs columns 'image' (bytes) and 'label'; it has {table.column_names}")
         images = table.column("image").to_pylist()
         splits = table.column("split").to_pylist() if "split" in table.column_names else [None] * len(images)
-        for i, (image, label, split) in enumerate(zip(images, table.column("label").to_pylist(), splits)):
+        for i, (image, label, split) in enumerate(zip(images, table.column("label").to_pylist(), splits, strict=True)):
             data = image["bytes"] if isinstance(image, dict) else image
             records.append((f"row {i}", data, index[str(label)], split))
     else:

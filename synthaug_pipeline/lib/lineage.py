@@ -49,6 +49,13 @@ def models_using_shard(output_url: str, shard_uri: str) -> list[dict]:
         record = json.loads(fs.cat_file(path))
         for shard in record.get("shards", []):
             if _same_uri(shard["uri"], shard_uri):
-                found.append({"model": path.rsplit("/", 1)[0], "name": record.get("name"), "version": record.get("version"), "shard_sha256": shard["sha256"]})
+                found.append(
+                    {
+                        "model": path.rsplit("/", 1)[0],
+                        "name": record.get("name"),
+                        "version": record.get("version"),
+                        "shard_sha256": shard["sha256"],
+                    }
+                )
                 break
     return found

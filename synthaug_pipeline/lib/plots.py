@@ -30,7 +30,7 @@ def line_chart_markdown(values: list[float], title: str, width: int = 480, heigh
         xs = margin + np.arange(len(y)) * (width - 2 * margin) / (len(y) - 1)
         ys = height - margin - (y - lo) / span * (height - 2 * margin)
         draw.rectangle([margin, margin, width - margin, height - margin], outline=(200, 200, 200))
-        draw.line(list(zip(xs.tolist(), ys.tolist())), fill=(31, 119, 180), width=2)
+        draw.line(list(zip(xs.tolist(), ys.tolist(), strict=True)), fill=(31, 119, 180), width=2)
         fmt = (lambda v: f"1e{v:.1f}") if log_y else (lambda v: f"{v:.4g}")
         draw.text((2, 2), f"max {fmt(hi)}", fill="black")
         draw.text((2, height - 14), f"min {fmt(lo)}   ({len(y)} points)", fill="black")

@@ -79,7 +79,10 @@ def render_report_markdown(payload: dict) -> str:
         f"- baseline model: `{payload['models']['baseline']['url']}` (version {payload['models']['baseline']['version']})",
         f"- augmented model: `{payload['models']['augmented']['url']}` (version {payload['models']['augmented']['version']}), "
         f"synthetic ratio {profile['augmented']['synthetic_ratio']}, trained on these shards:",
-        *[f"  - `{s['uri']}` sha256 {s['sha256'][:16]}, {s['num_accepted']}/{s['num_rows']} accepted, filter {s['filter_version']}" for s in payload["shards"]],
+        *[
+            f"  - `{s['uri']}` sha256 {s['sha256'][:16]}, {s['num_accepted']}/{s['num_rows']} accepted, filter {s['filter_version']}"
+            for s in payload["shards"]
+        ],
         "",
     ]
     return "\n".join(lines)

@@ -21,8 +21,13 @@ EXPECTED_DEPS = {
     "classifier_augmented": {"class_catalog", "real_images", "synthetic_shards"},
     "evaluation": {"class_catalog", "real_images", "classifier_baseline", "classifier_augmented"},
     "report": {
-        "class_catalog", "judge", "synthetic_shards", "synthetic_scores",
-        "classifier_baseline", "classifier_augmented", "evaluation",
+        "class_catalog",
+        "judge",
+        "synthetic_shards",
+        "synthetic_scores",
+        "classifier_baseline",
+        "classifier_augmented",
+        "evaluation",
     },
 }
 PER_CLASS = {"real_images", "real_features", "synthetic_images", "synthetic_scores", "synthetic_shards"}
@@ -30,10 +35,7 @@ PER_CLASS = {"real_images", "real_features", "synthetic_images", "synthetic_scor
 
 def _graph(definitions: dg.Definitions) -> dict[str, set[str]]:
     graph = definitions.resolve_asset_graph()
-    return {
-        key.to_user_string(): {parent.to_user_string() for parent in graph.get(key).parent_keys}
-        for key in graph.get_all_asset_keys()
-    }
+    return {key.to_user_string(): {parent.to_user_string() for parent in graph.get(key).parent_keys} for key in graph.get_all_asset_keys()}
 
 
 def test_default_definitions_load_with_the_expected_graph():

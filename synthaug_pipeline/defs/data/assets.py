@@ -19,7 +19,7 @@ def build_data_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
                 "train": int(np.sum(dataset.train.labels == i)),
                 "test": int(np.sum(dataset.test.labels == i)),
             }
-            for i, (class_id, name) in enumerate(zip(dataset.class_ids, dataset.class_names))
+            for i, (class_id, name) in enumerate(zip(dataset.class_ids, dataset.class_names, strict=True))
         ]
         catalog = {
             "dataset": dataset.name,

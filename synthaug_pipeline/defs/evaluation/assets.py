@@ -27,7 +27,9 @@ def build_evaluation_assets() -> list[dg.AssetsDefinition]:
         results = {}
         for record in (classifier_baseline, classifier_augmented):
             model = cached_classifier(record["url"], record["version"]).model
-            results[record["name"]] = evaluate_under_shift(model, images, labels, class_catalog["class_ids"], cfg.corruptions, cfg.severities)
+            results[record["name"]] = evaluate_under_shift(
+                model, images, labels, class_catalog["class_ids"], cfg.corruptions, cfg.severities
+            )
         delta = compare(results["classifier_baseline"], results["classifier_augmented"])
         context.add_output_metadata(
             {

@@ -36,7 +36,13 @@ def build_scoring_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsD
         version = save_classifier(trained, url)
         accuracy = evaluate(trained.model, test_images, test_labels, class_catalog["class_ids"])["top1"]
         context.add_output_metadata(
-            {"url": url, "version": version, "model": profile.judge.model, "test_top1": round(accuracy, 4), "seconds": round(trained.seconds, 1)}
+            {
+                "url": url,
+                "version": version,
+                "model": profile.judge.model,
+                "test_top1": round(accuracy, 4),
+                "seconds": round(trained.seconds, 1),
+            }
         )
         return {"url": url, "version": version, "model": profile.judge.model, "test_top1": accuracy}
 
@@ -119,18 +125,18 @@ def build_scoring_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsD
         written = read_shards([shard.uri], accepted_only=False)
         finite = all(np.isfinite(v).all() for v in (scores.judge_confidence, scores.nearest_real_distance))
         metadata = {
-                "uri": shard.uri,
-                "sha256": shard.sha256,
-                "rows": shard.num_rows,
-                "accepted": shard.num_accepted,
-                "bytes": shard.num_bytes,
-                "filter_version": policy_version,
-                "accepted_preview": dg.MetadataValue.md(
-                    grid_markdown(images[accepted], "accepted") if accepted.any() else "**accepted**: none"
-                ),
-                "rejected_preview": dg.MetadataValue.md(
-                    grid_markdown(images[~accepted], "rejected") if (~accepted).any() else "**rejected**: none"
-                ),
+            "uri": shard.uri,
+            "sha256": shard.sha256,
+            "rows": shard.num_rows,
+            "accepted": shard.num_accepted,
+            "bytes": shard.num_bytes,
+            "filter_version": policy_version,
+            "accepted_preview": dg.MetadataValue.md(
+                grid_markdown(images[accepted], "accepted") if accepted.any() else "**accepted**: none"
+            ),
+            "rejected_preview": dg.MetadataValue.md(
+                grid_markdown(images[~accepted], "rejected") if (~accepted).any() else "**rejected**: none"
+            ),
         }
         yield dg.Output(
             {

@@ -6,9 +6,9 @@ import numpy as np
 from synthaug_pipeline.defs.data.assets import stack_real
 from synthaug_pipeline.defs.resources import SynthaugSettings, default_device, model_url, training_progress
 from synthaug_pipeline.lib.classifier import TrainedClassifier, save_classifier, train_classifier
-from synthaug_pipeline.lib.shards import decode_shard_images, file_sha256, read_shards
 from synthaug_pipeline.lib.lineage import write_lineage
 from synthaug_pipeline.lib.plots import line_chart_markdown
+from synthaug_pipeline.lib.shards import decode_shard_images, file_sha256, read_shards
 
 
 def _model_record(context: dg.AssetExecutionContext, trained: TrainedClassifier, name: str, output_url: str, lineage: dict) -> dict:
@@ -34,13 +34,19 @@ def _model_record(context: dg.AssetExecutionContext, trained: TrainedClassifier,
 
 def build_training_assets() -> list[dg.AssetsDefinition]:
     @dg.asset(group_name="training", pool="gpu", kinds={"pytorch", "timm"})
-    def classifier_baseline(context: dg.AssetExecutionContext, settings: SynthaugSettings, class_catalog: dict, real_images: dict[str, dict]) -> dict:
+    def classifier_baseline(
+        context: dg.AssetExecutionContext, settings: SynthaugSettings, class_catalog: dict, real_images: dict[str, dict]
+    ) -> dict:
         """A classifier trained on the real training images only."""
         profile = settings.load()
         images, labels = stack_real(real_images, "train")
         trained = train_classifier(
-            images, labels, len(class_catalog["class_ids"]), profile.classifier,
-            progress=training_progress(context, "classifier_baseline"), device=default_device(),
+            images,
+            labels,
+            len(class_catalog["class_ids"]),
+            profile.classifier,
+            progress=training_progress(context, "classifier_baseline"),
+            device=default_device(),
         )
         lineage = {"real": {"dataset": class_catalog["dataset"], "source": class_catalog["source"], "images": len(images)}, "shards": []}
         return _model_record(context, trained, "classifier_baseline", profile.output_url, lineage)
@@ -60,9 +66,14 @@ def build_training_assets() -> list[dg.AssetsDefinition]:
         for shard in shards:
             # the shard a model trains on must be the exact bytes the scoring run wrote
             if file_sha256(shard["uri"]) != shard["sha256"]:
-                raise ValueError(f"shard {shard['uri']} changed since it was written (sha256 mismatch): re-materialize synthetic_shards[{shard['class_id']}]")
+                raise ValueError(
+                    f"shard {shard['uri']} changed since it was written (sha256 mismatch): "
+                    f"re-materialize synthetic_shards[{shard['class_id']}]"
+                )
         table = read_shards([s["uri"] for s in shards], accepted_only=True)
-        synthetic, synthetic_labels = decode_shard_images(table) if table.num_rows else (np.zeros((0, *images.shape[1:]), np.uint8), np.zeros(0, np.int64))
+        synthetic, synthetic_labels = (
+            decode_shard_images(table) if table.num_rows else (np.zeros((0, *images.shape[1:]), np.uint8), np.zeros(0, np.int64))
+        )
         trained = train_classifier(
             images,
             labels,
@@ -78,7 +89,8 @@ def build_training_assets() -> list[dg.AssetsDefinition]:
             "real": {"dataset": class_catalog["dataset"], "source": class_catalog["source"], "images": len(images)},
             "synthetic_ratio": profile.augmented.synthetic_ratio,
             "shards": [
-                {k: s[k] for k in ("class_id", "uri", "sha256", "num_accepted", "filter_version", "generator_version", "run_id")} for s in shards
+                {k: s[k] for k in ("class_id", "uri", "sha256", "num_accepted", "filter_version", "generator_version", "run_id")}
+                for s in shards
             ],
         }
         return _model_record(context, trained, "classifier_augmented", profile.output_url, lineage)
