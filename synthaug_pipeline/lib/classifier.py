@@ -6,7 +6,10 @@ any other timm model name can be used in a profile instead.
 
 The same code trains the judge (real images only) and the baseline/augmented classifiers (real +
 synthetic mix). Training runs a fixed number of optimisation steps whatever the data size, so runs
-that are compared with each other get exactly the same compute.
+that are compared with each other get exactly the same compute. Ablations: ``train_classifier(...,
+aux_bn=True)`` gives synthetic images their own batch-norm layers during training (see
+:mod:`synthaug_pipeline.lib.aux_bn`), ``augment=False`` turns augmentation off, and
+:func:`train_classifier_synthetic_only` trains on synthetic images alone (Classification Accuracy Score).
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import fsspec
 import numpy as np
@@ -29,6 +33,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.optim import create_optimizer_v2
 from torch import nn
 
+from synthaug_pipeline.lib.aux_bn import convert_to_aux_bn, route_synthetic, strip_aux_bn
 from synthaug_pipeline.lib.config import ClassifierConfig
 from synthaug_pipeline.lib.images import to_model_tensor
 
@@ -285,6 +290,9 @@ def train_classifier(
     synthetic_ratio: float = 0.0,
     progress: ProgressFn | None = None,
     device: str | torch.device = "cpu",
+    *,
+    aux_bn: bool = False,
+    augment: bool = True,
 ) -> TrainedClassifier:
     """Train ``cfg.model`` for exactly ``cfg.steps`` steps of ``cfg.batch_size`` images.
 
@@ -295,15 +303,124 @@ def train_classifier(
     ``progress(step, total_steps, mean_loss)`` is called each time the loss is logged (~20 times).
     Deterministic for ``cfg.seed`` (bit-exact on CPU; cuDNN may differ slightly between GPU runs).
     The CPU RNG state and that of the training GPU are restored afterwards.
+
+    ``aux_bn=True`` trains with auxiliary batch-norm (:mod:`synthaug_pipeline.lib.aux_bn`): the
+    synthetic samples of each batch are normalised by separate BN layers, the real ones by the main
+    layers; the returned model keeps only the main layers (a plain ``cfg.model``, saved and used like
+    any other). Without synthetic images in the mix it changes nothing. ``augment=False`` turns the
+    random translation off. The defaults reproduce earlier results bit for bit. Both settings are
+    recorded in ``config`` (``aux_bn``, ``augment``; ``max_translate`` is 0 without augmentation).
+
+    For synthetic-only training (Classification Accuracy Score) use
+    :func:`train_classifier_synthetic_only`.
     """
-    labels, synthetic_labels = _check_training_data(
-        images, labels, num_classes, synthetic_images, synthetic_labels, synthetic_ratio
+    labels, synthetic_labels = _check_training_data(images, labels, num_classes, synthetic_images, synthetic_labels, synthetic_ratio)
+    use_synthetic = synthetic_ratio > 0
+    run = _fit(
+        images,
+        labels,
+        num_classes,
+        cfg,
+        synthetic_images if use_synthetic else None,
+        synthetic_labels if use_synthetic else None,
+        synthetic_ratio if use_synthetic else 0.0,
+        progress,
+        device,
+        aux_bn=aux_bn,
+        augment=augment,
     )
+    config = {
+        **run.config,
+        "synthetic_ratio": float(synthetic_ratio) if use_synthetic else 0.0,
+        "synthetic_only": False,
+    }
+    return TrainedClassifier(
+        model=run.model,
+        config=config,
+        history=run.history,
+        seconds=run.seconds,
+        num_parameters=sum(p.numel() for p in run.model.parameters()),
+        num_real=len(images),
+        num_synthetic=len(synthetic_images) if use_synthetic else 0,
+    )
+
+
+def train_classifier_synthetic_only(
+    synthetic_images: np.ndarray,
+    synthetic_labels: np.ndarray,
+    num_classes: int,
+    cfg: ClassifierConfig,
+    progress: ProgressFn | None = None,
+    device: str | torch.device = "cpu",
+    *,
+    augment: bool = True,
+) -> TrainedClassifier:
+    """Train on synthetic images only, for the Classification Accuracy Score (CAS).
+
+    CAS (Ravuri & Vinyals 2019) trains a classifier on generated images alone and reports its
+    accuracy on the *real* test set: a measure of how much class information the generator captured.
+    Same recipe as :func:`train_classifier` (steps, schedule, class-balanced batches, augmentation),
+    with the synthetic pool in place of the real one. Every class needs at least one synthetic
+    image: a class the generator never produced could not be predicted, and CAS would silently
+    measure a smaller problem.
+
+    The result records ``num_real=0``, ``num_synthetic=len(synthetic_images)`` and in ``config``
+    ``synthetic_only=True`` and ``synthetic_ratio=None`` (no real images to be a ratio of). There is
+    no ``aux_bn`` option: with no real images the main BN would never be trained.
+    """
+    if num_classes < 2:
+        raise ValueError(f"a classifier needs at least 2 classes, got num_classes={num_classes}")
+    _check_images(synthetic_images, "synthetic images")
+    if len(synthetic_images) == 0:
+        raise ValueError("no synthetic training images: synthetic-only training (CAS) needs at least one per class")
+    synthetic_labels = _check_labels(synthetic_labels, len(synthetic_images), num_classes, "synthetic images")
+    missing = np.flatnonzero(np.bincount(synthetic_labels, minlength=num_classes) == 0)
+    if len(missing):
+        raise ValueError(f"classes {missing.tolist()} have no synthetic images; synthetic-only training (CAS) needs at least one per class")
+    run = _fit(synthetic_images, synthetic_labels, num_classes, cfg, None, None, 0.0, progress, device, aux_bn=False, augment=augment)
+    return TrainedClassifier(
+        model=run.model,
+        config={**run.config, "synthetic_ratio": None, "synthetic_only": True},
+        history=run.history,
+        seconds=run.seconds,
+        num_parameters=sum(p.numel() for p in run.model.parameters()),
+        num_real=0,
+        num_synthetic=len(synthetic_images),
+    )
+
+
+@dataclass
+class _Run:
+    model: nn.Module
+    config: dict[str, Any]
+    history: list[dict[str, float]]
+    seconds: float
+
+
+def _fit(
+    images: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    cfg: ClassifierConfig,
+    synthetic_images: np.ndarray | None,
+    synthetic_labels: np.ndarray | None,
+    synthetic_ratio: float,
+    progress: ProgressFn | None,
+    device: str | torch.device,
+    *,
+    aux_bn: bool,
+    augment: bool,
+) -> _Run:
+    """The training loop behind train_classifier / train_classifier_synthetic_only (inputs validated).
+
+    ``images`` is the primary pool; ``synthetic_*`` the pool mixed in at ``synthetic_ratio`` (None
+    and 0.0 for none). Returns the model (CPU, eval mode, aux BN stripped) and the shared config.
+    """
     use_synthetic = synthetic_ratio > 0
     rng = np.random.default_rng(cfg.seed)
     sampler = BalancedMixSampler(labels, num_classes, synthetic_labels if use_synthetic else None, synthetic_ratio, rng)
     height, width, in_chans = images.shape[1:]
-    max_shift = max(1, round(min(height, width) / 8))
+    max_shift = max(1, round(min(height, width) / 8)) if augment else 0
     warmup_steps = max(1, round(WARMUP_FRACTION * cfg.steps))
     log_every = max(1, cfg.steps // HISTORY_POINTS)
     device = torch.device(device)
@@ -312,6 +429,8 @@ def train_classifier(
     with torch.random.fork_rng(devices=cuda_devices):
         torch.manual_seed(cfg.seed)  # weight init and dropout
         model = create_classifier(cfg.model, num_classes, in_chans).to(device).train()
+        if aux_bn:
+            model = convert_to_aux_bn(model)  # before the optimizer, so it also trains the aux layers
         optimizer = create_optimizer_v2(model, "adamw", lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.steps, warmup_steps))
         loss_fn = nn.CrossEntropyLoss(label_smoothing=LABEL_SMOOTHING)
@@ -325,10 +444,19 @@ def train_classifier(
             if len(synthetic_idx):
                 batch = np.concatenate([batch, synthetic_images[synthetic_idx]])
                 target = np.concatenate([target, synthetic_labels[synthetic_idx]])
-            x = random_translate(to_model_tensor(batch).to(device), max_shift, rng)
+            x = to_model_tensor(batch).to(device)
+            if augment:
+                x = random_translate(x, max_shift, rng)
             y = torch.from_numpy(target).to(device)
 
-            loss = loss_fn(model(x), y)
+            if aux_bn:
+                # The batch is real samples first, then synthetic ones.
+                is_synthetic = torch.arange(len(target), device=device) >= len(real_idx)
+                with route_synthetic(model, is_synthetic):
+                    logits = model(x)
+            else:
+                logits = model(x)
+            loss = loss_fn(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -347,26 +475,21 @@ def train_classifier(
                     progress(step, cfg.steps, mean_loss)
         seconds = time.perf_counter() - start
 
+    if aux_bn:
+        model = strip_aux_bn(model)
     model = model.cpu().eval()
     config = {
         **cfg.model_dump(),  # model, steps, batch_size, learning_rate, weight_decay, seed
         "num_classes": int(num_classes),
         "in_chans": int(in_chans),
         "image_size": [int(height), int(width)],
-        "synthetic_ratio": float(synthetic_ratio) if use_synthetic else 0.0,
         "label_smoothing": LABEL_SMOOTHING,
         "warmup_steps": warmup_steps,
         "max_translate": max_shift,
+        "augment": bool(augment),
+        "aux_bn": bool(aux_bn),
     }
-    return TrainedClassifier(
-        model=model,
-        config=config,
-        history=history,
-        seconds=seconds,
-        num_parameters=sum(p.numel() for p in model.parameters()),
-        num_real=len(images),
-        num_synthetic=len(synthetic_images) if use_synthetic else 0,
-    )
+    return _Run(model=model, config=config, history=history, seconds=seconds)
 
 
 def _check_labels(labels: Any, num_images: int, num_classes: int, what: str) -> np.ndarray:
@@ -377,9 +500,7 @@ def _check_labels(labels: Any, num_images: int, num_classes: int, what: str) -> 
         raise ValueError(f"{what}: labels must be integers, got {labels.dtype}")
     labels = labels.astype(np.int64)
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(
-            f"{what}: labels must lie in [0, {num_classes}), got range [{labels.min()}, {labels.max()}]"
-        )
+        raise ValueError(f"{what}: labels must lie in [0, {num_classes}), got range [{labels.min()}, {labels.max()}]")
     return labels
 
 
@@ -417,9 +538,7 @@ def _check_training_data(
     if len(synthetic_images) == 0:
         raise ValueError(f"synthetic_ratio={synthetic_ratio} but the synthetic pool is empty")
     if synthetic_images.shape[1:] != images.shape[1:]:
-        raise ValueError(
-            f"synthetic images are {synthetic_images.shape[1:]} (H, W, C) but real images are {images.shape[1:]}"
-        )
+        raise ValueError(f"synthetic images are {synthetic_images.shape[1:]} (H, W, C) but real images are {images.shape[1:]}")
     if synthetic_labels is None:
         raise ValueError("synthetic images were given without synthetic_labels")
     synthetic_labels = _check_labels(synthetic_labels, len(synthetic_images), num_classes, "synthetic images")

@@ -19,8 +19,8 @@ import json
 import math
 import posixpath
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import fsspec
 import numpy as np

@@ -6,7 +6,8 @@ runs are comparable. Blur is scaled to the image size because our images are tin
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,9 +68,7 @@ def _logits(model: nn.Module, images: np.ndarray, batch_size: int) -> torch.Tens
     return torch.cat(chunks)
 
 
-def evaluate(
-    model: nn.Module, images: np.ndarray, labels: np.ndarray, class_ids: list[str], batch_size: int = 512
-) -> dict[str, Any]:
+def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray, class_ids: list[str], batch_size: int = 512) -> dict[str, Any]:
     """Accuracy of ``model`` on labelled uint8 images.
 
     Returns ``{"top1", "top5" (None unless more than 10 classes), "n", "per_class": {class_id:
@@ -99,9 +98,7 @@ def evaluate(
         "top1": float((predicted == labels).mean()),
         "top5": top5,
         "n": int(len(labels)),
-        "per_class": {
-            class_id: (float(confusion[i, i] / support[i]) if support[i] else None) for i, class_id in enumerate(class_ids)
-        },
+        "per_class": {class_id: (float(confusion[i, i] / support[i]) if support[i] else None) for i, class_id in enumerate(class_ids)},
         "confusion": confusion.tolist(),
     }
 

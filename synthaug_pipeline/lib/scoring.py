@@ -7,21 +7,25 @@ Everything here works on plain NumPy arrays that earlier stages produced:
 * ``real_features`` ``[M, D]`` features of the real images of the same class,
   taken from the *same* extractor (the caller names it, so reports say which).
 
-Distribution metrics (FID, KID) and distances are computed in float64: feature
-sums over thousands of images in float32 lose enough precision to move FID in
-the second digit.
+Distribution metrics (FID, KID, precision/recall/density/coverage) and
+distances are computed in float64: feature sums over thousands of images in
+float32 lose enough precision to move FID in the second digit.
+
+Optional ``test_features`` (held-out real images of the class) let
+:func:`score_class` flag synthetic images that copy a training image
+(memorization) or a test image (leakage that would inflate test accuracy).
+Which images are accepted is decided in :mod:`synthaug_pipeline.lib.filtering`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from synthaug_pipeline.lib.config import FilterConfig
+from synthaug_pipeline.lib.filtering import FilterPolicy
 
 # Rows per block when computing pairwise distances, so memory stays at
 # ``_CHUNK_ROWS * M`` floats instead of ``N * M`` for large classes.
@@ -33,6 +37,18 @@ _CHUNK_ROWS = 1024
 # Any field added to FilterConfig later is included by default (safer: a new
 # row-level rule must change the version).
 _NON_ROW_POLICY_FIELDS = frozenset({"min_accepted_per_class"})
+
+# Default near-duplicate threshold of score_class, as a fraction of the class's
+# median real nearest-neighbour distance (``summary["real_nn_distance"]``): a
+# synthetic image closer than half the typical distance between two *distinct*
+# real training images of its class is treated as a copy of that image. A
+# heuristic scale, not a calibrated one: inspect flagged pairs and pass
+# ``duplicate_threshold`` explicitly once a dataset's copies are known.
+DEFAULT_DUPLICATE_FRACTION = 0.5
+
+# Neighbourhood size of precision/recall/density/coverage (Naeem et al. 2020
+# recommend k = 5).
+DEFAULT_PRDC_K = 5
 
 
 # --------------------------------------------------------------------------- #
@@ -75,6 +91,30 @@ def _sqrt_psd(matrix: np.ndarray) -> np.ndarray:
     return (eigvecs * np.sqrt(eigvals)) @ eigvecs.T
 
 
+def _fid_traces_cov(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
+    """``Tr S_a``, ``Tr S_b``, ``Tr (S_a S_b)^{1/2}`` via ``D x D`` covariances."""
+    cov_a = np.atleast_2d(np.cov(a, rowvar=False, ddof=1))
+    cov_b = np.atleast_2d(np.cov(b, rowvar=False, ddof=1))
+    sqrt_a = _sqrt_psd(cov_a)
+    middle = sqrt_a @ cov_b @ sqrt_a
+    middle = (middle + middle.T) / 2.0  # remove round-off asymmetry before eigvalsh
+    eig_middle = np.clip(np.linalg.eigvalsh(middle), 0.0, None)
+    return float(np.trace(cov_a)), float(np.trace(cov_b)), float(np.sqrt(eig_middle).sum())
+
+
+def _fid_traces_gram(a_centred: np.ndarray, b_centred: np.ndarray) -> tuple[float, float, float]:
+    """The same three traces from centred ``[N, D]``, ``[M, D]`` data (no ``D x D`` work).
+
+    ``Tr (S_a S_b)^{1/2}`` is the nuclear norm of ``A B^T / sqrt((N-1)(M-1))``
+    (see :func:`frechet_distance`); singular values are >= 0 by construction.
+    """
+    n_a, n_b = a_centred.shape[0], b_centred.shape[0]
+    trace_a = float(np.einsum("ij,ij->", a_centred, a_centred) / (n_a - 1))
+    trace_b = float(np.einsum("ij,ij->", b_centred, b_centred) / (n_b - 1))
+    singular = np.linalg.svd(a_centred @ b_centred.T, compute_uv=False)
+    return trace_a, trace_b, float(singular.sum() / np.sqrt((n_a - 1) * (n_b - 1)))
+
+
 def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets (the FID formula).
 
@@ -89,6 +129,14 @@ def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
     non-symmetric, often singular matrix (per-class sets have N < D) and
     returns complex values or NaN there.
 
+    When either set has fewer samples than dimensions (``min(N, M) < D``, the
+    usual per-class case) the same trace is computed without any ``D x D``
+    decomposition: with centred data matrices ``A`` ``[N, D]`` and ``B``
+    ``[M, D]``, the non-zero eigenvalues of ``S_a S_b`` are the squared
+    singular values of ``A B^T / sqrt((N-1)(M-1))``, so the trace is that
+    matrix's nuclear norm (one SVD of an ``N x M`` matrix; exact, and cheaper
+    because ``N M min(N, M) < N M D``).
+
     Raises ``ValueError`` for fewer than 2 samples in either set, NaN/inf
     features, non-2-D input, or mismatched feature dimensions. Tiny negative
     results from round-off are clipped to 0.0.
@@ -98,17 +146,13 @@ def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
     _check_same_dim(a, b, "features_a", "features_b")
 
     mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
-    cov_a = np.atleast_2d(np.cov(a, rowvar=False, ddof=1))
-    cov_b = np.atleast_2d(np.cov(b, rowvar=False, ddof=1))
-
-    sqrt_a = _sqrt_psd(cov_a)
-    middle = sqrt_a @ cov_b @ sqrt_a
-    middle = (middle + middle.T) / 2.0  # remove round-off asymmetry before eigvalsh
-    eig_middle = np.clip(np.linalg.eigvalsh(middle), 0.0, None)
-    trace_sqrt = float(np.sqrt(eig_middle).sum())
+    if min(a.shape[0], b.shape[0]) < a.shape[1]:
+        trace_a, trace_b, trace_sqrt = _fid_traces_gram(a - mu_a, b - mu_b)
+    else:
+        trace_a, trace_b, trace_sqrt = _fid_traces_cov(a, b)
 
     diff = mu_a - mu_b
-    value = float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2.0 * trace_sqrt)
+    value = float(diff @ diff + trace_a + trace_b - 2.0 * trace_sqrt)
     # The distance is >= 0 in exact arithmetic; identical sets give ~ -1e-13.
     return max(value, 0.0)
 
@@ -224,6 +268,110 @@ def _mean_pairwise_distance(x: np.ndarray) -> float:
     return total / (n * (n - 1))
 
 
+def _kth_neighbour_sq(x: np.ndarray, k: int) -> np.ndarray:
+    """Squared L2 distance from each row of ``x`` to its k-th nearest *other* row.
+
+    Needs ``len(x) > k``. Blocked like :func:`_nearest`; the row itself is
+    excluded by giving it distance -1 so it sorts first.
+    """
+    x_sq = np.einsum("ij,ij->i", x, x)
+    out = np.empty(x.shape[0], dtype=np.float64)
+    for start in range(0, x.shape[0], _CHUNK_ROWS):
+        stop = min(start + _CHUNK_ROWS, x.shape[0])
+        d2 = _sq_dists(x[start:stop], x, x_sq)
+        rows = np.arange(stop - start)
+        d2[rows, rows + start] = -1.0
+        out[start:stop] = np.partition(d2, k, axis=1)[:, k]
+    return out
+
+
+def manifold_metrics(real_features: np.ndarray, fake_features: np.ndarray, k: int = DEFAULT_PRDC_K) -> dict[str, Any]:
+    """Precision, recall, density and coverage of Naeem et al. (2020).
+
+    "Reliable Fidelity and Diversity Metrics for Generative Models" (ICML 2020).
+    Each real sample ``X_i`` gets a ball ``B(X_i, NND_k(X_i))`` whose radius is
+    the distance to its k-th nearest *other* real sample; fake samples ``Y_j``
+    get balls from their k-th nearest other fake sample. With M real and N fake
+    samples:
+
+    * precision = share of fake samples inside at least one real ball,
+    * recall    = share of real samples inside at least one fake ball,
+    * density   = ``1/(k N) * sum_j #{i : Y_j in B(X_i)}`` (can exceed 1),
+    * coverage  = share of real samples whose ball holds at least one fake sample.
+
+    Balls are open (``distance < radius``), as in the authors' reference code
+    (clovaai/generative-evaluation-prdc), so numbers are comparable with
+    published ones. L2 distances in float64, computed in blocks of rows (memory
+    ``O(block * max(M, N))``) after centring both sets on the real mean (fewer
+    rounding errors in ``|a|^2 + |b|^2 - 2 a.b``; distances are unchanged).
+
+    Returns a dict: ``precision``, ``recall``, ``density``, ``coverage``
+    (float or None), ``k``, ``n_real``, ``n_fake`` and ``reason`` (None, or why
+    some values are None). Too few samples never raise: real balls need
+    ``M > k`` (else precision, density and coverage are None), fake balls need
+    ``N > k`` (else recall is None), and an empty set gives None throughout.
+
+    Raises ``ValueError`` for ``k < 1``, NaN/inf features, non-2-D input or
+    mismatched feature dimensions.
+    """
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    k = int(k)
+    real = _as_features(real_features, "real_features")
+    fake = _as_features(fake_features, "fake_features")
+    _check_same_dim(real, fake, "real_features", "fake_features")
+    m, n = real.shape[0], fake.shape[0]
+    result: dict[str, Any] = {
+        "precision": None,
+        "recall": None,
+        "density": None,
+        "coverage": None,
+        "k": k,
+        "n_real": m,
+        "n_fake": n,
+        "reason": None,
+    }
+    reasons = []
+    if m == 0 or n == 0:
+        result["reason"] = f"needs real and fake samples, got {m} real and {n} fake"
+        return result
+    real_ok, fake_ok = m > k, n > k
+    if not real_ok:
+        reasons.append(f"precision, density and coverage need more than k={k} real samples, got {m}")
+    if not fake_ok:
+        reasons.append(f"recall needs more than k={k} fake samples, got {n}")
+    result["reason"] = "; ".join(reasons) or None
+    if not (real_ok or fake_ok):
+        return result
+
+    center = real.mean(axis=0)
+    real = real - center
+    fake = fake - center
+    real_r2 = _kth_neighbour_sq(real, k) if real_ok else None
+    fake_r2 = _kth_neighbour_sq(fake, k) if fake_ok else None
+
+    real_sq = np.einsum("ij,ij->i", real, real)
+    counts = np.zeros(n, dtype=np.int64)  # real balls holding each fake sample
+    real_min_d2 = np.full(m, np.inf)  # squared distance of each real sample to its nearest fake
+    real_in_fake = np.zeros(m, dtype=bool)
+    for start in range(0, n, _CHUNK_ROWS):
+        stop = min(start + _CHUNK_ROWS, n)
+        d2 = _sq_dists(fake[start:stop], real, real_sq)  # [block of fake, M]
+        if real_r2 is not None:
+            counts[start:stop] = (d2 < real_r2[None, :]).sum(axis=1)
+            np.minimum(real_min_d2, d2.min(axis=0), out=real_min_d2)
+        if fake_r2 is not None:
+            real_in_fake |= (d2 < fake_r2[start:stop, None]).any(axis=0)
+
+    if real_r2 is not None:
+        result["precision"] = float((counts > 0).mean())
+        result["density"] = float(counts.sum() / (k * n))
+        result["coverage"] = float((real_min_d2 < real_r2).mean())
+    if fake_r2 is not None:
+        result["recall"] = float(real_in_fake.mean())
+    return result
+
+
 # --------------------------------------------------------------------------- #
 # Per-class scores
 # --------------------------------------------------------------------------- #
@@ -238,7 +386,18 @@ class ClassScores:
     * ``judge_confidence`` float64: judge probability of the intended class,
     * ``judge_top1`` int64: judge argmax class index,
     * ``nearest_real_distance`` float64: L2 distance in feature space to the
-      nearest real image of the same class.
+      nearest real (training) image of the same class,
+    * ``nearest_test_distance`` float64: the same to the nearest held-out test
+      image of the class; None when no test features were given,
+    * ``is_train_copy`` bool: ``nearest_real_distance <= duplicate_threshold``,
+      a near-copy of a training image (memorization); None when no threshold
+      could be set (see :func:`score_class`),
+    * ``is_test_leak`` bool: ``nearest_test_distance <= duplicate_threshold``,
+      a near-copy of a test image (training on it would leak the test set);
+      None without test features or threshold.
+
+    The last three default to None so hand-built scores (and scores pickled
+    before they existed) stay valid; filters treat None as "not checked".
 
     ``summary`` is a JSON-serialisable dict of class-level numbers (see
     :func:`score_class`); values that cannot be computed are None and the
@@ -249,6 +408,9 @@ class ClassScores:
     judge_top1: np.ndarray
     nearest_real_distance: np.ndarray
     summary: dict[str, Any] = field(default_factory=dict)
+    nearest_test_distance: np.ndarray | None = None
+    is_train_copy: np.ndarray | None = None
+    is_test_leak: np.ndarray | None = None
 
 
 def _check_probs(probs: Any) -> np.ndarray:
@@ -286,6 +448,9 @@ def score_class(
     kid_subset_size: int | None = None,
     kid_num_subsets: int = 100,
     seed: int = 0,
+    test_features: np.ndarray | None = None,
+    duplicate_threshold: float | None = None,
+    prdc_k: int = DEFAULT_PRDC_K,
 ) -> ClassScores:
     """Score the N synthetic images of one class against its M real images.
 
@@ -299,16 +464,30 @@ def score_class(
     mean_nearest_real_distance, real_nn_distance (median nearest-neighbour
     distance among the real images: the scale to read distances against),
     diversity (mean pairwise distance among synthetic features), real_diversity,
-    warnings (list of str). Fields needing more images than the class has are
-    None with a warning; a 1-image class never raises.
+    precision, recall, density, coverage, prdc_k (see :func:`manifold_metrics`,
+    real = the training features), n_test, mean_nearest_test_distance,
+    duplicate_threshold, duplicate_threshold_rule (how it was set),
+    train_copies, test_leaks (counts of flagged images), warnings (list of
+    str). Fields needing more images than the class has are None with a
+    warning; a 1-image class never raises.
 
     KID uses the full sets unless ``kid_subset_size`` is given (see
     :func:`kernel_inception_distance`).
 
+    Near-duplicates: ``test_features`` ``[T, D]`` (optional, same extractor)
+    are held-out real images of the class. An image is a training copy if its
+    nearest-real distance is ``<= duplicate_threshold`` and a test leak if its
+    nearest-test distance is. ``duplicate_threshold=None`` (default) uses
+    :data:`DEFAULT_DUPLICATE_FRACTION` (0.5) x ``real_nn_distance``; with fewer
+    than 2 real images there is no such scale and the flags are None with a
+    warning. Without test features (or with an empty ``[0, D]`` array)
+    ``nearest_test_distance``, ``is_test_leak`` and ``test_leaks`` are None.
+
     Raises ``ValueError`` for non-finite probs/features (naming how many rows),
     shape mismatches, probabilities outside [0, 1] or rows not summing to 1,
-    ``class_index`` out of range, or no real images (nearest-real distances
-    need at least one).
+    ``class_index`` out of range, no real images (nearest-real distances
+    need at least one), a negative or non-finite ``duplicate_threshold``, or
+    ``prdc_k < 1``.
     """
     p = _check_probs(probs)
     x = _as_features(features, "features")
@@ -321,6 +500,16 @@ def score_class(
     class_index = int(class_index)
     if r.shape[0] == 0:
         raise ValueError("real_features is empty: nearest-real distances need at least one real image of the class")
+    t = None
+    if test_features is not None:
+        t = _as_features(test_features, "test_features")
+        _check_same_dim(x, t, "features", "test_features")
+    if duplicate_threshold is not None:
+        if isinstance(duplicate_threshold, bool) or not np.isfinite(duplicate_threshold) or duplicate_threshold < 0:
+            raise ValueError(f"duplicate_threshold must be a finite distance >= 0, got {duplicate_threshold!r}")
+        duplicate_threshold = float(duplicate_threshold)
+    if isinstance(prdc_k, bool) or not isinstance(prdc_k, (int, np.integer)) or prdc_k < 1:
+        raise ValueError(f"prdc_k must be a positive integer, got {prdc_k!r}")
 
     n, m = x.shape[0], r.shape[0]
     warnings: list[str] = []
@@ -342,6 +531,17 @@ def score_class(
         "real_nn_distance": None,
         "diversity": None,
         "real_diversity": None,
+        "precision": None,
+        "recall": None,
+        "density": None,
+        "coverage": None,
+        "prdc_k": int(prdc_k),
+        "n_test": None if t is None else int(t.shape[0]),
+        "mean_nearest_test_distance": None,
+        "duplicate_threshold": None,
+        "duplicate_threshold_rule": None,
+        "train_copies": None,
+        "test_leaks": None,
     }
     if n == 0:
         warnings.append("no synthetic images: per-image scores and all class metrics are empty")
@@ -365,8 +565,50 @@ def score_class(
     else:
         warnings.append(f"real_nn_distance and real_diversity need at least 2 real images, got {m}")
 
+    prdc = manifold_metrics(r, x, k=int(prdc_k))
+    for key in ("precision", "recall", "density", "coverage"):
+        summary[key] = prdc[key]
+    if prdc["reason"]:
+        warnings.append(f"precision/recall/density/coverage: {prdc['reason']}")
+
+    nearest_test = None
+    if t is not None and t.shape[0] == 0:
+        warnings.append("test_features is empty: test-leak check skipped")
+        summary["n_test"] = 0
+    elif t is not None:
+        nearest_test = _nearest(x, t) if n else np.zeros(0, dtype=np.float64)
+        summary["mean_nearest_test_distance"] = float(nearest_test.mean()) if n else None
+
+    threshold = duplicate_threshold
+    if threshold is not None:
+        summary["duplicate_threshold_rule"] = "given"
+    elif summary["real_nn_distance"] is not None:
+        threshold = DEFAULT_DUPLICATE_FRACTION * summary["real_nn_distance"]
+        summary["duplicate_threshold_rule"] = f"{DEFAULT_DUPLICATE_FRACTION} x median real nearest-neighbour distance"
+        if threshold == 0.0:
+            warnings.append("median real nearest-neighbour distance is 0 (duplicate real images): only exact copies are flagged")
+    else:
+        warnings.append("train-copy/test-leak flags need a duplicate_threshold: pass one, or give at least 2 real images to derive it")
+
+    is_train_copy = is_test_leak = None
+    if threshold is not None:
+        summary["duplicate_threshold"] = threshold
+        is_train_copy = nearest <= threshold
+        summary["train_copies"] = int(is_train_copy.sum())
+        if nearest_test is not None:
+            is_test_leak = nearest_test <= threshold
+            summary["test_leaks"] = int(is_test_leak.sum())
+
     summary["warnings"] = warnings
-    return ClassScores(judge_confidence=confidence, judge_top1=top1, nearest_real_distance=nearest, summary=summary)
+    return ClassScores(
+        judge_confidence=confidence,
+        judge_top1=top1,
+        nearest_real_distance=nearest,
+        summary=summary,
+        nearest_test_distance=nearest_test,
+        is_train_copy=is_train_copy,
+        is_test_leak=is_test_leak,
+    )
 
 
 # --------------------------------------------------------------------------- #
@@ -377,21 +619,31 @@ def score_class(
 def filter_version(cfg: FilterConfig) -> str:
     """Identifier of the row-acceptance policy: ``"v1-"`` + 12 hex of a sha256.
 
-    Hashes the canonical JSON (sorted keys, no whitespace) of the FilterConfig
-    fields that decide per-row acceptance, so every shard row records which
-    policy accepted it and a policy change is visible in the data.
-    ``min_accepted_per_class`` is excluded: it gates a whole class in an asset
-    check and never changes a row's accepted flag.
+    Hashes the canonical JSON (sorted keys, no whitespace) of the policy that
+    :func:`accept` applies for ``cfg`` (see
+    :meth:`~synthaug_pipeline.lib.filtering.FilterPolicy.canonical`), so every
+    shard row records which policy accepted it and a policy change is visible
+    in the data. Policy settings at their no-op value (no top_k/quantile,
+    duplicates kept) are left out, so a config without those fields hashes
+    exactly as before they existed, and equals
+    :func:`~synthaug_pipeline.lib.filtering.policy_version` of the same
+    settings. Any other FilterConfig field is included as dumped (a new
+    row-level rule must change the version), except ``min_accepted_per_class``:
+    it gates a whole class in an asset check and never changes a row's
+    accepted flag.
     """
-    policy = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in _NON_ROW_POLICY_FIELDS}
-    canonical = json.dumps(policy, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return "v1-" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
+    dumped = cfg.model_dump(mode="json")
+    policy = FilterPolicy.from_config(cfg)
+    extra = {k: v for k, v in dumped.items() if k not in _NON_ROW_POLICY_FIELDS and k not in FilterPolicy.field_names()}
+    return policy.version(extra=extra)
 
 
 def accept(scores: ClassScores, class_index: int, cfg: FilterConfig) -> np.ndarray:
-    """Boolean accept mask: ``confidence >= min_confidence`` and, if
-    ``require_label_match``, judge top-1 equals ``class_index``."""
-    mask = np.asarray(scores.judge_confidence) >= cfg.min_confidence
-    if cfg.require_label_match:
-        mask &= np.asarray(scores.judge_top1) == int(class_index)
-    return mask.astype(bool, copy=False)
+    """Boolean accept mask of ``cfg``'s policy (see
+    :func:`synthaug_pipeline.lib.filtering.apply_policy`): ``confidence >=
+    min_confidence`` and, if ``require_label_match``, judge top-1 equals
+    ``class_index``; then duplicate dropping and top_k/quantile if ``cfg`` has
+    those fields. FilterConfig fields that do not exist (yet) are read with
+    no-op defaults (:meth:`FilterPolicy.from_config`), so decisions for a
+    config without them are exactly the two thresholds."""
+    return FilterPolicy.from_config(cfg).apply(scores, class_index)

@@ -182,8 +182,7 @@ def build_shard_table(columns: Mapping[str, Any]) -> pa.Table:
     num_rows = next(iter(lengths.values()))
 
     arrays = [
-        _column_array(f.name, columns[f.name], num_rows) if f.name in columns else pa.nulls(num_rows, type=f.type)
-        for f in SHARD_SCHEMA
+        _column_array(f.name, columns[f.name], num_rows) if f.name in columns else pa.nulls(num_rows, type=f.type) for f in SHARD_SCHEMA
     ]
     return pa.Table.from_arrays(arrays, schema=SHARD_SCHEMA)
 

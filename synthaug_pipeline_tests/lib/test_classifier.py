@@ -206,9 +206,7 @@ def test_synthetic_images_are_really_used() -> None:
     real_images, real_labels = _noise(20, seed=3)
     synthetic_images, synthetic_labels = _patterns(10, seed=4)
     test_images, test_labels = _patterns(30, seed=5)
-    mixed = train_classifier(
-        real_images, real_labels, 3, FAST, synthetic_images, synthetic_labels, synthetic_ratio=3.0
-    )
+    mixed = train_classifier(real_images, real_labels, 3, FAST, synthetic_images, synthetic_labels, synthetic_ratio=3.0)
     assert _accuracy(mixed.model, test_images, test_labels) > 0.9
     assert mixed.num_synthetic == 30 and mixed.config["synthetic_ratio"] == 3.0
 

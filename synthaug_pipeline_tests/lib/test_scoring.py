@@ -19,6 +19,7 @@ from synthaug_pipeline.lib.scoring import (
     filter_version,
     frechet_distance,
     kernel_inception_distance,
+    manifold_metrics,
     score_class,
 )
 
@@ -100,6 +101,25 @@ def test_frechet_mean_shift_gives_squared_norm():
     a = rng.normal(size=(150, 7))
     v = np.array([1.0, -2.0, 0.5, 0.0, 3.0, -1.0, 0.25])
     assert frechet_distance(a, a + v) == pytest.approx(float(v @ v), rel=1e-7)
+
+
+@pytest.mark.parametrize("shape_a, shape_b", [((300, 12), (250, 12)), ((20, 30), (25, 30)), ((9, 30), (40, 30))])
+def test_frechet_gram_and_covariance_routes_agree(shape_a, shape_b):
+    # frechet_distance takes the Gram/SVD route when min(N, M) < D; both routes
+    # compute the same three traces, and match the sqrtm reference where it applies.
+    rng = np.random.default_rng(14)
+    a = rng.normal(size=shape_a) @ rng.normal(size=(shape_a[1], shape_a[1]))
+    b = rng.normal(loc=0.2, size=shape_b) @ rng.normal(size=(shape_b[1], shape_b[1]))
+    gram = scoring._fid_traces_gram(a - a.mean(0), b - b.mean(0))
+    cov = scoring._fid_traces_cov(a, b)
+    np.testing.assert_allclose(gram, cov, rtol=1e-7)
+    diff = a.mean(0) - b.mean(0)
+    via_gram = float(diff @ diff + gram[0] + gram[1] - 2 * gram[2])
+    via_cov = float(diff @ diff + cov[0] + cov[1] - 2 * cov[2])
+    assert via_gram == pytest.approx(via_cov, rel=1e-7)
+    assert frechet_distance(a, b) == pytest.approx(via_cov, rel=1e-7)
+    if min(shape_a[0], shape_b[0]) > shape_a[1]:  # sqrtm is reliable only for full-rank covariances
+        assert via_gram == pytest.approx(_fid_reference(a, b), rel=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -222,7 +242,15 @@ def test_score_class_hand_made_values():
     assert s["fid"] == pytest.approx(frechet_distance(SYN, REAL))
     kid_mean, kid_std = kernel_inception_distance(SYN, REAL)
     assert s["kid_mean"] == pytest.approx(kid_mean) and s["kid_std"] == 0.0
-    assert s["warnings"] == []
+    # 3 images per set are too few for the default k=5 neighbourhoods: the
+    # only warning is about the PRDC fields, which are None.
+    assert len(s["warnings"]) == 1 and s["warnings"][0].startswith("precision/recall/density/coverage")
+    assert s["precision"] is None and s["recall"] is None and s["density"] is None and s["coverage"] is None
+    # Duplicate flags at the default threshold 0.5 x real_nn_distance = 2.5.
+    assert s["duplicate_threshold"] == pytest.approx(2.5)
+    np.testing.assert_array_equal(scores.is_train_copy, [True, False, True])
+    assert s["train_copies"] == 2
+    assert scores.nearest_test_distance is None and scores.is_test_leak is None and s["test_leaks"] is None
     json.dumps(s)  # metadata-ready: plain Python types only
 
 
@@ -342,3 +370,180 @@ def test_accept_applies_thresholds_exactly():
 def test_accept_on_score_class_output():
     scores = score_class(PROBS, SYN, 1, REAL, "x")
     np.testing.assert_array_equal(accept(scores, 1, FilterConfig(min_confidence=0.5)), [True, False, True])
+
+
+# --------------------------------------------------------------------------- #
+# manifold_metrics (precision / recall / density / coverage)
+# --------------------------------------------------------------------------- #
+
+
+def _prdc_reference(real: np.ndarray, fake: np.ndarray, k: int) -> dict:
+    """Naeem et al. (2020) written out with full distance matrices, following
+    the authors' reference code (open balls, radius = k-th other neighbour)."""
+
+    def dist(a, b):
+        return np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(axis=-1))
+
+    d_rf = dist(real, fake)
+    r_real = np.sort(dist(real, real), axis=1)[:, k]  # column 0 is the point itself
+    r_fake = np.sort(dist(fake, fake), axis=1)[:, k]
+    return {
+        "precision": (d_rf < r_real[:, None]).any(axis=0).mean(),
+        "recall": (d_rf < r_fake[None, :]).any(axis=1).mean(),
+        "density": (1.0 / k) * (d_rf < r_real[:, None]).sum(axis=0).mean(),
+        "coverage": (d_rf.min(axis=1) < r_real).mean(),
+    }
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_manifold_metrics_match_reference_across_chunks(monkeypatch, k):
+    monkeypatch.setattr(scoring, "_CHUNK_ROWS", 7)  # several blocks, self-exclusion offsets
+    rng = np.random.default_rng(10 + k)
+    real = rng.normal(size=(40, 6)) + 5.0  # offset: exercises the centring
+    fake = rng.normal(loc=0.4, scale=1.3, size=(33, 6)) + 5.0
+    got = manifold_metrics(real, fake, k=k)
+    ref = _prdc_reference(real, fake, k)
+    assert got["precision"] == ref["precision"]
+    assert got["recall"] == ref["recall"]
+    assert got["coverage"] == ref["coverage"]
+    assert got["density"] == pytest.approx(ref["density"], rel=1e-12)  # same count; only the division order differs
+    assert 0 < got["precision"] < 1 and 0 < got["recall"] < 1  # a non-trivial case
+    assert got["k"] == k and got["n_real"] == 40 and got["n_fake"] == 33 and got["reason"] is None
+
+
+def test_manifold_metrics_hand_made_open_balls():
+    # k=1 radii: real 5, 5, sqrt(65); fake 3, 3, sqrt(50). REAL[1]-SYN[0] is at
+    # exactly 5 = REAL[1]'s radius: open balls do not count it.
+    got = manifold_metrics(REAL, SYN, k=1)
+    assert got["precision"] == 1.0
+    assert got["recall"] == pytest.approx(2 / 3)
+    assert got["density"] == pytest.approx(5 / 3)
+    assert got["coverage"] == 1.0
+
+
+def test_manifold_metrics_identical_and_disjoint_sets():
+    rng = np.random.default_rng(11)
+    real = rng.normal(size=(50, 8))
+    same = manifold_metrics(real, real.copy(), k=5)
+    assert same["precision"] == 1.0 and same["recall"] == 1.0 and same["coverage"] == 1.0
+    assert same["density"] > 0.5
+    far = manifold_metrics(real, rng.normal(size=(40, 8)) + 1000.0, k=5)
+    assert far["precision"] == 0.0 and far["recall"] == 0.0 and far["density"] == 0.0 and far["coverage"] == 0.0
+
+
+def test_manifold_metrics_too_few_samples_gives_none_with_reason():
+    rng = np.random.default_rng(12)
+    real, fake = rng.normal(size=(5, 3)), rng.normal(size=(20, 3))
+    few_real = manifold_metrics(real, fake, k=5)  # k >= M: no real balls
+    assert few_real["precision"] is None and few_real["density"] is None and few_real["coverage"] is None
+    assert few_real["recall"] is not None
+    assert "real" in few_real["reason"]
+    few_fake = manifold_metrics(fake, real, k=5)  # k >= N: no fake balls
+    assert few_fake["recall"] is None and few_fake["precision"] is not None
+    assert "fake" in few_fake["reason"]
+    empty = manifold_metrics(real, np.zeros((0, 3)), k=1)
+    assert all(empty[key] is None for key in ("precision", "recall", "density", "coverage")) and empty["reason"]
+
+
+@pytest.mark.parametrize("k", [0, -1, 2.0, True])
+def test_manifold_metrics_rejects_bad_k(k):
+    with pytest.raises(ValueError, match="k must be"):
+        manifold_metrics(np.ones((4, 2)), np.ones((4, 2)), k=k)
+
+
+def test_manifold_metrics_rejects_nan_and_dims():
+    bad = np.ones((4, 2))
+    bad[1, 0] = np.nan
+    with pytest.raises(ValueError, match="fake_features has 1 of 4 rows"):
+        manifold_metrics(np.ones((4, 2)), bad)
+    with pytest.raises(ValueError, match="dimensions"):
+        manifold_metrics(np.ones((4, 2)), np.ones((4, 3)))
+
+
+# --------------------------------------------------------------------------- #
+# score_class: PRDC summary, memorization and test-leak flags
+# --------------------------------------------------------------------------- #
+
+
+def _class_data(seed: int = 13):
+    rng = np.random.default_rng(seed)
+    real = rng.normal(size=(30, 4))
+    test = rng.normal(size=(10, 4))
+    syn = rng.normal(size=(12, 4)) + 0.2
+    syn[3] = real[7]  # an exact copy of a training image
+    syn[8] = test[2]  # an exact copy of a test image
+    syn[10] = real[0] + 50.0  # far from everything
+    probs = _softmax(rng.normal(size=(12, 3)))
+    return probs, syn, real, test
+
+
+def test_score_class_flags_training_copies_and_test_leaks():
+    probs, syn, real, test = _class_data()
+    scores = score_class(probs, syn, 1, real, "x", test_features=test)
+    s = scores.summary
+    real_d = cdist(real, real)
+    np.fill_diagonal(real_d, np.inf)
+    threshold = 0.5 * float(np.median(real_d.min(axis=1)))
+    assert s["duplicate_threshold"] == pytest.approx(threshold, rel=1e-12)
+    assert "median real nearest-neighbour" in s["duplicate_threshold_rule"]
+    np.testing.assert_allclose(scores.nearest_test_distance, cdist(syn, test).min(axis=1), rtol=1e-12)
+    assert scores.nearest_real_distance[3] == 0.0 and scores.nearest_test_distance[8] == 0.0
+    assert scores.is_train_copy[3] and scores.is_test_leak[8]
+    assert not scores.is_train_copy[10] and not scores.is_test_leak[10]
+    np.testing.assert_array_equal(scores.is_train_copy, cdist(syn, real).min(axis=1) <= threshold)
+    np.testing.assert_array_equal(scores.is_test_leak, cdist(syn, test).min(axis=1) <= threshold)
+    assert s["train_copies"] == int(scores.is_train_copy.sum()) >= 1
+    assert s["test_leaks"] == int(scores.is_test_leak.sum()) >= 1
+    assert s["n_test"] == 10 and s["n_synthetic"] == 12 and s["n_real"] == 30
+    assert scores.is_train_copy.dtype == np.bool_ and scores.is_test_leak.dtype == np.bool_
+    json.dumps(s)
+
+
+def test_score_class_explicit_threshold_and_prdc_summary():
+    probs, syn, real, test = _class_data()
+    scores = score_class(probs, syn, 1, real, "x", test_features=test, duplicate_threshold=0.0, prdc_k=3)
+    s = scores.summary
+    assert s["duplicate_threshold"] == 0.0 and s["duplicate_threshold_rule"] == "given"
+    # Threshold 0: only the exact copies.
+    np.testing.assert_array_equal(np.flatnonzero(scores.is_train_copy), [3])
+    np.testing.assert_array_equal(np.flatnonzero(scores.is_test_leak), [8])
+    expected = manifold_metrics(real, syn, k=3)
+    assert {key: s[key] for key in ("precision", "recall", "density", "coverage")} == {
+        key: expected[key] for key in ("precision", "recall", "density", "coverage")
+    }
+    assert s["prdc_k"] == 3 and s["warnings"] == []
+
+
+def test_score_class_without_test_features_or_threshold():
+    probs, syn, real, _ = _class_data()
+    scores = score_class(probs, syn, 1, real[:1], "x")
+    assert scores.is_train_copy is None and scores.is_test_leak is None and scores.nearest_test_distance is None
+    assert scores.summary["duplicate_threshold"] is None and scores.summary["train_copies"] is None
+    assert any("duplicate_threshold" in w for w in scores.summary["warnings"])
+    # An explicit threshold works with a single real image.
+    given = score_class(probs, syn, 1, real[:1], "x", duplicate_threshold=1e-9)
+    assert given.is_train_copy.sum() == 0
+    empty_test = score_class(probs, syn, 1, real, "x", test_features=np.zeros((0, 4)))
+    assert empty_test.is_test_leak is None and empty_test.summary["n_test"] == 0
+    assert any("test_features is empty" in w for w in empty_test.summary["warnings"])
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"duplicate_threshold": -1.0}, "duplicate_threshold"),
+        ({"duplicate_threshold": float("nan")}, "duplicate_threshold"),
+        ({"test_features": np.zeros((3, 5))}, "dimensions"),
+        ({"test_features": np.array([[np.nan, 0.0]])}, "test_features has 1 of 1 rows"),
+        ({"prdc_k": 0}, "prdc_k"),
+    ],
+)
+def test_score_class_rejects_bad_duplicate_inputs(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        score_class(PROBS, SYN, 1, REAL, "x", **kwargs)
+
+
+def test_score_class_empty_class_has_empty_flags():
+    scores = score_class(np.zeros((0, 3)), np.zeros((0, 2)), 0, REAL, "x", test_features=REAL)
+    assert scores.is_train_copy.shape == (0,) and scores.is_test_leak.shape == (0,)
+    assert scores.summary["train_copies"] == 0 and scores.summary["precision"] is None

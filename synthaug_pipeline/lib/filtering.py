@@ -1,0 +1,373 @@
+"""Filter policies: which scored synthetic images are accepted into training.
+
+A policy is applied in this order, on per-image scores already computed by
+:func:`synthaug_pipeline.lib.scoring.score_class` (or cached in a shard):
+
+1. thresholds: judge confidence for the intended class ``>= min_confidence``
+   and, with ``require_label_match``, judge top-1 == the intended class;
+2. near-duplicates: with ``drop_train_copies`` images flagged as copies of a
+   training image (memorization) are dropped, with ``drop_test_leaks`` copies
+   of a test image (they would leak the test set into training);
+3. ranking among the survivors: keep the ``top_k`` most confident, or the top
+   ``quantile`` share of them (``ceil(quantile * survivors)`` images). Equal
+   confidences are ordered by row index (lower first), so results are
+   deterministic.
+
+Duplicates are dropped before ranking, so ``top_k=100`` yields 100 clean
+images when that many survive the thresholds.
+
+Every policy has a stable identifier (:func:`policy_version`, same scheme as
+:func:`synthaug_pipeline.lib.scoring.filter_version`) that shards record per
+row. :func:`refilter_table` re-applies a policy to a shard's cached scores
+without decoding or regenerating any image.
+
+Pure NumPy (and PyArrow for shard tables); no Dagster, no torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+if TYPE_CHECKING:  # scoring imports this module; avoid the import cycle at runtime
+    from synthaug_pipeline.lib.scoring import ClassScores
+
+VERSION_PREFIX = "v1-"
+
+# Shard columns refilter_table reads and writes.
+SCORE_COLUMNS = ("judge_confidence", "judge_top1", "nearest_real_distance")
+DECISION_COLUMNS = ("accepted", "filter_version")
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _as_bool(value: Any, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+@dataclass(frozen=True)
+class FilterPolicy:
+    """One row-acceptance policy (validated on construction; see module docs).
+
+    ``min_confidence`` in [0, 1]; ``top_k`` an int >= 0 or None; ``quantile``
+    in (0, 1] or None; at most one of ``top_k`` and ``quantile``. Invalid
+    values raise ``ValueError`` naming the field.
+    """
+
+    min_confidence: float = 0.5
+    require_label_match: bool = True
+    top_k: int | None = None
+    quantile: float | None = None
+    drop_train_copies: bool = True
+    drop_test_leaks: bool = True
+
+    def __post_init__(self) -> None:
+        if not _is_real(self.min_confidence) or not 0.0 <= float(self.min_confidence) <= 1.0:
+            raise ValueError(f"min_confidence must be a probability in [0, 1], got {self.min_confidence!r}")
+        object.__setattr__(self, "min_confidence", float(self.min_confidence))
+        object.__setattr__(self, "require_label_match", _as_bool(self.require_label_match, "require_label_match"))
+        object.__setattr__(self, "drop_train_copies", _as_bool(self.drop_train_copies, "drop_train_copies"))
+        object.__setattr__(self, "drop_test_leaks", _as_bool(self.drop_test_leaks, "drop_test_leaks"))
+        if self.top_k is not None:
+            if not _is_int(self.top_k) or self.top_k < 0:
+                raise ValueError(f"top_k must be an integer >= 0 or None, got {self.top_k!r}")
+            object.__setattr__(self, "top_k", int(self.top_k))
+        if self.quantile is not None:
+            if not _is_real(self.quantile) or not 0.0 < float(self.quantile) <= 1.0:
+                raise ValueError(f"quantile must be in (0, 1] or None, got {self.quantile!r}")
+            object.__setattr__(self, "quantile", float(self.quantile))
+        if self.top_k is not None and self.quantile is not None:
+            raise ValueError(f"choose top_k or quantile, not both (got top_k={self.top_k}, quantile={self.quantile})")
+
+    @staticmethod
+    def field_names() -> frozenset[str]:
+        return frozenset(f.name for f in fields(FilterPolicy))
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> FilterPolicy:
+        """Policy of a ``FilterConfig`` (or any object with those attributes).
+
+        Attributes the config does not have are read with *no-op* defaults
+        (no top_k/quantile, duplicates kept), not with this class's defaults:
+        a config written before those fields existed keeps exactly its old
+        decisions and :func:`~synthaug_pipeline.lib.scoring.filter_version`.
+        """
+        return cls(
+            min_confidence=getattr(cfg, "min_confidence", 0.5),
+            require_label_match=getattr(cfg, "require_label_match", True),
+            top_k=getattr(cfg, "top_k", None),
+            quantile=getattr(cfg, "quantile", None),
+            drop_train_copies=getattr(cfg, "drop_train_copies", False),
+            drop_test_leaks=getattr(cfg, "drop_test_leaks", False),
+        )
+
+    def canonical(self) -> dict[str, Any]:
+        """The settings that define the policy, as plain JSON values.
+
+        Settings at their no-op value are omitted (``top_k``/``quantile`` None,
+        ``drop_*`` False) so that adding a switch that is off by default does
+        not change the identifier of policies that never used it.
+        """
+        out: dict[str, Any] = {"min_confidence": self.min_confidence, "require_label_match": self.require_label_match}
+        if self.top_k is not None:
+            out["top_k"] = self.top_k
+        if self.quantile is not None:
+            out["quantile"] = self.quantile
+        if self.drop_train_copies:
+            out["drop_train_copies"] = True
+        if self.drop_test_leaks:
+            out["drop_test_leaks"] = True
+        return out
+
+    def version(self, extra: dict[str, Any] | None = None) -> str:
+        """``"v1-"`` + 12 hex of the sha256 of the canonical JSON (sorted keys,
+        no whitespace) of :meth:`canonical` merged with ``extra`` (further
+        row-level settings, e.g. a duplicate threshold)."""
+        policy = self.canonical()
+        for key, value in (extra or {}).items():
+            if key in policy:
+                raise ValueError(f"extra policy setting {key!r} clashes with a FilterPolicy field")
+            policy[key] = value
+        canonical = json.dumps(policy, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+        return VERSION_PREFIX + hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
+
+    def keep_count(self, survivors: int) -> int:
+        """How many of ``survivors`` images the ranking step keeps."""
+        if self.top_k is not None:
+            return min(self.top_k, survivors)
+        if self.quantile is not None:
+            # Rounded first so 0.1 * 10 (= 1.0000000000000002 in floats) keeps 1, not 2.
+            return min(survivors, math.ceil(round(self.quantile * survivors, 9)))
+        return survivors
+
+    def decide(
+        self,
+        confidence: np.ndarray,
+        top1: np.ndarray,
+        class_index: int,
+        train_copy: np.ndarray | None = None,
+        test_leak: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Accept mask from per-image arrays (``None`` flags: not checked)."""
+        conf = np.asarray(confidence, dtype=np.float64)
+        if conf.ndim != 1:
+            raise ValueError(f"judge_confidence must be 1-D, got shape {conf.shape}")
+        n = conf.shape[0]
+        arrays = {"judge_top1": top1, "is_train_copy": train_copy, "is_test_leak": test_leak}
+        checked: dict[str, np.ndarray | None] = {}
+        for name, values in arrays.items():
+            if values is None:
+                checked[name] = None
+                continue
+            arr = np.asarray(values)
+            if arr.shape != (n,):
+                raise ValueError(f"{name} has shape {arr.shape} but judge_confidence has {n} images")
+            checked[name] = arr
+        if not _is_int(class_index):
+            raise ValueError(f"class_index must be an integer, got {class_index!r}")
+
+        mask = conf >= self.min_confidence  # NaN confidence is never accepted
+        if self.require_label_match:
+            mask &= checked["judge_top1"].astype(np.int64) == int(class_index)
+        if self.drop_train_copies and checked["is_train_copy"] is not None:
+            mask &= ~checked["is_train_copy"].astype(bool)
+        if self.drop_test_leaks and checked["is_test_leak"] is not None:
+            mask &= ~checked["is_test_leak"].astype(bool)
+
+        survivors = np.flatnonzero(mask)
+        keep = self.keep_count(survivors.size)
+        if keep < survivors.size:
+            # Stable sort of survivors (ascending index) by descending confidence:
+            # ties keep the lower index first.
+            order = np.argsort(-conf[survivors], kind="stable")
+            mask = np.zeros(n, dtype=bool)
+            mask[survivors[order[:keep]]] = True
+        return mask.astype(bool, copy=False)
+
+    def apply(self, scores: ClassScores, class_index: int) -> np.ndarray:
+        """Accept mask for a :class:`~synthaug_pipeline.lib.scoring.ClassScores`."""
+        return self.decide(
+            scores.judge_confidence,
+            scores.judge_top1,
+            class_index,
+            getattr(scores, "is_train_copy", None),
+            getattr(scores, "is_test_leak", None),
+        )
+
+
+def apply_policy(
+    scores: ClassScores,
+    class_index: int,
+    *,
+    min_confidence: float = 0.5,
+    require_label_match: bool = True,
+    top_k: int | None = None,
+    quantile: float | None = None,
+    drop_train_copies: bool = True,
+    drop_test_leaks: bool = True,
+) -> np.ndarray:
+    """Boolean accept mask (length N, aligned with ``scores``) of one policy.
+
+    Thresholds, then near-duplicate dropping, then ``top_k`` or ``quantile``
+    among the survivors (see the module docstring). Duplicate flags come from
+    ``scores.is_train_copy`` / ``scores.is_test_leak``; where those are None
+    (not computed: no threshold, no test features) nothing is dropped for them,
+    and ``score_class``'s ``summary["warnings"]`` says why.
+
+    Raises ``ValueError`` for invalid settings (see :class:`FilterPolicy`),
+    both ``top_k`` and ``quantile``, or per-image arrays of different lengths.
+    """
+    policy = FilterPolicy(
+        min_confidence=min_confidence,
+        require_label_match=require_label_match,
+        top_k=top_k,
+        quantile=quantile,
+        drop_train_copies=drop_train_copies,
+        drop_test_leaks=drop_test_leaks,
+    )
+    return policy.apply(scores, class_index)
+
+
+def _duplicate_extra(drop_train_copies: bool, duplicate_threshold: float | None) -> dict[str, Any]:
+    if duplicate_threshold is None or not drop_train_copies:
+        return {}  # the threshold changes no decision, so it is not part of the policy
+    return {"duplicate_threshold": float(duplicate_threshold)}
+
+
+def policy_version(
+    *,
+    min_confidence: float = 0.5,
+    require_label_match: bool = True,
+    top_k: int | None = None,
+    quantile: float | None = None,
+    drop_train_copies: bool = True,
+    drop_test_leaks: bool = True,
+    duplicate_threshold: float | None = None,
+) -> str:
+    """Stable identifier ``"v1-" + 12 hex`` of a policy (same arguments and
+    defaults as :func:`apply_policy`).
+
+    The same scheme as :func:`~synthaug_pipeline.lib.scoring.filter_version`:
+    a ``FilterConfig`` and keyword arguments describing the same decisions give
+    the same string. Settings at their no-op value are left out of the hash
+    (see :meth:`FilterPolicy.canonical`). ``duplicate_threshold`` (used by
+    :func:`refilter_table`) enters only when ``drop_train_copies`` is on.
+    """
+    policy = FilterPolicy(
+        min_confidence=min_confidence,
+        require_label_match=require_label_match,
+        top_k=top_k,
+        quantile=quantile,
+        drop_train_copies=drop_train_copies,
+        drop_test_leaks=drop_test_leaks,
+    )
+    _check_threshold(duplicate_threshold)
+    return policy.version(extra=_duplicate_extra(policy.drop_train_copies, duplicate_threshold))
+
+
+def _check_threshold(threshold: float | None) -> None:
+    if threshold is not None and (not _is_real(threshold) or not math.isfinite(threshold) or threshold < 0):
+        raise ValueError(f"duplicate_threshold must be a finite distance >= 0 or None, got {threshold!r}")
+
+
+def _column_numpy(table: pa.Table, name: str, dtype: type) -> np.ndarray:
+    column = table.column(name)
+    if column.null_count:
+        raise ValueError(f"column {name!r} has {column.null_count} null values; cannot re-filter those rows")
+    return column.to_numpy().astype(dtype, copy=False)
+
+
+def refilter_table(
+    table: pa.Table,
+    class_index: int,
+    *,
+    duplicate_threshold: float | None = None,
+    test_leak: np.ndarray | None = None,
+    **policy: Any,
+) -> pa.Table:
+    """Re-apply a policy to one class's shard table from its cached scores.
+
+    Reads ``judge_confidence``, ``judge_top1`` and ``nearest_real_distance``
+    (see :data:`synthaug_pipeline.lib.shards.SHARD_SCHEMA`) and returns the
+    table with only ``accepted`` and ``filter_version`` replaced; every other
+    column (``image`` included) is the same Arrow data, so no image is decoded
+    or regenerated. ``**policy`` takes the keyword arguments of
+    :func:`apply_policy` with the same defaults; ``filter_version`` becomes
+    :func:`policy_version` of them (plus ``duplicate_threshold``).
+
+    Duplicate checks from the shard:
+
+    * ``drop_train_copies`` (default on) drops rows with
+      ``nearest_real_distance <= duplicate_threshold``; the shard does not
+      store the threshold used at scoring time, so it must be passed (e.g.
+      ``summary["duplicate_threshold"]`` of the class's scores) or
+      ``drop_train_copies=False`` given, else ``ValueError``;
+    * ``drop_test_leaks`` (default on) needs ``test_leak``, a bool array with
+      one flag per row (shards do not store test distances), or
+      ``drop_test_leaks=False``, else ``ValueError``.
+
+    Scores are stored as float32 in shards, so an image within float32
+    rounding (~1e-7 relative) of a threshold may be decided differently than
+    from the float64 scores the pipeline used. Ranking ties (top_k/quantile)
+    are broken by row order.
+
+    Raises ``ValueError`` for missing score/decision columns, nulls in score
+    columns, rows whose ``class_index`` column differs from ``class_index``,
+    and invalid policy settings; ``TypeError`` for unknown policy keywords.
+    """
+    if not isinstance(table, pa.Table):
+        raise ValueError(f"expected a pyarrow.Table, got {type(table).__name__}")
+    missing = [name for name in (*SCORE_COLUMNS, *DECISION_COLUMNS) if name not in table.column_names]
+    if missing:
+        raise ValueError(f"table lacks columns needed to re-filter: {', '.join(missing)}")
+    rules = FilterPolicy(**policy)
+    if not _is_int(class_index):
+        raise ValueError(f"class_index must be an integer, got {class_index!r}")
+    if "class_index" in table.column_names and table.num_rows:
+        found = np.unique(_column_numpy(table, "class_index", np.int64))
+        if found.size != 1 or int(found[0]) != int(class_index):
+            raise ValueError(f"table rows have class_index {found.tolist()} but re-filtering is for class {class_index}")
+
+    _check_threshold(duplicate_threshold)
+    n = table.num_rows
+    confidence = _column_numpy(table, "judge_confidence", np.float64)
+    top1 = _column_numpy(table, "judge_top1", np.int64)
+    train_copy = leak = None
+    if rules.drop_train_copies:
+        if duplicate_threshold is None:
+            raise ValueError(
+                "drop_train_copies needs duplicate_threshold (shards keep nearest_real_distance, not the threshold; "
+                "use the class summary's duplicate_threshold) or pass drop_train_copies=False"
+            )
+        train_copy = _column_numpy(table, "nearest_real_distance", np.float64) <= float(duplicate_threshold)
+    if rules.drop_test_leaks:
+        if test_leak is None:
+            raise ValueError(
+                "drop_test_leaks needs test_leak (one bool per row; shards do not store test distances) or pass drop_test_leaks=False"
+            )
+        leak = np.asarray(test_leak)
+        if leak.shape != (n,) or leak.dtype != np.bool_:
+            raise ValueError(f"test_leak must be a bool array with one flag per row ({n}), got dtype {leak.dtype} shape {leak.shape}")
+
+    accepted = rules.decide(confidence, top1, int(class_index), train_copy, leak)
+    version = rules.version(extra=_duplicate_extra(rules.drop_train_copies, duplicate_threshold))
+
+    for name, values in (("accepted", accepted), ("filter_version", [version] * n)):
+        index = table.schema.get_field_index(name)
+        target = table.schema.field(index)
+        table = table.set_column(index, target, pa.array(values, type=target.type))
+    return table

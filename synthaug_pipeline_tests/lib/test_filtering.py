@@ -1,0 +1,306 @@
+"""Tests for synthaug_pipeline.lib.filtering on hand-made scores and shard tables."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from synthaug_pipeline.lib.config import FilterConfig
+from synthaug_pipeline.lib.filtering import FilterPolicy, apply_policy, policy_version, refilter_table
+from synthaug_pipeline.lib.scoring import ClassScores, accept, filter_version
+from synthaug_pipeline.lib.shards import build_shard_table, read_shards, write_class_shard
+
+# Six images of class 2. Confidence ties at 0.9 (rows 0, 2, 5); row 4 fails the
+# threshold, row 6 has the wrong top-1 class.
+CONF = [0.9, 0.6, 0.9, 0.7, 0.4, 0.9, 0.95]
+TOP1 = [2, 2, 2, 2, 2, 2, 1]
+NO_DUPLICATES = dict(drop_train_copies=False, drop_test_leaks=False)
+
+
+def _scores(conf=CONF, top1=TOP1, train_copy=None, test_leak=None) -> ClassScores:
+    return ClassScores(
+        judge_confidence=np.asarray(conf, dtype=np.float64),
+        judge_top1=np.asarray(top1, dtype=np.int64),
+        nearest_real_distance=np.ones(len(conf)),
+        is_train_copy=None if train_copy is None else np.asarray(train_copy, dtype=bool),
+        is_test_leak=None if test_leak is None else np.asarray(test_leak, dtype=bool),
+    )
+
+
+def _kept(mask: np.ndarray) -> list[int]:
+    assert mask.dtype == np.bool_
+    return np.flatnonzero(mask).tolist()
+
+
+# --------------------------------------------------------------------------- #
+# apply_policy
+# --------------------------------------------------------------------------- #
+
+
+def test_thresholds_match_legacy_accept():
+    scores = _scores()
+    assert _kept(apply_policy(scores, 2)) == [0, 1, 2, 3, 5]
+    assert _kept(apply_policy(scores, 2, require_label_match=False)) == [0, 1, 2, 3, 5, 6]
+    assert _kept(apply_policy(scores, 2, min_confidence=0.9)) == [0, 2, 5]
+    for cfg in (FilterConfig(), FilterConfig(min_confidence=0.8, require_label_match=False)):
+        legacy = (scores.judge_confidence >= cfg.min_confidence) & ((scores.judge_top1 == 2) if cfg.require_label_match else True)
+        np.testing.assert_array_equal(accept(scores, 2, cfg), legacy)
+
+
+@pytest.mark.parametrize(
+    "top_k, kept",
+    [
+        (0, []),
+        (1, [0]),
+        (2, [0, 2]),  # three-way tie at 0.9: lowest indices first
+        (3, [0, 2, 5]),
+        (4, [0, 2, 3, 5]),
+        (5, [0, 1, 2, 3, 5]),
+        (50, [0, 1, 2, 3, 5]),
+    ],
+)
+def test_top_k_keeps_most_confident_survivors_ties_by_index(top_k, kept):
+    # Row 6 (0.95) is the most confident but fails the label match first.
+    assert _kept(apply_policy(_scores(), 2, top_k=top_k)) == kept
+
+
+@pytest.mark.parametrize(
+    "quantile, kept",
+    [
+        (0.2, [0]),  # ceil(0.2 * 5) = 1
+        (0.4, [0, 2]),  # ceil(2.0) = 2
+        (0.5, [0, 2, 5]),  # ceil(2.5) = 3
+        (0.8, [0, 2, 3, 5]),
+        (1.0, [0, 1, 2, 3, 5]),
+    ],
+)
+def test_quantile_keeps_top_share_of_survivors(quantile, kept):
+    assert _kept(apply_policy(_scores(), 2, quantile=quantile)) == kept
+
+
+def test_quantile_count_is_not_fooled_by_float_rounding():
+    # 0.1 * 10 == 1.0000000000000002 in floating point: still one image, not two.
+    scores = _scores(conf=np.linspace(0.9, 0.55, 10), top1=[0] * 10)
+    assert _kept(apply_policy(scores, 0, quantile=0.1)) == [0]
+    assert _kept(apply_policy(scores, 0, quantile=0.3)) == [0, 1, 2]
+    assert _kept(apply_policy(scores, 0, quantile=0.7)) == list(range(7))
+
+
+def test_duplicates_are_dropped_before_ranking():
+    train_copy = [True, False, False, False, False, False, False]
+    test_leak = [False, False, False, False, False, True, False]
+    scores = _scores(train_copy=train_copy, test_leak=test_leak)
+    assert _kept(apply_policy(scores, 2)) == [1, 2, 3]
+    assert _kept(apply_policy(scores, 2, drop_test_leaks=False)) == [1, 2, 3, 5]
+    assert _kept(apply_policy(scores, 2, drop_train_copies=False)) == [0, 1, 2, 3]
+    assert _kept(apply_policy(scores, 2, **NO_DUPLICATES)) == [0, 1, 2, 3, 5]
+    # top_k=2 still gives two clean images: 2 (0.9) then 3 (0.7).
+    assert _kept(apply_policy(scores, 2, top_k=2)) == [2, 3]
+    assert _kept(apply_policy(scores, 2, top_k=2, **NO_DUPLICATES)) == [0, 2]
+
+
+def test_unchecked_flags_drop_nothing():
+    assert _kept(apply_policy(_scores(), 2, drop_train_copies=True, drop_test_leaks=True)) == [0, 1, 2, 3, 5]
+
+
+def test_empty_scores():
+    scores = _scores(conf=[], top1=[])
+    assert apply_policy(scores, 0, top_k=3).shape == (0,)
+    assert apply_policy(scores, 0, quantile=0.5).shape == (0,)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"top_k": 2, "quantile": 0.5}, "not both"),
+        ({"top_k": -1}, "top_k"),
+        ({"top_k": 2.5}, "top_k"),
+        ({"top_k": True}, "top_k"),
+        ({"quantile": 0.0}, "quantile"),
+        ({"quantile": 1.5}, "quantile"),
+        ({"min_confidence": 1.2}, "min_confidence"),
+        ({"require_label_match": "yes"}, "require_label_match"),
+        ({"drop_train_copies": 1}, "drop_train_copies"),
+    ],
+)
+def test_invalid_policies_are_rejected(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        apply_policy(_scores(), 2, **kwargs)
+    with pytest.raises(ValueError, match=match):
+        policy_version(**kwargs)
+
+
+def test_misaligned_scores_are_rejected():
+    scores = _scores(train_copy=[True, False])
+    with pytest.raises(ValueError, match="is_train_copy has shape"):
+        apply_policy(scores, 2)
+
+
+# --------------------------------------------------------------------------- #
+# policy_version / filter_version / accept delegation
+# --------------------------------------------------------------------------- #
+
+
+def test_policy_version_is_pinned_canonical_hash():
+    canonical = b'{"drop_test_leaks":true,"drop_train_copies":true,"min_confidence":0.5,"require_label_match":true}'
+    assert policy_version() == "v1-" + hashlib.sha256(canonical).hexdigest()[:12]
+    # No-op settings are left out: the legacy policy hashes as filter_version always did.
+    legacy = b'{"min_confidence":0.5,"require_label_match":true}'
+    assert policy_version(**NO_DUPLICATES) == "v1-" + hashlib.sha256(legacy).hexdigest()[:12] == filter_version(FilterConfig())
+
+
+def test_policy_version_changes_with_every_setting():
+    variants = [
+        {},
+        {"min_confidence": 0.6},
+        {"require_label_match": False},
+        {"top_k": 10},
+        {"top_k": 11},
+        {"quantile": 0.5},
+        {"drop_train_copies": False},
+        {"drop_test_leaks": False},
+        {"duplicate_threshold": 0.3},
+        {"duplicate_threshold": 0.4},
+    ]
+    versions = [policy_version(**v) for v in variants]
+    assert len(set(versions)) == len(versions)
+    assert all(v.startswith("v1-") and len(v) == 15 for v in versions)
+    # Stable, and int/float spellings of the same threshold agree.
+    assert policy_version(min_confidence=1) == policy_version(min_confidence=1.0)
+    assert policy_version(top_k=np.int64(10)) == policy_version(top_k=10)
+    # A threshold that decides nothing (copies kept) does not change the policy.
+    assert policy_version(drop_train_copies=False, duplicate_threshold=0.3) == policy_version(drop_train_copies=False)
+
+
+class FutureFilterConfig(FilterConfig):
+    """FilterConfig as another engineer may extend it."""
+
+    top_k: int | None = None
+    quantile: float | None = None
+    drop_train_copies: bool = False
+    drop_test_leaks: bool = False
+
+
+def test_accept_and_filter_version_use_new_config_fields_when_present():
+    scores = _scores(train_copy=[True] + [False] * 6)
+    # New fields at their no-op defaults: same decisions and version as today.
+    assert filter_version(FutureFilterConfig()) == filter_version(FilterConfig())
+    np.testing.assert_array_equal(accept(scores, 2, FutureFilterConfig()), accept(scores, 2, FilterConfig()))
+    cfg = FutureFilterConfig(top_k=2, drop_train_copies=True)
+    assert _kept(accept(scores, 2, cfg)) == [2, 5]
+    np.testing.assert_array_equal(accept(scores, 2, cfg), apply_policy(scores, 2, top_k=2, drop_train_copies=True, drop_test_leaks=False))
+    assert filter_version(cfg) == policy_version(top_k=2, drop_train_copies=True, drop_test_leaks=False)
+    assert filter_version(cfg) != filter_version(FilterConfig())
+
+
+def test_filter_version_still_hashes_unknown_row_fields():
+    class WithClip(FilterConfig):
+        min_clip_score: float = 0.25
+
+    assert filter_version(WithClip()) != filter_version(FilterConfig())
+    assert FilterPolicy.from_config(WithClip()) == FilterPolicy.from_config(FilterConfig())
+
+
+# --------------------------------------------------------------------------- #
+# refilter_table
+# --------------------------------------------------------------------------- #
+
+
+def _shard_table(conf=CONF, top1=TOP1, distance=(0.0, 1.0, 2.0, 0.05, 3.0, 4.0, 5.0)) -> pa.Table:
+    n = len(conf)
+    cfg = FilterConfig()
+    scores = _scores(conf, top1)
+    return build_shard_table(
+        {
+            "image": [bytes([i]) * (i + 3) for i in range(n)],
+            "image_format": "png",
+            "height": 1,
+            "width": 1,
+            "channels": 3,
+            "class_id": "c2",
+            "class_index": 2,
+            "generator_id": "g",
+            "generator_version": "gv",
+            "sampler": "ddim",
+            "steps": 10,
+            "guidance_scale": 1.5,
+            "seed": list(range(n)),
+            "image_index": list(range(n)),
+            "judge_confidence": np.asarray(conf, dtype=np.float32),
+            "judge_top1": list(top1),
+            "nearest_real_distance": np.asarray(distance, dtype=np.float32),
+            "accepted": accept(scores, 2, cfg),
+            "filter_version": filter_version(cfg),
+            "run_id": "run",
+            "created_at": dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
+        }
+    )
+
+
+def _assert_only_decisions_changed(before: pa.Table, after: pa.Table) -> None:
+    assert after.schema.equals(before.schema, check_metadata=True)
+    for name in before.column_names:
+        if name not in ("accepted", "filter_version"):
+            assert after.column(name).equals(before.column(name)), name
+    # The image bytes are the very same buffers: nothing was decoded or re-encoded.
+    assert after.column("image").to_pylist() == before.column("image").to_pylist()
+    for a, b in zip(after.column("image").chunks, before.column("image").chunks):
+        assert all(x.address == y.address for x, y in zip(a.buffers(), b.buffers()) if x is not None)
+
+
+def test_refilter_table_recomputes_only_decisions(tmp_path):
+    before = _shard_table()
+    after = refilter_table(before, 2, top_k=2, duplicate_threshold=0.1, drop_test_leaks=False)
+    # Rows 0 and 3 are within 0.1 of a real image; of the rest, 2 and 5 tie at 0.9.
+    assert _kept(after.column("accepted").to_numpy(zero_copy_only=False)) == [2, 5]
+    version = policy_version(top_k=2, duplicate_threshold=0.1, drop_test_leaks=False)
+    assert set(after.column("filter_version").to_pylist()) == {version}
+    assert version != before.column("filter_version")[0].as_py()
+    _assert_only_decisions_changed(before, after)
+    # The result is still a valid shard.
+    info = write_class_shard(str(tmp_path), "c2", after)
+    assert info.num_accepted == 2
+    assert read_shards([info.uri], accepted_only=True).column("image_index").to_pylist() == [2, 5]
+
+
+def test_refilter_table_with_pipeline_policy_reproduces_pipeline_rows():
+    before = _shard_table()
+    same = refilter_table(before, 2, **NO_DUPLICATES)
+    assert same.equals(before)
+
+
+def test_refilter_table_test_leak_flags_and_quantile():
+    before = _shard_table()
+    leak = np.array([False, False, True, False, False, False, False])
+    after = refilter_table(before, 2, quantile=0.5, test_leak=leak, drop_train_copies=False)
+    # Survivors 0, 1, 3, 5 (row 2 leaks): ceil(0.5 * 4) = 2 -> 0 and 5.
+    assert _kept(after.column("accepted").to_numpy(zero_copy_only=False)) == [0, 5]
+    _assert_only_decisions_changed(before, after)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"drop_test_leaks": False}, "duplicate_threshold"),
+        ({"drop_train_copies": False}, "test_leak"),
+        ({"drop_train_copies": False, "test_leak": np.zeros(3, dtype=bool)}, "one flag per row"),
+        ({"duplicate_threshold": -1.0, "drop_test_leaks": False}, "duplicate_threshold"),
+        ({"top_k": 1, "quantile": 0.5, **NO_DUPLICATES}, "not both"),
+    ],
+)
+def test_refilter_table_rejects_missing_duplicate_inputs(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        refilter_table(_shard_table(), 2, **kwargs)
+
+
+def test_refilter_table_rejects_wrong_class_and_missing_columns():
+    with pytest.raises(ValueError, match="class_index"):
+        refilter_table(_shard_table(), 1, **NO_DUPLICATES)
+    with pytest.raises(ValueError, match="judge_top1"):
+        refilter_table(_shard_table().drop_columns(["judge_top1"]), 2, **NO_DUPLICATES)
+    with pytest.raises(TypeError):
+        refilter_table(_shard_table(), 2, min_confidance=0.7)

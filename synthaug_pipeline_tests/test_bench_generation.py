@@ -1,0 +1,80 @@
+"""End-to-end test of `synthaug bench generation` on a tiny setting (two classes, 20-step schedule)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from synthaug_pipeline.bench_generation import main
+
+TINY = [
+    "--set",
+    "data.classes=['0','1']",
+    "--set",
+    "generator.train_steps=10",
+    "--set",
+    "generator.block_out_channels=[16,32]",
+    "--set",
+    "generator.num_train_timesteps=20",
+    "--set",
+    "judge.model=synthaug_cnn_small",
+    "--set",
+    "judge.steps=10",
+    "--images-per-class",
+    "3",
+]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run as fast on one thread, and two threads thrash when other tests share the 2 cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_bench_generation_end_to_end(tmp_path, capsys):
+    out = tmp_path / "x.json"
+    assert main([*TINY, "--out", str(out), "--save-models", str(tmp_path / "models")]) == 0
+    record = json.loads(out.read_text())
+
+    assert record["command"].startswith("python -m synthaug_pipeline.bench_generation")
+    assert record["machine"]["cores"] >= 1 and record["machine"]["cpu"] and record["machine"]["torch"] == torch.__version__
+    settings = record["settings"]
+    assert settings["classes"] == ["0", "1"] and settings["images_per_class"] == 3
+    assert settings["naive"]["steps"] == 20 and settings["fast"]["sampler"] == "ddim"
+    assert settings["generator"]["train_seconds"] > 0
+    for path in ("fast", "naive", "real_reference"):
+        result = record[path]
+        assert result["images"] == 6
+        assert 0.0 <= result["judged_correct_share"] <= 1.0
+        assert result["mean_class_fid"] >= 0 and result["pooled_fid"] >= 0
+        assert set(result["per_class"]) == {"0", "1"}
+    for path in ("fast", "naive"):
+        assert record[path]["images_per_second"] > 0 and record[path]["seconds"] > 0
+    comparison = record["comparison"]
+    assert comparison["speedup"] > 0
+    assert comparison["share_diff_points"] == pytest.approx(
+        100 * (record["fast"]["judged_correct_share"] - record["naive"]["judged_correct_share"])
+    )
+    assert set(record["targets"]) == {"speedup", "judged_correct_share", "mean_class_fid"}
+    assert record["all_targets_met"] == all(t["met"] for t in record["targets"].values())
+    snippet = capsys.readouterr().out
+    assert "| images/s |" in snippet and record["command"] in snippet
+
+    # Reusing the saved models skips training and samples the same fast-path images (same seeds).
+    again = tmp_path / "again.json"
+    args = [*TINY, "--out", str(again), "--generator", str(tmp_path / "models/generator"), "--judge", str(tmp_path / "models/judge")]
+    assert main(args) == 0
+    reused = json.loads(again.read_text())
+    assert reused["settings"]["generator"]["train_seconds"] is None
+    assert reused["settings"]["generator"]["version"] == settings["generator"]["version"]
+    assert reused["fast"]["per_class"] == record["fast"]["per_class"]
+
+
+def test_bench_generation_rejects_bad_settings(capsys):
+    assert main(["--set", "generator.no_such_field=1"]) == 2
+    assert "no_such_field" in capsys.readouterr().err
