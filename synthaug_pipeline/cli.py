@@ -4,17 +4,21 @@ synthaug run [--profile digits] [--set key=value ...]
 synthaug profiles
 synthaug lineage MODEL_FOLDER | --shard URI
 synthaug dev
+synthaug bench generation|scoring [options]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import subprocess
 import sys
 import time
 
 from synthaug_pipeline.lib.config import DEFAULT_PROFILE, OVERRIDES_ENV_VAR, PROFILE_ENV_VAR, ProfileError, available_profiles, load_profile
+
+BENCHMARKS = ("generation", "scoring")  # modules synthaug_pipeline.bench_<name> with main(argv)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,11 +50,20 @@ def _parser() -> argparse.ArgumentParser:
     lineage.add_argument("--shard", default=None, help="list the models whose training read this shard URI")
     profile_args(lineage)
 
+    bench = sub.add_parser("bench", help="benchmarks: `synthaug bench generation --help`, `synthaug bench scoring --help`")
+    bench.add_argument("name", choices=BENCHMARKS, help="which benchmark")
+    bench.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's own options")
+
     dev = sub.add_parser("dev", help="start the Dagster UI on the same instance as `synthaug run`")
     profile_args(dev)
     dev.add_argument("--dagster-home", default=None)
     dev.add_argument("--port", default="3000")
     return parser
+
+
+def _bench(args: argparse.Namespace) -> int:
+    module = importlib.import_module(f"synthaug_pipeline.bench_{args.name}")
+    return int(module.main(args.args) or 0)
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -162,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         return _dev(args)
     if args.command == "lineage":
         return _lineage(args)
+    if args.command == "bench":
+        return _bench(args)
     return _run(args)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PROFILE_ENV_VAR = "SYNTHAUG_PROFILE"
 OVERRIDES_ENV_VAR = "SYNTHAUG_SET"  # ';'-separated key=value pairs, for `dagster dev`
@@ -53,6 +53,16 @@ class GeneratorConfig(_Section):
     negative_prompt: str | None = Field(None, description="text2img/img2img negative prompt.")
     strength: float = Field(0.6, gt=0, le=1, description="img2img: how far from the conditioning image (1 = ignore it).")
     output_size: int | None = Field(None, ge=8, description="Pretrained backends: generated image size before resizing to data.image_size.")
+    conditioning_augmentations: list[Literal["random_resized_crop", "flip", "color_jitter", "mixup", "cutmix"]] = Field(
+        default_factory=lambda: ["random_resized_crop", "flip", "color_jitter"],
+        description="img2img: augmentations applied to the real image that conditions each output.",
+    )
+    image_variation: bool = Field(False, description="img2img: use an image-variation pipeline (image embedding) instead of img2img.")
+    class_index_map: str | None = Field(
+        None, description="dit: JSON file {class_id: model class index}; None maps ImageNet wnids by the standard 1000-class order."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to sample; auto uses CUDA when present.")
+    compile: bool = Field(False, description="torch.compile the denoiser (GPU runs with many classes).")
     block_out_channels: list[int] = Field(default_factory=lambda: [32, 64, 64])
     layers_per_block: int = Field(1, ge=1, le=4)
     norm_num_groups: int = Field(8, ge=1)
@@ -85,22 +95,75 @@ class ClassifierConfig(_Section):
     batch_size: int = Field(128, ge=1)
     learning_rate: float = Field(2e-3, gt=0)
     weight_decay: float = Field(5e-4, ge=0)
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="AdamW, or SGD with Nesterov momentum 0.9; cosine schedule either way.")
     seed: int = 0
 
 
 class AugmentedConfig(_Section):
     synthetic_ratio: float = Field(1.0, ge=0, description="Synthetic images per real image in the augmented training mix.")
+    aux_bn: bool = Field(False, description="Synthetic images use auxiliary batch-norm layers during training.")
+
+
+class ExperimentsConfig(_Section):
+    ratios: list[float] = Field(default_factory=lambda: [0.0, 1.0, 3.0], description="Synthetic images per real image.")
+    regimes: list[Literal["full", "few_shot", "long_tail"]] = Field(default_factory=lambda: ["full", "few_shot"])
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    aux_bn: list[bool] = Field(default_factory=lambda: [False])
+    few_shot_k: int = Field(10, ge=1, description="Real images per class in the few_shot regime.")
+    long_tail_imbalance: float = Field(10.0, ge=1, description="Largest / smallest class size in the long_tail regime.")
+    synthetic_only: bool = Field(True, description="Also train on synthetic images only (Classification Accuracy Score).")
+
+
+class PromptsConfig(_Section):
+    templates: list[str] = Field(
+        default_factory=lambda: ["a photo of a {name}"], description="Prompt templates; {name} is the disambiguated class name."
+    )
+    contexts: list[str] = Field(default_factory=list, description="Scene contexts mixed into prompts, e.g. 'on a beach'.")
+    styles: list[str] = Field(default_factory=list, description="Styles mixed into prompts, e.g. 'a studio photo'.")
+    prompts_per_class: int = Field(8, ge=1, le=10000)
+    use_glosses: bool = Field(True, description="Disambiguate names with WordNet glosses (ImageNet wnids) when known.")
+    llm: str | None = Field(
+        None, description="Local text-generation model (path or hub id) that rewrites prompts; None: templates only."
+    )
+    seed: int = 0
+
+
+class ScoringConfig(_Section):
+    feature_extractor: Literal["judge", "efficientnet_lite0", "inception"] = Field(
+        "judge", description="Features for FID/KID, PRDC and near-duplicates (the name is recorded with every number)."
+    )
+    clip_model: str | None = Field(None, description="open_clip model name (or hf-hub:/local path); None disables CLIP score.")
+    clip_pretrained: str | None = Field(None, description="open_clip pretrained tag or checkpoint path.")
+    prdc_k: int = Field(5, ge=1, description="k of precision/recall/density/coverage.")
+    duplicate_fraction: float = Field(
+        0.5, gt=0, le=2, description="Near-duplicate threshold as a fraction of the median real nearest-neighbour distance."
+    )
+    kid_subset_size: int | None = Field(None, ge=2, description="KID subset size; None uses the full sets.")
+    batch_size: int = Field(256, ge=1)
 
 
 class FilterConfig(_Section):
     min_confidence: float = Field(0.5, ge=0, le=1, description="Judge confidence for the intended class needed to accept an image.")
     require_label_match: bool = Field(True, description="Reject images whose judge top-1 class is not the intended class.")
+    top_k: int | None = Field(None, ge=0, description="Keep at most this many of the most confident survivors per class.")
+    quantile: float | None = Field(None, gt=0, le=1, description="Keep this top share of the survivors per class (instead of top_k).")
+    drop_train_copies: bool = Field(True, description="Drop near-copies of real training images (memorization).")
+    drop_test_leaks: bool = Field(True, description="Drop near-copies of test images (they would leak the test set).")
     min_accepted_per_class: int = Field(1, ge=0, description="Asset check: fewer accepted images than this fails the class.")
+
+    @model_validator(mode="after")
+    def _one_ranking(self) -> FilterConfig:
+        if self.top_k is not None and self.quantile is not None:
+            raise ValueError("set filter.top_k or filter.quantile, not both")
+        return self
 
 
 class EvaluationConfig(_Section):
-    corruptions: list[Literal["gaussian_noise", "gaussian_blur", "contrast"]] = Field(
+    corruptions: list[Literal["gaussian_noise", "gaussian_blur", "contrast", "brightness", "jpeg", "pixelate"]] = Field(
         default_factory=lambda: ["gaussian_noise", "gaussian_blur", "contrast"]
+    )
+    shift_folders: dict[str, str] = Field(
+        default_factory=dict, description="Extra shifted test sets: {name: ImageFolder root or Parquet URL} with the same class ids."
     )
     severities: list[int] = Field(default_factory=lambda: [1, 3, 5])
 
@@ -125,7 +188,10 @@ class Profile(_Section):
     judge: ClassifierConfig = Field(default_factory=ClassifierConfig)
     classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
     augmented: AugmentedConfig = Field(default_factory=AugmentedConfig)
+    prompts: PromptsConfig = Field(default_factory=PromptsConfig)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
+    experiments: ExperimentsConfig = Field(default_factory=ExperimentsConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 

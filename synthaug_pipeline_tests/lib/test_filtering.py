@@ -150,7 +150,9 @@ def test_policy_version_is_pinned_canonical_hash():
     assert policy_version() == "v1-" + hashlib.sha256(canonical).hexdigest()[:12]
     # No-op settings are left out: the legacy policy hashes as filter_version always did.
     legacy = b'{"min_confidence":0.5,"require_label_match":true}'
-    assert policy_version(**NO_DUPLICATES) == "v1-" + hashlib.sha256(legacy).hexdigest()[:12] == filter_version(FilterConfig())
+    legacy_config = FilterConfig(drop_train_copies=False, drop_test_leaks=False)
+    assert policy_version(**NO_DUPLICATES) == "v1-" + hashlib.sha256(legacy).hexdigest()[:12] == filter_version(legacy_config)
+    assert filter_version(FilterConfig()) == policy_version()
 
 
 def test_policy_version_changes_with_every_setting():
