@@ -77,6 +77,10 @@ def _validate(profile_name: str | None, overrides: list[str], classes: list[str]
 
     profile = load_profile(profile_name, overrides)
     known = dataset_class_ids(profile.data)
+    if profile.evaluation.shift_folders:
+        from synthaug_pipeline.lib.evaluation import check_shift_folders  # imports torch: only when needed
+
+        check_shift_folders(profile.evaluation.shift_folders, known)
     if classes:
         unknown = [c for c in classes if c not in known]
         if unknown:

@@ -13,8 +13,10 @@ import dagster as dg
 
 from synthaug_pipeline.defs.data.assets import build_data_assets
 from synthaug_pipeline.defs.evaluation.assets import build_evaluation_assets
+from synthaug_pipeline.defs.experiments.assets import build_experiment_assets, experiments_job
 from synthaug_pipeline.defs.generation.assets import build_generation_assets
 from synthaug_pipeline.defs.partitions import class_partitions
+from synthaug_pipeline.defs.prompts.assets import build_prompt_assets
 from synthaug_pipeline.defs.resources import SynthaugSettings
 from synthaug_pipeline.defs.scoring.assets import build_scoring_assets
 from synthaug_pipeline.defs.training.assets import build_training_assets
@@ -28,19 +30,21 @@ def build_definitions(profile_name: str | None = None, overrides: list[str] | No
     partitions = class_partitions(dataset_class_ids(profile.data))
     assets = [
         *build_data_assets(partitions),
+        *build_prompt_assets(partitions),
         *build_generation_assets(partitions),
         *build_scoring_assets(partitions),
         *build_training_assets(),
         *build_evaluation_assets(),
+        *build_experiment_assets(profile.experiments),
     ]
     per_class = dg.define_asset_job(
         "synthaug_per_class",
-        selection=dg.AssetSelection.assets(*[a for a in assets if a.partitions_def is not None]),
+        selection=dg.AssetSelection.assets(*[a for a in assets if a.partitions_def == partitions]),
         partitions_def=partitions,
         description="The per-class assets of one class (pick a partition).",
     )
     settings = SynthaugSettings(profile=profile_name or os.environ.get(PROFILE_ENV_VAR) or DEFAULT_PROFILE, overrides=list(overrides or []))
-    return dg.Definitions(assets=assets, jobs=[per_class], resources={"settings": settings})
+    return dg.Definitions(assets=assets, jobs=[per_class, experiments_job], resources={"settings": settings})
 
 
 def _load_default() -> dg.Definitions:

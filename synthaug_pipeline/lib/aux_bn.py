@@ -127,8 +127,10 @@ def convert_to_aux_bn(model: nn.Module) -> nn.Module:
         return memo[id(bn)]
 
     def visit(module: nn.Module) -> None:
-        for name, child in list(module.named_children()):
-            if isinstance(child, DualBatchNorm):
+        # _modules, not named_children(): that yields a module registered twice under one parent only
+        # once, and the second registration would stay a plain BatchNorm.
+        for name, child in list(module._modules.items()):
+            if child is None or isinstance(child, DualBatchNorm):
                 continue
             if isinstance(child, _BatchNorm):
                 setattr(module, name, wrap(child))
@@ -155,10 +157,10 @@ def strip_aux_bn(model: nn.Module) -> nn.Module:
         return model.main
 
     def visit(module: nn.Module) -> None:
-        for name, child in list(module.named_children()):
+        for name, child in list(module._modules.items()):  # every registration, as in convert_to_aux_bn
             if isinstance(child, DualBatchNorm):
                 setattr(module, name, child.main)
-            else:
+            elif child is not None:
                 visit(child)
 
     visit(model)

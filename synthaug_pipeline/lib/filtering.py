@@ -18,8 +18,10 @@ images when that many survive the thresholds.
 
 Every policy has a stable identifier (:func:`policy_version`, same scheme as
 :func:`synthaug_pipeline.lib.scoring.filter_version`) that shards record per
-row. :func:`refilter_table` re-applies a policy to a shard's cached scores
-without decoding or regenerating any image.
+row; it includes the near-duplicate distance threshold when a duplicate rule is
+on. :func:`shard_decisions` computes a shard's ``accepted``/``filter_version``
+columns, for the pipeline and for :func:`refilter_table`, which re-applies a
+policy to a shard's cached scores without decoding or regenerating any image.
 
 Pure NumPy (and PyArrow for shard tables); no Dagster, no torch.
 """
@@ -43,6 +45,8 @@ VERSION_PREFIX = "v1-"
 # Shard columns refilter_table reads and writes.
 SCORE_COLUMNS = ("judge_confidence", "judge_top1", "nearest_real_distance")
 DECISION_COLUMNS = ("accepted", "filter_version")
+# dtype of the score columns in a shard (SHARD_SCHEMA): shard decisions are made on values rounded to it.
+SHARD_SCORE_DTYPE = np.float32
 
 
 def _is_real(value: Any) -> bool:
@@ -99,28 +103,24 @@ class FilterPolicy:
 
     @classmethod
     def from_config(cls, cfg: Any) -> FilterPolicy:
-        """Policy of a ``FilterConfig`` (or any object with those attributes).
-
-        Attributes the config does not have are read with *no-op* defaults
-        (no top_k/quantile, duplicates kept), not with this class's defaults:
-        a config written before those fields existed keeps exactly its old
-        decisions and :func:`~synthaug_pipeline.lib.scoring.filter_version`.
-        """
+        """Policy of a :class:`~synthaug_pipeline.lib.config.FilterConfig` (or any object with its fields)."""
         return cls(
-            min_confidence=getattr(cfg, "min_confidence", 0.5),
-            require_label_match=getattr(cfg, "require_label_match", True),
-            top_k=getattr(cfg, "top_k", None),
-            quantile=getattr(cfg, "quantile", None),
-            drop_train_copies=getattr(cfg, "drop_train_copies", False),
-            drop_test_leaks=getattr(cfg, "drop_test_leaks", False),
+            min_confidence=cfg.min_confidence,
+            require_label_match=cfg.require_label_match,
+            top_k=cfg.top_k,
+            quantile=cfg.quantile,
+            drop_train_copies=cfg.drop_train_copies,
+            drop_test_leaks=cfg.drop_test_leaks,
         )
 
     def canonical(self) -> dict[str, Any]:
         """The settings that define the policy, as plain JSON values.
 
         Settings at their no-op value are omitted (``top_k``/``quantile`` None,
-        ``drop_*`` False) so that adding a switch that is off by default does
-        not change the identifier of policies that never used it.
+        ``drop_*`` False): the identifier names the decisions, so a policy that
+        never drops duplicates or ranks hashes as the two-threshold policies of
+        shards written before those rules existed (``v1-e7d13883f612`` for
+        the defaults), and a no-op rule added later changes no identifier.
         """
         out: dict[str, Any] = {"min_confidence": self.min_confidence, "require_label_match": self.require_label_match}
         if self.top_k is not None:
@@ -242,9 +242,9 @@ def apply_policy(
     return policy.apply(scores, class_index)
 
 
-def _duplicate_extra(drop_train_copies: bool, duplicate_threshold: float | None) -> dict[str, Any]:
-    if duplicate_threshold is None or not drop_train_copies:
-        return {}  # the threshold changes no decision, so it is not part of the policy
+def _duplicate_extra(policy: FilterPolicy, duplicate_threshold: float | None) -> dict[str, Any]:
+    if duplicate_threshold is None or not (policy.drop_train_copies or policy.drop_test_leaks):
+        return {}  # no duplicate rule is on: the threshold decides nothing, so it is not part of the policy
     return {"duplicate_threshold": float(duplicate_threshold)}
 
 
@@ -264,8 +264,10 @@ def policy_version(
     The same scheme as :func:`~synthaug_pipeline.lib.scoring.filter_version`:
     a ``FilterConfig`` and keyword arguments describing the same decisions give
     the same string. Settings at their no-op value are left out of the hash
-    (see :meth:`FilterPolicy.canonical`). ``duplicate_threshold`` (used by
-    :func:`refilter_table`) enters only when ``drop_train_copies`` is on.
+    (see :meth:`FilterPolicy.canonical`). ``duplicate_threshold`` (the distance
+    under which an image counts as a copy) enters when a duplicate rule is on
+    (``drop_train_copies`` or ``drop_test_leaks``): it decides which rows those
+    rules drop.
     """
     policy = FilterPolicy(
         min_confidence=min_confidence,
@@ -276,12 +278,59 @@ def policy_version(
         drop_test_leaks=drop_test_leaks,
     )
     _check_threshold(duplicate_threshold)
-    return policy.version(extra=_duplicate_extra(policy.drop_train_copies, duplicate_threshold))
+    return policy.version(extra=_duplicate_extra(policy, duplicate_threshold))
 
 
 def _check_threshold(threshold: float | None) -> None:
     if threshold is not None and (not _is_real(threshold) or not math.isfinite(threshold) or threshold < 0):
         raise ValueError(f"duplicate_threshold must be a finite distance >= 0 or None, got {threshold!r}")
+
+
+def _as_shard_float(values: Any) -> np.ndarray:
+    """Scores as a shard stores them (float32), widened back to float64 for exact comparisons."""
+    return np.asarray(values, dtype=np.float64).astype(SHARD_SCORE_DTYPE).astype(np.float64)
+
+
+def shard_decisions(
+    policy: FilterPolicy,
+    class_index: int,
+    judge_confidence: np.ndarray,
+    judge_top1: np.ndarray,
+    nearest_real_distance: np.ndarray,
+    *,
+    duplicate_threshold: float | None,
+    test_leak: np.ndarray | None,
+    extra: dict[str, Any] | None = None,
+) -> tuple[np.ndarray, str]:
+    """The ``accepted`` flags and the ``filter_version`` of one class's shard rows.
+
+    The one decision path for rows written by the pipeline and rows rewritten
+    by :func:`refilter_table`. Confidences and distances are first rounded to
+    float32, as :data:`~synthaug_pipeline.lib.shards.SHARD_SCHEMA` stores them,
+    so re-filtering a shard with the same policy, ``duplicate_threshold`` and
+    ``test_leak`` flags reproduces its rows exactly.
+
+    A row is a training copy when ``nearest_real_distance <= duplicate_threshold``
+    (with ``duplicate_threshold=None`` copies are not checked); ``test_leak`` is
+    one bool per row (the shard has no test distances) or None (not checked).
+    ``extra``: further row-level settings hashed into the version (see
+    :meth:`FilterPolicy.version`); the threshold is added when a duplicate rule
+    is on. Raises ``ValueError`` for a bad threshold or misaligned arrays.
+    """
+    _check_threshold(duplicate_threshold)
+    confidence = _as_shard_float(judge_confidence)
+    n = confidence.shape[0] if confidence.ndim == 1 else -1
+    train_copy = None
+    if duplicate_threshold is not None:
+        train_copy = _as_shard_float(nearest_real_distance) <= float(duplicate_threshold)
+    leak = None
+    if test_leak is not None:
+        leak = np.asarray(test_leak)
+        if leak.shape != (n,) or leak.dtype != np.bool_:
+            raise ValueError(f"test_leak must be a bool array with one flag per row ({n}), got dtype {leak.dtype} shape {leak.shape}")
+    accepted = policy.decide(confidence, judge_top1, class_index, train_copy, leak)
+    version = policy.version(extra={**(extra or {}), **_duplicate_extra(policy, duplicate_threshold)})
+    return accepted, version
 
 
 def _column_numpy(table: pa.Table, name: str, dtype: type) -> np.ndarray:
@@ -306,24 +355,23 @@ def refilter_table(
     table with only ``accepted`` and ``filter_version`` replaced; every other
     column (``image`` included) is the same Arrow data, so no image is decoded
     or regenerated. ``**policy`` takes the keyword arguments of
-    :func:`apply_policy` with the same defaults; ``filter_version`` becomes
-    :func:`policy_version` of them (plus ``duplicate_threshold``).
+    :func:`apply_policy` with the same defaults; decisions and version come
+    from :func:`shard_decisions`, the path the pipeline writes shards with, so
+    the pipeline's own policy reproduces its rows exactly.
 
-    Duplicate checks from the shard:
+    Duplicate checks from the shard (the pipeline keeps both inputs in the
+    cached ``synthetic_scores[c]``: ``duplicate_threshold`` and
+    ``scores.is_test_leak``):
 
     * ``drop_train_copies`` (default on) drops rows with
       ``nearest_real_distance <= duplicate_threshold``; the shard does not
-      store the threshold used at scoring time, so it must be passed (e.g.
-      ``summary["duplicate_threshold"]`` of the class's scores) or
-      ``drop_train_copies=False`` given, else ``ValueError``;
+      store the threshold, so it must be passed or ``drop_train_copies=False``
+      given, else ``ValueError``;
     * ``drop_test_leaks`` (default on) needs ``test_leak``, a bool array with
       one flag per row (shards do not store test distances), or
       ``drop_test_leaks=False``, else ``ValueError``.
 
-    Scores are stored as float32 in shards, so an image within float32
-    rounding (~1e-7 relative) of a threshold may be decided differently than
-    from the float64 scores the pipeline used. Ranking ties (top_k/quantile)
-    are broken by row order.
+    Ranking ties (top_k/quantile) are broken by row order.
 
     Raises ``ValueError`` for missing score/decision columns, nulls in score
     columns, rows whose ``class_index`` column differs from ``class_index``,
@@ -341,31 +389,27 @@ def refilter_table(
         found = np.unique(_column_numpy(table, "class_index", np.int64))
         if found.size != 1 or int(found[0]) != int(class_index):
             raise ValueError(f"table rows have class_index {found.tolist()} but re-filtering is for class {class_index}")
+    if rules.drop_train_copies and duplicate_threshold is None:
+        raise ValueError(
+            "drop_train_copies needs duplicate_threshold (shards keep nearest_real_distance, not the threshold; "
+            "use synthetic_scores[c]['duplicate_threshold']) or pass drop_train_copies=False"
+        )
+    if rules.drop_test_leaks and test_leak is None:
+        raise ValueError(
+            "drop_test_leaks needs test_leak (one bool per row; shards do not store test distances; "
+            "use synthetic_scores[c]['scores'].is_test_leak) or pass drop_test_leaks=False"
+        )
 
-    _check_threshold(duplicate_threshold)
+    accepted, version = shard_decisions(
+        rules,
+        int(class_index),
+        _column_numpy(table, "judge_confidence", np.float64),
+        _column_numpy(table, "judge_top1", np.int64),
+        _column_numpy(table, "nearest_real_distance", np.float64),
+        duplicate_threshold=duplicate_threshold,
+        test_leak=test_leak if rules.drop_test_leaks else None,
+    )
     n = table.num_rows
-    confidence = _column_numpy(table, "judge_confidence", np.float64)
-    top1 = _column_numpy(table, "judge_top1", np.int64)
-    train_copy = leak = None
-    if rules.drop_train_copies:
-        if duplicate_threshold is None:
-            raise ValueError(
-                "drop_train_copies needs duplicate_threshold (shards keep nearest_real_distance, not the threshold; "
-                "use the class summary's duplicate_threshold) or pass drop_train_copies=False"
-            )
-        train_copy = _column_numpy(table, "nearest_real_distance", np.float64) <= float(duplicate_threshold)
-    if rules.drop_test_leaks:
-        if test_leak is None:
-            raise ValueError(
-                "drop_test_leaks needs test_leak (one bool per row; shards do not store test distances) or pass drop_test_leaks=False"
-            )
-        leak = np.asarray(test_leak)
-        if leak.shape != (n,) or leak.dtype != np.bool_:
-            raise ValueError(f"test_leak must be a bool array with one flag per row ({n}), got dtype {leak.dtype} shape {leak.shape}")
-
-    accepted = rules.decide(confidence, top1, int(class_index), train_copy, leak)
-    version = rules.version(extra=_duplicate_extra(rules.drop_train_copies, duplicate_threshold))
-
     for name, values in (("accepted", accepted), ("filter_version", [version] * n)):
         index = table.schema.get_field_index(name)
         target = table.schema.field(index)

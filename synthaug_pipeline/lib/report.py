@@ -11,16 +11,29 @@ def _signed(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:+.1f}"
 
 
+def _minus(augmented: float | None, baseline: float | None) -> float | None:
+    return None if augmented is None or baseline is None else augmented - baseline
+
+
 def headline_rows(evaluation: dict) -> list[tuple[str, str, str, str]]:
-    """(metric, baseline, augmented, delta in points) rows of the headline table."""
+    """(metric, baseline, augmented, delta in points) rows of the headline table.
+
+    Top-1 in-domain, top-5 (only with more than 10 classes), top-1 under corruption (mean) and the
+    drop under corruption (in-domain minus that mean; lower is more robust), then top-1 on each extra
+    shifted test set.
+    """
     base = evaluation["models"]["classifier_baseline"]
     aug = evaluation["models"]["classifier_augmented"]
-    rows = [
-        ("top-1 in-domain", base["in_domain"]["top1"], aug["in_domain"]["top1"]),
+    rows = [("top-1 in-domain", base["in_domain"]["top1"], aug["in_domain"]["top1"])]
+    if base["in_domain"].get("top5") is not None:
+        rows.append(("top-5 in-domain", base["in_domain"]["top5"], aug["in_domain"].get("top5")))
+    rows += [
         ("top-1 under shift (mean)", base["shifted_mean_top1"], aug["shifted_mean_top1"]),
         ("drop under shift", base["shift_drop"], aug["shift_drop"]),
     ]
-    return [(name, _pct(b), _pct(a), _signed(a - b)) for name, b, a in rows]
+    base_sets, aug_sets = base.get("shift_sets", {}), aug.get("shift_sets", {})
+    rows += [(f"top-1 on shift set {name}", base_sets[name]["top1"], aug_sets.get(name, {}).get("top1")) for name in base_sets]
+    return [(name, _pct(b), _pct(a), _signed(_minus(a, b))) for name, b, a in rows]
 
 
 def headline_table(evaluation: dict) -> str:
@@ -32,8 +45,49 @@ def headline_table(evaluation: dict) -> str:
     return "\n".join(lines)
 
 
+def _comparison_row(label: str, baseline: float | None, augmented: float | None) -> str:
+    return f"| {label} | {_pct(baseline)} | {_pct(augmented)} | {_signed(_minus(augmented, baseline))} |"
+
+
+def _shift_lines(base: dict, aug: dict) -> list[str]:
+    """The corruption breakdown (per kind, then per kind@severity) and the extra shifted test sets."""
+    lines = []
+    if base["shifted"]:
+        base_kinds, aug_kinds = base.get("shifted_by_kind", {}), aug.get("shifted_by_kind", {})
+        drop_delta = _signed(_minus(aug["shift_drop"], base["shift_drop"]))
+        lines += [
+            "## Under shift: corruptions of the test split",
+            "",
+            "Drop under shift = in-domain top-1 minus the mean over corruptions (lower is more robust): "
+            f"baseline {_pct(base['shift_drop'])}, augmented {_pct(aug['shift_drop'])} ({drop_delta} points).",
+            "",
+            "| corruption | baseline | augmented | delta (points) |",
+            "|---|---|---|---|",
+            *[_comparison_row(f"{kind} (mean)", base_kinds[kind], aug_kinds.get(kind)) for kind in base_kinds],
+            *[_comparison_row(key, base["shifted"][key], aug["shifted"].get(key)) for key in base["shifted"]],
+            "",
+        ]
+    base_sets, aug_sets = base.get("shift_sets", {}), aug.get("shift_sets", {})
+    if base_sets:
+        lines += [
+            "## Under shift: extra test sets (evaluation.shift_folders)",
+            "",
+            "| set | images | classes | baseline top-1 | augmented top-1 | delta (points) | baseline drop | augmented drop |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for name, b in base_sets.items():
+            a = aug_sets.get(name, {})
+            present = sum(value is not None for value in b["per_class"].values())
+            lines.append(
+                f"| {name} | {b['n']} | {present}/{len(b['per_class'])} | {_pct(b['top1'])} | {_pct(a.get('top1'))} | "
+                f"{_signed(_minus(a.get('top1'), b['top1']))} | {_pct(b['drop'])} | {_pct(a.get('drop'))} |"
+            )
+        lines.append("")
+    return lines
+
+
 def render_report_markdown(payload: dict) -> str:
-    """report.md: headline, shift breakdown, per-class scores and accuracy, shards."""
+    """report.md: headline, shift breakdown (corruptions, extra test sets), per-class scores and accuracy, shards."""
     evaluation = payload["evaluation"]
     base = evaluation["models"]["classifier_baseline"]
     aug = evaluation["models"]["classifier_augmented"]
@@ -49,27 +103,24 @@ def render_report_markdown(payload: dict) -> str:
         "|---|---|---|---|",
         *[f"| {name} | {b} | {a} | {d} |" for name, b, a, d in headline_rows(evaluation)],
         "",
-        "## Under shift (top-1 per corruption and severity)",
-        "",
-        "| corruption | baseline | augmented |",
-        "|---|---|---|",
-        *[f"| {key} | {_pct(base['shifted'][key])} | {_pct(aug['shifted'][key])} |" for key in base["shifted"]],
-        "",
+        *_shift_lines(base, aug),
         "## Per class",
         "",
-        "| class | generated | accepted | mean judge confidence | FID-style distance | baseline top-1 | augmented top-1 |",
-        "|---|---|---|---|---|---|---|",
+        "| class | generated | accepted | mean judge confidence | FID-style distance | baseline top-1 | augmented top-1 | delta (points) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     accepted = {shard["class_id"]: shard["num_accepted"] for shard in payload["shards"]}
     for class_id in payload["dataset"]["class_ids"]:
         summary = payload["per_class"].get(class_id, {})
         fid = summary.get("fid")
+        base_class, aug_class = base["in_domain"]["per_class"].get(class_id), aug["in_domain"]["per_class"].get(class_id)
         lines.append(
             f"| {class_id} | {summary.get('n_synthetic', 0)} | {accepted.get(class_id, 0)} | "
             f"{summary.get('mean_judge_confidence', float('nan')):.3f} | {'n/a' if fid is None else f'{fid:.3f}'} | "
-            f"{_pct(base['in_domain']['per_class'].get(class_id))} | {_pct(aug['in_domain']['per_class'].get(class_id))} |"
+            f"{_pct(base_class)} | {_pct(aug_class)} | {_signed(_minus(aug_class, base_class))} |"
         )
     extractor = next((s.get("feature_extractor") for s in payload["per_class"].values()), None)
+    aux_bn = "on" if profile["augmented"].get("aux_bn") else "off"
     lines += [
         "",
         f"FID-style distances use features from `{extractor}` (not Inception): compare them within this run, not with published FIDs.",
@@ -78,7 +129,7 @@ def render_report_markdown(payload: dict) -> str:
         "",
         f"- baseline model: `{payload['models']['baseline']['url']}` (version {payload['models']['baseline']['version']})",
         f"- augmented model: `{payload['models']['augmented']['url']}` (version {payload['models']['augmented']['version']}), "
-        f"synthetic ratio {profile['augmented']['synthetic_ratio']}, trained on these shards:",
+        f"synthetic ratio {profile['augmented']['synthetic_ratio']}, auxiliary batch-norm {aux_bn}, trained on these shards:",
         *[
             f"  - `{s['uri']}` sha256 {s['sha256'][:16]}, {s['num_accepted']}/{s['num_rows']} accepted, filter {s['filter_version']}"
             for s in payload["shards"]

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from synthaug_pipeline.lib.config import FilterConfig
-from synthaug_pipeline.lib.filtering import FilterPolicy
+from synthaug_pipeline.lib.filtering import FilterPolicy, shard_decisions
 
 # Rows per block when computing pairwise distances, so memory stays at
 # ``_CHUNK_ROWS * M`` floats instead of ``N * M`` for large classes.
@@ -38,8 +38,8 @@ _CHUNK_ROWS = 1024
 # row-level rule must change the version).
 _NON_ROW_POLICY_FIELDS = frozenset({"min_accepted_per_class"})
 
-# Default near-duplicate threshold of score_class, as a fraction of the class's
-# median real nearest-neighbour distance (``summary["real_nn_distance"]``): a
+# Default near-duplicate threshold of score_class (ScoringConfig.duplicate_fraction
+# in a profile), as a fraction of the class's median real nearest-neighbour distance (``summary["real_nn_distance"]``): a
 # synthetic image closer than half the typical distance between two *distinct*
 # real training images of its class is treated as a copy of that image. A
 # heuristic scale, not a calibrated one: inspect flagged pairs and pass
@@ -49,6 +49,12 @@ DEFAULT_DUPLICATE_FRACTION = 0.5
 # Neighbourhood size of precision/recall/density/coverage (Naeem et al. 2020
 # recommend k = 5).
 DEFAULT_PRDC_K = 5
+
+# The class-level number to rank classes by (e.g. which to regenerate first). KID's
+# estimator is unbiased, so classes scored with different sample counts compare
+# fairly; FID on ~100 images per class is biased upward by an amount that depends
+# on N and D (Binkowski et al. 2018, "Demystifying MMD GANs").
+RANKING_METRIC = "kid_mean"
 
 
 # --------------------------------------------------------------------------- #
@@ -394,9 +400,11 @@ class ClassScores:
       could be set (see :func:`score_class`),
     * ``is_test_leak`` bool: ``nearest_test_distance <= duplicate_threshold``,
       a near-copy of a test image (training on it would leak the test set);
-      None without test features or threshold.
+      None without test features or threshold,
+    * ``clip_score`` float64: cosine similarity of image and prompt embeddings
+      (:mod:`synthaug_pipeline.lib.clip_score`); None without a CLIP model.
 
-    The last three default to None so hand-built scores (and scores pickled
+    The last four default to None so hand-built scores (and scores pickled
     before they existed) stay valid; filters treat None as "not checked".
 
     ``summary`` is a JSON-serialisable dict of class-level numbers (see
@@ -411,6 +419,7 @@ class ClassScores:
     nearest_test_distance: np.ndarray | None = None
     is_train_copy: np.ndarray | None = None
     is_test_leak: np.ndarray | None = None
+    clip_score: np.ndarray | None = None
 
 
 def _check_probs(probs: Any) -> np.ndarray:
@@ -450,7 +459,10 @@ def score_class(
     seed: int = 0,
     test_features: np.ndarray | None = None,
     duplicate_threshold: float | None = None,
+    duplicate_fraction: float = DEFAULT_DUPLICATE_FRACTION,
     prdc_k: int = DEFAULT_PRDC_K,
+    clip_score: np.ndarray | None = None,
+    clip_model: str | None = None,
 ) -> ClassScores:
     """Score the N synthetic images of one class against its M real images.
 
@@ -460,15 +472,20 @@ def score_class(
     ``"judge:synthaug_cnn/penultimate"``). ``class_index`` is the intended class.
 
     ``summary`` keys: n_synthetic, n_real, mean_judge_confidence,
-    label_match_rate, fid, kid_mean, kid_std, feature_extractor,
+    label_match_rate, fid, kid_mean, kid_std, kid_subset_size and
+    kid_num_subsets (rows per set and subsets actually drawn; None and 1 for
+    one estimate on the full sets), ranking_metric
+    (:data:`RANKING_METRIC`), feature_extractor,
     mean_nearest_real_distance, real_nn_distance (median nearest-neighbour
     distance among the real images: the scale to read distances against),
     diversity (mean pairwise distance among synthetic features), real_diversity,
+    diversity_ratio (diversity / real_diversity: well below 1 means the
+    generator collapsed onto few modes),
     precision, recall, density, coverage, prdc_k (see :func:`manifold_metrics`,
     real = the training features), n_test, mean_nearest_test_distance,
     duplicate_threshold, duplicate_threshold_rule (how it was set),
-    train_copies, test_leaks (counts of flagged images), warnings (list of
-    str). Fields needing more images than the class has are None with a
+    train_copies, test_leaks (counts of flagged images), clip_model,
+    mean_clip_score, warnings (list of str). Fields needing more images than the class has are None with a
     warning; a 1-image class never raises.
 
     KID uses the full sets unless ``kid_subset_size`` is given (see
@@ -482,12 +499,18 @@ def score_class(
     than 2 real images there is no such scale and the flags are None with a
     warning. Without test features (or with an empty ``[0, D]`` array)
     ``nearest_test_distance``, ``is_test_leak`` and ``test_leaks`` are None.
+    ``duplicate_fraction`` replaces the 0.5 of the default rule.
+
+    ``clip_score`` ``[N]`` (optional): image-prompt similarities computed by
+    the caller with the CLIP model named ``clip_model``; kept per image and
+    averaged into the summary.
 
     Raises ``ValueError`` for non-finite probs/features (naming how many rows),
     shape mismatches, probabilities outside [0, 1] or rows not summing to 1,
     ``class_index`` out of range, no real images (nearest-real distances
-    need at least one), a negative or non-finite ``duplicate_threshold``, or
-    ``prdc_k < 1``.
+    need at least one), a negative or non-finite ``duplicate_threshold``,
+    a non-positive ``duplicate_fraction``, ``prdc_k < 1``, or ``clip_score``
+    that is not one finite value per image.
     """
     p = _check_probs(probs)
     x = _as_features(features, "features")
@@ -510,6 +533,16 @@ def score_class(
         duplicate_threshold = float(duplicate_threshold)
     if isinstance(prdc_k, bool) or not isinstance(prdc_k, (int, np.integer)) or prdc_k < 1:
         raise ValueError(f"prdc_k must be a positive integer, got {prdc_k!r}")
+    if isinstance(duplicate_fraction, bool) or not np.isfinite(duplicate_fraction) or duplicate_fraction <= 0:
+        raise ValueError(f"duplicate_fraction must be a finite number > 0, got {duplicate_fraction!r}")
+    clip = None
+    if clip_score is not None:
+        clip = np.asarray(clip_score, dtype=np.float64)
+        if clip.shape != (x.shape[0],):
+            raise ValueError(f"clip_score has shape {clip.shape} but there are {x.shape[0]} images")
+        bad = int((~np.isfinite(clip)).sum())
+        if bad:
+            raise ValueError(f"clip_score has {bad} of {clip.shape[0]} values that are NaN or inf")
 
     n, m = x.shape[0], r.shape[0]
     warnings: list[str] = []
@@ -528,9 +561,13 @@ def score_class(
         "fid": None,
         "kid_mean": None,
         "kid_std": None,
+        "kid_subset_size": None,
+        "kid_num_subsets": None,
+        "ranking_metric": RANKING_METRIC,
         "real_nn_distance": None,
         "diversity": None,
         "real_diversity": None,
+        "diversity_ratio": None,
         "precision": None,
         "recall": None,
         "density": None,
@@ -542,6 +579,8 @@ def score_class(
         "duplicate_threshold_rule": None,
         "train_copies": None,
         "test_leaks": None,
+        "clip_model": clip_model if clip is not None else None,
+        "mean_clip_score": float(clip.mean()) if clip is not None and n else None,
     }
     if n == 0:
         warnings.append("no synthetic images: per-image scores and all class metrics are empty")
@@ -551,6 +590,9 @@ def score_class(
         summary["kid_mean"], summary["kid_std"] = kernel_inception_distance(
             x, r, subset_size=kid_subset_size, num_subsets=kid_num_subsets, seed=seed
         )
+        subsampled = kid_subset_size is not None and kid_subset_size < min(n, m)
+        summary["kid_subset_size"] = int(kid_subset_size) if subsampled else None
+        summary["kid_num_subsets"] = int(kid_num_subsets) if subsampled else 1
     else:
         warnings.append(f"fid/kid need at least 2 synthetic and 2 real images, got {n} synthetic and {m} real")
 
@@ -564,6 +606,8 @@ def score_class(
         summary["real_diversity"] = _mean_pairwise_distance(r)
     else:
         warnings.append(f"real_nn_distance and real_diversity need at least 2 real images, got {m}")
+    if summary["diversity"] is not None and summary["real_diversity"]:
+        summary["diversity_ratio"] = summary["diversity"] / summary["real_diversity"]
 
     prdc = manifold_metrics(r, x, k=int(prdc_k))
     for key in ("precision", "recall", "density", "coverage"):
@@ -583,8 +627,8 @@ def score_class(
     if threshold is not None:
         summary["duplicate_threshold_rule"] = "given"
     elif summary["real_nn_distance"] is not None:
-        threshold = DEFAULT_DUPLICATE_FRACTION * summary["real_nn_distance"]
-        summary["duplicate_threshold_rule"] = f"{DEFAULT_DUPLICATE_FRACTION} x median real nearest-neighbour distance"
+        threshold = float(duplicate_fraction) * summary["real_nn_distance"]
+        summary["duplicate_threshold_rule"] = f"{float(duplicate_fraction):g} x median real nearest-neighbour distance"
         if threshold == 0.0:
             warnings.append("median real nearest-neighbour distance is 0 (duplicate real images): only exact copies are flagged")
     else:
@@ -608,6 +652,7 @@ def score_class(
         nearest_test_distance=nearest_test,
         is_train_copy=is_train_copy,
         is_test_leak=is_test_leak,
+        clip_score=clip,
     )
 
 
@@ -616,34 +661,70 @@ def score_class(
 # --------------------------------------------------------------------------- #
 
 
-def filter_version(cfg: FilterConfig) -> str:
+def _config_extra(cfg: FilterConfig) -> dict[str, Any]:
+    """FilterConfig fields beyond :class:`FilterPolicy` that still decide rows (e.g. a subclass's new rule)."""
+    dumped = cfg.model_dump(mode="json")
+    return {k: v for k, v in dumped.items() if k not in _NON_ROW_POLICY_FIELDS and k not in FilterPolicy.field_names()}
+
+
+def filter_version(cfg: FilterConfig, duplicate_threshold: float | None = None) -> str:
     """Identifier of the row-acceptance policy: ``"v1-"`` + 12 hex of a sha256.
 
     Hashes the canonical JSON (sorted keys, no whitespace) of the policy that
     :func:`accept` applies for ``cfg`` (see
-    :meth:`~synthaug_pipeline.lib.filtering.FilterPolicy.canonical`), so every
+    :meth:`~synthaug_pipeline.lib.filtering.FilterPolicy.canonical`), plus
+    ``duplicate_threshold`` (the class's near-duplicate distance,
+    ``summary["duplicate_threshold"]``) when a duplicate rule is on, so every
     shard row records which policy accepted it and a policy change is visible
-    in the data. Policy settings at their no-op value (no top_k/quantile,
-    duplicates kept) are left out, so a config without those fields hashes
-    exactly as before they existed, and equals
+    in the data. It equals
     :func:`~synthaug_pipeline.lib.filtering.policy_version` of the same
-    settings. Any other FilterConfig field is included as dumped (a new
-    row-level rule must change the version), except ``min_accepted_per_class``:
-    it gates a whole class in an asset check and never changes a row's
-    accepted flag.
+    settings. Rules at their no-op value (no top_k/quantile, duplicates kept)
+    are left out, so a two-threshold policy keeps the identifier it had before
+    the other rules existed. Any other FilterConfig field is included as
+    dumped (a new row-level rule must change the version), except
+    ``min_accepted_per_class``: it gates a whole class in an asset check and
+    never changes a row's accepted flag.
     """
-    dumped = cfg.model_dump(mode="json")
     policy = FilterPolicy.from_config(cfg)
-    extra = {k: v for k, v in dumped.items() if k not in _NON_ROW_POLICY_FIELDS and k not in FilterPolicy.field_names()}
+    extra = _config_extra(cfg)
+    if duplicate_threshold is not None and (policy.drop_train_copies or policy.drop_test_leaks):
+        if isinstance(duplicate_threshold, bool) or not np.isfinite(duplicate_threshold) or duplicate_threshold < 0:
+            raise ValueError(f"duplicate_threshold must be a finite distance >= 0 or None, got {duplicate_threshold!r}")
+        extra["duplicate_threshold"] = float(duplicate_threshold)
     return policy.version(extra=extra)
 
 
 def accept(scores: ClassScores, class_index: int, cfg: FilterConfig) -> np.ndarray:
-    """Boolean accept mask of ``cfg``'s policy (see
+    """Boolean accept mask of ``cfg``'s policy on in-memory float64 scores (see
     :func:`synthaug_pipeline.lib.filtering.apply_policy`): ``confidence >=
     min_confidence`` and, if ``require_label_match``, judge top-1 equals
-    ``class_index``; then duplicate dropping and top_k/quantile if ``cfg`` has
-    those fields. FilterConfig fields that do not exist (yet) are read with
-    no-op defaults (:meth:`FilterPolicy.from_config`), so decisions for a
-    config without them are exactly the two thresholds."""
+    ``class_index``; then ``scores.is_train_copy`` / ``scores.is_test_leak``
+    dropped if ``drop_train_copies`` / ``drop_test_leaks`` (flags that are None
+    were not computed and drop nothing); then ``top_k`` or ``quantile``.
+    Shards are written with :func:`shard_accept`, which makes the same
+    decisions on the float32 values a shard stores."""
     return FilterPolicy.from_config(cfg).apply(scores, class_index)
+
+
+def shard_accept(scores: ClassScores, class_index: int, cfg: FilterConfig) -> tuple[np.ndarray, str]:
+    """``(accepted, filter_version)`` of the shard rows of ``scores`` under ``cfg``.
+
+    The decisions of :func:`accept`, taken on the values as a shard stores them
+    (float32, see :func:`~synthaug_pipeline.lib.filtering.shard_decisions`):
+    training copies are rows with ``nearest_real_distance <=
+    summary["duplicate_threshold"]``, test leaks come from
+    ``scores.is_test_leak``. :func:`~synthaug_pipeline.lib.filtering.refilter_table`
+    given the same policy, that ``duplicate_threshold`` and
+    ``test_leak=scores.is_test_leak`` reproduces both columns exactly. The
+    version is :func:`filter_version` of ``cfg`` and the threshold.
+    """
+    return shard_decisions(
+        FilterPolicy.from_config(cfg),
+        class_index,
+        scores.judge_confidence,
+        scores.judge_top1,
+        scores.nearest_real_distance,
+        duplicate_threshold=scores.summary.get("duplicate_threshold"),
+        test_leak=scores.is_test_leak,
+        extra=_config_extra(cfg),
+    )

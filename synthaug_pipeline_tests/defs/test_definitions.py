@@ -6,15 +6,18 @@ import dagster as dg
 import yaml
 
 from synthaug_pipeline.definitions import build_definitions, defs
+from synthaug_pipeline.lib.config import load_profile
+from synthaug_pipeline.lib.experiments import experiment_keys
 from synthaug_pipeline.orchestration import DEFAULT_DAGSTER_YAML, STAGES
 
 EXPECTED_DEPS = {
     "class_catalog": set(),
+    "class_prompts": {"class_catalog"},
     "real_images": {"class_catalog"},
     "judge": {"class_catalog", "real_images"},
     "generator": {"class_catalog", "real_images"},
     "real_features": {"judge", "real_images"},
-    "synthetic_images": {"class_catalog", "generator"},
+    "synthetic_images": {"class_catalog", "generator", "class_prompts", "real_images"},
     "synthetic_scores": {"judge", "synthetic_images", "real_features"},
     "synthetic_shards": {"synthetic_images", "synthetic_scores"},
     "classifier_baseline": {"class_catalog", "real_images"},
@@ -29,8 +32,11 @@ EXPECTED_DEPS = {
         "classifier_augmented",
         "evaluation",
     },
+    "experiment_run": {"class_catalog", "real_images", "synthetic_shards"},
+    "experiment_summary": {"experiment_run", "synthetic_shards"},
 }
-PER_CLASS = {"real_images", "real_features", "synthetic_images", "synthetic_scores", "synthetic_shards"}
+PER_CLASS = {"real_images", "class_prompts", "real_features", "synthetic_images", "synthetic_scores", "synthetic_shards"}
+EXPERIMENTS = {"experiment_run", "experiment_summary"}  # the ablation grid: its own job, not part of `synthaug run`
 
 
 def _graph(definitions: dg.Definitions) -> dict[str, set[str]]:
@@ -49,8 +55,18 @@ def test_per_class_assets_are_partitioned_by_class_ids():
         partitions = graph.get(key).partitions_def
         if key.to_user_string() in PER_CLASS:
             assert partitions.get_partition_keys() == [str(i) for i in range(10)]
+        elif key.to_user_string() == "experiment_run":
+            assert partitions.get_partition_keys() == experiment_keys(load_profile("digits", []).experiments)
         else:
             assert partitions is None
+
+
+def test_jobs_split_per_class_assets_from_the_experiment_grid():
+    def selected(name: str) -> set[str]:
+        return {key.to_user_string() for key in defs.resolve_job_def(name).asset_layer.selected_asset_keys}
+
+    assert selected("synthaug_per_class") == PER_CLASS
+    assert selected("synthaug_experiments") == EXPERIMENTS
 
 
 def test_fashion_and_folder_profiles_load(tmp_path):
@@ -65,7 +81,7 @@ def test_fashion_and_folder_profiles_load(tmp_path):
 
 def test_cli_stages_cover_every_asset_once():
     staged = [asset for stage in STAGES for asset in stage.assets]
-    assert sorted(staged) == sorted(EXPECTED_DEPS)
+    assert sorted(staged) == sorted(set(EXPECTED_DEPS) - EXPERIMENTS)
     assert {a for s in STAGES if s.per_class for a in s.assets} == PER_CLASS
 
 

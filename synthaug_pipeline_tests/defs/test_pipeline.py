@@ -24,6 +24,7 @@ def tiny_overrides(output: str) -> list[str]:
         "classifier.steps=20",
         "filter.min_confidence=0.0",
         "filter.require_label_match=false",
+        "augmented.synthetic_ratio=0.04",  # ceil(0.04 x ~127 real) = 6 of the 12 generated per class
         "evaluation.severities=[2]",
         f"output.url={output}",
     ]

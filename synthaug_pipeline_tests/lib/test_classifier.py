@@ -11,19 +11,27 @@ import pytest
 import timm
 import torch
 
+from synthaug_pipeline.lib import classifier as classifier_module
+from synthaug_pipeline.lib.aux_bn import DualBatchNorm
 from synthaug_pipeline.lib.classifier import (
     BalancedMixSampler,
     SynthaugCNN,
     TrainedClassifier,
+    autocast_dtype,
+    check_synthetic_supply,
     create_classifier,
     load_classifier,
     lr_factor,
+    make_optimizer,
     predict,
     random_translate,
     save_classifier,
+    synthetic_images_needed,
     train_classifier,
+    train_classifier_synthetic_only,
 )
 from synthaug_pipeline.lib.config import ClassifierConfig
+from synthaug_pipeline.lib.regimes import select_regime
 
 FAST = ClassifierConfig(model="synthaug_cnn_small", steps=60, batch_size=32, learning_rate=3e-3, seed=0)
 
@@ -203,12 +211,12 @@ def test_learns_a_separable_problem() -> None:
 def test_synthetic_images_are_really_used() -> None:
     # Real images carry no signal; only the synthetic pool shows the classes. A model that ends up
     # recognising the patterns must have been trained on synthetic images.
-    real_images, real_labels = _noise(20, seed=3)
-    synthetic_images, synthetic_labels = _patterns(10, seed=4)
+    real_images, real_labels = _noise(5, seed=3)
+    synthetic_images, synthetic_labels = _patterns(15, seed=4)  # ratio 3 x 5 real = 15 per class
     test_images, test_labels = _patterns(30, seed=5)
     mixed = train_classifier(real_images, real_labels, 3, FAST, synthetic_images, synthetic_labels, synthetic_ratio=3.0)
     assert _accuracy(mixed.model, test_images, test_labels) > 0.9
-    assert mixed.num_synthetic == 30 and mixed.config["synthetic_ratio"] == 3.0
+    assert mixed.num_synthetic == 45 and mixed.config["synthetic_ratio"] == 3.0
 
     real_only = train_classifier(real_images, real_labels, 3, FAST, synthetic_images, synthetic_labels, 0.0)
     assert _accuracy(real_only.model, test_images, test_labels) < 0.7
@@ -240,6 +248,16 @@ def _bad_inputs():
         ("pool size", dict(synthetic_images=images[:, :4], synthetic_labels=labels, synthetic_ratio=1.0), "real images are"),
         ("negative ratio", dict(synthetic_ratio=-1.0), ">= 0"),
         ("float images", dict(images=images.astype(np.float32)), "uint8"),
+        (
+            "ratio beyond the pool",
+            dict(synthetic_images=images[::2], synthetic_labels=labels[::2], synthetic_ratio=1.0),
+            r"ratio 1 needs 4 synthetic images of class 0 \(1 x 4 real\) but only 2 are available .*up to 0.5",
+        ),
+        (
+            "class missing from the pool",
+            dict(synthetic_images=images[labels < 2], synthetic_labels=labels[labels < 2], synthetic_ratio=0.5),
+            r"needs 2 synthetic images of class 2 .* but only 0",
+        ),
     ]
 
 
@@ -253,6 +271,212 @@ def test_training_input_validation(name: str, override: dict, message: str) -> N
     kwargs.update(override)
     with pytest.raises(ValueError, match=message):
         train_classifier(**kwargs)
+
+
+# -- the synthetic ratio's supply rule ---------------------------------------------------------------
+
+
+def test_synthetic_images_needed() -> None:
+    assert synthetic_images_needed([10, 7, 1], 1.0).tolist() == [10, 7, 1]
+    assert synthetic_images_needed([10, 7, 1], 0.5).tolist() == [5, 4, 1]  # ceil
+    assert synthetic_images_needed([30, 20], 0.1).tolist() == [3, 2]  # 0.1 * 30 is 3.0000000000000004, still 3
+    assert synthetic_images_needed([30, 20], 0.0).tolist() == [0, 0]
+    with pytest.raises(ValueError, match="finite number >= 0"):
+        synthetic_images_needed([3], float("nan"))
+
+
+def test_check_synthetic_supply_names_the_class_and_the_fix() -> None:
+    check_synthetic_supply([10, 20], [5, 10], 0.5)  # exactly enough
+    check_synthetic_supply([10, 20], [0, 0], 0.0)  # no ratio, nothing needed
+    with pytest.raises(ValueError) as error:
+        check_synthetic_supply([10, 20, 30], [10, 12, 60], 1.0, class_ids=["cat", "dog", "emu"], available="were accepted", hint="do X")
+    message = str(error.value)
+    assert "needs 20 synthetic images of class 'dog' (1 x 20 real) but only 12 were accepted" in message
+    assert "1 of 3 classes fall short" in message and "a ratio up to 0.6 would fit" in message and message.endswith("do X")
+    with pytest.raises(ValueError, match="2 real class counts but 3"):
+        check_synthetic_supply([1, 2], [1, 2, 3], 1.0)
+
+
+def test_too_few_synthetic_images_fail_before_any_training(monkeypatch) -> None:
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(classifier_module, "create_classifier", no_training)
+    images, labels = _patterns(10, seed=0)
+    with pytest.raises(ValueError, match="needs 10 synthetic images of class 0"):
+        train_classifier(images, labels, 3, FAST, images[::2], labels[::2], synthetic_ratio=1.0)
+
+
+def test_allow_synthetic_reuse_oversamples_a_small_pool() -> None:
+    images, labels = _patterns(10, seed=0)
+    small_pool = labels < 2  # class 2 has no synthetic image at all
+    cfg = FAST.model_copy(update={"steps": 3})
+    trained = train_classifier(images, labels, 3, cfg, images[small_pool][::5], labels[small_pool][::5], 2.0, allow_synthetic_reuse=True)
+    assert trained.num_synthetic == 4 and trained.config["synthetic_reuse"] is True
+    plain = train_classifier(images, labels, 3, cfg, images, labels, 1.0)
+    assert plain.config["synthetic_reuse"] is False
+
+
+def test_a_regime_that_leaves_a_class_empty_is_refused_before_training(monkeypatch) -> None:
+    images, labels = _patterns(4, seed=0)
+    labels = labels.copy()
+    labels[labels == 2] = 1  # the training split has no image of class 2
+    with pytest.raises(ValueError, match="class 2 has no images"):
+        select_regime(labels, "few_shot", k=2, num_classes=3)
+    monkeypatch.setattr(classifier_module, "create_classifier", lambda *a, **k: pytest.fail("training started"))
+    with pytest.raises(ValueError, match=r"classes \[2\] have no real training images"):
+        train_classifier(images, labels, 3, FAST)
+
+
+# -- ablations and training options ------------------------------------------------------------------
+
+
+def test_defaults_are_the_plain_recipe() -> None:
+    images, labels = _patterns(5, seed=1)
+    synthetic, synthetic_labels = _patterns(5, seed=2)
+    cfg = FAST.model_copy(update={"steps": 4, "batch_size": 8})
+    default = train_classifier(images, labels, 3, cfg, synthetic, synthetic_labels, 1.0)
+    explicit = train_classifier(
+        images, labels, 3, cfg, synthetic, synthetic_labels, 1.0, aux_bn=False, augment=True, allow_synthetic_reuse=False, amp=True
+    )
+    assert _same_weights(default.model, explicit.model)
+    assert default.config["aux_bn"] is False and default.config["augment"] is True and default.config["optimizer"] == "adamw"
+    assert default.config["amp"] is None  # CPU: float32
+    assert default.config["max_translate"] == 1
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    first, second = a.state_dict(), b.state_dict()
+    return list(first) == list(second) and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_augment_false_never_translates(monkeypatch) -> None:
+    images, labels = _patterns(5, seed=1)
+    cfg = FAST.model_copy(update={"steps": 3, "batch_size": 8})
+    augmented = train_classifier(images, labels, 3, cfg)
+
+    def no_translate(*args, **kwargs):
+        raise AssertionError("random_translate called with augment=False")
+
+    monkeypatch.setattr(classifier_module, "random_translate", no_translate)
+    plain = train_classifier(images, labels, 3, cfg, augment=False)
+    assert plain.config["augment"] is False and plain.config["max_translate"] == 0
+    assert not _same_weights(plain.model, augmented.model)
+    assert _same_weights(plain.model, train_classifier(images, labels, 3, cfg, augment=False).model)
+    with pytest.raises(AssertionError, match="augment=False"):
+        train_classifier(images, labels, 3, cfg)  # and the default does translate
+
+
+def test_aux_bn_returns_a_plain_model_that_saves_and_loads(tmp_path) -> None:
+    real, real_labels = _patterns(10, seed=1)
+    synthetic, synthetic_labels = _patterns(10, seed=2)
+    synthetic = (255 - synthetic).copy()  # other low-level statistics than the real images
+    cfg = FAST.model_copy(update={"steps": 6, "batch_size": 12})
+    trained = train_classifier(real, real_labels, 3, cfg, synthetic, synthetic_labels, 1.0, aux_bn=True)
+    plain = train_classifier(real, real_labels, 3, cfg, synthetic, synthetic_labels, 1.0)
+    assert trained.config["aux_bn"] is True
+    assert not any(isinstance(m, DualBatchNorm) for m in trained.model.modules())
+    assert list(trained.model.state_dict()) == list(plain.model.state_dict())
+    assert not _same_weights(trained.model, plain.model)  # the aux layers changed what the main ones saw
+
+    url = str(tmp_path / "aux_bn_model")
+    save_classifier(trained, url)
+    loaded = load_classifier(url)  # rebuilt as a plain synthaug_cnn_small, strict state_dict load
+    assert type(loaded.model) is SynthaugCNN and loaded.config["aux_bn"] is True
+    test_images, _ = _patterns(4, seed=3)
+    assert np.array_equal(predict(trained.model, test_images)[0], predict(loaded.model, test_images)[0])
+
+
+def test_aux_bn_main_statistics_see_only_real_images() -> None:
+    # Constant real images (0) and synthetic images (255): after one step the first BatchNorm's running
+    # mean is 0.1 (momentum) x the mean of the first conv's output over the real images alone.
+    cfg = FAST.model_copy(update={"steps": 1, "batch_size": 16})
+    labels = np.repeat(np.arange(3), 4)
+    real = np.zeros((12, 8, 8, 1), np.uint8)
+    synthetic = np.full((12, 8, 8, 1), 255, np.uint8)
+    torch.manual_seed(cfg.seed)  # the initial weights _fit starts from
+    first_conv = create_classifier(cfg.model, 3, 1).stages[0][1][0]
+    with torch.no_grad():
+        expected = 0.1 * first_conv(torch.full((1, 1, 8, 8), -1.0)).mean(dim=(0, 2, 3))
+
+    with_aux = train_classifier(real, labels, 3, cfg, synthetic, labels, 1.0, aux_bn=True)
+    without = train_classifier(real, labels, 3, cfg, synthetic, labels, 1.0)
+    assert torch.allclose(with_aux.model.stages[0][1][1].running_mean, expected, atol=1e-6)
+    assert not torch.allclose(without.model.stages[0][1][1].running_mean, expected, atol=1e-3)
+
+
+def test_aux_bn_without_synthetic_images_changes_nothing() -> None:
+    images, labels = _patterns(5, seed=1)
+    cfg = FAST.model_copy(update={"steps": 4, "batch_size": 8})
+    assert _same_weights(train_classifier(images, labels, 3, cfg, aux_bn=True).model, train_classifier(images, labels, 3, cfg).model)
+
+
+def test_sgd_optimizer_is_nesterov_and_learns() -> None:
+    model = create_classifier("synthaug_cnn_small", 3, 1)
+    sgd_cfg = FAST.model_copy(update={"optimizer": "sgd", "learning_rate": 0.05})
+    optimizer = make_optimizer(model, sgd_cfg)
+    assert isinstance(optimizer, torch.optim.SGD)
+    assert optimizer.defaults["nesterov"] is True and optimizer.defaults["momentum"] == 0.9 and optimizer.defaults["lr"] == 0.05
+    decays = sorted(group["weight_decay"] for group in optimizer.param_groups)
+    assert decays == [0.0, FAST.weight_decay]  # no decay on biases and norms
+    assert isinstance(make_optimizer(model, FAST), torch.optim.AdamW)
+
+    images, labels = _patterns(20, seed=1)
+    trained = train_classifier(images, labels, 3, sgd_cfg)
+    test_images, test_labels = _patterns(30, seed=2)
+    assert _accuracy(trained.model, test_images, test_labels) > 0.9
+    assert trained.config["optimizer"] == "sgd"
+    assert trained.history[-1]["lr"] < 0.1 * sgd_cfg.learning_rate  # the same cosine schedule
+    with pytest.raises(ValueError, match="optimizer"):
+        ClassifierConfig(optimizer="lion")
+
+
+def test_autocast_only_on_cuda() -> None:
+    assert autocast_dtype("cpu") is None
+    assert autocast_dtype(torch.device("cpu")) is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_training_uses_bf16_autocast() -> None:
+    images, labels = _patterns(20, seed=1)
+    synthetic, synthetic_labels = _patterns(20, seed=4)
+    trained = train_classifier(images, labels, 3, FAST, synthetic, synthetic_labels, 1.0, device="cuda", aux_bn=True)
+    assert trained.config["amp"] == "bfloat16"
+    assert next(trained.model.parameters()).dtype == torch.float32  # autocast leaves the weights in float32
+    test_images, test_labels = _patterns(30, seed=2)
+    assert _accuracy(trained.model, test_images, test_labels) > 0.9
+    assert train_classifier(images, labels, 3, FAST.model_copy(update={"steps": 2}), device="cuda", amp=False).config["amp"] is None
+
+
+# -- synthetic-only training (Classification Accuracy Score) -----------------------------------------
+
+
+def test_cas_trains_on_synthetic_images_only() -> None:
+    synthetic, synthetic_labels = _patterns(20, seed=4)
+    trained = train_classifier_synthetic_only(synthetic, synthetic_labels, 3, FAST)
+    test_images, test_labels = _patterns(30, seed=5)
+    assert _accuracy(trained.model, test_images, test_labels) > 0.9
+    assert trained.num_real == 0 and trained.num_synthetic == 60
+    assert trained.config["synthetic_only"] is True and trained.config["synthetic_ratio"] is None
+    assert trained.config["aux_bn"] is False
+    # the same recipe as train_classifier with the pool as the real images
+    cfg = FAST.model_copy(update={"steps": 3})
+    assert _same_weights(
+        train_classifier_synthetic_only(synthetic, synthetic_labels, 3, cfg).model,
+        train_classifier(synthetic, synthetic_labels, 3, cfg).model,
+    )
+
+
+def test_cas_refuses_a_class_without_synthetic_images() -> None:
+    synthetic, synthetic_labels = _patterns(4, seed=4)
+    keep = synthetic_labels != 1
+    with pytest.raises(ValueError, match=r"classes \[1\] have no synthetic images; synthetic-only training \(CAS\)"):
+        train_classifier_synthetic_only(synthetic[keep], synthetic_labels[keep], 3, FAST)
+    with pytest.raises(ValueError, match="no synthetic training images"):
+        train_classifier_synthetic_only(synthetic[:0], synthetic_labels[:0], 3, FAST)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        train_classifier_synthetic_only(synthetic, synthetic_labels, 1, FAST)
 
 
 # -- prediction and storage --------------------------------------------------------------------------

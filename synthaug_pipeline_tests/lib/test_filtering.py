@@ -10,8 +10,8 @@ import pyarrow as pa
 import pytest
 
 from synthaug_pipeline.lib.config import FilterConfig
-from synthaug_pipeline.lib.filtering import FilterPolicy, apply_policy, policy_version, refilter_table
-from synthaug_pipeline.lib.scoring import ClassScores, accept, filter_version
+from synthaug_pipeline.lib.filtering import FilterPolicy, apply_policy, policy_version, refilter_table, shard_decisions
+from synthaug_pipeline.lib.scoring import ClassScores, accept, filter_version, shard_accept
 from synthaug_pipeline.lib.shards import build_shard_table, read_shards, write_class_shard
 
 # Six images of class 2. Confidence ties at 0.9 (rows 0, 2, 5); row 4 fails the
@@ -21,11 +21,12 @@ TOP1 = [2, 2, 2, 2, 2, 2, 1]
 NO_DUPLICATES = dict(drop_train_copies=False, drop_test_leaks=False)
 
 
-def _scores(conf=CONF, top1=TOP1, train_copy=None, test_leak=None) -> ClassScores:
+def _scores(conf=CONF, top1=TOP1, train_copy=None, test_leak=None, distance=None, threshold=None) -> ClassScores:
     return ClassScores(
         judge_confidence=np.asarray(conf, dtype=np.float64),
         judge_top1=np.asarray(top1, dtype=np.int64),
-        nearest_real_distance=np.ones(len(conf)),
+        nearest_real_distance=np.ones(len(conf)) if distance is None else np.asarray(distance, dtype=np.float64),
+        summary={"duplicate_threshold": threshold},
         is_train_copy=None if train_copy is None else np.asarray(train_copy, dtype=bool),
         is_test_leak=None if test_leak is None else np.asarray(test_leak, dtype=bool),
     )
@@ -147,12 +148,19 @@ def test_misaligned_scores_are_rejected():
 
 def test_policy_version_is_pinned_canonical_hash():
     canonical = b'{"drop_test_leaks":true,"drop_train_copies":true,"min_confidence":0.5,"require_label_match":true}'
-    assert policy_version() == "v1-" + hashlib.sha256(canonical).hexdigest()[:12]
-    # No-op settings are left out: the legacy policy hashes as filter_version always did.
+    assert policy_version() == "v1-" + hashlib.sha256(canonical).hexdigest()[:12] == "v1-1e6275e835a9"
+    with_threshold = (
+        b'{"drop_test_leaks":true,"drop_train_copies":true,"duplicate_threshold":2.5,"min_confidence":0.5,"require_label_match":true}'
+    )
+    assert policy_version(duplicate_threshold=2.5) == "v1-" + hashlib.sha256(with_threshold).hexdigest()[:12] == "v1-d4104c5e853a"
+    # No-op settings are left out: the two-threshold policy keeps the identifier
+    # shards had before the duplicate and ranking rules existed.
     legacy = b'{"min_confidence":0.5,"require_label_match":true}'
     legacy_config = FilterConfig(drop_train_copies=False, drop_test_leaks=False)
-    assert policy_version(**NO_DUPLICATES) == "v1-" + hashlib.sha256(legacy).hexdigest()[:12] == filter_version(legacy_config)
+    assert policy_version(**NO_DUPLICATES) == "v1-" + hashlib.sha256(legacy).hexdigest()[:12] == "v1-e7d13883f612"
+    assert filter_version(legacy_config) == filter_version(legacy_config, duplicate_threshold=2.5) == "v1-e7d13883f612"
     assert filter_version(FilterConfig()) == policy_version()
+    assert filter_version(FilterConfig(), duplicate_threshold=2.5) == policy_version(duplicate_threshold=2.5)
 
 
 def test_policy_version_changes_with_every_setting():
@@ -174,29 +182,26 @@ def test_policy_version_changes_with_every_setting():
     # Stable, and int/float spellings of the same threshold agree.
     assert policy_version(min_confidence=1) == policy_version(min_confidence=1.0)
     assert policy_version(top_k=np.int64(10)) == policy_version(top_k=10)
-    # A threshold that decides nothing (copies kept) does not change the policy.
-    assert policy_version(drop_train_copies=False, duplicate_threshold=0.3) == policy_version(drop_train_copies=False)
+    # A threshold that decides nothing (no duplicate rule on) does not change the policy ...
+    assert policy_version(**NO_DUPLICATES, duplicate_threshold=0.3) == policy_version(**NO_DUPLICATES)
+    # ... but it does as soon as one rule uses it (test-leak flags are distances under the threshold).
+    assert policy_version(drop_train_copies=False, duplicate_threshold=0.3) != policy_version(drop_train_copies=False)
 
 
-class FutureFilterConfig(FilterConfig):
-    """FilterConfig as another engineer may extend it."""
-
-    top_k: int | None = None
-    quantile: float | None = None
-    drop_train_copies: bool = False
-    drop_test_leaks: bool = False
-
-
-def test_accept_and_filter_version_use_new_config_fields_when_present():
-    scores = _scores(train_copy=[True] + [False] * 6)
-    # New fields at their no-op defaults: same decisions and version as today.
-    assert filter_version(FutureFilterConfig()) == filter_version(FilterConfig())
-    np.testing.assert_array_equal(accept(scores, 2, FutureFilterConfig()), accept(scores, 2, FilterConfig()))
-    cfg = FutureFilterConfig(top_k=2, drop_train_copies=True)
+def test_accept_and_filter_version_follow_every_config_field():
+    scores = _scores(train_copy=[True] + [False] * 6, test_leak=[False] * 5 + [True, False])
+    # Defaults drop both kinds of duplicates.
+    assert _kept(accept(scores, 2, FilterConfig())) == [1, 2, 3]
+    cfg = FilterConfig(top_k=2, drop_test_leaks=False)
     assert _kept(accept(scores, 2, cfg)) == [2, 5]
-    np.testing.assert_array_equal(accept(scores, 2, cfg), apply_policy(scores, 2, top_k=2, drop_train_copies=True, drop_test_leaks=False))
-    assert filter_version(cfg) == policy_version(top_k=2, drop_train_copies=True, drop_test_leaks=False)
-    assert filter_version(cfg) != filter_version(FilterConfig())
+    np.testing.assert_array_equal(accept(scores, 2, cfg), apply_policy(scores, 2, top_k=2, drop_test_leaks=False))
+    assert filter_version(cfg) == policy_version(top_k=2, drop_test_leaks=False)
+    assert filter_version(cfg, duplicate_threshold=0.5) == policy_version(top_k=2, drop_test_leaks=False, duplicate_threshold=0.5)
+    quantile = FilterConfig(quantile=0.5, **NO_DUPLICATES)
+    assert _kept(accept(scores, 2, quantile)) == [0, 2, 5]
+    assert filter_version(quantile) == policy_version(quantile=0.5, **NO_DUPLICATES)
+    assert len({filter_version(FilterConfig()), filter_version(cfg), filter_version(quantile)}) == 3
+    assert FilterPolicy.from_config(cfg) == FilterPolicy(top_k=2, drop_test_leaks=False)
 
 
 def test_filter_version_still_hashes_unknown_row_fields():
@@ -212,10 +217,16 @@ def test_filter_version_still_hashes_unknown_row_fields():
 # --------------------------------------------------------------------------- #
 
 
-def _shard_table(conf=CONF, top1=TOP1, distance=(0.0, 1.0, 2.0, 0.05, 3.0, 4.0, 5.0)) -> pa.Table:
+DISTANCE = (0.0, 1.0, 2.0, 0.05, 3.0, 4.0, 5.0)
+LEAK = np.array([False, False, True, False, False, False, False])
+
+
+def _shard_table(conf=CONF, top1=TOP1, distance=DISTANCE, cfg=None, threshold=0.1, test_leak=LEAK) -> pa.Table:
+    """A shard as synthetic_shards writes it: decisions and version from shard_accept (default policy unless ``cfg``)."""
     n = len(conf)
-    cfg = FilterConfig()
-    scores = _scores(conf, top1)
+    cfg = cfg or FilterConfig()
+    scores = _scores(conf, top1, test_leak=test_leak, distance=distance, threshold=threshold)
+    accepted, version = shard_accept(scores, 2, cfg)
     return build_shard_table(
         {
             "image": [bytes([i]) * (i + 3) for i in range(n)],
@@ -235,8 +246,8 @@ def _shard_table(conf=CONF, top1=TOP1, distance=(0.0, 1.0, 2.0, 0.05, 3.0, 4.0, 
             "judge_confidence": np.asarray(conf, dtype=np.float32),
             "judge_top1": list(top1),
             "nearest_real_distance": np.asarray(distance, dtype=np.float32),
-            "accepted": accept(scores, 2, cfg),
-            "filter_version": filter_version(cfg),
+            "accepted": accepted,
+            "filter_version": version,
             "run_id": "run",
             "created_at": dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
         }
@@ -255,7 +266,7 @@ def _assert_only_decisions_changed(before: pa.Table, after: pa.Table) -> None:
 
 
 def test_refilter_table_recomputes_only_decisions(tmp_path):
-    before = _shard_table()
+    before = _shard_table(cfg=FilterConfig(**NO_DUPLICATES))
     after = refilter_table(before, 2, top_k=2, duplicate_threshold=0.1, drop_test_leaks=False)
     # Rows 0 and 3 are within 0.1 of a real image; of the rest, 2 and 5 tie at 0.9.
     assert _kept(after.column("accepted").to_numpy(zero_copy_only=False)) == [2, 5]
@@ -269,14 +280,54 @@ def test_refilter_table_recomputes_only_decisions(tmp_path):
     assert read_shards([info.uri], accepted_only=True).column("image_index").to_pylist() == [2, 5]
 
 
-def test_refilter_table_with_pipeline_policy_reproduces_pipeline_rows():
-    before = _shard_table()
-    same = refilter_table(before, 2, **NO_DUPLICATES)
+@pytest.mark.parametrize(
+    "cfg",
+    [FilterConfig(), FilterConfig(top_k=2), FilterConfig(quantile=0.5, drop_train_copies=False), FilterConfig(**NO_DUPLICATES)],
+)
+def test_refilter_table_with_pipeline_policy_reproduces_pipeline_rows(cfg):
+    # What the pipeline keeps (synthetic_scores[c]: duplicate_threshold, scores.is_test_leak) is enough to
+    # rebuild a shard's decisions bit for bit, version included.
+    before = _shard_table(cfg=cfg)
+    policy = FilterPolicy.from_config(cfg)
+    same = refilter_table(before, 2, duplicate_threshold=0.1, test_leak=LEAK, **vars(policy))
     assert same.equals(before)
+    assert before.column("filter_version")[0].as_py() == filter_version(cfg, duplicate_threshold=0.1)
+
+
+def test_default_pipeline_policy_drops_copies_and_leaks_in_the_shard():
+    before = _shard_table()
+    # Rows 0 and 3 are within 0.1 of a training image, row 2 copies a test image, 4 and 6 fail the thresholds.
+    assert _kept(before.column("accepted").to_numpy(zero_copy_only=False)) == [1, 5]
+    assert before.column("filter_version")[0].as_py() == policy_version(duplicate_threshold=0.1)
+
+
+def test_shard_decisions_use_the_stored_float32_scores():
+    # A distance just above the threshold in float64 that rounds onto it in float32: the shard
+    # stores the rounded value, so the shard decision (copy) is the one refiltering can reproduce.
+    threshold = float(np.float32(0.1))
+    distance = [threshold + 1e-12, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    scores = _scores(distance=distance, threshold=threshold, train_copy=np.asarray(distance) <= threshold)
+    assert not scores.is_train_copy[0]  # float64 view: not a copy
+    accepted, version = shard_accept(scores, 2, FilterConfig(drop_test_leaks=False))
+    assert _kept(accepted) == [1, 2, 3, 5]  # row 0 dropped as a copy of its float32 distance
+    table = _shard_table(distance=distance, cfg=FilterConfig(drop_test_leaks=False), threshold=threshold)
+    again = refilter_table(table, 2, duplicate_threshold=threshold, drop_test_leaks=False)
+    assert again.equals(table)
+    np.testing.assert_array_equal(again.column("accepted").to_numpy(zero_copy_only=False), accepted)
+    assert again.column("filter_version")[0].as_py() == version
+
+
+def test_shard_decisions_without_threshold_checks_no_copies():
+    policy = FilterPolicy()
+    accepted, version = shard_decisions(policy, 2, CONF, TOP1, np.zeros(7), duplicate_threshold=None, test_leak=None)
+    assert _kept(accepted) == [0, 1, 2, 3, 5]
+    assert version == policy_version()  # the rules are on; no threshold was there to record
+    with pytest.raises(ValueError, match="one flag per row"):
+        shard_decisions(policy, 2, CONF, TOP1, np.zeros(7), duplicate_threshold=0.1, test_leak=np.zeros(7, dtype=int))
 
 
 def test_refilter_table_test_leak_flags_and_quantile():
-    before = _shard_table()
+    before = _shard_table(cfg=FilterConfig(**NO_DUPLICATES))
     leak = np.array([False, False, True, False, False, False, False])
     after = refilter_table(before, 2, quantile=0.5, test_leak=leak, drop_train_copies=False)
     # Survivors 0, 1, 3, 5 (row 2 leaks): ceil(0.5 * 4) = 2 -> 0 and 5.

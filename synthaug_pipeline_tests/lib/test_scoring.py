@@ -21,6 +21,7 @@ from synthaug_pipeline.lib.scoring import (
     kernel_inception_distance,
     manifold_metrics,
     score_class,
+    shard_accept,
 )
 
 
@@ -331,9 +332,16 @@ def test_score_class_rejects_logits_and_bad_shapes():
 
 
 def test_filter_version_is_pinned_canonical_hash():
-    cfg = FilterConfig(min_confidence=0.5, require_label_match=True)
-    canonical = b'{"min_confidence":0.5,"require_label_match":true}'
-    assert filter_version(cfg) == "v1-" + hashlib.sha256(canonical).hexdigest()[:12]
+    # Pinned literally: a change in canonicalisation would silently re-version every shard.
+    canonical = b'{"drop_test_leaks":true,"drop_train_copies":true,"min_confidence":0.5,"require_label_match":true}'
+    assert filter_version(FilterConfig()) == "v1-" + hashlib.sha256(canonical).hexdigest()[:12] == "v1-1e6275e835a9"
+    with_threshold = canonical.replace(b'"min_confidence"', b'"duplicate_threshold":2.5,"min_confidence"')
+    assert filter_version(FilterConfig(), duplicate_threshold=2.5) == "v1-" + hashlib.sha256(with_threshold).hexdigest()[:12]
+    assert filter_version(FilterConfig(), duplicate_threshold=2.5) == "v1-d4104c5e853a"
+    # Duplicate rules off: the identifier of the two-threshold policy, as before those rules existed.
+    legacy = FilterConfig(min_confidence=0.5, require_label_match=True, drop_train_copies=False, drop_test_leaks=False)
+    assert filter_version(legacy) == "v1-" + hashlib.sha256(b'{"min_confidence":0.5,"require_label_match":true}').hexdigest()[:12]
+    assert filter_version(legacy) == "v1-e7d13883f612"
 
 
 def test_filter_version_changes_with_row_policy_only():
@@ -342,11 +350,17 @@ def test_filter_version_changes_with_row_policy_only():
     assert filter_version(FilterConfig()) == base
     assert filter_version(FilterConfig(min_confidence=0.6)) != base
     assert filter_version(FilterConfig(require_label_match=False)) != base
+    assert filter_version(FilterConfig(top_k=5)) != base
+    assert filter_version(FilterConfig(drop_test_leaks=False)) != base
+    assert filter_version(FilterConfig(), duplicate_threshold=0.3) != filter_version(FilterConfig(), duplicate_threshold=0.4)
     # The per-class count is an asset-check threshold, not a row decision.
     assert filter_version(FilterConfig(min_accepted_per_class=50)) == base
+    with pytest.raises(ValueError, match="duplicate_threshold"):
+        filter_version(FilterConfig(), duplicate_threshold=float("nan"))
 
 
 def _scores(conf, top1) -> ClassScores:
+    # No duplicate flags: accept() then applies the two thresholds only, whatever drop_* says.
     return ClassScores(
         judge_confidence=np.asarray(conf, dtype=np.float64),
         judge_top1=np.asarray(top1, dtype=np.int64),
@@ -369,7 +383,16 @@ def test_accept_applies_thresholds_exactly():
 
 def test_accept_on_score_class_output():
     scores = score_class(PROBS, SYN, 1, REAL, "x")
-    np.testing.assert_array_equal(accept(scores, 1, FilterConfig(min_confidence=0.5)), [True, False, True])
+    # Rows 0 and 2 pass the thresholds but lie within 2.5 (0.5 x real_nn_distance) of a training
+    # image: the default policy drops them as copies.
+    assert scores.is_train_copy.tolist() == [True, False, True]
+    np.testing.assert_array_equal(accept(scores, 1, FilterConfig(min_confidence=0.5)), [False, False, False])
+    keep_copies = FilterConfig(min_confidence=0.5, drop_train_copies=False)
+    np.testing.assert_array_equal(accept(scores, 1, keep_copies), [True, False, True])
+    # The shard path agrees here (no value near a threshold) and versions the threshold it used.
+    accepted, version = shard_accept(scores, 1, keep_copies)
+    np.testing.assert_array_equal(accepted, [True, False, True])
+    assert version == filter_version(keep_copies, duplicate_threshold=2.5)
 
 
 # --------------------------------------------------------------------------- #
@@ -547,3 +570,61 @@ def test_score_class_empty_class_has_empty_flags():
     scores = score_class(np.zeros((0, 3)), np.zeros((0, 2)), 0, REAL, "x", test_features=REAL)
     assert scores.is_train_copy.shape == (0,) and scores.is_test_leak.shape == (0,)
     assert scores.summary["train_copies"] == 0 and scores.summary["precision"] is None
+
+
+# --------------------------------------------------------------------------- #
+# score_class: profile settings, CLIP scores, KID bookkeeping
+# --------------------------------------------------------------------------- #
+
+
+def test_score_class_fid_and_kid_match_independent_references_on_float32_features():
+    # What the pipeline passes: float32 extractor output, N > D so the covariance route runs.
+    rng = np.random.default_rng(21)
+    real = (rng.normal(size=(120, 8)) @ rng.normal(size=(8, 8))).astype(np.float32)
+    syn = (rng.normal(loc=0.3, size=(90, 8)) @ rng.normal(size=(8, 8))).astype(np.float32)
+    probs = _softmax(rng.normal(size=(90, 4)))
+    s = score_class(probs, syn, 0, real, "x").summary
+    real64, syn64 = real.astype(np.float64), syn.astype(np.float64)
+    assert s["fid"] == pytest.approx(_fid_reference(syn64, real64), rel=1e-6)
+    assert s["kid_mean"] == pytest.approx(_kid_reference(syn64, real64), rel=1e-6)
+    assert s["kid_subset_size"] is None and s["kid_num_subsets"] == 1 and s["ranking_metric"] == "kid_mean"
+    identical = score_class(_softmax(rng.normal(size=(120, 4))), real, 0, real.copy(), "x").summary
+    assert identical["fid"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_score_class_records_kid_subsets_actually_drawn():
+    probs, syn, real, _ = _class_data()
+    s = score_class(probs, syn, 1, real, "x", kid_subset_size=5, kid_num_subsets=7).summary
+    assert s["kid_subset_size"] == 5 and s["kid_num_subsets"] == 7 and s["kid_std"] > 0
+    full = score_class(probs, syn, 1, real, "x", kid_subset_size=50, kid_num_subsets=7).summary
+    assert full["kid_subset_size"] is None and full["kid_num_subsets"] == 1 and full["kid_std"] == 0.0
+
+
+def test_score_class_duplicate_fraction_and_diversity_ratio():
+    probs, syn, real, test = _class_data()
+    real_d = cdist(real, real)
+    np.fill_diagonal(real_d, np.inf)
+    median_nn = float(np.median(real_d.min(axis=1)))
+    scores = score_class(probs, syn, 1, real, "x", test_features=test, duplicate_fraction=1.5)
+    s = scores.summary
+    assert s["duplicate_threshold"] == pytest.approx(1.5 * median_nn, rel=1e-12)
+    assert s["duplicate_threshold_rule"] == "1.5 x median real nearest-neighbour distance"
+    np.testing.assert_array_equal(scores.is_train_copy, cdist(syn, real).min(axis=1) <= 1.5 * median_nn)
+    assert s["train_copies"] > score_class(probs, syn, 1, real, "x").summary["train_copies"]
+    assert s["diversity_ratio"] == pytest.approx(float(pdist(syn).mean() / pdist(real).mean()), rel=1e-12)
+    with pytest.raises(ValueError, match="duplicate_fraction"):
+        score_class(probs, syn, 1, real, "x", duplicate_fraction=0.0)
+
+
+def test_score_class_keeps_clip_scores():
+    clip = np.array([0.31, 0.12, 0.25])
+    scores = score_class(PROBS, SYN, 1, REAL, "x", clip_score=clip, clip_model="open_clip:tiny")
+    np.testing.assert_array_equal(scores.clip_score, clip)
+    assert scores.summary["mean_clip_score"] == pytest.approx(clip.mean())
+    assert scores.summary["clip_model"] == "open_clip:tiny"
+    plain = score_class(PROBS, SYN, 1, REAL, "x")
+    assert plain.clip_score is None and plain.summary["mean_clip_score"] is None and plain.summary["clip_model"] is None
+    with pytest.raises(ValueError, match="clip_score has shape"):
+        score_class(PROBS, SYN, 1, REAL, "x", clip_score=clip[:2])
+    with pytest.raises(ValueError, match="clip_score has 1 of 3"):
+        score_class(PROBS, SYN, 1, REAL, "x", clip_score=[0.1, np.nan, 0.2])

@@ -5,6 +5,7 @@ import numpy as np
 
 from synthaug_pipeline.defs.resources import SynthaugSettings
 from synthaug_pipeline.lib.images import grid_markdown
+from synthaug_pipeline.lib.preflight import check_before_training
 
 
 def build_data_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
@@ -21,6 +22,7 @@ def build_data_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
             }
             for i, (class_id, name) in enumerate(zip(dataset.class_ids, dataset.class_names, strict=True))
         ]
+        check_before_training(settings.load(), dataset.class_ids, [c["train"] for c in counts])  # fail before anything trains
         catalog = {
             "dataset": dataset.name,
             "source": dataset.source,

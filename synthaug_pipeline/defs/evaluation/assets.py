@@ -7,7 +7,7 @@ import fsspec
 
 from synthaug_pipeline.defs.data.assets import stack_real
 from synthaug_pipeline.defs.resources import SynthaugSettings, cached_classifier
-from synthaug_pipeline.lib.evaluation import compare, evaluate_under_shift
+from synthaug_pipeline.lib.evaluation import compare, evaluate_under_shift, load_shift_set
 from synthaug_pipeline.lib.report import render_report_markdown
 
 
@@ -21,26 +21,43 @@ def build_evaluation_assets() -> list[dg.AssetsDefinition]:
         classifier_baseline: dict,
         classifier_augmented: dict,
     ) -> dict:
-        """Top-1 overall and per class on the test split and on corrupted copies of it, for both classifiers."""
+        """Both classifiers on the test split (top-1, top-5 with more than 10 classes, per class), on corrupted
+        copies of it and on the extra shifted test sets; the augmented-minus-baseline deltas of all of them."""
         cfg = settings.load().evaluation
+        class_ids = class_catalog["class_ids"]
         images, labels = stack_real(real_images, "test")
+        shift_sets = {name: load_shift_set(name, url, class_ids, class_catalog["image_shape"]) for name, url in cfg.shift_folders.items()}
         results = {}
         for record in (classifier_baseline, classifier_augmented):
             model = cached_classifier(record["url"], record["version"]).model
             results[record["name"]] = evaluate_under_shift(
-                model, images, labels, class_catalog["class_ids"], cfg.corruptions, cfg.severities
+                model, images, labels, class_ids, cfg.corruptions, cfg.severities, shift_sets=shift_sets
             )
-        delta = compare(results["classifier_baseline"], results["classifier_augmented"])
-        context.add_output_metadata(
-            {
-                "baseline_top1": results["classifier_baseline"]["in_domain"]["top1"],
-                "augmented_top1": results["classifier_augmented"]["in_domain"]["top1"],
-                "baseline_shifted_top1": results["classifier_baseline"]["shifted_mean_top1"],
-                "augmented_shifted_top1": results["classifier_augmented"]["shifted_mean_top1"],
-                "test_images": len(images),
-            }
-        )
-        return {"models": results, "delta": delta, "test_images": len(images)}
+        base, aug = results["classifier_baseline"], results["classifier_augmented"]
+        delta = compare(base, aug)
+        metadata = {
+            "baseline_top1": base["in_domain"]["top1"],
+            "augmented_top1": aug["in_domain"]["top1"],
+            "baseline_shifted_top1": base["shifted_mean_top1"],
+            "augmented_shifted_top1": aug["shifted_mean_top1"],
+            "baseline_shift_drop": base["shift_drop"],
+            "augmented_shift_drop": aug["shift_drop"],
+            "test_images": len(images),
+            "per_class_delta": dg.MetadataValue.json(delta["per_class_delta"]),
+        }
+        if base["in_domain"]["top5"] is not None:
+            metadata.update(baseline_top5=base["in_domain"]["top5"], augmented_top5=aug["in_domain"]["top5"])
+        for name in shift_sets:
+            metadata.update(
+                {f"baseline_top1_{name}": base["shift_sets"][name]["top1"], f"augmented_top1_{name}": aug["shift_sets"][name]["top1"]}
+            )
+        context.add_output_metadata(metadata)
+        return {
+            "models": results,
+            "delta": delta,
+            "test_images": len(images),
+            "shift_set_images": {name: len(set_labels) for name, (_, set_labels) in shift_sets.items()},
+        }
 
     @dg.asset(group_name="evaluation", kinds={"json"})
     def report(

@@ -1,4 +1,9 @@
-"""Generation: train the class-conditional diffusion model, then sample each class."""
+"""Generation: the generator (a DDPM trained here, or a pretrained diffusers pipeline), then each class's samples.
+
+``generator.backend`` picks the generator: ``ddpm`` trains a class-conditional DDPM on the real images;
+``dit``, ``text2img`` and ``img2img`` (``image_variation`` for its image-embedding variant) load a
+pretrained pipeline from ``generator.model`` once per process (see :mod:`synthaug_pipeline.lib.pretrained`).
+"""
 
 import time
 
@@ -7,73 +12,183 @@ import numpy as np
 
 from synthaug_pipeline.defs.data.assets import stack_real
 from synthaug_pipeline.defs.resources import SynthaugSettings, cached_generator, default_device, log_progress, model_url
+from synthaug_pipeline.lib.conditioning import conditioning_images
+from synthaug_pipeline.lib.config import GeneratorConfig, Profile
 from synthaug_pipeline.lib.diffusion import image_seed, sample_images, save_generator, train_generator
 from synthaug_pipeline.lib.images import grid_markdown
 from synthaug_pipeline.lib.plots import line_chart_markdown
+from synthaug_pipeline.lib.pretrained import (
+    SamplingSettings,
+    dit_class_indices,
+    dit_num_labels,
+    generate_images,
+    load_pretrained,
+    make_pretrained_scheduler,
+    per_image,
+    pipeline_kind,
+    validate_settings,
+)
+
+
+def train_ddpm_generator(context: dg.AssetExecutionContext, profile: Profile, num_classes: int, real_images: dict[str, dict]) -> dict:
+    """Train the class-conditional DDPM on every class's real training images and save it under the run's id."""
+    images, labels = stack_real(real_images, "train")
+    cfg = profile.generator
+
+    def progress(step: int, loss: float) -> None:
+        log_progress(context, f"generator step {step}/{cfg.train_steps}, loss {loss:.4f}")
+
+    trained = train_generator(images, labels, num_classes, cfg, progress=progress, device=default_device())
+    url = model_url(profile.output_url, "generator", context.run_id)
+    version = save_generator(trained, url)
+    context.add_output_metadata(
+        {
+            "backend": "ddpm",
+            "url": url,
+            "version": version,
+            "train_steps": cfg.train_steps,
+            "final_loss": float(np.mean(trained.losses[-5:])),
+            "num_parameters": trained.num_parameters,
+            "seconds": round(trained.seconds, 1),
+            "train_images": len(images),
+            "loss_curve": dg.MetadataValue.md(line_chart_markdown(trained.losses, "training loss")),
+        }
+    )
+    return {"url": url, "version": version, "backend": "ddpm", "num_parameters": trained.num_parameters}
+
+
+def load_pretrained_generator(context: dg.AssetExecutionContext, cfg: GeneratorConfig, class_ids: list[str]) -> dict:
+    """Load ``generator.model`` and check, before any class is sampled, that the settings and every class work."""
+    kind = pipeline_kind(cfg)
+    loaded = load_pretrained(kind, cfg.model, cfg.dtype, cfg.device, cfg.compile)
+    validate_settings(loaded, SamplingSettings.from_config(cfg))
+    class_indices = dit_class_indices(class_ids, dit_num_labels(loaded), cfg.class_index_map) if kind == "dit" else None
+    scheduler = make_pretrained_scheduler(cfg.sampler, loaded.scheduler_config)
+    facts = loaded.describe()
+    context.add_output_metadata(
+        {
+            "backend": cfg.backend,
+            **{k: v for k, v in facts.items() if k != "load_seconds"},
+            "scheduler": f"{cfg.sampler} ({type(scheduler).__name__}, from the model's scheduler config)",
+            "load_seconds": round(loaded.load_seconds, 2),
+            **({"class_indices": dg.MetadataValue.json(class_indices)} if class_indices else {}),
+        }
+    )
+    return {
+        "url": cfg.model,
+        "version": loaded.version,
+        "backend": cfg.backend,
+        "kind": kind,
+        "dtype": cfg.dtype,
+        "num_parameters": loaded.num_parameters,
+        "class_indices": class_indices,
+    }
+
+
+def sample_pretrained(
+    context: dg.AssetExecutionContext,
+    cfg: GeneratorConfig,
+    generator: dict,
+    class_id: str,
+    seeds: list[int],
+    image_shape: list[int],
+    class_prompts: dict,
+    real_images: dict,
+) -> dict:
+    """One class from a pretrained pipeline, with each image's prompt and conditioning image id for the shard."""
+    kind = generator["kind"]
+    loaded = load_pretrained(kind, generator["url"], generator["dtype"], cfg.device, cfg.compile)
+    if loaded.version != generator["version"]:
+        raise ValueError(
+            f"generator.model {generator['url']!r} changed since the generator asset loaded it "
+            f"(version {generator['version']} -> {loaded.version}): re-materialize generator"
+        )
+    n = len(seeds)
+    prompts = per_image([p["text"] for p in class_prompts["prompts"]], n) if kind in ("text2img", "img2img") else None
+    conditioning = (
+        conditioning_images(real_images["train"], class_id, n, cfg.seed, cfg.conditioning_augmentations)
+        if kind in ("img2img", "image_variation")
+        else None
+    )
+    images = generate_images(
+        loaded,
+        class_id,
+        seeds,
+        SamplingSettings.from_config(cfg),
+        image_shape,
+        class_index=generator["class_indices"][class_id] if kind == "dit" else None,
+        prompts=prompts,
+        conditioning=[c.image for c in conditioning] if conditioning else None,
+        progress=lambda done, total: context.log.info(f"class {class_id}: {done}/{total} images"),
+    )
+    return {
+        "images": images,
+        "prompts": prompts,
+        "negative_prompts": [cfg.negative_prompt] * n if prompts else None,
+        "conditioning_image_ids": [c.provenance for c in conditioning] if conditioning else None,
+    }
 
 
 def build_generation_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
     @dg.asset(group_name="generation", pool="gpu", kinds={"pytorch", "diffusers"})
     def generator(context: dg.AssetExecutionContext, settings: SynthaugSettings, class_catalog: dict, real_images: dict[str, dict]) -> dict:
-        """A class-conditional DDPM (diffusers UNet2DModel + null class) trained on the real training images."""
+        """The generator: a class-conditional DDPM trained on the real images (backend ddpm), or a pretrained
+        DiT / Stable Diffusion pipeline loaded from generator.model (backends dit, text2img, img2img)."""
         profile = settings.load()
-        images, labels = stack_real(real_images, "train")
-        cfg = profile.generator
-
-        def progress(step: int, loss: float) -> None:
-            log_progress(context, f"generator step {step}/{cfg.train_steps}, loss {loss:.4f}")
-
-        trained = train_generator(images, labels, len(class_catalog["class_ids"]), cfg, progress=progress, device=default_device())
-        url = model_url(profile.output_url, "generator", context.run_id)
-        version = save_generator(trained, url)
-        context.add_output_metadata(
-            {
-                "url": url,
-                "version": version,
-                "train_steps": cfg.train_steps,
-                "final_loss": float(np.mean(trained.losses[-5:])),
-                "num_parameters": trained.num_parameters,
-                "seconds": round(trained.seconds, 1),
-                "train_images": len(images),
-                "loss_curve": dg.MetadataValue.md(line_chart_markdown(trained.losses, "training loss")),
-            }
-        )
-        return {"url": url, "version": version, "backend": cfg.backend, "num_parameters": trained.num_parameters}
+        if profile.generator.backend == "ddpm":
+            return train_ddpm_generator(context, profile, len(class_catalog["class_ids"]), real_images)
+        return load_pretrained_generator(context, profile.generator, class_catalog["class_ids"])
 
     @dg.asset(partitions_def=partitions, group_name="generation", pool="gpu", kinds={"pytorch", "diffusers"})
-    def synthetic_images(context: dg.AssetExecutionContext, settings: SynthaugSettings, class_catalog: dict, generator: dict) -> dict:
-        """Sampled images of one class, each with a seed derived from (class, index, generator version)."""
+    def synthetic_images(
+        context: dg.AssetExecutionContext,
+        settings: SynthaugSettings,
+        class_catalog: dict,
+        generator: dict,
+        class_prompts: dict,
+        real_images: dict,
+    ) -> dict:
+        """Sampled images of one class, each with a seed derived from (class, index, generator version);
+        text backends use the class's prompts, img2img augmented real images of the class."""
         cfg = settings.load().generator
         class_id = context.partition_key
         class_index = class_catalog["class_ids"].index(class_id)
-        model = cached_generator(generator["url"], generator["version"])
         seeds = [image_seed(class_id, i, generator["version"]) for i in range(cfg.images_per_class)]
         started = time.perf_counter()
-        images = sample_images(
-            model,
-            class_index,
-            seeds,
-            sampler=cfg.sampler,
-            steps=cfg.sample_steps,
-            guidance_scale=cfg.guidance_scale,
-            batch_size=cfg.sample_batch_size,
-            progress=lambda done, total: context.log.info(f"class {class_id}: {done}/{total} images"),
-            device=default_device(),
-        )
+        if generator["backend"] == "ddpm":
+            images = sample_images(
+                cached_generator(generator["url"], generator["version"]),
+                class_index,
+                seeds,
+                sampler=cfg.sampler,
+                steps=cfg.sample_steps,
+                guidance_scale=cfg.guidance_scale,
+                batch_size=cfg.sample_batch_size,
+                progress=lambda done, total: context.log.info(f"class {class_id}: {done}/{total} images"),
+                device=default_device(),
+            )
+            provenance = {"images": images, "prompts": None, "negative_prompts": None, "conditioning_image_ids": None}
+        else:
+            provenance = sample_pretrained(
+                context, cfg, generator, class_id, seeds, class_catalog["image_shape"], class_prompts, real_images
+            )
+            images = provenance["images"]
         seconds = time.perf_counter() - started
         context.add_output_metadata(
             {
+                "backend": generator["backend"],
                 "images": len(images),
                 "seconds": round(seconds, 2),
                 "images_per_second": round(len(images) / max(seconds, 1e-9), 1),
                 "sampler": f"{cfg.sampler} {cfg.sample_steps} steps, guidance {cfg.guidance_scale}",
+                **({"first_prompt": provenance["prompts"][0]} if provenance["prompts"] else {}),
                 "preview": dg.MetadataValue.md(grid_markdown(images, f"synthetic {class_id}")),
             }
         )
         return {
+            **provenance,
             "class_id": class_id,
             "class_index": class_index,
-            "images": images,
             "seeds": seeds,
             "generator_id": generator["url"],
             "generator_version": generator["version"],

@@ -1,11 +1,16 @@
-"""Training: the real-only baseline and the real + synthetic classifier, each with its lineage."""
+"""Training: the real-only baseline and the real + synthetic classifier, each with its lineage.
+
+Both check their inputs before training: the extra shifted test sets the evaluation will read
+(class ids), and for the augmented model that every class has the synthetic images its ratio asks for.
+"""
 
 import dagster as dg
 import numpy as np
 
 from synthaug_pipeline.defs.data.assets import stack_real
 from synthaug_pipeline.defs.resources import SynthaugSettings, default_device, model_url, training_progress
-from synthaug_pipeline.lib.classifier import TrainedClassifier, save_classifier, train_classifier
+from synthaug_pipeline.lib.classifier import TrainedClassifier, check_synthetic_supply, save_classifier, train_classifier
+from synthaug_pipeline.lib.evaluation import check_shift_folders
 from synthaug_pipeline.lib.lineage import write_lineage
 from synthaug_pipeline.lib.plots import line_chart_markdown
 from synthaug_pipeline.lib.shards import decode_shard_images, file_sha256, read_shards
@@ -24,6 +29,7 @@ def _model_record(context: dg.AssetExecutionContext, trained: TrainedClassifier,
             "steps": len(trained.history) and trained.history[-1]["step"],
             "real_images": trained.num_real,
             "synthetic_images": trained.num_synthetic,
+            "aux_bn": bool(trained.config.get("aux_bn", False)),
             "seconds": round(trained.seconds, 1),
             "loss_curve": dg.MetadataValue.md(line_chart_markdown([h["loss"] for h in trained.history], "training loss")),
             "lineage": dg.MetadataValue.json(lineage),
@@ -39,6 +45,7 @@ def build_training_assets() -> list[dg.AssetsDefinition]:
     ) -> dict:
         """A classifier trained on the real training images only."""
         profile = settings.load()
+        check_shift_folders(profile.evaluation.shift_folders, class_catalog["class_ids"])
         images, labels = stack_real(real_images, "train")
         trained = train_classifier(
             images,
@@ -59,8 +66,13 @@ def build_training_assets() -> list[dg.AssetsDefinition]:
         real_images: dict[str, dict],
         synthetic_shards: dict[str, dict],
     ) -> dict:
-        """A classifier trained on real images plus the accepted synthetic images, at the profile's ratio."""
+        """A classifier trained on real images plus the accepted synthetic images, at the profile's ratio.
+
+        With ``augmented.aux_bn`` the synthetic images go through auxiliary batch-norm layers during training.
+        """
         profile = settings.load()
+        class_ids = class_catalog["class_ids"]
+        check_shift_folders(profile.evaluation.shift_folders, class_ids)
         images, labels = stack_real(real_images, "train")
         shards = [synthetic_shards[c] for c in class_catalog["class_ids"] if c in synthetic_shards]
         for shard in shards:
@@ -74,20 +86,31 @@ def build_training_assets() -> list[dg.AssetsDefinition]:
         synthetic, synthetic_labels = (
             decode_shard_images(table) if table.num_rows else (np.zeros((0, *images.shape[1:]), np.uint8), np.zeros(0, np.int64))
         )
+        ratio = profile.augmented.synthetic_ratio
+        check_synthetic_supply(
+            np.bincount(labels, minlength=len(class_ids)),
+            np.bincount(synthetic_labels, minlength=len(class_ids)),
+            ratio,
+            class_ids=class_ids,
+            available="were accepted",
+            hint="lower augmented.synthetic_ratio, raise generator.images_per_class or loosen the filter (filter.min_confidence)",
+        )
         trained = train_classifier(
             images,
             labels,
-            len(class_catalog["class_ids"]),
+            len(class_ids),
             profile.classifier,
-            synthetic_images=synthetic,
-            synthetic_labels=synthetic_labels,
-            synthetic_ratio=profile.augmented.synthetic_ratio if len(synthetic) else 0.0,
+            synthetic_images=synthetic if ratio > 0 else None,
+            synthetic_labels=synthetic_labels if ratio > 0 else None,
+            synthetic_ratio=ratio,
             progress=training_progress(context, "classifier_augmented"),
             device=default_device(),
+            aux_bn=profile.augmented.aux_bn,
         )
         lineage = {
             "real": {"dataset": class_catalog["dataset"], "source": class_catalog["source"], "images": len(images)},
-            "synthetic_ratio": profile.augmented.synthetic_ratio,
+            "synthetic_ratio": ratio,
+            "aux_bn": profile.augmented.aux_bn,
             "shards": [
                 {k: s[k] for k in ("class_id", "uri", "sha256", "num_accepted", "filter_version", "generator_version", "run_id")}
                 for s in shards

@@ -1,0 +1,413 @@
+"""The ablation grid: which experiments a profile asks for, their partition keys, their data, their summary.
+
+An experiment is one classifier training run. ``experiments`` in a profile spans a grid of data
+regime x synthetic ratio x aux-BN on/off x seed (plus synthetic-only CAS runs per seed); each point
+has a stable, readable key that is its Dagster partition key:
+
+    few_shot-r3-s0-auxbn    few_shot regime, 3 synthetic images per real image, seed 0, aux BN
+    full-r0-s1              every real image, no synthetic images (the real-only baseline), seed 1
+    long_tail-r0.5-s2       long-tailed real set, half as many synthetic images as real ones, seed 2
+    cas-s0                  synthetic images only (Classification Accuracy Score), seed 0
+
+Meaningless points are dropped: aux BN without synthetic images is the plain run, and CAS has no
+real images, hence no regime, ratio or aux BN.
+
+The ratio is the size of the synthetic pool relative to the real one, class by class: a run with
+ratio ``r`` trains on ``ceil(r * n_c)`` accepted synthetic images of each class ``c`` that keeps
+``n_c`` real images (:func:`~synthaug_pipeline.lib.classifier.synthetic_images_needed`; a subset
+drawn from the seed, nested across ratios for one seed), mixed into each batch at the share
+``r / (1 + r)``, so every image, real or synthetic, is seen equally often on average.
+:func:`plan_experiment` checks all of this before any training and names the class that falls
+short. The seed selects the real subset (:func:`~synthaug_pipeline.lib.regimes.select_regime`),
+the synthetic subset and the classifier's initialisation and batches.
+
+:func:`summarize_experiments` groups results by everything but the seed and reports mean ± sample
+std over seeds; missing and stale runs are listed, never averaged in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from synthaug_pipeline.lib.classifier import synthetic_images_needed
+from synthaug_pipeline.lib.config import ExperimentsConfig, Profile
+from synthaug_pipeline.lib.regimes import REGIMES, select_regime
+from synthaug_pipeline.lib.stats import format_pm, summarize_seeds
+
+CAS = "cas"
+AUX_BN_SUFFIX = "auxbn"
+METRICS = ("top1", "shifted_mean_top1", "shift_drop")  # the numbers every result carries under "metrics"
+
+_MIX_KEY = re.compile(r"^(?P<regime>[a-z_]+)-r(?P<ratio>[0-9]+(?:\.[0-9]+)?)-s(?P<seed>[0-9]+)(?P<aux_bn>-auxbn)?$")
+_CAS_KEY = re.compile(r"^cas-s(?P<seed>[0-9]+)$")
+
+
+class ExperimentError(ValueError):
+    """An experiment that cannot run as asked; the message names the experiment, the class and the fix."""
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    """One point of the grid. ``regime`` and ``ratio`` are None for a synthetic-only (CAS) run."""
+
+    seed: int
+    regime: str | None = None
+    ratio: float | None = None
+    aux_bn: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ExperimentError(f"experiment seeds are integers >= 0, got {self.seed!r}")
+        if self.synthetic_only:
+            if self.ratio is not None or self.aux_bn:
+                raise ExperimentError("a synthetic-only (CAS) run has no ratio and no aux BN")
+            return
+        if self.regime not in REGIMES:
+            raise ExperimentError(f"unknown data regime {self.regime!r}: choose one of {', '.join(REGIMES)}")
+        if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not math.isfinite(self.ratio) or self.ratio < 0:
+            raise ExperimentError(f"synthetic ratios are finite numbers >= 0, got {self.ratio!r}")
+        if self.aux_bn and self.ratio == 0:
+            raise ExperimentError(f"aux BN needs synthetic images: {self.regime} with ratio 0 and aux BN is the plain run")
+        object.__setattr__(self, "ratio", float(self.ratio))
+
+    @property
+    def synthetic_only(self) -> bool:
+        return self.regime is None
+
+    @property
+    def uses_synthetic(self) -> bool:
+        return self.synthetic_only or bool(self.ratio)
+
+    @property
+    def group(self) -> str:
+        """The key without the seed: runs of one group differ only in their seed."""
+        if self.synthetic_only:
+            return CAS
+        return f"{self.regime}-r{format_ratio(self.ratio)}" + (f"-{AUX_BN_SUFFIX}" if self.aux_bn else "")
+
+    @property
+    def key(self) -> str:
+        """The partition key, e.g. ``few_shot-r3-s0-auxbn`` or ``cas-s1``."""
+        if self.synthetic_only:
+            return f"{CAS}-s{self.seed}"
+        return f"{self.regime}-r{format_ratio(self.ratio)}-s{self.seed}" + (f"-{AUX_BN_SUFFIX}" if self.aux_bn else "")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "group": self.group,
+            "regime": self.regime,
+            "ratio": self.ratio,
+            "seed": self.seed,
+            "aux_bn": self.aux_bn,
+            "synthetic_only": self.synthetic_only,
+        }
+
+
+def format_ratio(ratio: float) -> str:
+    """Shortest plain decimal that reads back as the same float: 3.0 -> "3", 0.25 -> "0.25", 1e-05 -> "0.00001"."""
+    return np.format_float_positional(float(ratio), trim="-")
+
+
+def experiment_grid(cfg: ExperimentsConfig) -> list[ExperimentSpec]:
+    """Every experiment of ``cfg`` in a stable order (regime, ratio, aux BN, seed as listed; CAS last), without duplicates.
+
+    Raises ExperimentError for an invalid value (negative seed or ratio) or a grid with no experiment at all.
+    """
+    specs = [
+        ExperimentSpec(seed=seed, regime=regime, ratio=ratio, aux_bn=aux_bn and ratio != 0)
+        for regime in cfg.regimes
+        for ratio in cfg.ratios
+        for aux_bn in cfg.aux_bn
+        for seed in cfg.seeds
+    ]
+    if cfg.synthetic_only:
+        specs += [ExperimentSpec(seed=seed) for seed in cfg.seeds]
+    unique = list(dict.fromkeys(specs))  # aux BN at ratio 0 and repeated list entries collapse here
+    if not unique:
+        raise ExperimentError(
+            "the experiment grid is empty: set experiments.seeds and experiments.regimes + experiments.ratios "
+            "(or experiments.synthetic_only=true)"
+        )
+    return unique
+
+
+def experiment_keys(cfg: ExperimentsConfig) -> list[str]:
+    """The partition keys of :func:`experiment_grid`."""
+    return [spec.key for spec in experiment_grid(cfg)]
+
+
+def parse_experiment_key(key: str) -> ExperimentSpec:
+    """The spec behind a key written by :attr:`ExperimentSpec.key` (only canonical keys are accepted)."""
+    cas = _CAS_KEY.match(key)
+    mix = _MIX_KEY.match(key)
+    if cas:
+        spec = ExperimentSpec(seed=int(cas["seed"]))
+    elif mix:
+        spec = ExperimentSpec(seed=int(mix["seed"]), regime=mix["regime"], ratio=float(mix["ratio"]), aux_bn=bool(mix["aux_bn"]))
+    else:
+        raise ExperimentError(
+            f"{key!r} is not an experiment key: expected <regime>-r<ratio>-s<seed>[-auxbn] (e.g. few_shot-r3-s0-auxbn) or cas-s<seed>"
+        )
+    if spec.key != key:
+        raise ExperimentError(f"{key!r} is not written canonically: the key of that experiment is {spec.key!r}")
+    return spec
+
+
+# --------------------------------------------------------------------------------------------------
+# The data of one experiment, checked before training
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExperimentPlan:
+    """Which real and synthetic images (indices into the given pools, sorted) one experiment trains on."""
+
+    spec: ExperimentSpec
+    real_indices: np.ndarray
+    synthetic_indices: np.ndarray
+    real_per_class: dict[str, int]
+    synthetic_per_class: dict[str, int]
+
+
+def plan_experiment(
+    spec: ExperimentSpec,
+    cfg: ExperimentsConfig,
+    real_labels: np.ndarray,
+    synthetic_labels: np.ndarray,
+    class_ids: Sequence[str],
+) -> ExperimentPlan:
+    """Select the real images (regime) and synthetic images (ratio) of ``spec``, or explain why it cannot run.
+
+    ``real_labels`` / ``synthetic_labels``: class index of every real training image and every accepted
+    synthetic image. Raises ExperimentError naming the experiment and the first class that has no real
+    images, fewer than the regime keeps, or fewer accepted synthetic images than the ratio needs.
+    """
+    num_classes = len(class_ids)
+    real_labels = _class_indices(real_labels, num_classes, "real")
+    synthetic_labels = _class_indices(synthetic_labels, num_classes, "synthetic")
+    real_counts = np.bincount(real_labels, minlength=num_classes)
+    synthetic_counts = np.bincount(synthetic_labels, minlength=num_classes)
+
+    if spec.synthetic_only:
+        empty = np.flatnonzero(synthetic_counts == 0)
+        if len(empty):
+            raise ExperimentError(
+                f"experiment {spec.key}: class {class_ids[empty[0]]!r} has no accepted synthetic images; "
+                "synthetic-only training (CAS) needs at least one per class"
+            )
+        synthetic_indices = np.arange(len(synthetic_labels), dtype=np.int64)
+        return ExperimentPlan(
+            spec,
+            np.zeros(0, np.int64),
+            synthetic_indices,
+            dict.fromkeys(class_ids, 0),
+            {c: int(n) for c, n in zip(class_ids, synthetic_counts)},
+        )
+
+    real_indices = _select_real(spec, cfg, real_labels, real_counts, class_ids)
+    kept = np.bincount(real_labels[real_indices], minlength=num_classes)
+    needed = synthetic_images_needed(kept, spec.ratio).tolist()
+    for c, (need, have) in enumerate(zip(needed, synthetic_counts)):
+        if need > have:
+            raise ExperimentError(
+                f"experiment {spec.key}: ratio {format_ratio(spec.ratio)} needs {need} synthetic images of class {class_ids[c]!r} "
+                f"({format_ratio(spec.ratio)} x {kept[c]} real) but its shard holds only {have} accepted; "
+                "generate more (generator.images_per_class), loosen the filter, or lower experiments.ratios"
+            )
+    synthetic_indices = _select_per_class(synthetic_labels, needed, seed=spec.seed)
+    return ExperimentPlan(
+        spec,
+        real_indices,
+        synthetic_indices,
+        {c: int(n) for c, n in zip(class_ids, kept)},
+        {c: int(n) for c, n in zip(class_ids, needed)},
+    )
+
+
+def _select_real(
+    spec: ExperimentSpec, cfg: ExperimentsConfig, labels: np.ndarray, counts: np.ndarray, class_ids: Sequence[str]
+) -> np.ndarray:
+    empty = np.flatnonzero(counts == 0)
+    if len(empty):
+        raise ExperimentError(
+            f"experiment {spec.key}: class {class_ids[empty[0]]!r} has no real training images; regime {spec.regime!r} needs every class"
+        )
+    if spec.regime == "few_shot":
+        short = np.flatnonzero(counts < cfg.few_shot_k)
+        if len(short):
+            c = short[0]
+            raise ExperimentError(
+                f"experiment {spec.key}: few_shot keeps {cfg.few_shot_k} real images per class (experiments.few_shot_k) "
+                f"but class {class_ids[c]!r} has only {counts[c]} training images"
+            )
+        return select_regime(labels, "few_shot", k=cfg.few_shot_k, seed=spec.seed, num_classes=len(class_ids))
+    if spec.regime == "long_tail":
+        return select_regime(labels, "long_tail", imbalance=cfg.long_tail_imbalance, seed=spec.seed, num_classes=len(class_ids))
+    return select_regime(labels, "full", seed=spec.seed, num_classes=len(class_ids))
+
+
+def _select_per_class(labels: np.ndarray, wanted: Sequence[int], seed: int) -> np.ndarray:
+    """The first ``wanted[c]`` images of a seeded permutation of each class (nested across sizes), sorted."""
+    rng = np.random.default_rng([seed, 2])  # a stream of its own: not the one select_regime draws real images from
+    kept = [rng.permutation(np.flatnonzero(labels == c))[:n] for c, n in enumerate(wanted)]
+    return np.sort(np.concatenate(kept)).astype(np.int64) if kept else np.zeros(0, np.int64)
+
+
+def _class_indices(labels: Any, num_classes: int, what: str) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or (labels.size and not np.issubdtype(labels.dtype, np.integer)):
+        raise ExperimentError(f"{what} labels must be a 1-D integer array, got {labels.dtype} shaped {labels.shape}")
+    labels = labels.astype(np.int64)
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ExperimentError(f"{what} labels must lie in [0, {num_classes}), got range [{labels.min()}, {labels.max()}]")
+    return labels
+
+
+# --------------------------------------------------------------------------------------------------
+# Which setup a result belongs to
+# --------------------------------------------------------------------------------------------------
+
+
+def experiment_setup(spec: ExperimentSpec, profile: Profile) -> dict[str, Any]:
+    """Everything outside the key that decides an experiment's result (seeds excluded: the key has it)."""
+    setup: dict[str, Any] = {
+        "data": profile.data.model_dump(mode="json"),
+        "classifier": {k: v for k, v in profile.classifier.model_dump(mode="json").items() if k != "seed"},
+        "evaluation": {
+            "corruptions": list(profile.evaluation.corruptions),
+            "severities": list(profile.evaluation.severities),
+            "shift_folders": dict(profile.evaluation.shift_folders),
+        },
+    }
+    if spec.regime == "few_shot":
+        setup["few_shot_k"] = profile.experiments.few_shot_k
+    if spec.regime == "long_tail":
+        setup["long_tail_imbalance"] = profile.experiments.long_tail_imbalance
+    return setup
+
+
+def setup_fingerprint(spec: ExperimentSpec, profile: Profile, shard_sha256s: Sequence[str]) -> str:
+    """A hash of :func:`experiment_setup` and, for runs that use synthetic images, of the shards' content."""
+    payload = {"setup": experiment_setup(spec, profile), "shards": sorted(shard_sha256s) if spec.uses_synthetic else []}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------------
+# Summary over seeds
+# --------------------------------------------------------------------------------------------------
+
+
+def summarize_experiments(
+    results: Mapping[str, Mapping[str, Any]], grid_keys: Sequence[str], fingerprints: Mapping[str, str]
+) -> dict[str, Any]:
+    """Mean ± std over seeds of every group of the grid that has results.
+
+    ``results``: key -> result of a materialized experiment (``spec``, ``metrics``, ``per_class``,
+    optional ``shift_sets`` ({name: top-1}), ``real_images``, ``synthetic_images``, ``fingerprint``).
+    ``fingerprints``: key -> the fingerprint the current setup would give it. A grid key without a
+    result is *missing*; a result whose fingerprint differs is *stale* (trained under another setup
+    or on other shards). Both are listed and left out of the numbers. Each group also gets the paired gain over its regime's
+    real-only runs (same seeds, ratio 0, no aux BN): mean ± std of the per-seed differences.
+    """
+    unknown = sorted(set(results) - set(grid_keys))
+    if unknown:
+        raise ExperimentError(f"results for keys outside the grid: {', '.join(unknown)}")
+    missing = [key for key in grid_keys if key not in results]
+    stale = [key for key in grid_keys if key in results and results[key].get("fingerprint") != fingerprints.get(key)]
+    current = {key: results[key] for key in grid_keys if key in results and key not in stale}
+
+    by_group: dict[str, list[Mapping[str, Any]]] = {}
+    for key in grid_keys:
+        by_group.setdefault(parse_experiment_key(key).group, [])
+        if key in current:
+            by_group[parse_experiment_key(key).group].append(current[key])
+
+    groups = []
+    for group, runs in by_group.items():
+        if not runs:
+            continue
+        spec = parse_experiment_key(runs[0]["spec"]["key"])
+        class_ids = list(runs[0]["per_class"])
+        baseline = None if spec.synthetic_only or not spec.ratio else ExperimentSpec(seed=0, regime=spec.regime, ratio=0.0).group
+        groups.append(
+            {
+                "group": group,
+                **{k: v for k, v in spec.as_dict().items() if k not in ("key", "group", "seed")},
+                "seeds": sorted(r["spec"]["seed"] for r in runs),
+                "n": len(runs),
+                "metrics": summarize_seeds([r["metrics"] for r in runs], METRICS),
+                "per_class": {c: _over_seeds(runs, "per_class", c) for c in class_ids},
+                "shift_sets": {name: _over_seeds(runs, "shift_sets", name) for name in runs[0].get("shift_sets", {})},
+                "real_images": summarize_seeds(runs, ["real_images"])["real_images"],
+                "synthetic_images": summarize_seeds(runs, ["synthetic_images"])["synthetic_images"],
+                "vs_real_only": _paired_gain(runs, by_group.get(baseline, []), baseline) if baseline else None,
+            }
+        )
+    return {
+        "grid": list(grid_keys),
+        "materialized": sorted(current, key=list(grid_keys).index),
+        "missing": missing,
+        "stale": stale,
+        "groups": groups,
+    }
+
+
+def _over_seeds(runs: Sequence[Mapping[str, Any]], field: str, name: str) -> dict[str, Any]:
+    # not a dotted summarize_seeds key: class ids and shift-set names may contain dots
+    return summarize_seeds([{"value": r.get(field, {}).get(name)} for r in runs], ["value"])["value"]
+
+
+def _paired_gain(runs: Sequence[Mapping[str, Any]], baseline_runs: Sequence[Mapping[str, Any]], baseline: str) -> dict[str, Any]:
+    by_seed = {r["spec"]["seed"]: r for r in baseline_runs}
+    deltas = [
+        {m: _difference(r["metrics"][m], by_seed[r["spec"]["seed"]]["metrics"][m]) for m in ("top1", "shifted_mean_top1")}
+        for r in runs
+        if r["spec"]["seed"] in by_seed
+    ]
+    gains = summarize_seeds(deltas, ["top1", "shifted_mean_top1"]) if deltas else {}
+    return {"baseline": baseline, "paired_seeds": len(deltas), **gains}
+
+
+def _difference(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else float(a) - float(b)
+
+
+def _pm(stat: Mapping[str, Any] | None, signed: bool = False) -> str:
+    if not stat or stat.get("mean") is None:
+        return "—"
+    text = format_pm(stat["mean"], stat["std"] if stat["n"] > 1 else None)
+    return f"+{text}" if signed and stat["mean"] >= 0 else text
+
+
+def render_experiments_markdown(summary: Mapping[str, Any]) -> str:
+    """experiments.md: one row per group (mean ± sample std over seeds, in %), then what is missing or stale."""
+    lines = [
+        "| experiment | seeds | top-1 | top-1 under shift | top-1 gain vs real-only | shift gain vs real-only | real | synthetic |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for g in summary["groups"]:
+        gain = g["vs_real_only"] or {}
+        lines.append(
+            f"| {g['group']} | {g['n']} | {_pm(g['metrics']['top1'])} | {_pm(g['metrics']['shifted_mean_top1'])} "
+            f"| {_pm(gain.get('top1'), signed=True)} | {_pm(gain.get('shifted_mean_top1'), signed=True)} "
+            f"| {g['real_images']['mean']:.0f} | {g['synthetic_images']['mean']:.0f} |"
+        )
+    grid, done = len(summary["grid"]), len(summary["materialized"])
+    notes = [
+        f"{done} of {grid} experiments summarized; accuracies in %, mean ± sample std over seeds (no ± with one seed); "
+        "gains are paired by seed against the same regime at ratio 0."
+    ]
+    if summary["missing"]:
+        notes.append(f"Missing (not materialized, or failed): {', '.join(summary['missing'])}.")
+    if summary["stale"]:
+        notes.append(f"Stale (trained under another setup or on other shards; re-materialize): {', '.join(summary['stale'])}.")
+    return "\n".join(lines) + "\n\n" + "\n\n".join(notes) + "\n"

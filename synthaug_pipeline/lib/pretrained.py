@@ -1,0 +1,540 @@
+"""Pretrained diffusion generators: DiT class labels, Stable Diffusion text-to-image, img2img and image variation.
+
+:func:`load_pretrained` loads a diffusers pipeline with ``from_pretrained(local folder or hub id)`` once per
+process (cached by pipeline kind, model, dtype, device and compile flag); :func:`generate_images` samples
+one class with it and returns uint8 ``[N, H, W, C]`` images at the profile's size and channel count, the
+format of the DDPM backend's :func:`~.diffusion.sample_images`.
+
+Reproducibility: image ``i`` draws all its randomness (initial latents, img2img's VAE posterior sample and
+added noise, ancestral scheduler noise) from its own CPU ``torch.Generator`` seeded with ``seeds[i]`` (the
+callers use :func:`~.diffusion.image_seed`), so the same settings reproduce the same pixels on CPU.
+
+Speed: attention runs through PyTorch's fused ``scaled_dot_product_attention`` (diffusers' default
+``AttnProcessor2_0`` on torch 2; :attr:`PretrainedGenerator.attention` reports it), the denoiser and the VAE
+use ``channels_last``, and ``compile=True`` wraps the denoiser in ``torch.compile``.
+Pure module: no Dagster here.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import (
+    AutoPipelineForImage2Image,
+    AutoPipelineForText2Image,
+    DDIMScheduler,
+    DDPMScheduler,
+    DiffusionPipeline,
+    DiTPipeline,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    StableDiffusionImageVariationPipeline,
+)
+from PIL import Image
+
+from .config import GeneratorConfig
+
+PIPELINE_KINDS = ("dit", "text2img", "img2img", "image_variation")
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, as PIL's convert("L"), for grayscale profiles
+
+
+class GeneratorSettingError(ValueError):
+    """A generator setting (or input) that cannot be used; the message names the setting and the fix."""
+
+
+class NonFiniteImagesError(GeneratorSettingError):
+    """The model produced NaN or Inf while sampling a class."""
+
+
+# --------------------------------------------------------------------------- #
+# Loading: one pipeline per (kind, model, dtype, device, compile) and process
+# --------------------------------------------------------------------------- #
+
+_LOADERS = {
+    "dit": DiTPipeline,
+    "text2img": AutoPipelineForText2Image,
+    "img2img": AutoPipelineForImage2Image,
+    "image_variation": StableDiffusionImageVariationPipeline,
+}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+@dataclass
+class PretrainedGenerator:
+    pipeline: DiffusionPipeline  # on ``device``, in ``dtype``, progress bars off
+    kind: str  # one of PIPELINE_KINDS
+    model: str  # generator.model as given (folder or hub id)
+    path: str  # the local folder it was loaded from
+    version: str  # first 16 hex digits of sha256 over the folder's files
+    dtype: str
+    device: str
+    num_parameters: int
+    load_seconds: float
+    compiled: bool
+    scheduler_config: dict  # the model's own scheduler settings; samplers are built from them
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        return self.pipeline.transformer if self.kind == "dit" else self.pipeline.unet
+
+    @property
+    def native_size(self) -> int:
+        """The image size the model was trained at (latent size x VAE downsampling)."""
+        return int(self.denoiser.config.sample_size) * _vae_scale_factor(self.pipeline)
+
+    @property
+    def attention(self) -> str:
+        """Attention implementations in the denoiser, e.g. ``AttnProcessor2_0`` (PyTorch SDPA)."""
+        processors = {type(m.processor).__name__ for m in self.denoiser.modules() if hasattr(m, "processor")}
+        return ",".join(sorted(processors)) or "none"
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able facts for metadata and lineage."""
+        return {
+            "kind": self.kind,
+            "model": self.model,
+            "path": self.path,
+            "version": self.version,
+            "pipeline": type(self.pipeline).__name__,
+            "dtype": self.dtype,
+            "device": self.device,
+            "num_parameters": self.num_parameters,
+            "load_seconds": round(self.load_seconds, 3),
+            "compiled": self.compiled,
+            "attention": self.attention,
+            "native_size": self.native_size,
+        }
+
+
+def pipeline_kind(cfg: GeneratorConfig) -> str:
+    """Which pretrained pipeline a generator config asks for (``image_variation`` is img2img's embedding variant)."""
+    if cfg.backend == "ddpm":
+        raise GeneratorSettingError("generator.backend 'ddpm' is trained by the pipeline, not loaded: use dit, text2img or img2img")
+    if cfg.image_variation and cfg.backend != "img2img":
+        raise GeneratorSettingError(f"generator.image_variation needs generator.backend=img2img, got {cfg.backend!r}")
+    return "image_variation" if cfg.image_variation else cfg.backend
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise GeneratorSettingError("generator.device is 'cuda' but torch sees no CUDA device: use auto or cpu")
+    if device not in ("cpu", "cuda"):
+        raise GeneratorSettingError(f"generator.device {device!r} is unknown: use auto, cpu or cuda")
+    return device
+
+
+def resolve_model_path(model: str | None) -> Path:
+    """The local folder of ``generator.model``: the folder itself, or the hub id's snapshot in the HF cache."""
+    if not model:
+        raise GeneratorSettingError("generator.model is not set: give a local diffusers folder or a hub id (e.g. facebook/DiT-XL-2-256)")
+    path = Path(model).expanduser()
+    if path.exists():
+        if not (path / "model_index.json").is_file():
+            raise GeneratorSettingError(
+                f"generator.model {model!r} is not a diffusers pipeline folder: it has no model_index.json "
+                "(a folder written by DiffusionPipeline.save_pretrained, or a hub id)"
+            )
+        return path
+    if not _HUB_ID.match(model):
+        raise GeneratorSettingError(f"generator.model {model!r} does not exist (not a folder, and not a hub id like org/name)")
+    try:
+        return Path(DiffusionPipeline.download(model))
+    except Exception as exc:  # offline, unknown repo, gated repo: all mean "cannot get this model"
+        raise GeneratorSettingError(
+            f"generator.model {model!r} is no local folder and could not be fetched from the hub ({type(exc).__name__}: {exc}); "
+            "download it where the hub is reachable and point generator.model at the folder"
+        ) from None
+
+
+def model_version(path: str | Path) -> str:
+    """First 16 hex digits of sha256 over every file's relative path and bytes (hidden files skipped)."""
+    root = Path(path)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    signature = tuple((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    return _hash_files(str(root.resolve()), signature)
+
+
+@functools.lru_cache(maxsize=16)
+def _hash_files(root: str, signature: tuple[tuple[str, int, int], ...]) -> str:
+    # keyed by (name, size, mtime) so a process hashes multi-GB weights once
+    digest = hashlib.sha256()
+    for name, _, _ in signature:
+        digest.update(name.encode() + b"\x00")
+        with open(os.path.join(root, name), "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 24), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def load_pretrained(
+    kind: str, model: str | None, dtype: str = "float32", device: str = "auto", compile: bool = False
+) -> PretrainedGenerator:
+    """Load (or reuse this process's) pipeline of ``kind`` from ``generator.model``.
+
+    Raises :class:`GeneratorSettingError` naming ``generator.model`` when the path is not a model of that kind.
+    """
+    if kind not in PIPELINE_KINDS:
+        raise GeneratorSettingError(f"unknown pipeline kind {kind!r}: choose one of {', '.join(PIPELINE_KINDS)}")
+    if dtype not in TORCH_DTYPES:
+        raise GeneratorSettingError(f"generator.dtype {dtype!r} is unknown: choose one of {', '.join(TORCH_DTYPES)}")
+    return _load_cached(kind, model, dtype, resolve_device(device), bool(compile))
+
+
+@functools.lru_cache(maxsize=2)
+def _load_cached(kind: str, model: str | None, dtype: str, device: str, compile: bool) -> PretrainedGenerator:
+    path = resolve_model_path(model)
+    version = model_version(path)
+    loader = _LOADERS[kind]
+    started = time.perf_counter()
+    try:
+        pipeline = loader.from_pretrained(path, dtype=TORCH_DTYPES[dtype])
+    except Exception as exc:  # wrong pipeline family, missing component, corrupt weights
+        raise GeneratorSettingError(
+            f"generator.model {model!r} could not be loaded as a {kind} pipeline ({loader.__name__}.from_pretrained): "
+            f"{type(exc).__name__}: {exc}"
+        ) from None
+    denoiser_name = "transformer" if kind == "dit" else "unet"
+    if getattr(pipeline, denoiser_name, None) is None or getattr(pipeline, "vae", None) is None:
+        raise GeneratorSettingError(
+            f"generator.model {model!r} loaded as {type(pipeline).__name__}, which has no {denoiser_name} + vae: "
+            f"it is not a {kind} model (check generator.backend)"
+        )
+    pipeline.set_progress_bar_config(disable=True)
+    pipeline.to(device)
+    for name in (denoiser_name, "vae"):
+        getattr(pipeline, name).to(memory_format=torch.channels_last)
+    num_parameters = sum(p.numel() for m in pipeline.components.values() if isinstance(m, torch.nn.Module) for p in m.parameters())
+    if compile:
+        setattr(pipeline, denoiser_name, torch.compile(getattr(pipeline, denoiser_name)))
+    return PretrainedGenerator(
+        pipeline=pipeline,
+        kind=kind,
+        model=str(model),
+        path=str(path),
+        version=version,
+        dtype=dtype,
+        device=device,
+        num_parameters=num_parameters,
+        load_seconds=time.perf_counter() - started,
+        compiled=compile,
+        scheduler_config=dict(pipeline.scheduler.config),
+    )
+
+
+def _vae_scale_factor(pipeline: DiffusionPipeline) -> int:
+    return 2 ** (len(pipeline.vae.config.block_out_channels) - 1)
+
+
+# --------------------------------------------------------------------------- #
+# DiT: ImageNet wnids -> the model's class indices
+# --------------------------------------------------------------------------- #
+
+
+@functools.lru_cache(maxsize=1)
+def imagenet_1k_wnids() -> tuple[str, ...]:
+    """The standard ImageNet-1k class order (index -> wnid), as timm ships it."""
+    text = (resources.files("timm.data") / "_info" / "imagenet_synsets.txt").read_text(encoding="utf-8")
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
+def dit_class_indices(class_ids: Sequence[str], num_labels: int, class_index_map: str | None = None) -> dict[str, int]:
+    """Each class id's label index in a DiT model with ``num_labels`` classes.
+
+    ``class_index_map`` (``generator.class_index_map``) is a JSON file ``{class_id: index}``; without it,
+    class ids must be ImageNet-1k wnids and map by the standard order (``n01440764`` -> 0).
+    """
+    if class_index_map:
+        try:
+            mapping = json.loads(Path(class_index_map).read_text())
+        except (OSError, ValueError) as exc:
+            raise GeneratorSettingError(f"generator.class_index_map {class_index_map!r} is not a readable JSON file: {exc}") from None
+        if not isinstance(mapping, dict) or not all(isinstance(v, int) and not isinstance(v, bool) for v in mapping.values()):
+            raise GeneratorSettingError(
+                f"generator.class_index_map {class_index_map!r} must hold a JSON object {{class_id: integer index}}"
+            )
+        source = f"generator.class_index_map {class_index_map!r}"
+    else:
+        mapping = {wnid: i for i, wnid in enumerate(imagenet_1k_wnids())}
+        source = "the ImageNet-1k wnid order (set generator.class_index_map for other class ids)"
+    indices = {}
+    for class_id in class_ids:
+        if class_id not in mapping:
+            raise GeneratorSettingError(f"class {class_id!r} has no DiT class index in {source}")
+        index = mapping[class_id]
+        if not 0 <= index < num_labels:
+            raise GeneratorSettingError(
+                f"class {class_id!r} maps to DiT class index {index} in {source}, but generator.model knows classes 0..{num_labels - 1}"
+            )
+        indices[class_id] = index
+    return indices
+
+
+def dit_num_labels(generator: PretrainedGenerator) -> int:
+    return int(generator.pipeline.transformer.config.num_embeds_ada_norm)
+
+
+# --------------------------------------------------------------------------- #
+# Schedulers and sampling settings
+# --------------------------------------------------------------------------- #
+
+# The DDPM backend's sampler names (diffusion.SAMPLERS), but built from the model's own scheduler config
+# (betas, timestep count, prediction type, no sample clipping for latents): only the solver changes.
+SCHEDULERS: dict[str, tuple[type, dict]] = {
+    "ddim": (DDIMScheduler, {}),
+    "ddpm": (DDPMScheduler, {}),
+    "dpmsolver++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
+    "euler": (EulerDiscreteScheduler, {}),
+}
+
+
+def make_pretrained_scheduler(name: str, model_scheduler_config: dict):
+    """A fresh scheduler ``name`` with the model's noise schedule (schedulers carry state: one per batch)."""
+    if name not in SCHEDULERS:
+        raise GeneratorSettingError(f"generator.sampler {name!r} is unknown: choose one of {', '.join(SCHEDULERS)}")
+    cls, extra = SCHEDULERS[name]
+    config = {k: v for k, v in model_scheduler_config.items() if not k.startswith("_")}
+    return cls.from_config(config, **extra)
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    sampler: str = "ddim"
+    steps: int = 20
+    guidance_scale: float = 7.5
+    batch_size: int = 8
+    strength: float = 0.6  # img2img: share of the noise schedule applied to the conditioning image
+    negative_prompt: str | None = None
+    output_size: int | None = None  # generated size before resizing; None: the model's native size
+
+    @classmethod
+    def from_config(cls, cfg: GeneratorConfig) -> SamplingSettings:
+        return cls(
+            sampler=cfg.sampler,
+            steps=cfg.sample_steps,
+            guidance_scale=cfg.guidance_scale,
+            batch_size=cfg.sample_batch_size,
+            strength=cfg.strength,
+            negative_prompt=cfg.negative_prompt,
+            output_size=cfg.output_size,
+        )
+
+
+def validate_settings(generator: PretrainedGenerator, settings: SamplingSettings) -> None:
+    """Raise :class:`GeneratorSettingError` naming the setting when sampling could not work."""
+    make_pretrained_scheduler(settings.sampler, generator.scheduler_config)
+    train_steps = int(generator.scheduler_config.get("num_train_timesteps", 1000))
+    steps = settings.steps
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= train_steps:
+        raise GeneratorSettingError(
+            f"generator.sample_steps must be an integer from 1 to {train_steps} (the model's timesteps), got {steps!r}"
+        )
+    w = settings.guidance_scale
+    if not isinstance(w, (int, float)) or not math.isfinite(w) or not 0 <= w <= 50:
+        raise GeneratorSettingError(f"generator.guidance_scale must be a finite number from 0 to 50 (<= 1: no guidance), got {w!r}")
+    if isinstance(settings.batch_size, bool) or settings.batch_size < 1:
+        raise GeneratorSettingError(f"generator.sample_batch_size must be at least 1, got {settings.batch_size!r}")
+    if generator.kind == "img2img":
+        if not 0 < settings.strength <= 1:
+            raise GeneratorSettingError(f"generator.strength must be in (0, 1], got {settings.strength!r}")
+        if int(steps * settings.strength) < 1:
+            raise GeneratorSettingError(
+                f"generator.strength {settings.strength} x generator.sample_steps {steps} leaves no denoising step: "
+                "raise one of them so that strength x steps >= 1"
+            )
+    size = settings.output_size
+    if generator.kind == "dit":
+        if size is not None and size != generator.native_size:
+            raise GeneratorSettingError(
+                f"generator.output_size {size}: DiT generates at its native {generator.native_size} px; leave it unset"
+            )
+    elif size is not None and (size < 8 or size % 8):
+        raise GeneratorSettingError(f"generator.output_size must be a multiple of 8 (Stable Diffusion's rule), got {size}")
+
+
+# --------------------------------------------------------------------------- #
+# Sampling one class
+# --------------------------------------------------------------------------- #
+
+
+def generate_images(
+    generator: PretrainedGenerator,
+    class_id: str,
+    seeds: Sequence[int],
+    settings: SamplingSettings,
+    image_shape: Sequence[int],
+    *,
+    class_index: int | None = None,
+    prompts: Sequence[str] | None = None,
+    conditioning: Sequence[np.ndarray] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """One uint8 image per seed, shaped ``[len(seeds), *image_shape]`` (``image_shape`` = (H, W, C), C = 1 or 3).
+
+    Per-image inputs, by kind: ``dit`` needs ``class_index`` (see :func:`dit_class_indices`); ``text2img``
+    ``prompts``; ``img2img`` ``prompts`` and ``conditioning`` (uint8 ``[h, w, c]`` real images, any size);
+    ``image_variation`` ``conditioning``. ``progress(done, total)`` is called once per batch.
+    Raises :class:`NonFiniteImagesError` naming the class and settings when the model yields NaN/Inf.
+    """
+    validate_settings(generator, settings)
+    n = len(seeds)
+    height, width, channels = (int(v) for v in image_shape)
+    if channels not in (1, 3):
+        raise GeneratorSettingError(f"image_shape must end in 1 or 3 channels, got {tuple(image_shape)}")
+    needs = {
+        "dit": ("class_index",),
+        "text2img": ("prompts",),
+        "img2img": ("prompts", "conditioning"),
+        "image_variation": ("conditioning",),
+    }
+    given = {"class_index": class_index, "prompts": prompts, "conditioning": conditioning}
+    for name in needs[generator.kind]:
+        value = given[name]
+        if value is None or (name != "class_index" and len(value) != n):
+            raise GeneratorSettingError(f"class {class_id!r}: a {generator.kind} generator needs {name} for each of the {n} seeds")
+    if generator.kind == "dit" and not 0 <= int(class_index) < dit_num_labels(generator):
+        raise GeneratorSettingError(f"class {class_id!r}: DiT class index {class_index} is outside 0..{dit_num_labels(generator) - 1}")
+
+    def check(tensor: torch.Tensor, where: str) -> None:
+        if not torch.isfinite(tensor).all():
+            raise NonFiniteImagesError(
+                f"class {class_id!r}: generator.model {generator.model!r} produced non-finite values {where} "
+                f"(generator.dtype={generator.dtype}, generator.sampler={settings.sampler}, generator.sample_steps={settings.steps}); "
+                "float16 overflows in some VAEs: try generator.dtype=bfloat16 or float32, otherwise the weights are broken"
+            )
+
+    out = np.empty((n, height, width, channels), dtype=np.uint8)
+    for begin in range(0, n, settings.batch_size):
+        end = min(n, begin + settings.batch_size)
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds[begin:end]]
+        scheduler = make_pretrained_scheduler(settings.sampler, generator.scheduler_config)
+        if generator.kind == "dit":
+            pixels = _sample_dit(generator, int(class_index), gens, scheduler, settings, check)
+        else:
+            batch_prompts = list(prompts[begin:end]) if prompts is not None else None
+            batch_images = list(conditioning[begin:end]) if conditioning is not None else None
+            pixels = _sample_stable_diffusion(generator, gens, scheduler, settings, check, batch_prompts, batch_images)
+        check(pixels, "in the decoded images")
+        out[begin:end] = to_profile_images(pixels, (height, width), channels)
+        if progress is not None:
+            progress(end, n)
+    return out
+
+
+@torch.no_grad()
+def _sample_dit(
+    generator: PretrainedGenerator,
+    class_index: int,
+    gens: list[torch.Generator],
+    scheduler,
+    settings: SamplingSettings,
+    check: Callable[[torch.Tensor, str], None],
+) -> torch.Tensor:
+    """DiTPipeline's loop, with two changes: each image's noise (ancestral steps too) comes from its own
+    generator, and the null class is the model's ``num_embeds_ada_norm`` rather than a fixed 1000."""
+    pipeline = generator.pipeline
+    transformer, vae = pipeline.transformer, pipeline.vae
+    config = transformer.config
+    device, dtype = torch.device(generator.device), TORCH_DTYPES[generator.dtype]
+    shape = (config.in_channels, config.sample_size, config.sample_size)
+    x = torch.cat([torch.randn((1, *shape), generator=g) for g in gens]).to(device=device, dtype=dtype)
+    scheduler.set_timesteps(settings.steps, device=device)
+    x = x * scheduler.init_noise_sigma
+    guided = settings.guidance_scale > 1.0
+    labels = torch.full((len(gens),), class_index, dtype=torch.long, device=device)
+    if guided:  # classifier-free guidance: one forward on [x, x] with [class, null]
+        labels = torch.cat([labels, torch.full_like(labels, config.num_embeds_ada_norm)])
+    for step, t in enumerate(scheduler.timesteps):
+        inp = scheduler.scale_model_input(x, t)
+        inp = torch.cat([inp, inp]) if guided else inp
+        timesteps = t.reshape(1).to(device).expand(len(inp))
+        output = transformer(inp, timestep=timesteps, class_labels=labels).sample
+        eps = output[:, : config.in_channels]  # learned-sigma models also predict a variance; these samplers do not use it
+        if guided:
+            eps_cond, eps_uncond = eps.chunk(2)
+            eps = eps_uncond + settings.guidance_scale * (eps_cond - eps_uncond)
+        check(eps, f"at denoising step {step}")
+        x = scheduler.step(eps, t, x, generator=gens).prev_sample
+    images = vae.decode(x / vae.config.scaling_factor).sample
+    return images.float() / 2 + 0.5
+
+
+def _sample_stable_diffusion(
+    generator: PretrainedGenerator,
+    gens: list[torch.Generator],
+    scheduler,
+    settings: SamplingSettings,
+    check: Callable[[torch.Tensor, str], None],
+    prompts: list[str] | None,
+    conditioning: list[np.ndarray] | None,
+) -> torch.Tensor:
+    """One batch through the diffusers pipeline; per-image generators make every image independent of the batch."""
+    pipeline = generator.pipeline
+    pipeline.scheduler = scheduler
+    size = settings.output_size or generator.native_size
+    common = {"num_inference_steps": settings.steps, "guidance_scale": settings.guidance_scale, "generator": gens, "output_type": "pt"}
+
+    def on_step_end(pipe, step: int, timestep, tensors: dict) -> dict:
+        check(tensors["latents"], f"at denoising step {step}")
+        return tensors
+
+    if generator.kind == "image_variation":  # this pipeline still has the older per-step callback
+        result = pipeline(
+            image=_conditioning_pil(conditioning, size),
+            height=size,
+            width=size,
+            callback=lambda step, t, latents: check(latents, f"at denoising step {step}"),
+            **common,
+        )
+    else:
+        negative = [settings.negative_prompt] * len(prompts) if settings.negative_prompt else None
+        text = {"prompt": prompts, "negative_prompt": negative, "callback_on_step_end": on_step_end}
+        if generator.kind == "img2img":
+            result = pipeline(image=_conditioning_pil(conditioning, size), strength=settings.strength, **text, **common)
+        else:
+            result = pipeline(height=size, width=size, **text, **common)
+    return result.images.float()
+
+
+def _conditioning_pil(images: Sequence[np.ndarray], size: int) -> list[Image.Image]:
+    """Real uint8 ``[h, w, c]`` images as RGB PIL images at the generation size."""
+    out = []
+    for image in images:
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] not in (1, 3):
+            raise GeneratorSettingError(f"conditioning images must be uint8 [H, W, 1 or 3], got {getattr(image, 'shape', type(image))}")
+        rgb = np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
+        out.append(Image.fromarray(rgb).resize((size, size), Image.BICUBIC))
+    return out
+
+
+def to_profile_images(pixels: torch.Tensor, size: tuple[int, int], channels: int) -> np.ndarray:
+    """Float ``[N, 3, h, w]`` in ``[0, 1]`` -> uint8 ``[N, H, W, channels]`` (antialiased bicubic, luma for grayscale)."""
+    x = pixels.detach().float().cpu().clamp(0, 1)
+    if tuple(x.shape[-2:]) != tuple(size):
+        x = F.interpolate(x, size=tuple(size), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+    if channels == 1:
+        x = sum(w * x[:, i : i + 1] for i, w in enumerate(LUMA))
+    return (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def per_image(values: Sequence[Any], count: int) -> list[Any]:
+    """``count`` values cycling through ``values`` (prompts or conditioning images -> one per image)."""
+    if not values:
+        raise GeneratorSettingError("need at least one value to assign to images")
+    return [values[i % len(values)] for i in range(count)]

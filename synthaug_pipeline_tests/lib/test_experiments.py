@@ -1,0 +1,228 @@
+import math
+
+import numpy as np
+import pytest
+
+from synthaug_pipeline.lib.config import ExperimentsConfig, load_profile
+from synthaug_pipeline.lib.experiments import (
+    ExperimentError,
+    ExperimentSpec,
+    experiment_grid,
+    experiment_keys,
+    format_ratio,
+    parse_experiment_key,
+    plan_experiment,
+    render_experiments_markdown,
+    setup_fingerprint,
+    summarize_experiments,
+)
+
+CLASSES = ["a", "b"]
+
+
+def test_default_grid_has_readable_keys_in_a_stable_order():
+    keys = experiment_keys(ExperimentsConfig())
+    assert keys == [
+        *[f"full-r{r}-s{s}" for r in (0, 1, 3) for s in (0, 1, 2)],
+        *[f"few_shot-r{r}-s{s}" for r in (0, 1, 3) for s in (0, 1, 2)],
+        "cas-s0",
+        "cas-s1",
+        "cas-s2",
+    ]
+    assert keys == experiment_keys(ExperimentsConfig())
+
+
+def test_aux_bn_without_synthetic_images_and_repeats_collapse():
+    cfg = ExperimentsConfig(ratios=[0, 1, 1.0, 0.5], regimes=["few_shot"], seeds=[0, 0], aux_bn=[False, True], synthetic_only=False)
+    assert experiment_keys(cfg) == [
+        "few_shot-r0-s0",
+        "few_shot-r1-s0",
+        "few_shot-r1-s0-auxbn",
+        "few_shot-r0.5-s0",
+        "few_shot-r0.5-s0-auxbn",
+    ]
+    only_aux = ExperimentsConfig(ratios=[0, 2], regimes=["long_tail"], seeds=[3], aux_bn=[True], synthetic_only=True)
+    assert experiment_keys(only_aux) == ["long_tail-r0-s3", "long_tail-r2-s3-auxbn", "cas-s3"]
+
+
+@pytest.mark.parametrize("ratio, text", [(3.0, "3"), (0.0, "0"), (0.25, "0.25"), (1e-05, "0.00001"), (0.1 + 0.2, "0.30000000000000004")])
+def test_ratio_text_reads_back_as_the_same_float(ratio, text):
+    assert format_ratio(ratio) == text
+    assert parse_experiment_key(f"full-r{text}-s0").ratio == ratio
+
+
+def test_every_key_parses_back_to_its_spec():
+    cfg = ExperimentsConfig(ratios=[0, 0.5, 3], regimes=["full", "few_shot", "long_tail"], seeds=[0, 11], aux_bn=[False, True])
+    grid = experiment_grid(cfg)
+    assert len(grid) == 3 * (1 + 2 * 2) * 2 + 2
+    for spec in grid:
+        assert parse_experiment_key(spec.key) == spec
+    spec = parse_experiment_key("few_shot-r3-s0-auxbn")
+    assert (spec.regime, spec.ratio, spec.seed, spec.aux_bn, spec.group) == ("few_shot", 3.0, 0, True, "few_shot-r3-auxbn")
+    cas = parse_experiment_key("cas-s2")
+    assert cas.synthetic_only and cas.uses_synthetic and cas.group == "cas" and cas.ratio is None
+
+
+@pytest.mark.parametrize(
+    "key, message",
+    [
+        ("full-r1.0-s0", "the key of that experiment is 'full-r1-s0'"),
+        ("full-r0-s01", "the key of that experiment is 'full-r0-s1'"),
+        ("full-r0-s0-auxbn", "ratio 0 and aux BN is the plain run"),
+        ("medium-r1-s0", "unknown data regime 'medium'"),
+        ("full-r-1-s0", "not an experiment key"),
+        ("cas-s0-auxbn", "not an experiment key"),
+        ("", "not an experiment key"),
+    ],
+)
+def test_malformed_keys_are_rejected_with_the_reason(key, message):
+    with pytest.raises(ExperimentError, match=message):
+        parse_experiment_key(key)
+
+
+@pytest.mark.parametrize(
+    "cfg, message",
+    [
+        (ExperimentsConfig(seeds=[-1]), "seeds are integers >= 0"),
+        (ExperimentsConfig(ratios=[-0.5]), "ratios are finite numbers >= 0"),
+        (ExperimentsConfig(ratios=[math.nan]), "ratios are finite numbers >= 0"),
+        (ExperimentsConfig(regimes=[], synthetic_only=False), "grid is empty"),
+        (ExperimentsConfig(seeds=[]), "grid is empty"),
+    ],
+)
+def test_invalid_grids_fail_before_anything_runs(cfg, message):
+    with pytest.raises(ExperimentError, match=message):
+        experiment_grid(cfg)
+
+
+def _labels(*counts: int) -> np.ndarray:
+    return np.repeat(np.arange(len(counts)), counts)
+
+
+def test_few_shot_plan_keeps_k_real_and_ratio_times_k_synthetic_per_class():
+    cfg = ExperimentsConfig(few_shot_k=3)
+    real, synthetic = _labels(8, 5), _labels(20, 9)
+    plan = plan_experiment(parse_experiment_key("few_shot-r2.5-s0"), cfg, real, synthetic, CLASSES)
+    assert np.bincount(real[plan.real_indices]).tolist() == [3, 3]
+    assert np.bincount(synthetic[plan.synthetic_indices]).tolist() == [8, 8]  # ceil(2.5 * 3)
+    assert plan.real_per_class == {"a": 3, "b": 3} and plan.synthetic_per_class == {"a": 8, "b": 8}
+    assert np.all(np.diff(plan.synthetic_indices) > 0)
+    smaller = plan_experiment(parse_experiment_key("few_shot-r1-s0"), cfg, real, synthetic, CLASSES)
+    assert set(smaller.synthetic_indices) < set(plan.synthetic_indices)  # one seed: nested across ratios
+    assert np.array_equal(smaller.real_indices, plan.real_indices)  # and the same real images
+    other_seed = plan_experiment(parse_experiment_key("few_shot-r2.5-s1"), cfg, real, synthetic, CLASSES)
+    assert not np.array_equal(other_seed.synthetic_indices, plan.synthetic_indices)
+
+
+def test_full_and_long_tail_plans_size_the_synthetic_pool_per_class():
+    cfg = ExperimentsConfig(long_tail_imbalance=4.0)
+    real, synthetic = _labels(8, 6), _labels(16, 16)
+    full = plan_experiment(parse_experiment_key("full-r2-s0"), cfg, real, synthetic, CLASSES)
+    assert len(full.real_indices) == 14 and full.synthetic_per_class == {"a": 16, "b": 12}
+    tail = plan_experiment(parse_experiment_key("long_tail-r1-s0"), cfg, real, synthetic, CLASSES)
+    assert tail.real_per_class == {"a": 6, "b": 1} and tail.synthetic_per_class == {"a": 6, "b": 1}
+    real_only = plan_experiment(parse_experiment_key("full-r0-s0"), cfg, real, np.zeros(0, np.int64), CLASSES)
+    assert len(real_only.synthetic_indices) == 0 and real_only.synthetic_per_class == {"a": 0, "b": 0}
+
+
+@pytest.mark.parametrize(
+    "key, real, synthetic, message",
+    [
+        ("few_shot-r0-s0", (8, 2), (0, 0), "few_shot keeps 3 real images per class .* class 'b' has only 2"),
+        ("full-r0-s0", (8, 0), (0, 0), "class 'b' has no real training images"),
+        ("long_tail-r1-s0", (0, 4), (4, 4), "class 'a' has no real training images"),
+        ("few_shot-r3-s0", (8, 8), (9, 8), r"needs 9 synthetic images of class 'b' \(3 x 3 real\) but its shard holds only 8"),
+        ("full-r0.5-s0", (8, 7), (4, 3), "needs 4 synthetic images of class 'b'"),
+        ("cas-s0", (8, 8), (3, 0), "class 'b' has no accepted synthetic images"),
+    ],
+)
+def test_plans_that_cannot_run_name_the_class(key, real, synthetic, message):
+    with pytest.raises(ExperimentError, match=f"experiment {key}: .*{message}"):
+        plan_experiment(parse_experiment_key(key), ExperimentsConfig(few_shot_k=3), _labels(*real), _labels(*synthetic), CLASSES)
+
+
+def test_cas_plan_uses_every_accepted_synthetic_image_and_no_real_one():
+    plan = plan_experiment(parse_experiment_key("cas-s1"), ExperimentsConfig(), _labels(5, 5), _labels(3, 4), CLASSES)
+    assert plan.synthetic_indices.tolist() == list(range(7)) and len(plan.real_indices) == 0
+    assert plan.synthetic_per_class == {"a": 3, "b": 4}
+
+
+def test_fingerprint_tracks_what_the_key_does_not_say():
+    profile = load_profile("digits", [])
+    few, cas, full = (parse_experiment_key(k) for k in ("few_shot-r0-s0", "cas-s0", "full-r1-s2"))
+    base = {spec: setup_fingerprint(spec, profile, ["aa", "bb"]) for spec in (few, cas, full)}
+    assert setup_fingerprint(few, profile, ["other"]) == base[few]  # a real-only run does not read shards
+    assert setup_fingerprint(cas, profile, ["bb", "cc"]) != base[cas]
+    assert setup_fingerprint(full, profile, ["bb", "aa"]) == base[full]  # shard order does not matter
+    assert setup_fingerprint(parse_experiment_key("full-r1-s0"), profile, ["aa", "bb"]) == base[full]  # nor the seed
+    reseeded = load_profile("digits", ["classifier.seed=5", "experiments.few_shot_k=4"])
+    assert setup_fingerprint(full, reseeded, ["aa", "bb"]) == base[full]
+    assert setup_fingerprint(few, reseeded, ["aa", "bb"]) != base[few]
+    for changed in (["classifier.steps=501"], ["evaluation.severities=[1]"], ["evaluation.shift_folders={sketch: /data/sketch}"]):
+        profile_changed = load_profile("digits", changed)
+        assert all(setup_fingerprint(spec, profile_changed, ["aa", "bb"]) != base[spec] for spec in base), changed
+
+
+def _result(key: str, top1: float, shifted: float, fingerprint: str = "now") -> dict:
+    spec = parse_experiment_key(key)
+    return {
+        "spec": spec.as_dict(),
+        "metrics": {"top1": top1, "shifted_mean_top1": shifted, "shift_drop": top1 - shifted},
+        "per_class": {"a": top1 + 0.05, "b": top1 - 0.05},
+        "shift_sets": {"sketch.v1": top1 - 0.2},  # a dotted name must not be read as a path into the result
+        "real_images": 6,
+        "synthetic_images": 6 if spec.ratio else 0,
+        "fingerprint": fingerprint,
+    }
+
+
+def test_summary_averages_over_seeds_and_lists_missing_and_stale_runs():
+    grid = experiment_keys(ExperimentsConfig(ratios=[0, 1], regimes=["few_shot"], seeds=[0, 1, 2], synthetic_only=True))
+    results = {
+        "few_shot-r0-s0": _result("few_shot-r0-s0", 0.60, 0.40),
+        "few_shot-r0-s1": _result("few_shot-r0-s1", 0.70, 0.50),
+        "few_shot-r1-s0": _result("few_shot-r1-s0", 0.70, 0.45),
+        "few_shot-r1-s1": _result("few_shot-r1-s1", 0.74, 0.55),
+        "few_shot-r1-s2": _result("few_shot-r1-s2", 0.99, 0.99, fingerprint="before"),
+        "cas-s1": _result("cas-s1", 0.30, 0.20),
+    }
+    summary = summarize_experiments(results, grid, dict.fromkeys(grid, "now"))
+    assert summary["missing"] == ["few_shot-r0-s2", "cas-s0", "cas-s2"]
+    assert summary["stale"] == ["few_shot-r1-s2"]
+    assert summary["materialized"] == ["few_shot-r0-s0", "few_shot-r0-s1", "few_shot-r1-s0", "few_shot-r1-s1", "cas-s1"]
+    groups = {g["group"]: g for g in summary["groups"]}
+    assert list(groups) == ["few_shot-r0", "few_shot-r1", "cas"]
+    mixed = groups["few_shot-r1"]
+    assert mixed["seeds"] == [0, 1] and mixed["n"] == 2 and mixed["ratio"] == 1.0 and mixed["regime"] == "few_shot"
+    assert mixed["metrics"]["top1"]["mean"] == pytest.approx(0.72)
+    assert mixed["metrics"]["top1"]["std"] == pytest.approx(math.sqrt(2) * 0.02)
+    assert mixed["per_class"]["a"]["mean"] == pytest.approx(0.77)
+    assert mixed["shift_sets"]["sketch.v1"]["mean"] == pytest.approx(0.52) and mixed["shift_sets"]["sketch.v1"]["n"] == 2
+    gain = mixed["vs_real_only"]
+    assert gain["baseline"] == "few_shot-r0" and gain["paired_seeds"] == 2
+    assert gain["top1"]["mean"] == pytest.approx(0.07) and gain["top1"]["std"] == pytest.approx(math.sqrt(2) * 0.03)
+    assert groups["few_shot-r0"]["vs_real_only"] is None and groups["cas"]["vs_real_only"] is None
+    assert groups["cas"]["n"] == 1
+
+    markdown = render_experiments_markdown(summary)
+    assert "| few_shot-r1 | 2 | 72.0 ± 2.8 | 50.0 ± 7.1 | +7.0 ± 4.2 | +5.0 ± 0.0 | 6 | 6 |" in markdown
+    assert "| cas | 1 | 30.0 | 20.0 | — | — | 6 | 0 |" in markdown  # one seed: no spread to show
+    assert "5 of 9 experiments summarized" in markdown
+    assert "Missing (not materialized, or failed): few_shot-r0-s2, cas-s0, cas-s2." in markdown
+    assert "Stale (trained under another setup or on other shards; re-materialize): few_shot-r1-s2." in markdown
+
+
+def test_summary_with_nothing_materialized_reports_everything_missing():
+    grid = ["full-r0-s0", "cas-s0"]
+    summary = summarize_experiments({}, grid, {})
+    assert summary["groups"] == [] and summary["missing"] == grid
+    assert "0 of 2 experiments summarized" in render_experiments_markdown(summary)
+    with pytest.raises(ExperimentError, match="outside the grid: full-r1-s0"):
+        summarize_experiments({"full-r1-s0": _result("full-r1-s0", 0.5, 0.5)}, grid, {})
+
+
+def test_spec_rejects_combinations_that_mean_nothing():
+    with pytest.raises(ExperimentError, match="no ratio and no aux BN"):
+        ExperimentSpec(seed=0, ratio=1.0)
+    with pytest.raises(ExperimentError, match="seeds are integers >= 0"):
+        ExperimentSpec(seed=True, regime="full", ratio=0.0)
