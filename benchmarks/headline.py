@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -52,6 +53,7 @@ from synthaug_pipeline.lib.classifier import (
     load_classifier,
     predict,
     save_classifier,
+    synthetic_images_needed,
     train_classifier,
     train_classifier_synthetic_only,
 )
@@ -215,6 +217,29 @@ def per_class_pool(
 REAL_FEATURES_PER_CLASS = 1000  # real images per class that filtering compares against (KID/PRDC cost grows with it)
 
 
+def run_settings_key(args: argparse.Namespace) -> str:
+    """A short hash of every setting that changes a classifier run's result (its cache folder's name)."""
+    keys = (
+        "generator_steps", "per_class", "control_generator_steps", "control_per_class", "judge_steps", "classifier_steps",
+        "few_shot_k", "few_shot_pool", "few_shot_ratio", "scaling_k", "shift_per_class", "corruptions", "severities",
+        "min_confidence", "no_label_match",
+    )
+    blob = json.dumps({key: getattr(args, key) for key in keys}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def paired_gains(runs: dict[str, list[dict[str, Any]]], baseline: str, metric: str) -> dict[str, dict[str, float]]:
+    """Per-seed differences (points) of each run against ``baseline`` at the same seed, summarised."""
+    reference = {r["seed"]: r[metric] for r in runs[baseline]}
+    gains = {}
+    for name, results in runs.items():
+        if name == baseline or not all(r["seed"] in reference for r in results):
+            continue
+        diffs = [100.0 * (r[metric] - reference[r["seed"]]) for r in results]
+        gains[name] = {"mean": float(np.mean(diffs)), "std": float(np.std(diffs, ddof=1)) if len(diffs) > 1 else 0.0, "n": len(diffs)}
+    return gains
+
+
 def run_classifier(
     name: str,
     args: argparse.Namespace,
@@ -227,7 +252,7 @@ def run_classifier(
     test_shift: tuple[np.ndarray, np.ndarray],
     class_ids: list[str],
 ) -> dict[str, Any]:
-    path = cache.path("runs") / f"{name}-s{seed}.json"
+    path = cache.path(f"runs_{run_settings_key(args)}") / f"{name}-s{seed}.json"
     if path.exists():
         return json.loads(path.read_text())
     path.parent.mkdir(exist_ok=True)
@@ -236,6 +261,13 @@ def run_classifier(
     if real is None:
         trained = train_classifier_synthetic_only(synthetic[0], synthetic[1], len(class_ids), cfg)
     else:
+        # A pool that cannot supply ceil(ratio x real) distinct images for some class (a class the
+        # filter rejected most of) is oversampled rather than dropped; the run records that it was.
+        reuse = bool(synthetic) and ratio > 0 and bool(
+            (synthetic_images_needed(np.bincount(real[1], minlength=len(class_ids)), ratio) > np.bincount(synthetic[1], minlength=len(class_ids))).any()
+        )
+        if reuse:
+            log(f"run {name}: the synthetic pool is short of {ratio:g} x real for some class; oversampling it")
         trained = train_classifier(
             real[0],
             real[1],
@@ -244,6 +276,7 @@ def run_classifier(
             synthetic_images=synthetic[0] if synthetic else None,
             synthetic_labels=synthetic[1] if synthetic else None,
             synthetic_ratio=ratio,
+            allow_synthetic_reuse=reuse,
         )
     train_seconds = time.perf_counter() - start
     full = evaluate(trained.model, test_full[0], test_full[1], class_ids)
@@ -254,6 +287,7 @@ def run_classifier(
         "num_real": trained.num_real,
         "num_synthetic": trained.num_synthetic,
         "ratio": ratio,
+        "synthetic_reuse": bool(trained.config.get("synthetic_reuse", False)),
         "top1": full["top1"],
         "per_class": full["per_class"],
         "shift_subset_top1": shift["in_domain"]["top1"],
@@ -275,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--few-shot-k", type=int, default=10)
     parser.add_argument("--scaling-k", type=int, default=50)
     parser.add_argument("--per-class", type=int, default=400, help="images generated per class by the full-data generator")
-    parser.add_argument("--control-per-class", type=int, default=100, help="images generated per class by the few-shot generator")
+    parser.add_argument("--control-per-class", type=int, default=250, help="images generated per class by the few-shot generator")
+    parser.add_argument("--few-shot-pool", type=int, default=150, help="synthetic images per class in every few-shot arm's pool")
     parser.add_argument("--generator-steps", type=int, default=1000)
     parser.add_argument("--control-generator-steps", type=int, default=400)
     parser.add_argument("--judge-steps", type=int, default=1500)
@@ -305,10 +340,10 @@ def main(argv: list[str] | None = None) -> int:
     log(f"Fashion-MNIST: {len(train[1])} train, {len(test[1])} test ({len(shift_rows)} in the corruption suite); {machine()}")
 
     # 1-3: judge, full-data generator, its samples, filtered by the pipeline's policy.
-    judge = train_judge(*train, num_classes, args, cache, "judge_full")
+    judge = train_judge(*train, num_classes, args, cache, f"judge_full_{args.judge_steps}")
     judge_top1 = evaluate(judge, *test, class_ids)["top1"]
-    generator = get_generator(*train, num_classes, args.generator_steps, cache, "generator_full")
-    samples = get_samples(generator, class_ids, args.per_class, cache, "samples_full")
+    generator = get_generator(*train, num_classes, args.generator_steps, cache, f"generator_full_{args.generator_steps}")
+    samples = get_samples(generator, class_ids, args.per_class, cache, f"samples_full_{args.generator_steps}_{args.per_class}")
     start = time.perf_counter()
     accepted, full_summary = filter_samples(judge, *samples, train, test, num_classes, args.min_confidence, not args.no_label_match)
     cache.record("filter_full", time.perf_counter() - start)
@@ -318,12 +353,22 @@ def main(argv: list[str] | None = None) -> int:
     # 4: the honest control -- generator and judge see only the few-shot images.
     few_rows = select_regime(train[1], "few_shot", k=args.few_shot_k, seed=0)
     few = (train[0][few_rows], train[1][few_rows])
-    judge_few = train_judge(*few, num_classes, args, cache, "judge_few_shot")
-    generator_few = get_generator(*few, num_classes, args.control_generator_steps, cache, "generator_few_shot")
-    control_samples = get_samples(generator_few, class_ids, args.control_per_class, cache, "samples_few_shot")
+    judge_few = train_judge(*few, num_classes, args, cache, f"judge_few_shot_k{args.few_shot_k}_{args.judge_steps}")
+    generator_few = get_generator(
+        *few, num_classes, args.control_generator_steps, cache, f"generator_few_shot_k{args.few_shot_k}_{args.control_generator_steps}"
+    )
+    control_samples = get_samples(
+        generator_few,
+        class_ids,
+        args.control_per_class,
+        cache,
+        f"samples_few_shot_k{args.few_shot_k}_{args.control_generator_steps}_{args.control_per_class}",
+    )
+    start = time.perf_counter()
     control_accepted, control_summary = filter_samples(
         judge_few, *control_samples, few, test, num_classes, args.min_confidence, not args.no_label_match
     )
+    cache.record("filter_control", time.perf_counter() - start)
     control = (control_samples[0][control_accepted], control_samples[1][control_accepted])
     log(f"control generator: {control_accepted.sum()}/{len(control_accepted)} accepted")
 
@@ -334,14 +379,18 @@ def main(argv: list[str] | None = None) -> int:
     def run(name: str, real, synthetic, ratio: float) -> None:
         runs[name] = [run_classifier(name, seed=seed, real=real, synthetic=synthetic, ratio=ratio, **common) for seed in args.seeds]
 
-    k = args.few_shot_k
+    # Every few-shot arm draws from a pool of the same size per class (the first --few-shot-pool images
+    # in seed order), so filtered vs unfiltered vs control differ in which images, not how many.
+    k, pool_size = args.few_shot_k, args.few_shot_pool
+    shortfalls: dict[str, dict[str, int]] = {}
+    arms = {"synthetic_filtered": filtered, "synthetic_unfiltered": samples, "control_generator": control}
     run(f"few_shot_k{k}_real_only", few, None, 0.0)
-    run(f"few_shot_k{k}_synthetic_filtered", few, filtered, args.few_shot_ratio)
-    run(f"few_shot_k{k}_synthetic_unfiltered", few, samples, args.few_shot_ratio)
-    run(f"few_shot_k{k}_control_generator", few, control, args.few_shot_ratio)
+    for arm, pool in arms.items():
+        images, labels, short = per_class_pool(*pool, pool_size, num_classes)
+        shortfalls[f"few_shot_k{k}_{arm}"] = short
+        run(f"few_shot_k{k}_{arm}", few, (images, labels), args.few_shot_ratio)
 
     ks = args.scaling_k
-    shortfalls: dict[str, dict[str, int]] = {}
     scaling_rows = select_regime(train[1], "few_shot", k=ks, seed=0)
     scaling_real = (train[0][scaling_rows], train[1][scaling_rows])
     for ratio in SCALING_RATIOS:
@@ -370,6 +419,19 @@ def main(argv: list[str] | None = None) -> int:
         },
         "pool_shortfall_per_class": shortfalls,
         "summary": summary,
+        "paired_gain_points": {
+            "few_shot_vs_real_only": {
+                metric: paired_gains({n: r for n, r in runs.items() if n.startswith("few_shot")}, f"few_shot_k{k}_real_only", metric)
+                for metric in ("top1", "shifted_mean_top1", "shift_drop")
+            },
+            "scaling_vs_ratio0": {
+                metric: paired_gains({n: r for n, r in runs.items() if n.startswith("scaling")}, f"scaling_k{ks}_ratio0", metric)
+                for metric in ("top1", "shifted_mean_top1", "shift_drop")
+            },
+            "cas_vs_real_only_same_size": {
+                "top1": paired_gains({n: r for n, r in runs.items() if n.startswith("cas") or n == f"scaling_k{ks}_ratio0"}, f"scaling_k{ks}_ratio0", "top1")
+            },
+        },
         "runs": runs,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -383,16 +445,23 @@ def markdown(record: dict[str, Any]) -> str:
         f"Command: `{record['command']}`  ",
         f"Machine: {record['machine']}",
         "",
-        "| run | real images | synthetic pool | top-1 (%) | corrupted top-1 (%) | drop under shift (pts) |",
-        "|---|---|---|---|---|---|",
+        "| run | real images | synthetic pool | top-1 (%) | corrupted top-1 (%) | drop under shift (pts) | train s/run |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, results in record["runs"].items():
         s = record["summary"][name]
         lines.append(
             f"| {name} | {results[0]['num_real']} | {results[0]['num_synthetic']} | {format_pm(s['top1']['mean'], s['top1']['std'])} | "
             f"{format_pm(s['shifted_mean_top1']['mean'], s['shifted_mean_top1']['std'])} | "
-            f"{format_pm(s['shift_drop']['mean'], s['shift_drop']['std'])} |"
+            f"{format_pm(s['shift_drop']['mean'], s['shift_drop']['std'])} | {s['train_seconds']['mean']:.0f} |"
         )
+    lines += ["", "| paired with the same seed | vs | top-1 gain (pts) | corrupted top-1 gain (pts) | drop under shift change (pts) |", "|---|---|---|---|---|"]
+    for group, metrics in record["paired_gain_points"].items():
+        for name, gain in metrics["top1"].items():
+            shifted = metrics.get("shifted_mean_top1", {}).get(name)
+            drop = metrics.get("shift_drop", {}).get(name)
+            cells = [f"{g['mean']:+.1f} ± {g['std']:.1f}" if g else "" for g in (gain, shifted, drop)]
+            lines.append(f"| {name} | {group.split('_vs_')[1]} | " + " | ".join(cells) + " |")
     lines += ["", "Stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in record["stage_seconds"].items())]
     return "\n".join(lines)
 

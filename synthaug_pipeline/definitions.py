@@ -15,6 +15,7 @@ from synthaug_pipeline.defs.data.assets import build_data_assets
 from synthaug_pipeline.defs.evaluation.assets import build_evaluation_assets
 from synthaug_pipeline.defs.experiments.assets import build_experiment_assets, experiments_job
 from synthaug_pipeline.defs.generation.assets import build_generation_assets
+from synthaug_pipeline.defs.generation.schedules import build_regeneration_schedule
 from synthaug_pipeline.defs.partitions import class_partitions
 from synthaug_pipeline.defs.prompts.assets import build_prompt_assets
 from synthaug_pipeline.defs.resources import SynthaugSettings
@@ -27,7 +28,8 @@ from synthaug_pipeline.lib.datasets import dataset_class_ids
 def build_definitions(profile_name: str | None = None, overrides: list[str] | None = None) -> dg.Definitions:
     """Definitions for one profile: partitions are the profile's class ids."""
     profile = load_profile(profile_name, overrides)
-    partitions = class_partitions(dataset_class_ids(profile.data))
+    class_ids = dataset_class_ids(profile.data)
+    partitions = class_partitions(class_ids)
     assets = [
         *build_data_assets(partitions),
         *build_prompt_assets(partitions),
@@ -44,7 +46,12 @@ def build_definitions(profile_name: str | None = None, overrides: list[str] | No
         description="The per-class assets of one class (pick a partition).",
     )
     settings = SynthaugSettings(profile=profile_name or os.environ.get(PROFILE_ENV_VAR) or DEFAULT_PROFILE, overrides=list(overrides or []))
-    return dg.Definitions(assets=assets, jobs=[per_class, experiments_job], resources={"settings": settings})
+    return dg.Definitions(
+        assets=assets,
+        jobs=[per_class, experiments_job],
+        schedules=[build_regeneration_schedule(profile, class_ids)],
+        resources={"settings": settings},
+    )
 
 
 def _load_default() -> dg.Definitions:

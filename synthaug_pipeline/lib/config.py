@@ -180,6 +180,22 @@ class EvaluationConfig(_Section):
         return value
 
 
+class RegenerationConfig(_Section):
+    cron: str = Field("0 3 * * *", description="When the regenerate_worst_classes schedule runs (it starts stopped; turn it on in the UI).")
+    classes_per_run: int = Field(2, ge=1, description="How many of the worst classes one scheduled evaluation regenerates.")
+    metric: Literal["kid_mean", "fid", "label_match_rate", "mean_judge_confidence"] = Field(
+        "kid_mean", description="Per-class quality metric from synthetic_scores that ranks classes (KID: unbiased at small N)."
+    )
+    max_rounds: int = Field(5, ge=1, description="A class is regenerated at most this many times; then it needs a better generator.")
+
+    @field_validator("cron")
+    @classmethod
+    def _five_cron_fields(cls, value: str) -> str:
+        if len(value.split()) != 5:
+            raise ValueError("cron needs five fields (minute hour day month weekday), e.g. '0 3 * * *'")
+        return value
+
+
 class OutputConfig(_Section):
     url: str = Field("synthaug_output/{profile}", description="fsspec URL or local path for shards, models and reports.")
     image_format: Literal["png", "webp"] = "png"
@@ -198,6 +214,7 @@ class Profile(_Section):
     filter: FilterConfig = Field(default_factory=FilterConfig)
     experiments: ExperimentsConfig = Field(default_factory=ExperimentsConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    regeneration: RegenerationConfig = Field(default_factory=RegenerationConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @property

@@ -258,9 +258,16 @@ def make_scheduler(name: str, num_train_timesteps: int, beta_schedule: str):
     raise ValueError(f"unknown sampler {name!r}: choose one of {', '.join(SAMPLERS)}")
 
 
-def image_seed(class_id: str, index: int, generator_version: str) -> int:
-    """A 63-bit seed for image ``index`` of ``class_id``, stable across processes and machines."""
-    digest = hashlib.sha256(f"{class_id}\x00{index}\x00{generator_version}".encode()).digest()
+def image_seed(class_id: str, index: int, generator_version: str, regeneration_round: int = 0) -> int:
+    """A 63-bit seed for image ``index`` of ``class_id``, stable across processes and machines.
+
+    ``regeneration_round`` > 0 draws a fresh, equally reproducible set of seeds for a class that is
+    regenerated with the same generator (round 0 is the first draw; its seeds never change).
+    """
+    if regeneration_round < 0:
+        raise ValueError(f"regeneration_round must be >= 0, got {regeneration_round}")
+    key = f"{class_id}\x00{index}\x00{generator_version}" + (f"\x00round{regeneration_round}" if regeneration_round else "")
+    digest = hashlib.sha256(key.encode()).digest()
     return int.from_bytes(digest[:8], "big") & (2**63 - 1)
 
 

@@ -136,3 +136,50 @@ def test_refiltering_rewrites_shards_without_regenerating(pipeline_run):
     confidence = np.asarray(after.column("judge_confidence"))
     assert np.array_equal(np.asarray(after.column("accepted")), confidence >= 0.6)
     assert len(instance.fetch_materializations(dg.AssetKey("synthetic_images"), limit=100).records) == generated
+
+
+# Last in the module: it replaces the worst class's shard with a new seed round.
+def test_scheduled_regeneration_resamples_only_the_worst_class(pipeline_run):
+    from synthaug_pipeline.defs.generation.schedules import REGENERATED_ASSETS, latest_class_qualities
+
+    output, _, _, _, instance = pipeline_run
+    overrides = tiny_overrides(output) + ["regeneration.classes_per_run=1", "regeneration.metric=mean_judge_confidence"]
+    defs = build_definitions("digits", overrides)
+    schedule = next(s for s in defs.schedules if s.name == "regenerate_worst_classes")
+    assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
+    confidence = {q.class_id: q.metric_value for q in latest_class_qualities(instance, ["0", "1"], "mean_judge_confidence")[0]}
+    worst, other = sorted(confidence, key=lambda c: (confidence[c], c))
+
+    with dg.build_schedule_context(instance=instance) as context:
+        requests = schedule(context)
+    assert [r.partition_key for r in requests] == [worst]
+    assert requests[0].run_config == {"ops": {"synthetic_images": {"config": {"regeneration_round": 1}}}}
+
+    seeds_before = {c: read_shards(list_class_shards(f"{output}/synthetic_shards", c), accepted_only=False).column("seed").to_pylist() for c in "01"}
+    result = dg.materialize(
+        list(defs.assets),
+        selection=list(REGENERATED_ASSETS),
+        partition_key=worst,
+        run_config=requests[0].run_config,
+        instance=instance,
+        resources=dict(defs.resources),
+        tags=requests[0].tags,
+    )
+    assert result.success
+    shards = list_class_shards(f"{output}/synthetic_shards", worst)
+    assert len(shards) == 1
+    seeds_after = read_shards(shards, accepted_only=False).column("seed").to_pylist()
+    assert len(seeds_after) == len(seeds_before[worst]) and set(seeds_after).isdisjoint(seeds_before[worst])
+    untouched = read_shards(list_class_shards(f"{output}/synthetic_shards", other), accepted_only=False).column("seed").to_pylist()
+    assert untouched == seeds_before[other]
+    rounds = {q.class_id: q.regeneration_round for q in latest_class_qualities(instance, ["0", "1"], "mean_judge_confidence")[0]}
+    assert rounds == {worst: 1, other: 0}
+
+
+def test_regeneration_schedule_skips_when_nothing_was_scored(tmp_path):
+    defs = build_definitions("digits", tiny_overrides(str(tmp_path)))
+    schedule = next(s for s in defs.schedules if s.name == "regenerate_worst_classes")
+    with dg.instance_for_test() as instance, dg.build_schedule_context(instance=instance) as context:
+        result = schedule(context)
+    assert isinstance(result, dg.SkipReason)
+    assert "2 classes never scored" in result.skip_message

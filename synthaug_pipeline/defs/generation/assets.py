@@ -9,6 +9,7 @@ import time
 
 import dagster as dg
 import numpy as np
+from pydantic import Field
 
 from synthaug_pipeline.defs.data.assets import stack_real
 from synthaug_pipeline.defs.resources import SynthaugSettings, cached_generator, default_device, log_progress, model_url
@@ -129,6 +130,17 @@ def sample_pretrained(
     }
 
 
+class SamplingRunConfig(dg.Config):
+    """Launchpad settings of ``synthetic_images`` (the profile holds everything else)."""
+
+    regeneration_round: int = Field(
+        0,
+        ge=0,
+        description="0: the class's first seeds. r > 0: a fresh, reproducible seed set for regenerating the class "
+        "with the same generator (the regenerate_worst_classes schedule sets it).",
+    )
+
+
 def build_generation_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
     @dg.asset(group_name="generation", pool="gpu", kinds={"pytorch", "diffusers"})
     def generator(context: dg.AssetExecutionContext, settings: SynthaugSettings, class_catalog: dict, real_images: dict[str, dict]) -> dict:
@@ -142,6 +154,7 @@ def build_generation_assets(partitions: dg.PartitionsDefinition) -> list[dg.Asse
     @dg.asset(partitions_def=partitions, group_name="generation", pool="gpu", kinds={"pytorch", "diffusers"})
     def synthetic_images(
         context: dg.AssetExecutionContext,
+        config: SamplingRunConfig,
         settings: SynthaugSettings,
         class_catalog: dict,
         generator: dict,
@@ -153,7 +166,8 @@ def build_generation_assets(partitions: dg.PartitionsDefinition) -> list[dg.Asse
         cfg = settings.load().generator
         class_id = context.partition_key
         class_index = class_catalog["class_ids"].index(class_id)
-        seeds = [image_seed(class_id, i, generator["version"]) for i in range(cfg.images_per_class)]
+        round_ = config.regeneration_round
+        seeds = [image_seed(class_id, i, generator["version"], round_) for i in range(cfg.images_per_class)]
         started = time.perf_counter()
         if generator["backend"] == "ddpm":
             images = sample_images(
@@ -181,6 +195,7 @@ def build_generation_assets(partitions: dg.PartitionsDefinition) -> list[dg.Asse
                 "seconds": round(seconds, 2),
                 "images_per_second": round(len(images) / max(seconds, 1e-9), 1),
                 "sampler": f"{cfg.sampler} {cfg.sample_steps} steps, guidance {cfg.guidance_scale}",
+                "regeneration_round": round_,
                 **({"first_prompt": provenance["prompts"][0]} if provenance["prompts"] else {}),
                 "preview": dg.MetadataValue.md(grid_markdown(images, f"synthetic {class_id}")),
             }
@@ -195,6 +210,7 @@ def build_generation_assets(partitions: dg.PartitionsDefinition) -> list[dg.Asse
             "sampler": cfg.sampler,
             "steps": cfg.sample_steps,
             "guidance_scale": cfg.guidance_scale,
+            "regeneration_round": round_,
         }
 
     return [generator, synthetic_images]

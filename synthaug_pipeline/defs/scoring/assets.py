@@ -272,6 +272,8 @@ def build_scoring_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsD
             for warning in summary["warnings"]:
                 context.log.warning(f"class {class_id}: {warning}")
         metadata = {k: v for k, v in summary.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+        # read back by the regenerate_worst_classes schedule
+        metadata["regeneration_round"] = int(synthetic_images.get("regeneration_round", 0))
         metadata["metrics"] = dg.MetadataValue.md(metrics_markdown(summary))
         if scores is not None:
             metadata["judge_confidence_histogram"] = dg.MetadataValue.md(histogram_markdown(scores.judge_confidence, "judge confidence"))

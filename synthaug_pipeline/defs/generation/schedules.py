@@ -1,0 +1,80 @@
+"""Scheduled regeneration: re-sample, re-score and re-filter the classes whose images scored worst.
+
+``regenerate_worst_classes`` (stopped by default; turn it on in the UI) reads the last
+``synthetic_scores`` materialization of every class, ranks classes with
+:func:`~synthaug_pipeline.lib.regeneration.worst_classes` on ``regeneration.metric`` and asks for one
+run per chosen class: ``synthetic_images`` -> ``synthetic_scores`` -> ``synthetic_shards`` of that
+partition with the next ``regeneration_round``, so the class gets new seeds (recorded on every shard
+row) and its shard is replaced. Classifiers are not retrained by the schedule: they read the new
+shards the next time they are materialized, and their lineage names them.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from synthaug_pipeline.lib.config import Profile
+from synthaug_pipeline.lib.regeneration import ClassQuality, worst_classes
+
+REGENERATED_ASSETS = ("synthetic_images", "synthetic_scores", "synthetic_shards")
+
+
+def _metadata_value(metadata: dict, key: str):
+    entry = metadata.get(key)
+    return None if entry is None else getattr(entry, "value", entry)
+
+
+def latest_class_qualities(instance: dg.DagsterInstance, class_ids: list[str], metric: str) -> tuple[list[ClassQuality], list[str]]:
+    """What the last ``synthetic_scores`` materialization of each class recorded, and the classes never scored."""
+    qualities, never_scored = [], []
+    key = dg.AssetKey("synthetic_scores")
+    for class_id in class_ids:
+        records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key, asset_partitions=[class_id]), limit=1).records
+        if not records:
+            never_scored.append(class_id)
+            continue
+        metadata = records[0].asset_materialization.metadata
+        value = _metadata_value(metadata, metric)
+        qualities.append(
+            ClassQuality(
+                class_id=class_id,
+                metric_value=float(value) if isinstance(value, (int, float)) else None,
+                error=_metadata_value(metadata, "error"),
+                regeneration_round=int(_metadata_value(metadata, "regeneration_round") or 0),
+            )
+        )
+    return qualities, never_scored
+
+
+def build_regeneration_schedule(profile: Profile, class_ids: list[str]) -> dg.ScheduleDefinition:
+    cfg = profile.regeneration
+
+    @dg.schedule(
+        name="regenerate_worst_classes",
+        cron_schedule=cfg.cron,
+        target=dg.AssetSelection.assets(*REGENERATED_ASSETS),
+        default_status=dg.DefaultScheduleStatus.STOPPED,
+        description=f"Regenerate the {cfg.classes_per_run} classes with the worst {cfg.metric} (new seed round), re-score, re-filter.",
+    )
+    def regenerate_worst_classes(context: dg.ScheduleEvaluationContext):
+        qualities, never_scored = latest_class_qualities(context.instance, class_ids, cfg.metric)
+        picks, passed_over = worst_classes(qualities, cfg.metric, cfg.classes_per_run, cfg.max_rounds)
+        if not picks:
+            reasons = [f"{len(never_scored)} classes never scored (materialize them first)"] if never_scored else []
+            return dg.SkipReason("no class to regenerate: " + "; ".join(reasons + passed_over or ["no scored class"]))
+        stamp = context.scheduled_execution_time.isoformat() if context.scheduled_execution_time else "manual"
+        return [
+            dg.RunRequest(
+                run_key=f"{pick.class_id}-round{pick.next_round}-{stamp}",
+                partition_key=pick.class_id,
+                run_config={"ops": {"synthetic_images": {"config": {"regeneration_round": pick.next_round}}}},
+                tags={
+                    "synthaug/profile": profile.name,
+                    "synthaug/regeneration_round": str(pick.next_round),
+                    "synthaug/regeneration_reason": pick.reason,
+                },
+            )
+            for pick in picks
+        ]
+
+    return regenerate_worst_classes
