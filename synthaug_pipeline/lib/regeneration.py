@@ -23,6 +23,7 @@ class ClassQuality:
     metric_value: float | None  # None: the metric was not computed (too few images) or the class failed
     error: str | None = None  # the class could not be scored at all
     regeneration_round: int = 0  # round of the images that were scored
+    scored_event: int | None = None  # id of that scoring event (keys a regeneration request to it)
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class RegenerationPick:
     class_id: str
     next_round: int
     reason: str
+    scored_event: int | None = None
 
 
 def worst_classes(
@@ -69,5 +71,5 @@ def worst_classes(
             reason = f"no {metric} recorded"
         else:
             reason = f"{metric} {quality.metric_value:.4g}"
-        picks.append(RegenerationPick(quality.class_id, quality.regeneration_round + 1, reason))
+        picks.append(RegenerationPick(quality.class_id, quality.regeneration_round + 1, reason, quality.scored_event))
     return picks, passed_over

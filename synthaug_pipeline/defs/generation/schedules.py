@@ -41,6 +41,7 @@ def latest_class_qualities(instance: dg.DagsterInstance, class_ids: list[str], m
                 metric_value=float(value) if isinstance(value, (int, float)) else None,
                 error=_metadata_value(metadata, "error"),
                 regeneration_round=int(_metadata_value(metadata, "regeneration_round") or 0),
+                scored_event=records[0].storage_id,
             )
         )
     return qualities, never_scored
@@ -62,10 +63,11 @@ def build_regeneration_schedule(profile: Profile, class_ids: list[str]) -> dg.Sc
         if not picks:
             reasons = [f"{len(never_scored)} classes never scored (materialize them first)"] if never_scored else []
             return dg.SkipReason("no class to regenerate: " + "; ".join(reasons + passed_over or ["no scored class"]))
-        stamp = context.scheduled_execution_time.isoformat() if context.scheduled_execution_time else "manual"
+        # One request per scoring event: a tick that fires before the last regeneration of a class
+        # has been scored asks for the same run key again, and Dagster launches it only once.
         return [
             dg.RunRequest(
-                run_key=f"{pick.class_id}-round{pick.next_round}-{stamp}",
+                run_key=f"{pick.class_id}-round{pick.next_round}-after-event{pick.scored_event}",
                 partition_key=pick.class_id,
                 run_config={"ops": {"synthetic_images": {"config": {"regeneration_round": pick.next_round}}}},
                 tags={
