@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,11 +38,25 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), {device}, torch {torch.__version__}, Python {platform.python_version()}"
 
 
+def git_commit() -> tuple[str | None, bool | None]:
+    """The checked-out commit and whether tracked files differ from it; (None, None) outside a git checkout."""
+    root = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True, timeout=10)
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, check=True, timeout=30
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+    return commit.stdout.strip(), bool(status.stdout.strip())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--profile", default="digits")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
+    commit, dirty = git_commit()  # before the run: the code that produced the numbers
     with tempfile.TemporaryDirectory() as tmp:
         overrides = [*args.overrides, f"output.url={tmp}/output"]
         os.environ["DAGSTER_HOME"] = f"{tmp}/home"
@@ -57,6 +72,9 @@ def main() -> int:
         "date": time.strftime("%Y-%m-%d"),
         "profile": args.profile,
         "overrides": args.overrides,
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "resolved_profile": result.profile.model_dump(mode="json"),
         "total_seconds": round(total, 1),
         "stage_seconds": {k: round(v, 1) for k, v in result.seconds.items()},
         "baseline_top1": models["classifier_baseline"]["in_domain"]["top1"],

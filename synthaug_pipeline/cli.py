@@ -73,18 +73,17 @@ def _fail(message: str, code: int = 2) -> int:
 
 def _validate(profile_name: str | None, overrides: list[str], classes: list[str] | None = None):
     """Everything that can be checked before anything is written: profile, settings, data path, classes."""
-    from synthaug_pipeline.lib.datasets import dataset_class_ids
+    from synthaug_pipeline.lib.datasets import check_classes, check_dataset_available, dataset_class_ids
 
     profile = load_profile(profile_name, overrides)
+    check_dataset_available(profile.data)  # an explicit data.path must hold the data: no Dagster run, no download
     known = dataset_class_ids(profile.data)
     if profile.evaluation.shift_folders:
         from synthaug_pipeline.lib.evaluation import check_shift_folders  # imports torch: only when needed
 
-        check_shift_folders(profile.evaluation.shift_folders, known)
+        check_shift_folders(profile.evaluation.shift_folders, known, profile.evaluation.shift_folder_labels)
     if classes:
-        unknown = [c for c in classes if c not in known]
-        if unknown:
-            raise ProfileError(f"--classes names unknown classes {unknown}; this profile has {known[:20]}")
+        check_classes(profile.data, classes)
     return profile
 
 
@@ -134,7 +133,7 @@ def _dev(args: argparse.Namespace) -> int:
 
 
 def _lineage(args: argparse.Namespace) -> int:
-    from synthaug_pipeline.lib.lineage import models_using_shard, read_lineage
+    from synthaug_pipeline.lib.lineage import describe_lineage, models_using_shard, read_lineage
 
     if bool(args.model) == bool(args.shard):
         return _fail("give either a model folder or --shard URI")
@@ -143,18 +142,9 @@ def _lineage(args: argparse.Namespace) -> int:
             record = read_lineage(args.model)
         except FileNotFoundError as exc:
             return _fail(str(exc))
-        print(f"model {args.model}: {record.get('name')} version {record.get('version')}, run {record.get('run_id')}")
-        real = record.get("real", {})
-        print(f"real data: {real.get('dataset')} ({real.get('source')}), {real.get('images')} images")
-        training = record.get("training", {})
-        print(f"training: {training.get('model')}, {training.get('steps')} steps, synthetic ratio {record.get('synthetic_ratio', 0)}")
-        shards = record.get("shards", [])
-        print(f"shards: {len(shards)}")
-        for shard in shards:
-            print(
-                f"  {shard['uri']}  sha256 {shard['sha256'][:16]}  accepted {shard['num_accepted']}  "
-                f"filter {shard['filter_version']}  generator {shard['generator_version']}  run {shard.get('run_id', '?')}"
-            )
+        print(f"model folder: {args.model}")
+        for line in describe_lineage(record):
+            print(line)
         return 0
     try:
         profile = load_profile(args.profile, args.overrides)

@@ -7,6 +7,7 @@ run once per class partition; shared models are trained once.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -19,7 +20,7 @@ import dagster as dg
 from synthaug_pipeline.definitions import build_definitions
 from synthaug_pipeline.defs.resources import set_progress_listener
 from synthaug_pipeline.lib.config import Profile, load_profile
-from synthaug_pipeline.lib.datasets import dataset_class_ids
+from synthaug_pipeline.lib.datasets import check_classes, dataset_class_ids
 
 DEFAULT_DAGSTER_HOME = ".dagster_home"
 
@@ -118,10 +119,14 @@ def run_pipeline(
     echo: Callable[[str], None] = print,
     classes: list[str] | None = None,
 ) -> PipelineResult:
-    """Materialize every stage for every class (or ``classes``) and return the evaluation."""
+    """Materialize every stage for every class (or ``classes``) and return the evaluation.
+
+    ``classes`` narrows the profile (a ``data.classes`` override), so the partitions, the data, the judge,
+    the generator and the classifiers all cover exactly those classes.
+    """
+    overrides = with_classes(profile_name, overrides, classes)
     profile = load_profile(profile_name, overrides)
-    all_classes = dataset_class_ids(profile.data)
-    classes = classes or all_classes
+    classes = dataset_class_ids(profile.data)  # the partitions of the definitions below
     defs = build_definitions(profile_name or profile.name, overrides)
     assets = list(defs.assets or [])
     resources = dict(defs.resources or {})
@@ -154,6 +159,14 @@ def run_pipeline(
     finally:
         set_progress_listener(None)
     return outcome
+
+
+def with_classes(profile_name: str | None, overrides: list[str], classes: list[str] | None) -> list[str]:
+    """``overrides`` plus a ``data.classes`` override for ``classes`` (validated; unknown ids are an error)."""
+    if not classes:
+        return list(overrides)
+    selected = check_classes(load_profile(profile_name, overrides).data, classes)
+    return [*overrides, f"data.classes={json.dumps(selected)}"]
 
 
 def _run_stages(classes, materialize, outcome: PipelineResult, echo: Callable[[str], None]) -> None:

@@ -1,8 +1,15 @@
-"""Bad input on the command line: one clear line, non-zero exit, nothing written."""
+"""The command line: bad input is one clear line, exit 2 and nothing written; a tiny `run` end to end."""
 
+import json
+
+import dagster as dg
 import pytest
 
 from synthaug_pipeline.cli import main
+from synthaug_pipeline.definitions import build_definitions
+from synthaug_pipeline.lib.config import ProfileError
+from synthaug_pipeline.orchestration import run_pipeline, with_classes
+from synthaug_pipeline_tests.defs.test_pipeline import tiny_overrides
 
 
 @pytest.mark.parametrize(
@@ -16,6 +23,8 @@ from synthaug_pipeline.cli import main
         (["run", "--profile", "folder", "--set", "data.path=/no/such/folder"], "does not exist"),
         (["run", "--profile", "fashion", "--set", "data.classes=[shoe]"], "does not have"),
         (["run", "--classes", "11"], "unknown classes"),
+        (["run", "--profile", "fashion", "--set", "data.path=/no/such/idx"], "is not a folder"),
+        (["run", "--profile", "fashion", "--set", "data.classes=[bag]", "--classes", "coat"], "valid class ids are ['bag']"),
         (["dev", "--profile", "nope"], "unknown profile"),
     ],
 )
@@ -33,3 +42,51 @@ def test_profiles_lists_packaged_profiles(capsys):
     assert main(["profiles"]) == 0
     out = capsys.readouterr().out
     assert "digits" in out and "fashion" in out and "folder" in out
+
+
+def test_fashion_path_without_idx_files_fails_before_dagster(tmp_path, tmp_path_factory, monkeypatch, capsys):
+    import torchvision.datasets
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", lambda *a, **k: pytest.fail("must not download"))
+    data = tmp_path_factory.mktemp("idx")
+    (data / "train-images-idx3-ubyte.gz").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    assert main(["run", "--profile", "fashion", "--set", f"data.path={data}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "lacks the Fashion-MNIST files" in err and "t10k-images-idx3-ubyte.gz" in err
+    assert list(tmp_path.iterdir()) == []  # no .dagster_home, no output
+
+
+def test_classes_become_the_partitions():
+    overrides = with_classes("digits", ["data.test_per_class=5"], ["1", "0"])
+    assert overrides == ["data.test_per_class=5", 'data.classes=["0", "1"]']
+    partitions = build_definitions("digits", overrides).resolve_asset_graph().get(dg.AssetKey("real_images")).partitions_def
+    assert partitions.get_partition_keys() == ["0", "1"]
+    assert with_classes("digits", ["data.seed=1"], None) == ["data.seed=1"]
+
+
+def test_run_pipeline_rejects_unknown_classes_before_any_run():
+    with dg.instance_for_test() as instance:
+        with pytest.raises(ProfileError, match=r"unknown classes \['x'\]; valid class ids are \['0'"):
+            run_pipeline("digits", [], instance, classes=["0", "x"])
+        assert instance.get_runs() == []
+
+
+@pytest.mark.slow
+def test_run_on_two_classes_prints_the_table_and_writes_the_report(tmp_path, monkeypatch, capsys):
+    output = tmp_path / "output"
+    fewer_steps = ["generator.train_steps=3", "generator.warmup_steps=1", "generator.sample_steps=2", "judge.steps=3", "classifier.steps=3"]
+    overrides = [item for item in tiny_overrides(str(output)) if not item.startswith("data.classes=")] + fewer_steps
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    argv = ["run", "--classes", "0", "1", "--dagster-home", str(tmp_path / "home")]
+    for item in overrides:
+        argv += ["--set", item]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "[5/5] classifiers" in out and "(2 classes)" in out
+    assert any(line.startswith("metric") and "augmented" in line for line in out.splitlines())  # the final table
+    assert "top-1 in-domain" in out and f"report: {output}/report.json" in out
+    report = json.loads((output / "report.json").read_text())
+    assert report["dataset"]["class_ids"] == ["0", "1"]  # --classes narrowed the data, not only the partitions run
+    assert (output / "report.md").is_file()

@@ -3,7 +3,9 @@
 ``conditioning_image(train, "n02012849", index=7, seed=0, augmentations=["random_resized_crop", "flip"])``
 picks a real training image of the class, augments it and returns a :class:`ConditioningImage`
 whose ``provenance`` ("train:12|crop,flip", "train:12+train:40|cutmix,crop") goes in the shard's
-``conditioning_image_id`` column. Everything is deterministic per (class, index, seed).
+``conditioning_image_id`` column. Everything is deterministic per (class, index, seed). Pass
+``image_ids`` (the dataset's stable ids, or :func:`pixel_ids`) so the record names the real image
+rather than its position, which shifts when the class's image list changes.
 """
 
 from __future__ import annotations
@@ -49,6 +51,22 @@ def conditioning_seed(class_id: str, index: int, seed: int) -> int:
     """A 63-bit seed for conditioning image ``index`` of ``class_id``, stable across processes and machines."""
     digest = hashlib.sha256(f"conditioning\x00{class_id}\x00{index}\x00{seed}".encode()).digest()
     return int.from_bytes(digest[:8], "big") & (2**63 - 1)
+
+
+def pixel_ids(images: np.ndarray, split: str = "train") -> list[str]:
+    """Stable ids for real images that carry none: ``"{split}:sha256-<12 hex>"`` of each image's shape and pixels.
+
+    Unlike ``"{split}:{position}"`` they do not shift when the class's image list changes (e.g. another
+    ``data.train_per_class``), and any copy of the dataset can find the image by hashing it. Identical
+    images share an id, which is what a provenance record should say about them.
+    """
+    if not isinstance(images, np.ndarray) or images.ndim != 4:
+        raise ConditioningError(f"real images must be an array [N, H, W, C], got {getattr(images, 'shape', type(images).__name__)}")
+    ids = []
+    for image in images:
+        digest = hashlib.sha256(repr(image.shape).encode() + str(image.dtype).encode() + b"\x00" + np.ascontiguousarray(image).tobytes())
+        ids.append(f"{split}:sha256-{digest.hexdigest()[:12]}")
+    return ids
 
 
 def check_augmentations(augmentations: Sequence[str]) -> tuple[str, ...]:

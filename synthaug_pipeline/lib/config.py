@@ -47,7 +47,9 @@ class GeneratorConfig(_Section):
     )
     model: str | None = Field(None, description="dit/text2img/img2img: a local diffusers folder or a hub id.")
     dtype: Literal["float32", "float16", "bfloat16"] = Field(
-        "float32", description="Weights dtype for pretrained backends (fp16/bf16 on GPU)."
+        "float32",
+        description="Pretrained backends: weights dtype (fp16/bf16 on GPU). ddpm: autocast dtype of CUDA sampling "
+        "(weights stay float32); CPU sampling is always float32.",
     )
     prompt_template: str = Field("a photo of a {name}", description="text2img/img2img prompt; {name} is the class name.")
     negative_prompt: str | None = Field(None, description="text2img/img2img negative prompt.")
@@ -61,8 +63,13 @@ class GeneratorConfig(_Section):
     class_index_map: str | None = Field(
         None, description="dit: JSON file {class_id: model class index}; None maps ImageNet wnids by the standard 1000-class order."
     )
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to sample; auto uses CUDA when present.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train (ddpm) and sample; auto uses CUDA when present.")
     compile: bool = Field(False, description="torch.compile the denoiser (GPU runs with many classes).")
+    init_from: str | None = Field(
+        None,
+        description="ddpm: fine-tune from a generator folder/URL written by a previous run (config.json + model.safetensors); "
+        "its architecture, classes and image size must match. None trains from scratch.",
+    )
     block_out_channels: list[int] = Field(default_factory=lambda: [32, 64, 64])
     layers_per_block: int = Field(1, ge=1, le=4)
     norm_num_groups: int = Field(8, ge=1)
@@ -78,7 +85,13 @@ class GeneratorConfig(_Section):
     sample_steps: int = Field(20, ge=1, le=1000)
     guidance_scale: float = Field(2.5, ge=0, le=50)
     images_per_class: int = Field(100, ge=1)
-    sample_batch_size: int = Field(256, ge=1)
+    sample_batch_size: int = Field(256, ge=1, description="ddpm: images per sampling batch (pretrained backends: pretrained_batch_size).")
+    pretrained_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="dit/text2img/img2img: images per pipeline call; None sizes it from the generated image size "
+        "(8 at 512 px). On CUDA out-of-memory the batch is halved and retried; images do not depend on it.",
+    )
     seed: int = 0
 
     @field_validator("block_out_channels")
@@ -87,6 +100,17 @@ class GeneratorConfig(_Section):
         if len(value) < 2 or any(v < 1 for v in value):
             raise ValueError("needs at least two positive channel counts, e.g. [32, 64, 64]")
         return value
+
+    @model_validator(mode="after")
+    def _ddpm_settings(self) -> GeneratorConfig:
+        if self.init_from is not None and self.backend != "ddpm":
+            raise ValueError(f"generator.init_from fine-tunes the ddpm backend; unset it for backend {self.backend!r}")
+        if self.backend == "ddpm" and self.sample_steps > self.num_train_timesteps:
+            raise ValueError(
+                f"generator.sample_steps {self.sample_steps} exceeds generator.num_train_timesteps {self.num_train_timesteps}: "
+                "lower sample_steps (or train with more timesteps)"
+            )
+        return self
 
 
 class ClassifierConfig(_Section):
@@ -105,8 +129,16 @@ class AugmentedConfig(_Section):
 
 
 class ExperimentsConfig(_Section):
-    ratios: list[float] = Field(default_factory=lambda: [0.0, 1.0, 3.0], description="Synthetic images per real image.")
-    regimes: list[Literal["full", "few_shot", "long_tail"]] = Field(default_factory=lambda: ["full", "few_shot"])
+    # Defaults fit every packaged profile: a ratio r needs ceil(r * n_c) accepted synthetic images per class,
+    # cheap in the few-shot regime (k real images) and thousands on the full data; see ratios_by_regime.
+    ratios: list[float] = Field(
+        default_factory=lambda: [0.0, 0.5, 1.0], description="Synthetic images per real image (every regime without its own list)."
+    )
+    ratios_by_regime: dict[Literal["full", "few_shot", "long_tail"], list[float]] = Field(
+        default_factory=dict,
+        description="Per-regime ratios replacing experiments.ratios, e.g. {full: [0, 0.05]}: the full data needs small ratios.",
+    )
+    regimes: list[Literal["full", "few_shot", "long_tail"]] = Field(default_factory=lambda: ["few_shot"])
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     aux_bn: list[bool] = Field(default_factory=lambda: [False])
     few_shot_k: int = Field(10, ge=1, description="Real images per class in the few_shot regime.")
@@ -165,10 +197,15 @@ class FilterConfig(_Section):
 
 class EvaluationConfig(_Section):
     corruptions: list[Literal["gaussian_noise", "gaussian_blur", "contrast", "brightness", "jpeg", "pixelate"]] = Field(
-        default_factory=lambda: ["gaussian_noise", "gaussian_blur", "contrast"]
+        default_factory=lambda: ["gaussian_noise", "gaussian_blur", "contrast", "brightness", "jpeg", "pixelate"]
     )
     shift_folders: dict[str, str] = Field(
         default_factory=dict, description="Extra shifted test sets: {name: ImageFolder root or Parquet URL} with the same class ids."
+    )
+    shift_folder_labels: dict[str, Literal["class_id", "class_index"]] = Field(
+        default_factory=dict,
+        description="How each shift set's folder names (or Parquet labels) map to classes: class_id (default) names the class; "
+        "class_index is the integer index into the profile's class list (ImageNet-V2 folders 0..999).",
     )
     severities: list[int] = Field(default_factory=lambda: [1, 3, 5])
 
@@ -178,6 +215,13 @@ class EvaluationConfig(_Section):
         if not value or any(not 1 <= s <= 5 for s in value):
             raise ValueError("severities are integers from 1 to 5")
         return value
+
+    @model_validator(mode="after")
+    def _labels_name_shift_folders(self) -> EvaluationConfig:
+        unknown = sorted(set(self.shift_folder_labels) - set(self.shift_folders))
+        if unknown:
+            raise ValueError(f"shift_folder_labels names {unknown}, which are not in shift_folders ({sorted(self.shift_folders)})")
+        return self
 
 
 class RegenerationConfig(_Section):

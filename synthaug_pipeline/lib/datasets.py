@@ -87,6 +87,64 @@ def _require_path(cfg: DataConfig) -> str:
     return cfg.path
 
 
+def check_classes(cfg: DataConfig, classes: list[str]) -> list[str]:
+    """The requested class ids (e.g. ``--classes``) in dataset order; unknown ids are an error listing the valid ones."""
+    known = dataset_class_ids(cfg)
+    unknown = [c for c in classes if c not in known]
+    if unknown:
+        raise DatasetError(f"--classes names unknown classes {unknown}; valid class ids are {known[:20]}")
+    return [c for c in known if c in classes]
+
+
+# --- availability (cheap, no pixels, no download) ------------------------------------------
+
+FASHION_FILES = {
+    "train_images": "train-images-idx3-ubyte.gz",
+    "train_labels": "train-labels-idx1-ubyte.gz",
+    "test_images": "t10k-images-idx3-ubyte.gz",
+    "test_labels": "t10k-labels-idx1-ubyte.gz",
+}
+
+
+def _fashion_files(directory: Path) -> tuple[dict[str, Path], list[str]]:
+    """Each idx file in ``directory`` (gzipped or not) and the names of the missing ones."""
+    found, missing = {}, []
+    for key, name in FASHION_FILES.items():
+        candidates = [directory / name, directory / name[: -len(".gz")]]
+        present = next((c for c in candidates if c.is_file()), None)
+        if present is None:
+            missing.append(name)
+        else:
+            found[key] = present
+    return found, missing
+
+
+def check_dataset_available(cfg: DataConfig) -> None:
+    """Fail fast, before anything is written, when an explicit ``data.path`` cannot hold the configured data.
+
+    Reads no pixels and downloads nothing. Without ``data.path``, fashion may still fall back to the
+    Debian package or torchvision's download at load time.
+    """
+    if cfg.source == "fashion" and cfg.path:
+        directory = Path(cfg.path)
+        if not directory.is_dir():
+            raise DatasetError(
+                f"data.path {cfg.path!r} for fashion is not a folder: point it at a folder holding the four "
+                f"Fashion-MNIST idx files ({', '.join(FASHION_FILES.values())}), or unset it to use {FASHION_DEBIAN_DIR}"
+            )
+        _, missing = _fashion_files(directory)
+        if missing:
+            raise DatasetError(
+                f"data.path {cfg.path!r} lacks the Fashion-MNIST files {missing} (gzipped or not): copy them there, "
+                f"or unset data.path to use {FASHION_DEBIAN_DIR} (apt-get install dataset-fashion-mnist)"
+            )
+    elif cfg.source == "folder":
+        path = _require_path(cfg)
+        fs, root = fsspec.core.url_to_fs(path)
+        if not fs.exists(root):
+            raise DatasetError(f"data.path {path!r} does not exist: point it at an ImageFolder tree or a Parquet file")
+
+
 # --- loading -------------------------------------------------------------------------------
 
 
@@ -120,7 +178,7 @@ def _load_digits(cfg: DataConfig) -> Dataset:
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as handle:
+    with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as handle:
         data = handle.read()
     _, dtype_code, ndim = struct.unpack(">HBB", data[:4])
     if dtype_code != 0x08:
@@ -130,15 +188,12 @@ def _read_idx(path: Path) -> np.ndarray:
 
 
 def _load_fashion(cfg: DataConfig) -> Dataset:
+    if cfg.path:
+        check_dataset_available(cfg)  # an explicit path must hold the files: never fall back to a download
     directory = Path(cfg.path or FASHION_DEBIAN_DIR)
-    files = {
-        "train_images": "train-images-idx3-ubyte.gz",
-        "train_labels": "train-labels-idx1-ubyte.gz",
-        "test_images": "t10k-images-idx3-ubyte.gz",
-        "test_labels": "t10k-labels-idx1-ubyte.gz",
-    }
-    if all((directory / name).is_file() for name in files.values()):
-        arrays = {key: _read_idx(directory / name) for key, name in files.items()}
+    found, missing = _fashion_files(directory)
+    if not missing:
+        arrays = {key: _read_idx(path) for key, path in found.items()}
         source = str(directory)
     else:
         arrays, source = _fashion_from_torchvision(directory)

@@ -13,6 +13,7 @@ pixels do not depend on the batch it was drawn in. Pure module: no Dagster here.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -20,7 +21,7 @@ import math
 import posixpath
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import fsspec
 import numpy as np
@@ -46,14 +47,60 @@ WEIGHT_DECAY = 1e-4
 GRAD_CLIP = 1.0
 
 
+SAMPLING_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+ARCHITECTURE_KEYS = ("block_out_channels", "layers_per_block", "norm_num_groups")  # GeneratorConfig fields the UNet shape follows
+
+
 @dataclass
 class TrainedGenerator:
-    model: UNet2DModel  # EMA weights, eval mode, on CPU
+    model: UNet2DModel  # EMA weights (float32), eval mode; on CPU after training/loading, then where it was last sampled
     config: dict  # JSON-able description: architecture, classes, schedule, training settings
     losses: list[float]  # mean training loss per LOSS_INTERVAL steps
     seconds: float
     num_parameters: int
     version: str = ""  # first 16 hex digits of sha256 of the safetensors bytes (set by save/load)
+    url: str = ""  # where it was saved to / loaded from (set by save/load)
+    # torch.compile wrappers of ``model`` by device, built once per process (the generator is cached per process)
+    compiled: dict = field(default_factory=dict, repr=False, compare=False)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``generator.device``: ``auto`` is CUDA when torch sees one, else CPU."""
+    name = str(device)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(name)  # "cuda:1" is fine too
+    except RuntimeError:
+        resolved = None
+    if resolved is None or resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"generator.device {name!r} is unknown: use auto, cpu or cuda")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("generator.device is 'cuda' but torch sees no CUDA device: use auto or cpu")
+    return resolved
+
+
+def check_init_compatible(previous: TrainedGenerator, cfg: GeneratorConfig, image_size: int, channels: int, num_classes: int) -> None:
+    """Raise ``ValueError`` naming the settings when ``previous`` cannot initialise a UNet built from ``cfg``."""
+    where = f"generator.init_from {previous.url or '(in memory)'} (version {previous.version or 'unsaved'})"
+    theirs = previous.config
+    data = {"num_classes": num_classes, "image_size": image_size, "channels": channels}
+    data_diff = {k: (theirs.get(k), v) for k, v in data.items() if theirs.get(k) != v}
+    if data_diff:
+        detail = ", ".join(f"{k} {old} vs {new} now" for k, (old, new) in data_diff.items())
+        raise ValueError(
+            f"{where} was trained on other data ({detail}): fine-tune only on the same classes and image size "
+            "(data.classes, data.image_size, data.channels), or unset generator.init_from"
+        )
+    unet = theirs.get("unet", {})
+    def plain(value):  # tuples (in memory) and lists (from JSON) compare equal
+        return list(value) if isinstance(value, (list, tuple)) else value
+
+    pairs = {k: (plain(unet.get(k)), plain(getattr(cfg, k))) for k in ARCHITECTURE_KEYS}
+    arch_diff = {k: (old, new) for k, (old, new) in pairs.items() if old != new}
+    if arch_diff:
+        detail = ", ".join(f"generator.{k}={new} (it has {old})" for k, (old, new) in arch_diff.items())
+        raise ValueError(f"{where} has another UNet architecture: {detail}; set these to match it, or unset generator.init_from")
 
 
 def build_unet(cfg: GeneratorConfig, image_size: int, channels: int, num_classes: int) -> UNet2DModel:
@@ -139,15 +186,11 @@ def train_generator(
         torch.manual_seed(cfg.seed)
         model = build_unet(cfg, size, channels, num_classes)
     if init_from is not None:
-        previous = init_from.config
-        mine = {"num_classes": num_classes, "image_size": size, "channels": channels}
-        theirs = {k: previous.get(k) for k in mine}
-        if mine != theirs:
-            raise ValueError(f"init_from generator was trained for {theirs}, these images need {mine}")
+        check_init_compatible(init_from, cfg, size, channels, num_classes)
         try:
             model.load_state_dict(init_from.model.state_dict())
-        except RuntimeError as exc:  # architecture mismatch: name the fix rather than the tensor
-            raise ValueError(f"init_from generator's UNet does not match cfg (block_out_channels etc.): {exc}") from None
+        except RuntimeError as exc:  # architecture mismatch the config check missed: name the fix rather than the tensor
+            raise ValueError(f"generator.init_from UNet does not match the generator settings (block_out_channels etc.): {exc}") from None
     model.to(device).train()
     ema = copy.deepcopy(model).requires_grad_(False)
 
@@ -227,6 +270,7 @@ def train_generator(
         "seed": cfg.seed,
         "loss_interval": LOSS_INTERVAL,
         "init_from": init_from.version if init_from is not None else None,
+        "init_from_url": (init_from.url or None) if init_from is not None else None,
     }
     return TrainedGenerator(
         model=ema,
@@ -271,12 +315,26 @@ def image_seed(class_id: str, index: int, generator_version: str, regeneration_r
     return int.from_bytes(digest[:8], "big") & (2**63 - 1)
 
 
-def _check_finite(tensor: torch.Tensor, class_index: int, sampler: str, t) -> None:
+def _check_finite(tensor: torch.Tensor, where: str, settings: str) -> None:
     if not torch.isfinite(tensor).all():
         raise ValueError(
-            f"generator produced non-finite values for class index {class_index} with sampler {sampler!r} "
-            f"at timestep {float(t):.0f}; the model weights are probably broken (retrain with a lower learning rate)"
+            f"generator produced non-finite values for {where} ({settings}); change generator.sampler (ddim is the most "
+            "robust), generator.sample_steps or a lower generator.guidance_scale; if every setting fails, the weights are "
+            "broken: retrain with a lower generator.learning_rate"
         )
+
+
+def _denoiser(generator: TrainedGenerator, device: torch.device, compile: bool) -> torch.nn.Module:
+    """The UNet on ``device`` (moved in place and left there), channels_last on CUDA, compiled once if asked."""
+    model = generator.model.to(device).eval()
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)  # in place; cuDNN convolutions run fastest in NHWC
+    if not compile:
+        return model
+    key = str(device)
+    if key not in generator.compiled:
+        generator.compiled[key] = torch.compile(model)
+    return generator.compiled[key]
 
 
 @torch.no_grad()
@@ -290,6 +348,9 @@ def sample_images(
     batch_size: int = 256,
     progress: Callable[[int, int], None] | None = None,
     device: str | torch.device = "cpu",
+    dtype: str = "float32",
+    compile: bool = False,
+    class_id: str | None = None,
 ) -> np.ndarray:
     """Draw one uint8 ``[H, W, C]`` image per seed for ``class_index``; returns ``[len(seeds), H, W, C]``.
 
@@ -300,52 +361,73 @@ def sample_images(
     diffusers pipelines: only the conditional half runs (exact for ``w == 1``; ``w < 1`` would blend
     toward unconditional samples, which is never wanted for class-specific data).
     ``progress(done, total)`` counts images, once per batch.
+
+    ``device`` (``auto``/``cpu``/``cuda``): the model moves there and stays (callers cache the generator per
+    process). On CUDA the UNet runs channels_last, under ``torch.autocast`` when ``dtype`` is float16/bfloat16
+    (weights and scheduler arithmetic stay float32). CPU always samples in float32, as before: the pixels
+    are bit-identical whatever ``dtype``. ``compile`` wraps the UNet in ``torch.compile`` once per device.
+    ``class_id`` only names the class in errors.
     """
     cfg = generator.config
     num_classes, null_class = cfg["num_classes"], cfg["null_class"]
     if not isinstance(class_index, (int, np.integer)) or not 0 <= class_index < num_classes:
         raise ValueError(f"class_index {class_index!r} out of range: the generator knows classes 0..{num_classes - 1}")
     if not isinstance(steps, (int, np.integer)) or not 1 <= steps <= cfg["num_train_timesteps"]:
-        raise ValueError(f"steps must be between 1 and {cfg['num_train_timesteps']}, got {steps!r}")
+        raise ValueError(
+            f"steps (generator.sample_steps) must be between 1 and the generator's num_train_timesteps "
+            f"{cfg['num_train_timesteps']}, got {steps!r}"
+        )
     if not math.isfinite(guidance_scale) or guidance_scale < 0:
         raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if dtype not in SAMPLING_DTYPES:
+        raise ValueError(f"generator.dtype {dtype!r} is unknown: choose one of {', '.join(SAMPLING_DTYPES)}")
     make_scheduler(sampler, cfg["num_train_timesteps"], cfg["beta_schedule"])  # raise early on unknown names
 
-    device = torch.device(device)
-    model = generator.model.to(device).eval()
+    device = resolve_device(device)
+    model = _denoiser(generator, device, compile)
+    cuda = device.type == "cuda"
+    # Autocast only on CUDA: the CPU path runs exactly the float32 ops it always has.
+    autocast = (
+        torch.autocast("cuda", dtype=SAMPLING_DTYPES[dtype]) if cuda and dtype != "float32" else contextlib.nullcontext()
+    )
+    memory_format = torch.channels_last if cuda else torch.contiguous_format
     shape = (cfg["channels"], cfg["image_size"], cfg["image_size"])
     guided = guidance_scale > 1.0
+    where = f"class {class_id!r} (class index {class_index})" if class_id is not None else f"class index {class_index}"
+    settings = (
+        f"generator.sampler={sampler!r}, generator.sample_steps={steps}, generator.guidance_scale={guidance_scale}"
+        + (f", generator.dtype={dtype}" if cuda and dtype != "float32" else "")
+    )
     out = np.empty((len(seeds), shape[1], shape[2], shape[0]), dtype=np.uint8)
-    try:
-        for begin in range(0, len(seeds), batch_size):
-            chunk = [int(s) for s in seeds[begin : begin + batch_size]]
-            n = len(chunk)
-            gens = [torch.Generator().manual_seed(s) for s in chunk]
-            # Per-image draws, concatenated: identical to what the image would get in a batch of one.
-            x = torch.cat([torch.randn((1, *shape), generator=g) for g in gens]).to(device)
-            scheduler = make_scheduler(sampler, cfg["num_train_timesteps"], cfg["beta_schedule"])
-            scheduler.set_timesteps(steps, device=device)
-            x = x * scheduler.init_noise_sigma
-            cond = torch.full((n,), class_index, dtype=torch.long, device=device)
-            labels = torch.cat([cond, torch.full_like(cond, null_class)]) if guided else cond
-            for t in scheduler.timesteps:
-                inp = scheduler.scale_model_input(x, t)
-                if guided:
-                    eps_cond, eps_uncond = model(torch.cat([inp, inp]), t, class_labels=labels).sample.chunk(2)
-                    eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
-                else:
-                    eps = model(inp, t, class_labels=labels).sample
-                _check_finite(eps, class_index, sampler, t)
-                # diffusers' randn_tensor draws row i from gens[i] when given a list (only ddpm draws noise here).
-                x = scheduler.step(eps, t, x, generator=gens).prev_sample
-            _check_finite(x, class_index, sampler, 0)
-            out[begin : begin + n] = from_model_tensor(x)
-            if progress is not None:
-                progress(begin + n, len(seeds))
-    finally:
-        generator.model.cpu()
+    for begin in range(0, len(seeds), batch_size):
+        chunk = [int(s) for s in seeds[begin : begin + batch_size]]
+        n = len(chunk)
+        gens = [torch.Generator().manual_seed(s) for s in chunk]
+        # Per-image draws, concatenated: identical to what the image would get in a batch of one.
+        x = torch.cat([torch.randn((1, *shape), generator=g) for g in gens]).to(device)
+        scheduler = make_scheduler(sampler, cfg["num_train_timesteps"], cfg["beta_schedule"])
+        scheduler.set_timesteps(steps, device=device)
+        x = x * scheduler.init_noise_sigma
+        cond = torch.full((n,), class_index, dtype=torch.long, device=device)
+        labels = torch.cat([cond, torch.full_like(cond, null_class)]) if guided else cond
+        for t in scheduler.timesteps:
+            inp = scheduler.scale_model_input(x, t)
+            inp = torch.cat([inp, inp]) if guided else inp
+            with autocast:
+                eps = model(inp.contiguous(memory_format=memory_format), t, class_labels=labels).sample
+            eps = eps.float()  # no-op in float32; the guidance mix and scheduler step stay float32
+            if guided:
+                eps_cond, eps_uncond = eps.chunk(2)
+                eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+            _check_finite(eps, where, f"{settings}, at timestep {float(t):.0f}")
+            # diffusers' randn_tensor draws row i from gens[i] when given a list (only ddpm draws noise here).
+            x = scheduler.step(eps, t, x, generator=gens).prev_sample
+        _check_finite(x, where, f"{settings}, in the final images")
+        out[begin : begin + n] = from_model_tensor(x)
+        if progress is not None:
+            progress(begin + n, len(seeds))
     return out
 
 
@@ -397,6 +479,7 @@ def save_generator(generator: TrainedGenerator, url: str) -> str:
     fs.pipe_file(posixpath.join(root, "model.safetensors"), weights)
     fs.pipe_file(posixpath.join(root, "config.json"), meta_bytes)
     generator.version = version
+    generator.url = url
     return version
 
 
@@ -430,4 +513,5 @@ def load_generator(url: str) -> TrainedGenerator:
         seconds=float(meta.get("seconds", 0.0)),
         num_parameters=int(meta.get("num_parameters", sum(p.numel() for p in model.parameters()))),
         version=version,
+        url=url,
     )

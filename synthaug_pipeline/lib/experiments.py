@@ -44,7 +44,8 @@ from synthaug_pipeline.lib.stats import format_pm, summarize_seeds
 
 CAS = "cas"
 AUX_BN_SUFFIX = "auxbn"
-METRICS = ("top1", "shifted_mean_top1", "shift_drop")  # the numbers every result carries under "metrics"
+METRICS = ("top1", "top5", "shifted_mean_top1", "shift_drop")  # the numbers a result carries under "metrics" (top5: >10 classes)
+TOP5_MIN_CLASSES = 11  # evaluation reports top-5 only with more than 10 classes
 
 _MIX_KEY = re.compile(r"^(?P<regime>[a-z_]+)-r(?P<ratio>[0-9]+(?:\.[0-9]+)?)-s(?P<seed>[0-9]+)(?P<aux_bn>-auxbn)?$")
 _CAS_KEY = re.compile(r"^cas-s(?P<seed>[0-9]+)$")
@@ -125,7 +126,7 @@ def experiment_grid(cfg: ExperimentsConfig) -> list[ExperimentSpec]:
     specs = [
         ExperimentSpec(seed=seed, regime=regime, ratio=ratio, aux_bn=aux_bn and ratio != 0)
         for regime in cfg.regimes
-        for ratio in cfg.ratios
+        for ratio in regime_ratios(cfg, regime)
         for aux_bn in cfg.aux_bn
         for seed in cfg.seeds
     ]
@@ -138,6 +139,11 @@ def experiment_grid(cfg: ExperimentsConfig) -> list[ExperimentSpec]:
             "(or experiments.synthetic_only=true)"
         )
     return unique
+
+
+def regime_ratios(cfg: ExperimentsConfig, regime: str) -> list[float]:
+    """The ratios the grid trains ``regime`` at: ``experiments.ratios_by_regime[regime]`` when set, else ``experiments.ratios``."""
+    return list(cfg.ratios_by_regime.get(regime, cfg.ratios))
 
 
 def experiment_keys(cfg: ExperimentsConfig) -> list[str]:
@@ -286,6 +292,7 @@ def experiment_setup(spec: ExperimentSpec, profile: Profile) -> dict[str, Any]:
             "corruptions": list(profile.evaluation.corruptions),
             "severities": list(profile.evaluation.severities),
             "shift_folders": dict(profile.evaluation.shift_folders),
+            **({"shift_folder_labels": dict(profile.evaluation.shift_folder_labels)} if profile.evaluation.shift_folder_labels else {}),
         },
     }
     if spec.regime == "few_shot":
@@ -350,6 +357,7 @@ def summarize_experiments(
                 "real_images": summarize_seeds(runs, ["real_images"])["real_images"],
                 "synthetic_images": summarize_seeds(runs, ["synthetic_images"])["synthetic_images"],
                 "vs_real_only": _paired_gain(runs, by_group.get(baseline, []), baseline) if baseline else None,
+                "per_class_vs_real_only": _paired_per_class(runs, by_group.get(baseline, []), class_ids) if baseline else None,
             }
         )
     return {
@@ -366,15 +374,32 @@ def _over_seeds(runs: Sequence[Mapping[str, Any]], field: str, name: str) -> dic
     return summarize_seeds([{"value": r.get(field, {}).get(name)} for r in runs], ["value"])["value"]
 
 
+GAIN_METRICS = ("top1", "top5", "shifted_mean_top1", "shift_drop")
+
+
 def _paired_gain(runs: Sequence[Mapping[str, Any]], baseline_runs: Sequence[Mapping[str, Any]], baseline: str) -> dict[str, Any]:
     by_seed = {r["spec"]["seed"]: r for r in baseline_runs}
     deltas = [
-        {m: _difference(r["metrics"][m], by_seed[r["spec"]["seed"]]["metrics"][m]) for m in ("top1", "shifted_mean_top1")}
+        {m: _difference(r["metrics"].get(m), by_seed[r["spec"]["seed"]]["metrics"].get(m)) for m in GAIN_METRICS}
         for r in runs
         if r["spec"]["seed"] in by_seed
     ]
-    gains = summarize_seeds(deltas, ["top1", "shifted_mean_top1"]) if deltas else {}
+    gains = summarize_seeds(deltas, list(GAIN_METRICS)) if deltas else {}
     return {"baseline": baseline, "paired_seeds": len(deltas), **gains}
+
+
+def _paired_per_class(
+    runs: Sequence[Mapping[str, Any]], baseline_runs: Sequence[Mapping[str, Any]], class_ids: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """Per class: mean ± std over seeds of (this run's top-1 minus the ratio-0 run's of the same regime and seed)."""
+    by_seed = {r["spec"]["seed"]: r for r in baseline_runs}
+    paired = [(r, by_seed[r["spec"]["seed"]]) for r in runs if r["spec"]["seed"] in by_seed]
+    if not paired:
+        return {}
+    return {
+        c: summarize_seeds([{"value": _difference(r["per_class"].get(c), b["per_class"].get(c))} for r, b in paired], ["value"])["value"]
+        for c in class_ids
+    }
 
 
 def _difference(a: float | None, b: float | None) -> float | None:
@@ -388,26 +413,58 @@ def _pm(stat: Mapping[str, Any] | None, signed: bool = False) -> str:
     return f"+{text}" if signed and stat["mean"] >= 0 else text
 
 
-def render_experiments_markdown(summary: Mapping[str, Any]) -> str:
-    """experiments.md: one row per group (mean ± sample std over seeds, in %), then what is missing or stale."""
-    lines = [
-        "| experiment | seeds | top-1 | top-1 under shift | top-1 gain vs real-only | shift gain vs real-only | real | synthetic |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for g in summary["groups"]:
+def render_experiments_markdown(summary: Mapping[str, Any], classes_shown: int = 5) -> str:
+    """experiments.md: one row per group (mean ± sample std over seeds, in %), the per-class change against
+    the real-only runs, then what is missing or stale.
+
+    A top-5 column appears when some group has top-5 (more than 10 classes). With more than
+    ``2 * classes_shown`` classes the per-class section lists each group's largest gains and losses only.
+    """
+    groups = summary["groups"]
+    top5 = any(g["metrics"].get("top5", {}).get("mean") is not None for g in groups)
+    header = ["experiment", "seeds", "top-1", *(["top-5"] if top5 else []), "top-1 under shift", "shift drop"]
+    header += ["top-1 gain vs real-only", *(["top-5 gain vs real-only"] if top5 else []), "shift gain vs real-only", "real", "synthetic"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for g in groups:
         gain = g["vs_real_only"] or {}
-        lines.append(
-            f"| {g['group']} | {g['n']} | {_pm(g['metrics']['top1'])} | {_pm(g['metrics']['shifted_mean_top1'])} "
-            f"| {_pm(gain.get('top1'), signed=True)} | {_pm(gain.get('shifted_mean_top1'), signed=True)} "
-            f"| {g['real_images']['mean']:.0f} | {g['synthetic_images']['mean']:.0f} |"
-        )
+        cells = [g["group"], str(g["n"]), _pm(g["metrics"]["top1"])]
+        cells += [_pm(g["metrics"].get("top5"))] if top5 else []
+        cells += [_pm(g["metrics"]["shifted_mean_top1"]), _pm(g["metrics"].get("shift_drop"))]
+        cells += [_pm(gain.get("top1"), signed=True)]
+        cells += [_pm(gain.get("top5"), signed=True)] if top5 else []
+        cells += [_pm(gain.get("shifted_mean_top1"), signed=True), f"{g['real_images']['mean']:.0f}", f"{g['synthetic_images']['mean']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
     grid, done = len(summary["grid"]), len(summary["materialized"])
     notes = [
         f"{done} of {grid} experiments summarized; accuracies in %, mean ± sample std over seeds (no ± with one seed); "
-        "gains are paired by seed against the same regime at ratio 0."
+        "shift drop is in-domain top-1 minus top-1 under shift; gains are paired by seed against the same regime at ratio 0."
     ]
+    per_class = _per_class_markdown(groups, classes_shown)
+    if per_class:
+        notes.append(per_class)
     if summary["missing"]:
         notes.append(f"Missing (not materialized, or failed): {', '.join(summary['missing'])}.")
     if summary["stale"]:
         notes.append(f"Stale (trained under another setup or on other shards; re-materialize): {', '.join(summary['stale'])}.")
     return "\n".join(lines) + "\n\n" + "\n\n".join(notes) + "\n"
+
+
+def _per_class_markdown(groups: Sequence[Mapping[str, Any]], classes_shown: int) -> str:
+    paired = [g for g in groups if g.get("per_class_vs_real_only")]
+    if not paired:
+        return ""
+    title = "Per-class top-1 change vs real-only (same regime and seed, ratio 0; mean ± std over paired seeds, in points):"
+    class_ids = list(paired[0]["per_class_vs_real_only"])
+    if len(class_ids) <= 2 * classes_shown:
+        rows = ["| class | " + " | ".join(g["group"] for g in paired) + " |", "|" + "---|" * (len(paired) + 1)]
+        rows += [f"| {c} | " + " | ".join(_pm(g["per_class_vs_real_only"].get(c), signed=True) for g in paired) + " |" for c in class_ids]
+        return title + "\n\n" + "\n".join(rows)
+    rows = ["| experiment | largest gains | largest losses |", "|---|---|---|"]
+    for g in paired:
+        ranked = sorted(
+            ((c, stat) for c, stat in g["per_class_vs_real_only"].items() if stat.get("mean") is not None), key=lambda item: -item[1]["mean"]
+        )
+        best = ", ".join(f"{c} {_pm(stat, signed=True)}" for c, stat in ranked[:classes_shown])
+        worst = ", ".join(f"{c} {_pm(stat, signed=True)}" for c, stat in reversed(ranked[-classes_shown:]))
+        rows.append(f"| {g['group']} | {best or '—'} | {worst or '—'} |")
+    return title + "\n\n" + "\n".join(rows)

@@ -20,8 +20,10 @@ Every policy has a stable identifier (:func:`policy_version`, same scheme as
 :func:`synthaug_pipeline.lib.scoring.filter_version`) that shards record per
 row; it includes the near-duplicate distance threshold when a duplicate rule is
 on. :func:`shard_decisions` computes a shard's ``accepted``/``filter_version``
-columns, for the pipeline and for :func:`refilter_table`, which re-applies a
-policy to a shard's cached scores without decoding or regenerating any image.
+columns and :func:`shard_policy` its ``filter_policy`` column (the policy
+itself, as the canonical JSON the version is the hash of), for the pipeline and
+for :func:`refilter_table`, which re-applies a policy to a shard's cached
+scores without decoding or regenerating any image.
 
 Pure NumPy (and PyArrow for shard tables); no Dagster, no torch.
 """
@@ -44,7 +46,7 @@ VERSION_PREFIX = "v1-"
 
 # Shard columns refilter_table reads and writes.
 SCORE_COLUMNS = ("judge_confidence", "judge_top1", "nearest_real_distance")
-DECISION_COLUMNS = ("accepted", "filter_version")
+DECISION_COLUMNS = ("accepted", "filter_version", "filter_policy")
 # dtype of the score columns in a shard (SHARD_SCHEMA): shard decisions are made on values rounded to it.
 SHARD_SCORE_DTYPE = np.float32
 
@@ -133,17 +135,21 @@ class FilterPolicy:
             out["drop_test_leaks"] = True
         return out
 
-    def version(self, extra: dict[str, Any] | None = None) -> str:
-        """``"v1-"`` + 12 hex of the sha256 of the canonical JSON (sorted keys,
-        no whitespace) of :meth:`canonical` merged with ``extra`` (further
-        row-level settings, e.g. a duplicate threshold)."""
+    def canonical_json(self, extra: dict[str, Any] | None = None) -> str:
+        """The canonical JSON (sorted keys, no whitespace, ASCII) of
+        :meth:`canonical` merged with ``extra`` (further row-level settings,
+        e.g. a duplicate threshold): what shards store in ``filter_policy``
+        and what :meth:`version` hashes."""
         policy = self.canonical()
         for key, value in (extra or {}).items():
             if key in policy:
                 raise ValueError(f"extra policy setting {key!r} clashes with a FilterPolicy field")
             policy[key] = value
-        canonical = json.dumps(policy, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-        return VERSION_PREFIX + hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
+        return json.dumps(policy, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+    def version(self, extra: dict[str, Any] | None = None) -> str:
+        """``"v1-"`` + 12 hex of the sha256 of :meth:`canonical_json` (see :func:`policy_json_version`)."""
+        return policy_json_version(self.canonical_json(extra))
 
     def keep_count(self, survivors: int) -> int:
         """How many of ``survivors`` images the ranking step keeps."""
@@ -207,6 +213,12 @@ class FilterPolicy:
             getattr(scores, "is_train_copy", None),
             getattr(scores, "is_test_leak", None),
         )
+
+
+def policy_json_version(policy_json: str) -> str:
+    """The identifier ``"v1-" + 12 hex`` of a canonical policy JSON string (a
+    shard's ``filter_policy`` value hashes to its ``filter_version``)."""
+    return VERSION_PREFIX + hashlib.sha256(policy_json.encode("utf-8")).hexdigest()[:12]
 
 
 def apply_policy(
@@ -329,8 +341,14 @@ def shard_decisions(
         if leak.shape != (n,) or leak.dtype != np.bool_:
             raise ValueError(f"test_leak must be a bool array with one flag per row ({n}), got dtype {leak.dtype} shape {leak.shape}")
     accepted = policy.decide(confidence, judge_top1, class_index, train_copy, leak)
-    version = policy.version(extra={**(extra or {}), **_duplicate_extra(policy, duplicate_threshold)})
-    return accepted, version
+    return accepted, policy_json_version(shard_policy(policy, duplicate_threshold=duplicate_threshold, extra=extra))
+
+
+def shard_policy(policy: FilterPolicy, *, duplicate_threshold: float | None, extra: dict[str, Any] | None = None) -> str:
+    """The ``filter_policy`` column value of rows :func:`shard_decisions` decides with the same arguments:
+    the canonical JSON its ``filter_version`` is the hash of (see :meth:`FilterPolicy.canonical_json`)."""
+    _check_threshold(duplicate_threshold)
+    return policy.canonical_json(extra={**(extra or {}), **_duplicate_extra(policy, duplicate_threshold)})
 
 
 def _column_numpy(table: pa.Table, name: str, dtype: type) -> np.ndarray:
@@ -352,7 +370,8 @@ def refilter_table(
 
     Reads ``judge_confidence``, ``judge_top1`` and ``nearest_real_distance``
     (see :data:`synthaug_pipeline.lib.shards.SHARD_SCHEMA`) and returns the
-    table with only ``accepted`` and ``filter_version`` replaced; every other
+    table with only ``accepted``, ``filter_version`` and ``filter_policy``
+    (the canonical JSON of the new policy, :func:`shard_policy`) replaced; every other
     column (``image`` included) is the same Arrow data, so no image is decoded
     or regenerated. ``**policy`` takes the keyword arguments of
     :func:`apply_policy` with the same defaults; decisions and version come
@@ -409,8 +428,9 @@ def refilter_table(
         duplicate_threshold=duplicate_threshold,
         test_leak=test_leak if rules.drop_test_leaks else None,
     )
+    policy_json = shard_policy(rules, duplicate_threshold=duplicate_threshold)
     n = table.num_rows
-    for name, values in (("accepted", accepted), ("filter_version", [version] * n)):
+    for name, values in (("accepted", accepted), ("filter_version", [version] * n), ("filter_policy", [policy_json] * n)):
         index = table.schema.get_field_index(name)
         target = table.schema.field(index)
         table = table.set_column(index, target, pa.array(values, type=target.type))

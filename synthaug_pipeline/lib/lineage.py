@@ -59,3 +59,59 @@ def models_using_shard(output_url: str, shard_uri: str) -> list[dict]:
                 )
                 break
     return found
+
+
+def _materialization_text(entry: dict | None) -> str:
+    if not entry:
+        return "none recorded"
+    return f"storage id {entry.get('storage_id')}, run {entry.get('run_id')}"
+
+
+def describe_lineage(record: dict) -> list[str]:
+    """The lines `synthaug lineage MODEL` prints: the settings that fed the model and what it read.
+
+    Regime, seed, ratio, aux BN, optimizer, learning rate, steps, filter and generator versions, the
+    shards, and the upstream materializations (storage id and run of class_catalog and of each class's
+    real_images / synthetic_shards). Fields an older record lacks print as "?".
+    """
+    training = record.get("training") or {}
+    real = record.get("real") or {}
+    experiment = record.get("experiment") or {}
+    shards = record.get("shards") or []
+    filters = record.get("filter_versions") or sorted({s["filter_version"] for s in shards if "filter_version" in s})
+    generators = record.get("generator_versions") or sorted({s["generator_version"] for s in shards if "generator_version" in s})
+    aux_bn = record.get("aux_bn", training.get("aux_bn", "?"))
+    lines = [
+        f"model: {record.get('name')} version {record.get('version')}, run {record.get('run_id')}",
+        f"real data: {real.get('dataset')} ({real.get('source')}), {real.get('images')} images, regime {real.get('regime') or experiment.get('regime') or 'full'}",
+    ]
+    if experiment:
+        lines.append(f"experiment: {experiment.get('key')} (group {experiment.get('group')})")
+    lines += [
+        f"seed: {training.get('seed', '?')}",
+        f"synthetic ratio: {record.get('synthetic_ratio', training.get('synthetic_ratio', 0))}",
+        f"aux BN: {aux_bn}",
+        f"training: {training.get('model', '?')}, optimizer {training.get('optimizer', '?')}, learning rate {training.get('learning_rate', '?')}, "
+        f"{training.get('steps', '?')} steps, batch size {training.get('batch_size', '?')}, weight decay {training.get('weight_decay', '?')}",
+        f"filter versions: {', '.join(filters) or 'none'}",
+        f"generator versions: {', '.join(generators) or 'none'}",
+        f"shards: {len(shards)}",
+    ]
+    for shard in shards:
+        lines.append(
+            f"  {shard['uri']}  sha256 {shard['sha256'][:16]}  accepted {shard.get('num_accepted', '?')}"
+            + (f"  used {shard['images_used']}" if "images_used" in shard else "")
+            + f"  filter {shard.get('filter_version', '?')}  generator {shard.get('generator_version', '?')}  run {shard.get('run_id', '?')}"
+        )
+    upstream = record.get("upstream")
+    if upstream is None:
+        lines.append("upstream materializations: not recorded (a model trained before they were)")
+    else:
+        lines.append("upstream materializations:")
+        lines.append(f"  class_catalog: {_materialization_text(upstream.get('class_catalog'))}")
+        for asset, partitions in upstream.items():
+            if asset == "class_catalog":
+                continue
+            for partition, entry in (partitions or {}).items():
+                lines.append(f"  {asset}[{partition}]: {_materialization_text(entry)}")
+    return lines

@@ -3,27 +3,38 @@
 The class catalog runs them first thing, so a setting that cannot work fails in seconds, not after the
 judge and the generator have trained: extra shifted test sets whose class ids are not the profile's,
 and a synthetic ratio that the generator could not supply even if the filter accepted every image.
+The experiment grid is checked by every experiment run before it trains (:func:`check_experiment_grid`).
 (The training assets check again with what really exists: the accepted synthetic images.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from synthaug_pipeline.lib.classifier import check_synthetic_supply
+import numpy as np
+
+from synthaug_pipeline.lib.classifier import check_synthetic_supply, synthetic_images_needed
 from synthaug_pipeline.lib.config import Profile, ProfileError
 from synthaug_pipeline.lib.evaluation import check_shift_folders
+from synthaug_pipeline.lib.experiments import experiment_grid, format_ratio
+from synthaug_pipeline.lib.regimes import long_tail_counts
 
 
 def check_before_training(profile: Profile, class_ids: Sequence[str], train_counts: Sequence[int]) -> None:
     """Raise ProfileError for shift folders with foreign class ids or an unreachable ``augmented.synthetic_ratio``.
+
+    The experiment grid is not checked here: it is a separate job, and a grid point that cannot run must
+    not stop the main pipeline. :func:`check_experiment_grid` runs in every ``experiment_run`` before it
+    trains (and the class catalog reports its verdict as a warning).
 
     ``train_counts``: real training images per class, in ``class_ids`` order. The ratio needs
     ``ceil(ratio * n_c)`` accepted synthetic images of each class (see
     :func:`~synthaug_pipeline.lib.classifier.check_synthetic_supply`); more than
     ``generator.images_per_class`` can never be accepted.
     """
-    check_shift_folders(profile.evaluation.shift_folders, class_ids)
+    check_shift_folders(profile.evaluation.shift_folders, class_ids, profile.evaluation.shift_folder_labels)
     generated = profile.generator.images_per_class
     try:
         check_synthetic_supply(
@@ -36,3 +47,95 @@ def check_before_training(profile: Profile, class_ids: Sequence[str], train_coun
         )
     except ValueError as exc:
         raise ProfileError(str(exc)) from None
+
+
+def regime_real_counts(regime: str, counts: Sequence[int], few_shot_k: int, long_tail_imbalance: float) -> list[int]:
+    """Real images per class that ``regime`` keeps from ``counts`` (as :func:`~synthaug_pipeline.lib.regimes.select_regime`
+    with the experiments' settings: few_shot keeps k, long_tail the fixed-order tail from the smallest class size)."""
+    counts = [int(n) for n in counts]
+    if regime == "few_shot":
+        return [few_shot_k] * len(counts)
+    if regime == "long_tail":
+        return long_tail_counts(min(counts), len(counts), long_tail_imbalance)
+    return counts
+
+
+def check_experiment_grid(profile: Profile, class_ids: Sequence[str], train_counts: Sequence[int]) -> None:
+    """Raise ProfileError unless every point of the experiment grid (``experiments.*``) can run on this data.
+
+    Per grid point: every class has real images, at least ``experiments.few_shot_k`` of them for few_shot, and
+    ``ceil(ratio * n_c)`` (``n_c``: the real images the regime keeps) is at most ``generator.images_per_class``
+    (the filter can only accept fewer). The message names the first grid point and class that fail, how many
+    points fail, and the fix.
+    """
+    cfg = profile.experiments
+    counts = [int(n) for n in train_counts]
+    if len(counts) != len(class_ids):
+        raise ValueError(f"{len(class_ids)} class ids but {len(counts)} training counts")
+    generated = profile.generator.images_per_class
+    failures: list[str] = []
+    for spec in experiment_grid(cfg):
+        if spec.synthetic_only:
+            continue  # CAS needs one accepted image per class; generator.images_per_class >= 1 always allows it
+        problem = _grid_point_problem(spec.key, spec.regime, spec.ratio, counts, class_ids, cfg, generated)
+        if problem:
+            failures.append(problem)
+    if failures:
+        more = f" [{len(failures) - 1} more experiment grid point(s) fail as well]" if len(failures) > 1 else ""
+        raise ProfileError(f"experiment grid point {failures[0]}{more}")
+
+
+def _grid_point_problem(
+    key: str, regime: str, ratio: float, counts: list[int], class_ids: Sequence[str], cfg: Any, generated: int
+) -> str | None:
+    empty = [c for c, n in enumerate(counts) if n == 0]
+    if empty:
+        return (
+            f"{key}: class {class_ids[empty[0]]!r} has no real training images; regime {regime!r} needs every class "
+            "(drop the class with data.classes)"
+        )
+    if regime == "few_shot":
+        short = [c for c, n in enumerate(counts) if n < cfg.few_shot_k]
+        if short:
+            c = short[0]
+            return (
+                f"{key}: few_shot keeps experiments.few_shot_k={cfg.few_shot_k} real images per class but class "
+                f"{class_ids[c]!r} has only {counts[c]}: lower experiments.few_shot_k to at most {min(counts)} "
+                "or drop few_shot from experiments.regimes"
+            )
+    kept = regime_real_counts(regime, counts, cfg.few_shot_k, cfg.long_tail_imbalance)
+    needed = synthetic_images_needed(np.asarray(kept, dtype=np.int64), ratio).tolist()
+    short = [c for c, need in enumerate(needed) if need > generated]
+    if not short:
+        return None
+    c = max(short, key=lambda i: needed[i])
+    fits = math.floor(generated / max(kept) * 1000) / 1000
+    setting = f"experiments.ratios_by_regime.{regime}" if regime in cfg.ratios_by_regime else "experiments.ratios"
+    return (
+        f"{key}: ratio {format_ratio(ratio)} needs {needed[c]} accepted synthetic images of class {class_ids[c]!r} "
+        f"({format_ratio(ratio)} x {kept[c]} real kept by {regime}) but at most generator.images_per_class={generated} are generated: "
+        f"lower the ratio in {setting} (up to {fits:g} fits for {regime}; e.g. experiments.ratios_by_regime={{{regime}: [0, {fits:g}]}}), "
+        f"drop {regime} from experiments.regimes, or raise generator.images_per_class to at least {needed[c]} "
+        "(the filter rejects some, so leave a margin)"
+    )
+
+
+def check_shards_passed(shards: Sequence[Mapping[str, Any]], consumer: str) -> None:
+    """Raise ValueError when a ``synthetic_shards`` output that ``consumer`` would train on failed a blocking check.
+
+    Each shard's ``"checks"`` ({check name: passed}) comes from the scoring run; a shard without the key
+    (written before checks were recorded) counts as unknown and is allowed. A shard whose ``"error"`` is set
+    (scoring failed) is refused as well. The message lists every refused class with its failed checks.
+    """
+    refused = []
+    for shard in shards:
+        failed = sorted(name for name, passed in (shard.get("checks") or {}).items() if passed is False)
+        error = shard.get("error")
+        if failed or error:
+            why = ", ".join(failed) if failed else "no failed check recorded"
+            refused.append(f"class {shard.get('class_id')!r} (failed: {why}{f'; error: {error}' if error else ''})")
+    if refused:
+        raise ValueError(
+            f"{consumer} refuses {len(refused)} synthetic shard(s) whose blocking checks failed: {'; '.join(refused)}. "
+            "Fix the cause and re-materialize synthetic_shards for those classes (or drop them with data.classes) before training"
+        )

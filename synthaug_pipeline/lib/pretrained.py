@@ -1,7 +1,8 @@
 """Pretrained diffusion generators: DiT class labels, Stable Diffusion text-to-image, img2img and image variation.
 
 :func:`load_pretrained` loads a diffusers pipeline with ``from_pretrained(local folder or hub id)`` once per
-process (cached by pipeline kind, model, dtype, device and compile flag); :func:`generate_images` samples
+process (cached by pipeline kind, model, dtype, device and compile flag, and reloaded when the folder's
+content version changes); :func:`generate_images` samples
 one class with it and returns uint8 ``[N, H, W, C]`` images at the profile's size and channel count, the
 format of the DDPM backend's :func:`~.diffusion.sample_images`.
 
@@ -20,10 +21,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import math
 import os
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -51,6 +54,10 @@ from .config import GeneratorConfig
 PIPELINE_KINDS = ("dit", "text2img", "img2img", "image_variation")
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, as PIL's convert("L"), for grayscale profiles
+PIPELINE_CACHE_SIZE = 2  # pipelines kept per process (each may hold GBs of GPU memory)
+BATCH_PIXELS = 8 * 512 * 512  # default batch: 8 images at 512 px (16 UNet inputs with guidance), more when smaller
+MAX_DEFAULT_BATCH = 32
+logger = logging.getLogger(__name__)
 
 
 class GeneratorSettingError(ValueError):
@@ -155,12 +162,18 @@ def resolve_model_path(model: str | None) -> Path:
     if not _HUB_ID.match(model):
         raise GeneratorSettingError(f"generator.model {model!r} does not exist (not a folder, and not a hub id like org/name)")
     try:
-        return Path(DiffusionPipeline.download(model))
+        return _hub_snapshot(model)
     except Exception as exc:  # offline, unknown repo, gated repo: all mean "cannot get this model"
         raise GeneratorSettingError(
             f"generator.model {model!r} is no local folder and could not be fetched from the hub ({type(exc).__name__}: {exc}); "
             "download it where the hub is reachable and point generator.model at the folder"
         ) from None
+
+
+@functools.lru_cache(maxsize=8)
+def _hub_snapshot(model: str) -> Path:
+    # once per process: a snapshot folder is immutable, and asking the hub again for every class is slow or fails offline
+    return Path(DiffusionPipeline.download(model))
 
 
 def model_version(path: str | Path) -> str:
@@ -188,19 +201,34 @@ def load_pretrained(
 ) -> PretrainedGenerator:
     """Load (or reuse this process's) pipeline of ``kind`` from ``generator.model``.
 
+    The cache is keyed by the folder's content version too (:func:`model_version`: file names, sizes and
+    mtimes, hashed once per change), so a folder rewritten mid-process is reloaded, never silently reused.
     Raises :class:`GeneratorSettingError` naming ``generator.model`` when the path is not a model of that kind.
     """
     if kind not in PIPELINE_KINDS:
         raise GeneratorSettingError(f"unknown pipeline kind {kind!r}: choose one of {', '.join(PIPELINE_KINDS)}")
     if dtype not in TORCH_DTYPES:
         raise GeneratorSettingError(f"generator.dtype {dtype!r} is unknown: choose one of {', '.join(TORCH_DTYPES)}")
-    return _load_cached(kind, model, dtype, resolve_device(device), bool(compile))
-
-
-@functools.lru_cache(maxsize=2)
-def _load_cached(kind: str, model: str | None, dtype: str, device: str, compile: bool) -> PretrainedGenerator:
+    device = resolve_device(device)
     path = resolve_model_path(model)
     version = model_version(path)
+    key = (kind, model, dtype, device, bool(compile))
+    cached = _PIPELINES.get(key)
+    if cached is not None and (cached.path, cached.version) == (str(path), version):
+        _PIPELINES.move_to_end(key)
+        return cached
+    _PIPELINES.pop(key, None)  # a stale version: drop it before loading, so two copies never share the GPU
+    loaded = _load(kind, model, path, version, dtype, device, bool(compile))
+    _PIPELINES[key] = loaded
+    while len(_PIPELINES) > PIPELINE_CACHE_SIZE:
+        _PIPELINES.popitem(last=False)
+    return loaded
+
+
+_PIPELINES: OrderedDict[tuple, PretrainedGenerator] = OrderedDict()  # (kind, model, dtype, device, compile) -> pipeline
+
+
+def _load(kind: str, model: str | None, path: Path, version: str, dtype: str, device: str, compile: bool) -> PretrainedGenerator:
     loader = _LOADERS[kind]
     started = time.perf_counter()
     try:
@@ -318,7 +346,7 @@ class SamplingSettings:
     sampler: str = "ddim"
     steps: int = 20
     guidance_scale: float = 7.5
-    batch_size: int = 8
+    batch_size: int | None = None  # images per pipeline call; None: default_batch_size(generated size)
     strength: float = 0.6  # img2img: share of the noise schedule applied to the conditioning image
     negative_prompt: str | None = None
     output_size: int | None = None  # generated size before resizing; None: the model's native size
@@ -329,7 +357,7 @@ class SamplingSettings:
             sampler=cfg.sampler,
             steps=cfg.sample_steps,
             guidance_scale=cfg.guidance_scale,
-            batch_size=cfg.sample_batch_size,
+            batch_size=cfg.pretrained_batch_size,  # generator.sample_batch_size is the ddpm backend's
             strength=cfg.strength,
             negative_prompt=cfg.negative_prompt,
             output_size=cfg.output_size,
@@ -348,8 +376,9 @@ def validate_settings(generator: PretrainedGenerator, settings: SamplingSettings
     w = settings.guidance_scale
     if not isinstance(w, (int, float)) or not math.isfinite(w) or not 0 <= w <= 50:
         raise GeneratorSettingError(f"generator.guidance_scale must be a finite number from 0 to 50 (<= 1: no guidance), got {w!r}")
-    if isinstance(settings.batch_size, bool) or settings.batch_size < 1:
-        raise GeneratorSettingError(f"generator.sample_batch_size must be at least 1, got {settings.batch_size!r}")
+    batch = settings.batch_size
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1):
+        raise GeneratorSettingError(f"generator.pretrained_batch_size must be an integer >= 1 (or unset: sized to memory), got {batch!r}")
     if generator.kind == "img2img":
         if not 0 < settings.strength <= 1:
             raise GeneratorSettingError(f"generator.strength must be in (0, 1], got {settings.strength!r}")
@@ -373,6 +402,12 @@ def validate_settings(generator: PretrainedGenerator, settings: SamplingSettings
 # --------------------------------------------------------------------------- #
 
 
+def default_batch_size(size: int) -> int:
+    """Images per pipeline call at ``size`` px when generator.pretrained_batch_size is unset: 8 at 512 px
+    (16 UNet inputs with guidance), 2 at 1024 px, at most 32 for small models."""
+    return max(1, min(MAX_DEFAULT_BATCH, BATCH_PIXELS // (int(size) * int(size))))
+
+
 def generate_images(
     generator: PretrainedGenerator,
     class_id: str,
@@ -384,12 +419,16 @@ def generate_images(
     prompts: Sequence[str] | None = None,
     conditioning: Sequence[np.ndarray] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> np.ndarray:
     """One uint8 image per seed, shaped ``[len(seeds), *image_shape]`` (``image_shape`` = (H, W, C), C = 1 or 3).
 
     Per-image inputs, by kind: ``dit`` needs ``class_index`` (see :func:`dit_class_indices`); ``text2img``
     ``prompts``; ``img2img`` ``prompts`` and ``conditioning`` (uint8 ``[h, w, c]`` real images, any size);
     ``image_variation`` ``conditioning``. ``progress(done, total)`` is called once per batch.
+    Batches hold ``settings.batch_size`` images (None: :func:`default_batch_size`); a batch that runs out of
+    CUDA memory is halved and retried (reported through ``log``, default: this module's logger) and later
+    batches keep the smaller size. Every image draws from its own seed, so the pixels do not depend on it.
     Raises :class:`NonFiniteImagesError` naming the class and settings when the model yields NaN/Inf.
     """
     validate_settings(generator, settings)
@@ -419,21 +458,43 @@ def generate_images(
                 "float16 overflows in some VAEs: try generator.dtype=bfloat16 or float32, otherwise the weights are broken"
             )
 
-    out = np.empty((n, height, width, channels), dtype=np.uint8)
-    for begin in range(0, n, settings.batch_size):
-        end = min(n, begin + settings.batch_size)
-        gens = [torch.Generator().manual_seed(int(s)) for s in seeds[begin:end]]
+    def one_batch(begin: int, end: int) -> torch.Tensor:
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds[begin:end]]  # fresh per try: a retry redraws the same noise
         scheduler = make_pretrained_scheduler(settings.sampler, generator.scheduler_config)
         if generator.kind == "dit":
-            pixels = _sample_dit(generator, int(class_index), gens, scheduler, settings, check)
-        else:
-            batch_prompts = list(prompts[begin:end]) if prompts is not None else None
-            batch_images = list(conditioning[begin:end]) if conditioning is not None else None
-            pixels = _sample_stable_diffusion(generator, gens, scheduler, settings, check, batch_prompts, batch_images)
+            return _sample_dit(generator, int(class_index), gens, scheduler, settings, check)
+        batch_prompts = list(prompts[begin:end]) if prompts is not None else None
+        batch_images = list(conditioning[begin:end]) if conditioning is not None else None
+        return _sample_stable_diffusion(generator, gens, scheduler, settings, check, batch_prompts, batch_images)
+
+    size = settings.output_size or generator.native_size
+    batch = int(settings.batch_size or default_batch_size(size))
+    log = log or logger.warning
+    out = np.empty((n, height, width, channels), dtype=np.uint8)
+    begin = 0
+    while begin < n:
+        end = min(n, begin + batch)
+        try:
+            pixels = one_batch(begin, end)
+        except torch.cuda.OutOfMemoryError:
+            if end - begin == 1:
+                raise GeneratorSettingError(
+                    f"class {class_id!r}: one {size} px image of generator.model {generator.model!r} does not fit in "
+                    f"{generator.device} memory (generator.dtype={generator.dtype}): "
+                    "use float16/bfloat16 or a smaller generator.output_size"
+                ) from None
+            pixels = None
+        if pixels is None:  # outside the except block, so the failed batch's tensors are already released
+            batch = max(1, (end - begin) // 2)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            log(f"class {class_id!r}: a batch of {end - begin} images ran out of {generator.device} memory; retrying with {batch}")
+            continue
         check(pixels, "in the decoded images")
         out[begin:end] = to_profile_images(pixels, (height, width), channels)
         if progress is not None:
             progress(end, n)
+        begin = end
     return out
 
 

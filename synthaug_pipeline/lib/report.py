@@ -15,6 +15,33 @@ def _minus(augmented: float | None, baseline: float | None) -> float | None:
     return None if augmented is None or baseline is None else augmented - baseline
 
 
+def _num(value: float | None, spec: str = ".3f") -> str:
+    """A score, or n/a when it could not be computed (None: e.g. an empty or one-image class)."""
+    return "n/a" if value is None else format(value, spec)
+
+
+def per_class_order(class_ids: list[str], per_class: dict) -> list[str]:
+    """Classes by KID (the ranking metric), worst (highest) first; classes without a KID last, in catalog order."""
+    kid = {c: (per_class.get(c) or {}).get("kid_mean") for c in class_ids}
+    ranked = sorted((c for c in class_ids if kid[c] is not None), key=lambda c: -kid[c])
+    return ranked + [c for c in class_ids if kid[c] is None]
+
+
+def extractor_note(per_class: dict) -> str:
+    """Which feature extractor the per-class FID/KID come from, as the scores' summaries name it."""
+    names = sorted({s.get("feature_extractor") for s in per_class.values() if s and s.get("feature_extractor")})
+    if not names:
+        return "The feature extractor of FID/KID is not recorded in the scores."
+    named = ", ".join(f"`{name}`" for name in names)
+    if len(names) > 1:
+        named += " (different classes used different extractors: their values do not compare)"
+    if all(name.startswith("inception") for name in names):
+        kind = f"FID and KID use Inception features from {named}, but at per-class sample sizes"
+    else:
+        kind = f"FID and KID use features from {named} (not Inception)"
+    return f"{kind}: compare them within this run, not with published FIDs."
+
+
 def headline_rows(evaluation: dict) -> list[tuple[str, str, str, str]]:
     """(metric, baseline, augmented, delta in points) rows of the headline table.
 
@@ -106,24 +133,24 @@ def render_report_markdown(payload: dict) -> str:
         *_shift_lines(base, aug),
         "## Per class",
         "",
-        "| class | generated | accepted | mean judge confidence | FID-style distance | baseline top-1 | augmented top-1 | delta (points) |",
-        "|---|---|---|---|---|---|---|---|",
+        "Sorted by KID (the ranking metric: unbiased at per-class sample sizes), worst first; classes without a KID last.",
+        "",
+        "| class | synthetic | real | accepted | mean judge confidence | KID | FID | baseline top-1 | augmented top-1 | delta (points) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     accepted = {shard["class_id"]: shard["num_accepted"] for shard in payload["shards"]}
-    for class_id in payload["dataset"]["class_ids"]:
-        summary = payload["per_class"].get(class_id, {})
-        fid = summary.get("fid")
+    for class_id in per_class_order(payload["dataset"]["class_ids"], payload["per_class"]):
+        summary = payload["per_class"].get(class_id) or {}
         base_class, aug_class = base["in_domain"]["per_class"].get(class_id), aug["in_domain"]["per_class"].get(class_id)
         lines.append(
-            f"| {class_id} | {summary.get('n_synthetic', 0)} | {accepted.get(class_id, 0)} | "
-            f"{summary.get('mean_judge_confidence', float('nan')):.3f} | {'n/a' if fid is None else f'{fid:.3f}'} | "
+            f"| {class_id} | {summary.get('n_synthetic', 0)} | {_num(summary.get('n_real'), 'd')} | {accepted.get(class_id, 0)} | "
+            f"{_num(summary.get('mean_judge_confidence'))} | {_num(summary.get('kid_mean'), '.4g')} | {_num(summary.get('fid'))} | "
             f"{_pct(base_class)} | {_pct(aug_class)} | {_signed(_minus(aug_class, base_class))} |"
         )
-    extractor = next((s.get("feature_extractor") for s in payload["per_class"].values()), None)
     aux_bn = "on" if profile["augmented"].get("aux_bn") else "off"
     lines += [
         "",
-        f"FID-style distances use features from `{extractor}` (not Inception): compare them within this run, not with published FIDs.",
+        extractor_note(payload["per_class"]),
         "",
         "## Lineage",
         "",

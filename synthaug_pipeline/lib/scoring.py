@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from synthaug_pipeline.lib.config import FilterConfig
-from synthaug_pipeline.lib.filtering import FilterPolicy, shard_decisions
+from synthaug_pipeline.lib.filtering import FilterPolicy, policy_json_version, shard_decisions
 
 # Rows per block when computing pairwise distances, so memory stays at
 # ``_CHUNK_ROWS * M`` floats instead of ``N * M`` for large classes.
@@ -240,10 +240,11 @@ def _sq_dists(a: np.ndarray, b: np.ndarray, b_sq: np.ndarray) -> np.ndarray:
     return np.clip(d2, 0.0, None)
 
 
-def _nearest(a: np.ndarray, b: np.ndarray, exclude_self: bool = False) -> np.ndarray:
-    """L2 distance from each row of ``a`` to its nearest row of ``b``.
+def _nearest(a: np.ndarray, b: np.ndarray, exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``(distance, index)``: L2 distance from each row of ``a`` to its nearest row of ``b``, and that row's index (int64).
 
     With ``exclude_self`` (``a`` is ``b``), row i is not matched with itself.
+    Ties go to the lowest index of ``b``.
     The argmin is found with the fast expansion; the returned distance is then
     recomputed directly for the chosen pair, because the expansion loses
     precision for close points (cancellation of large norms).
@@ -257,7 +258,7 @@ def _nearest(a: np.ndarray, b: np.ndarray, exclude_self: bool = False) -> np.nda
             rows = np.arange(stop - start)
             d2[rows, rows + start] = np.inf
         nearest_idx[start:stop] = d2.argmin(axis=1)
-    return np.linalg.norm(a - b[nearest_idx], axis=1)
+    return np.linalg.norm(a - b[nearest_idx], axis=1), nearest_idx
 
 
 def _mean_pairwise_distance(x: np.ndarray) -> float:
@@ -402,9 +403,14 @@ class ClassScores:
       a near-copy of a test image (training on it would leak the test set);
       None without test features or threshold,
     * ``clip_score`` float64: cosine similarity of image and prompt embeddings
-      (:mod:`synthaug_pipeline.lib.clip_score`); None without a CLIP model.
+      (:mod:`synthaug_pipeline.lib.clip_score`); None without a CLIP model,
+    * ``nearest_real_index`` int64: row of ``real_features`` (the class's real
+      training images, in their order) nearest to each image, i.e. the
+      training image a flagged copy duplicates,
+    * ``nearest_test_index`` int64: the same row of ``test_features``; None
+      without test features.
 
-    The last four default to None so hand-built scores (and scores pickled
+    The last six default to None so hand-built scores (and scores pickled
     before they existed) stay valid; filters treat None as "not checked".
 
     ``summary`` is a JSON-serialisable dict of class-level numbers (see
@@ -420,6 +426,8 @@ class ClassScores:
     is_train_copy: np.ndarray | None = None
     is_test_leak: np.ndarray | None = None
     clip_score: np.ndarray | None = None
+    nearest_real_index: np.ndarray | None = None
+    nearest_test_index: np.ndarray | None = None
 
 
 def _check_probs(probs: Any) -> np.ndarray:
@@ -499,7 +507,9 @@ def score_class(
     than 2 real images there is no such scale and the flags are None with a
     warning. Without test features (or with an empty ``[0, D]`` array)
     ``nearest_test_distance``, ``is_test_leak`` and ``test_leaks`` are None.
-    ``duplicate_fraction`` replaces the 0.5 of the default rule.
+    ``duplicate_fraction`` replaces the 0.5 of the default rule. For review
+    of flagged pairs, ``nearest_real_index`` / ``nearest_test_index`` give the
+    row of ``real_features`` / ``test_features`` each image is nearest to.
 
     ``clip_score`` ``[N]`` (optional): image-prompt similarities computed by
     the caller with the CLIP model named ``clip_model``; kept per image and
@@ -549,7 +559,10 @@ def score_class(
 
     confidence = p[:, class_index].copy()
     top1 = p.argmax(axis=1).astype(np.int64) if n else np.zeros(0, dtype=np.int64)
-    nearest = _nearest(x, r) if n else np.zeros(0, dtype=np.float64)
+    if n:
+        nearest, nearest_index = _nearest(x, r)
+    else:
+        nearest, nearest_index = np.zeros(0, dtype=np.float64), np.zeros(0, dtype=np.int64)
 
     summary: dict[str, Any] = {
         "n_synthetic": n,
@@ -602,7 +615,7 @@ def score_class(
         warnings.append("diversity needs at least 2 synthetic images, got 1")
 
     if m >= 2:
-        summary["real_nn_distance"] = float(np.median(_nearest(r, r, exclude_self=True)))
+        summary["real_nn_distance"] = float(np.median(_nearest(r, r, exclude_self=True)[0]))
         summary["real_diversity"] = _mean_pairwise_distance(r)
     else:
         warnings.append(f"real_nn_distance and real_diversity need at least 2 real images, got {m}")
@@ -615,12 +628,15 @@ def score_class(
     if prdc["reason"]:
         warnings.append(f"precision/recall/density/coverage: {prdc['reason']}")
 
-    nearest_test = None
+    nearest_test = nearest_test_index = None
     if t is not None and t.shape[0] == 0:
         warnings.append("test_features is empty: test-leak check skipped")
         summary["n_test"] = 0
     elif t is not None:
-        nearest_test = _nearest(x, t) if n else np.zeros(0, dtype=np.float64)
+        if n:
+            nearest_test, nearest_test_index = _nearest(x, t)
+        else:
+            nearest_test, nearest_test_index = np.zeros(0, dtype=np.float64), np.zeros(0, dtype=np.int64)
         summary["mean_nearest_test_distance"] = float(nearest_test.mean()) if n else None
 
     threshold = duplicate_threshold
@@ -653,6 +669,8 @@ def score_class(
         is_train_copy=is_train_copy,
         is_test_leak=is_test_leak,
         clip_score=clip,
+        nearest_real_index=nearest_index,
+        nearest_test_index=nearest_test_index,
     )
 
 
@@ -667,10 +685,27 @@ def _config_extra(cfg: FilterConfig) -> dict[str, Any]:
     return {k: v for k, v in dumped.items() if k not in _NON_ROW_POLICY_FIELDS and k not in FilterPolicy.field_names()}
 
 
+def filter_policy(cfg: FilterConfig, duplicate_threshold: float | None = None) -> str:
+    """The row-acceptance policy of ``cfg`` as canonical JSON (sorted keys, no whitespace).
+
+    The exact string :func:`filter_version` hashes (see there for what it
+    contains), stored per shard row in the ``filter_policy`` column so a
+    shard says which rules accepted its rows, not only their hash:
+    ``policy_json_version(filter_policy(cfg, t)) == filter_version(cfg, t)``.
+    """
+    policy = FilterPolicy.from_config(cfg)
+    extra = _config_extra(cfg)
+    if duplicate_threshold is not None and (policy.drop_train_copies or policy.drop_test_leaks):
+        if isinstance(duplicate_threshold, bool) or not np.isfinite(duplicate_threshold) or duplicate_threshold < 0:
+            raise ValueError(f"duplicate_threshold must be a finite distance >= 0 or None, got {duplicate_threshold!r}")
+        extra["duplicate_threshold"] = float(duplicate_threshold)
+    return policy.canonical_json(extra=extra)
+
+
 def filter_version(cfg: FilterConfig, duplicate_threshold: float | None = None) -> str:
     """Identifier of the row-acceptance policy: ``"v1-"`` + 12 hex of a sha256.
 
-    Hashes the canonical JSON (sorted keys, no whitespace) of the policy that
+    Hashes the canonical JSON (sorted keys, no whitespace; :func:`filter_policy`) of the policy that
     :func:`accept` applies for ``cfg`` (see
     :meth:`~synthaug_pipeline.lib.filtering.FilterPolicy.canonical`), plus
     ``duplicate_threshold`` (the class's near-duplicate distance,
@@ -685,13 +720,7 @@ def filter_version(cfg: FilterConfig, duplicate_threshold: float | None = None) 
     ``min_accepted_per_class``: it gates a whole class in an asset check and
     never changes a row's accepted flag.
     """
-    policy = FilterPolicy.from_config(cfg)
-    extra = _config_extra(cfg)
-    if duplicate_threshold is not None and (policy.drop_train_copies or policy.drop_test_leaks):
-        if isinstance(duplicate_threshold, bool) or not np.isfinite(duplicate_threshold) or duplicate_threshold < 0:
-            raise ValueError(f"duplicate_threshold must be a finite distance >= 0 or None, got {duplicate_threshold!r}")
-        extra["duplicate_threshold"] = float(duplicate_threshold)
-    return policy.version(extra=extra)
+    return policy_json_version(filter_policy(cfg, duplicate_threshold))
 
 
 def accept(scores: ClassScores, class_index: int, cfg: FilterConfig) -> np.ndarray:

@@ -4,12 +4,24 @@ Layout on any fsspec URL (local path, ``file://``, ``s3://``, ``memory://`` ...)
 
     <base_url>/class=<class_id>/shard-<first 16 hex of the file's sha256>.parquet
 
-One row per synthetic image (see :data:`SHARD_SCHEMA`). Each class folder holds
+One row per synthetic image (see :data:`SHARD_SCHEMA`). Every row carries the
+filter policy that decided its ``accepted`` flag twice: ``filter_version`` (a
+short hash, ``"v1-"`` + 12 hex, to group and compare by) and ``filter_policy``
+(the policy itself: the canonical JSON, sorted keys and no whitespace, that the
+version is the sha256 of; see
+:meth:`synthaug_pipeline.lib.filtering.FilterPolicy.canonical_json`), so a
+shard can be audited without the config that wrote it. Each class folder holds
 exactly one shard after a successful write: the file is named by its content,
 written atomically, and only then are the class's other shards removed, so a
 re-run replaces a partition's shard and never duplicates or half-writes it.
 Readers skip dot-prefixed temp files because only ``shard-*.parquet`` names
 count as shards.
+
+Contract ``synthaug-shard/2`` (the ``synthaug_shard_contract`` schema
+metadata) added the required ``filter_policy`` column to ``synthaug-shard/1``.
+:func:`read_shards` refuses files of any other contract with a message saying
+to re-materialize ``synthetic_shards`` (cheap: scores are cached, nothing is
+regenerated).
 """
 
 from __future__ import annotations
@@ -29,7 +41,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-SHARD_CONTRACT = "synthaug-shard/1"
+SHARD_CONTRACT = "synthaug-shard/2"
 CONTRACT_METADATA_KEY = b"synthaug_shard_contract"
 
 SHARD_SCHEMA = pa.schema(
@@ -57,6 +69,8 @@ SHARD_SCHEMA = pa.schema(
         pa.field("nearest_real_distance", pa.float32(), nullable=False),
         pa.field("accepted", pa.bool_(), nullable=False),
         pa.field("filter_version", pa.string(), nullable=False),
+        # The policy itself, as the canonical JSON filter_version hashes (see the module docstring).
+        pa.field("filter_policy", pa.string(), nullable=False),
         pa.field("run_id", pa.string(), nullable=True),
         pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
     ],
@@ -401,7 +415,9 @@ def read_shards(uris: Sequence[str], accepted_only: bool = True, columns: Sequen
     empty table with the shard schema.
 
     Raises ``FileNotFoundError`` naming a missing URI, and ``ValueError`` for
-    unknown column names or a file that is not a ``synthaug-shard/1`` shard.
+    unknown column names or a file that is not a :data:`SHARD_CONTRACT`
+    (``synthaug-shard/2``) shard, e.g. one written before ``filter_policy``
+    existed (the message says so; re-materialize its ``synthetic_shards``).
     """
     if isinstance(uris, str):
         uris = [uris]
@@ -417,10 +433,14 @@ def read_shards(uris: Sequence[str], accepted_only: bool = True, columns: Sequen
         if not fs.isfile(path):
             raise FileNotFoundError(f"shard not found: {uri}")
         with fs.open(path, "rb") as handle:
+            # Contract first (footer only): an older shard lacks columns, and reading them would fail less clearly.
+            contract = (pq.read_schema(handle).metadata or {}).get(CONTRACT_METADATA_KEY, b"").decode()
+            if contract != SHARD_CONTRACT:
+                older = contract.startswith("synthaug-shard/")
+                hint = "; re-materialize its synthetic_shards partition (scores are cached)" if older else ""
+                raise ValueError(f"{uri} is not a {SHARD_CONTRACT} shard (contract metadata: {contract or 'none'}){hint}")
+            handle.seek(0)
             table = pq.read_table(handle, columns=to_read)
-        contract = (table.schema.metadata or {}).get(CONTRACT_METADATA_KEY, b"").decode()
-        if contract != SHARD_CONTRACT:
-            raise ValueError(f"{uri} is not a {SHARD_CONTRACT} shard (contract metadata: {contract or 'none'})")
         if accepted_only:
             table = table.filter(pc.fill_null(table["accepted"], False))
         tables.append(table.select(selected))

@@ -1,4 +1,5 @@
-"""Pretrained generation backends through Dagster, on two digit classes and tiny random-weight diffusers models."""
+"""Generation backends through Dagster, on two digit classes: pretrained ones on tiny random-weight diffusers
+models, and fine-tuning the DDPM backend from a previous run's generator (generator.init_from)."""
 
 import json
 
@@ -6,7 +7,10 @@ import dagster as dg
 import pytest
 
 from synthaug_pipeline.definitions import build_definitions
-from synthaug_pipeline.lib.config import ProfileError
+from synthaug_pipeline.lib.conditioning import parse_provenance, pixel_ids
+from synthaug_pipeline.lib.config import ProfileError, load_profile
+from synthaug_pipeline.lib.datasets import load_dataset
+from synthaug_pipeline.lib.diffusion import load_generator
 from synthaug_pipeline.lib.images import decode_image
 from synthaug_pipeline.lib.pretrained import model_version
 from synthaug_pipeline.lib.shards import list_class_shards, read_shards
@@ -16,6 +20,8 @@ from synthaug_pipeline_tests.tiny_models import tiny_dit_pipeline, tiny_image_va
 CLASSES = ["0", "1"]
 IMAGES_PER_CLASS = 3
 STAGES_UP_TO_SHARDS = [stage for stage in STAGES if stage.name != "classifiers"]
+# an experiment grid a few generated images per class can feed, so the preflight checks pass
+SMALL_GRID = ("experiments.regimes=['few_shot']", "experiments.ratios=[0.0, 0.1]", "experiments.ratios_by_regime={}")
 
 
 @pytest.fixture(scope="module")
@@ -41,12 +47,13 @@ def backend_overrides(output: str, backend: str, model: str, *extra: str) -> lis
         f"generator.model={model}",
         f"generator.images_per_class={IMAGES_PER_CLASS}",
         "generator.sample_steps=2",
-        "generator.sample_batch_size=2",
+        "generator.pretrained_batch_size=2",
         "generator.guidance_scale=2.0",
         "generator.negative_prompt=blurry",
         "generator.device=cpu",
         "prompts.prompts_per_class=2",
         "augmented.synthetic_ratio=0.1",  # 2 synthetic images per class for 20 real: the preflight check passes
+        *SMALL_GRID,
         "judge.steps=5",
         "filter.min_confidence=0.0",
         "filter.require_label_match=false",
@@ -108,7 +115,8 @@ def backend_run(request, tiny_models, tmp_path_factory):
 
 
 def test_backend_writes_both_classes_with_provenance(backend_run):
-    name, model, output, _, instance = backend_run
+    name, model, output, overrides, instance = backend_run
+    dataset = load_dataset(load_profile("digits", overrides).data)
     generator = instance.fetch_materializations(dg.AssetKey("generator"), limit=1).records[0].asset_materialization.metadata
     assert generator["model"].value == model and generator["version"].value == model_version(model)
     assert generator["num_parameters"].value > 1000 and generator["load_seconds"].value >= 0
@@ -132,7 +140,9 @@ def test_backend_writes_both_classes_with_provenance(backend_run):
         else:
             assert prompts == [None] * IMAGES_PER_CLASS and {r["negative_prompt"] for r in rows} == {None}
         if name in ("img2img", "image_variation"):
-            assert all(c.startswith("train:") for c in conditioning), conditioning
+            # the real images carry no ids: each is named by its pixel hash, stable when data.train_per_class changes
+            real = dataset.train.of_class(dataset.class_ids.index(class_id))
+            assert {i for c in conditioning for i in parse_provenance(c)[0]} <= set(pixel_ids(real)), conditioning
         else:
             assert conditioning == [None] * IMAGES_PER_CLASS
 
@@ -205,3 +215,97 @@ def test_a_model_producing_nans_fails_its_class_and_writes_nothing(tiny_models, 
         assert message.startswith("synthetic_images")
         assert "class '0'" in message and "generator.model" in message and "non-finite" in message and "generator.dtype=float32" in message
         _nothing_written(output, instance, "synthetic_images")
+
+
+# --- ddpm: fine-tuning from a previous run's generator ------------------------------------------
+
+
+def ddpm_overrides(output: str, *extra: str) -> list[str]:
+    return [
+        "data.classes=['0', '1']",
+        "data.train_per_class=20",
+        "data.test_per_class=10",
+        "generator.block_out_channels=[16, 32]",
+        "generator.train_steps=3",
+        "generator.warmup_steps=1",
+        "generator.batch_size=8",
+        "generator.images_per_class=2",
+        "generator.sample_steps=2",
+        "generator.device=cpu",
+        "augmented.synthetic_ratio=0.05",  # 1 synthetic image per class for 20 real
+        *SMALL_GRID,
+        f"output.url={output}",
+        *extra,
+    ]
+
+
+def train_ddpm(overrides: list[str], instance, classes: list[str] = CLASSES) -> dg.ExecuteInProcessResult:
+    for assets, partitions in ((("class_catalog",), [None]), (("real_images", "class_prompts"), classes)):
+        for partition in partitions:
+            assert materialize(overrides, assets, instance, partition).success
+    return materialize(overrides, ("generator",), instance)
+
+
+def latest_generator(instance) -> dict:
+    return instance.fetch_materializations(dg.AssetKey("generator"), limit=1).records[0].asset_materialization.metadata
+
+
+def test_ddpm_fine_tunes_from_init_from_and_records_it(tmp_path):
+    with dg.instance_for_test() as instance:
+        assert train_ddpm(ddpm_overrides(str(tmp_path / "first")), instance).success
+        first = latest_generator(instance)
+        assert "init_from" not in first and first["total_train_steps"].value == 3
+        start_url, start_version = first["url"].value, first["version"].value
+        assert load_generator(start_url).config["class_ids"] == CLASSES
+
+        tuned_overrides = ddpm_overrides(str(tmp_path / "second"), f"generator.init_from={start_url}")
+        assert train_ddpm(tuned_overrides, instance).success
+        tuned = latest_generator(instance)
+        assert (tuned["init_from"].value, tuned["init_from_version"].value) == (start_url, start_version)
+        assert tuned["total_train_steps"].value == 6 and tuned["version"].value != start_version
+        saved = load_generator(tuned["url"].value).config
+        assert (saved["init_from"], saved["init_from_url"], saved["total_train_steps"]) == (start_version, start_url, 6)
+        # the fine-tuned generator samples through the pipeline like any other
+        assert materialize(tuned_overrides, ("synthetic_images",), instance, "1").success
+
+
+@pytest.mark.parametrize(
+    "extra, classes, named",
+    [
+        (["generator.block_out_channels=[16, 64]"], CLASSES, "generator.block_out_channels=[16, 64] (it has [16, 32])"),
+        (["data.classes=['0', '2']"], ["0", "2"], "was trained on classes ['0', '1'], this run has ['0', '2']"),
+    ],
+)
+def test_an_incompatible_init_from_fails_the_generator_naming_the_setting(tmp_path, extra, classes, named):
+    with dg.instance_for_test() as instance:
+        assert train_ddpm(ddpm_overrides(str(tmp_path / "first")), instance).success
+        start_url = latest_generator(instance)["url"].value
+        overrides = ddpm_overrides(str(tmp_path / "second"), f"generator.init_from={start_url}", *extra)
+        result = train_ddpm(overrides, instance, classes)
+        message = failure([result])
+        assert message.startswith("generator") and "generator.init_from" in message and named in message, message
+        assert len(instance.fetch_materializations(dg.AssetKey("generator"), limit=10).records) == 1  # only the first run's
+        assert not (tmp_path / "second" / "models").exists()
+
+
+def test_init_from_that_is_no_generator_fails_before_training(tmp_path):
+    with dg.instance_for_test() as instance:
+        result = train_ddpm(ddpm_overrides(str(tmp_path / "out"), f"generator.init_from={tmp_path / 'nothing'}"), instance)
+        message = failure([result])
+        assert "generator.init_from" in message and "is not a generator saved by a previous run" in message
+        assert not instance.fetch_materializations(dg.AssetKey("generator"), limit=1).records
+
+
+def test_ddpm_settings_that_cannot_sample_fail_early(tmp_path):
+    with pytest.raises(ProfileError, match="generator.sample_steps 30 exceeds generator.num_train_timesteps 20"):
+        build_definitions("digits", ddpm_overrides(str(tmp_path), "generator.num_train_timesteps=20", "generator.sample_steps=30"))
+    with pytest.raises(ProfileError, match="generator.init_from fine-tunes the ddpm backend"):
+        build_definitions("digits", backend_overrides(str(tmp_path), "text2img", "some/model", "generator.init_from=/x"))
+    # a generator trained on a short schedule, sampled with settings that outgrew it: the class fails before sampling
+    short = ddpm_overrides(str(tmp_path / "out"), "generator.num_train_timesteps=20")
+    with dg.instance_for_test() as instance:
+        assert train_ddpm(short, instance).success
+        result = materialize(ddpm_overrides(str(tmp_path / "out"), "generator.sample_steps=50"), ("synthetic_images",), instance, "0")
+        message = failure([result])
+        assert message.startswith("synthetic_images") and "generator.sample_steps 50 exceeds the num_train_timesteps 20" in message
+        assert not instance.fetch_materializations(dg.AssetKey("synthetic_images"), limit=1).records

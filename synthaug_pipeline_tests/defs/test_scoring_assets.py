@@ -13,12 +13,14 @@ from synthaug_pipeline.defs.scoring.assets import (
     SHARD_CHECKS,
     accepted_test_leak_check,
     build_scoring_assets,
+    metrics_computed_check,
     metrics_markdown,
+    near_duplicates_markdown,
     non_finite_scores,
 )
 from synthaug_pipeline.lib.config import load_profile
-from synthaug_pipeline.lib.filtering import FilterPolicy, refilter_table
-from synthaug_pipeline.lib.scoring import ClassScores, filter_version, score_class
+from synthaug_pipeline.lib.filtering import FilterPolicy, policy_json_version, refilter_table
+from synthaug_pipeline.lib.scoring import ClassScores, filter_policy, filter_version, score_class
 from synthaug_pipeline.lib.shards import read_shards
 from synthaug_pipeline.orchestration import STAGES, PipelineError, _only_blocking_checks_failed, run_pipeline
 from synthaug_pipeline_tests.lib.test_clip_score import write_tiny_clip
@@ -139,6 +141,11 @@ def test_synthetic_scores_record_every_metric_with_profile_settings(scored):
         assert "| KID (ranking metric) |" in table and summary["feature_extractor"] in table and "CLIP" in table
         assert "judge_confidence_histogram" in metadata and "nearest_real_distance_histogram" in metadata
         assert metadata["fid"].value == pytest.approx(summary["fid"])
+        assert metadata["seconds"].value >= 0 and _metadata(scored, "real_features", class_id)["seconds"].value >= 0
+        assert "**near-duplicates** (feature distance <=" in metadata["near_duplicates"].value
+        # Each image's nearest real training / test image, as rows of real_images[c]["train"] / ["test"].
+        assert scores.nearest_real_index.shape == scores.nearest_test_index.shape == (10,)
+        assert scores.nearest_real_index.max() < 20 and scores.nearest_test_index.max() < 10
 
 
 def test_shards_apply_the_full_policy_and_refiltering_reproduces_them(scored):
@@ -151,6 +158,10 @@ def test_shards_apply_the_full_policy_and_refiltering_reproduces_them(scored):
         assert table.num_rows == 10 and shard["error"] is None
         version = filter_version(profile.filter, duplicate_threshold=record["duplicate_threshold"])
         assert set(table.column("filter_version").to_pylist()) == {version} == {shard["filter_version"]}
+        # Every row carries the policy itself: the canonical JSON its version is the hash of.
+        policy_json = filter_policy(profile.filter, duplicate_threshold=record["duplicate_threshold"])
+        assert set(table.column("filter_policy").to_pylist()) == {policy_json} == {shard["filter_policy"]}
+        assert policy_json_version(policy_json) == version and '"min_confidence":0.0' in policy_json
         accepted = np.asarray(table.column("accepted"))
         # The default policy drops training copies and test leaks.
         assert not (accepted & scores.is_train_copy).any() and not (accepted & scores.is_test_leak).any()
@@ -166,10 +177,16 @@ def test_shards_apply_the_full_policy_and_refiltering_reproduces_them(scored):
 def test_every_class_gets_blocking_checks_that_pass_on_good_data(scored):
     spec_blocking = {spec.name: spec.blocking for spec in scored["defs"].get_assets_def("synthetic_shards").check_specs}
     assert spec_blocking == {name: True for name in SHARD_CHECKS}
+    assert "metrics_computed" in SHARD_CHECKS
     for class_id in CLASSES:
         assert _checks(scored["results"][("synthetic", class_id)]) == {name: True for name in SHARD_CHECKS}
+        # The outcome travels with the shard, for training to refuse failed ones.
+        assert _value(scored, "synthetic_shards", class_id)["checks"] == {name: True for name in SHARD_CHECKS}
         metadata = _metadata(scored, "synthetic_shards", class_id)
-        assert "accepted_preview" in metadata and "rejected_preview" in metadata
+        assert "accepted_preview" in metadata and "rejected_preview" in metadata and "near_duplicates" in metadata
+        assert metadata["seconds"].value >= 0
+    records = scored["instance"].fetch_materializations(dg.AssetKey("judge"), limit=1).records
+    assert records[0].asset_materialization.metadata["seconds"].value >= 0
 
 
 def test_top_k_policy_and_accepted_leaks_fail_the_leak_check(scored):
@@ -183,8 +200,74 @@ def test_top_k_policy_and_accepted_leaks_fail_the_leak_check(scored):
     accepted = np.asarray(table.column("accepted"))
     clean = ~scores.is_train_copy
     assert accepted.sum() == min(3, int(clean.sum()))
+    assert not (accepted & scores.is_train_copy).any()
     leaks = int((accepted & scores.is_test_leak).sum())
-    assert _checks(result)["no_test_leaks_accepted"] is (leaks == 0)
+    checks = _checks(result)
+    assert checks["no_test_leaks_accepted"] is (leaks == 0) and shard["checks"] == checks
+    # Whatever this data holds, the outcome travels with the shard; the failing path on a known leak is below.
+
+
+def _leaky_run(scored, tmp_path, drop_test_leaks: bool) -> dg.ExecuteInProcessResult:
+    """Real scoring assets of class 0 in a fresh instance, on its synthetic images with image 0 replaced by test image 4."""
+    extra = ["filter.drop_train_copies=false", f"filter.drop_test_leaks={str(drop_test_leaks).lower()}"]
+    defs = build_definitions("digits", [*scored["overrides"], f"output.url={tmp_path}", *extra])
+    partitions = defs.get_assets_def("synthetic_scores").partitions_def
+    judge_value = scored["results"][("models", None)].output_for_node("judge")
+    real = scored["results"][("real images", "0")].output_for_node("real_images")
+    synthetic = dict(_value(scored, "synthetic_images", "0"))
+    synthetic["images"] = synthetic["images"].copy()
+    assert synthetic["images"].shape[1:] == real["test"].shape[1:] and synthetic["images"].dtype == real["test"].dtype
+    synthetic["images"][0] = real["test"][4]  # a generator that reproduced a held-out test image
+
+    @dg.asset(name="judge")
+    def judge_stub() -> dict:
+        return judge_value
+
+    @dg.asset(name="real_images", partitions_def=partitions)
+    def real_images_stub() -> dict:
+        return real
+
+    @dg.asset(name="synthetic_images", partitions_def=partitions)
+    def synthetic_images_stub() -> dict:
+        return synthetic
+
+    scoring = [defs.get_assets_def(key) for key in ("real_features", "synthetic_scores", "synthetic_shards")]
+    assets = [judge_stub, real_images_stub, synthetic_images_stub, *scoring]
+    resources = dict(defs.resources)
+    with dg.instance_for_test() as instance:
+        assert dg.materialize(assets, selection=["judge"], instance=instance, resources=resources).success
+        per_class = ["real_images", "synthetic_images", "real_features", "synthetic_scores", "synthetic_shards"]
+        result = dg.materialize(
+            assets, selection=per_class, partition_key="0", instance=instance, resources=resources, raise_on_error=False
+        )
+    assert result.success or _only_blocking_checks_failed(result)
+    return result
+
+
+@pytest.mark.parametrize("drop_test_leaks", [False, True])
+def test_a_copy_of_a_test_image_fails_the_leak_check_unless_dropped(scored, tmp_path, drop_test_leaks):
+    result = _leaky_run(scored, tmp_path, drop_test_leaks)
+    scores = result.output_for_node("synthetic_scores")["scores"]
+    assert scores.is_test_leak[0] and scores.nearest_test_index[0] == 4
+    assert scores.nearest_test_distance[0] == pytest.approx(0.0, abs=1e-4)
+    shard = result.output_for_node("synthetic_shards")
+    accepted = np.asarray(read_shards([shard["uri"]], accepted_only=False).column("accepted"))
+    checks = _checks(result)
+    assert shard["checks"] == checks
+    if drop_test_leaks:
+        assert not accepted[0] and checks == {name: True for name in SHARD_CHECKS}
+    else:
+        # Thresholds at 0 and no duplicate rule: every image is accepted, the leak with them.
+        assert accepted.all() and checks["no_test_leaks_accepted"] is False and result.success is False
+        assert {name for name, ok in checks.items() if not ok} == {"no_test_leaks_accepted"}
+        evaluation = next(e for e in result.get_asset_check_evaluations() if e.check_name == "no_test_leaks_accepted")
+        assert evaluation.metadata["accepted_test_leaks"].value >= 1
+    # The flagged pair is shown next to its nearest real image's row.
+    table = near_duplicates_markdown(scores)
+    assert "| 0 | " in table and "test[4]" in table
+    materialization = result.asset_materializations_for_node("synthetic_shards")[0]
+    assert "test[4]" in materialization.metadata["near_duplicates"].value
+    assert "flagged synthetic images" in materialization.metadata["near_duplicates"].value
 
 
 # --------------------------------------------------------------------------------------------------
@@ -244,6 +327,11 @@ def test_one_image_class_is_scored_with_warnings(scored):
     checks = _checks(result)
     assert checks["scores_finite"] is True and checks["schema_matches_contract"] is True
     assert result.output_for_node("synthetic_shards")["num_rows"] == 1
+    # Unranked: FID and KID are missing, so the blocking metrics check fails, naming the class and why.
+    assert checks["metrics_computed"] is False and result.output_for_node("synthetic_shards")["checks"] == checks
+    evaluation = next(e for e in result.get_asset_check_evaluations() if e.check_name == "metrics_computed")
+    message = evaluation.metadata["message"].value
+    assert message.startswith("class 0: FID and KID could not be computed: fid/kid need at least 2 synthetic")
 
 
 def test_empty_class_by_direct_invocation(tmp_path):
@@ -270,7 +358,14 @@ def test_empty_class_by_direct_invocation(tmp_path):
     events = list(shards_def(context, synthetic_images=synthetic, synthetic_scores=record))
     output, checks = events[0].value, {e.check_name: e.passed for e in events[1:]}
     assert output["num_rows"] == 0 and read_shards([output["uri"]], accepted_only=False).num_rows == 0
-    assert checks == {"has_accepted_images": False, "no_test_leaks_accepted": True, "scores_finite": True, "schema_matches_contract": True}
+    assert checks == {
+        "has_accepted_images": False,
+        "no_test_leaks_accepted": True,
+        "scores_finite": True,
+        "metrics_computed": False,
+        "schema_matches_contract": True,
+    }
+    assert output["checks"] == checks
 
 
 def test_pipeline_with_a_missing_extractor_scores_every_class_then_refuses_to_train(tmp_path):
@@ -325,6 +420,34 @@ def test_metrics_markdown_names_the_extractor_and_the_error():
     assert "- few images" in table
     failed = metrics_markdown({"feature_extractor": "inception", "error": "class 3: no weights"})
     assert "**not scored**: class 3: no weights" in failed
+
+
+def test_metrics_computed_check_messages():
+    assert metrics_computed_check("3", {"fid": 1.0, "kid_mean": 0.01}) == (True, {"fid": 1.0, "kid_mean": 0.01})
+    passed, metadata = metrics_computed_check("3", {"fid": 2.0, "kid_mean": None, "n_synthetic": 5, "n_real": 9, "warnings": []})
+    assert passed is False and metadata["message"] == "class 3: KID could not be computed: 5 synthetic and 9 real images"
+    passed, metadata = metrics_computed_check("3", {"n_synthetic": 4, "error": "class 3: scoring failed: boom"})
+    expected = "class 3: FID and KID could not be computed: class 3: scoring failed: boom"
+    assert passed is False and metadata == {"message": expected, "n_synthetic": 4}
+
+
+def test_near_duplicates_markdown_lists_each_flagged_pair():
+    scores = _scores(
+        summary={"duplicate_threshold": 0.5},
+        is_train_copy=np.array([False, True, False]),
+        is_test_leak=np.array([False, True, True]),
+        nearest_real_index=np.array([4, 7, 2]),
+        nearest_test_index=np.array([0, 1, 9]),
+        nearest_test_distance=np.array([5.0, 0.25, 0.0]),
+    )
+    table = near_duplicates_markdown(scores).splitlines()
+    assert table[0] == "**near-duplicates** (feature distance <= 0.5): 2 flagged"
+    assert table[4:] == [
+        "| 1 | training copy + test leak | train[7] | 2 | test[1] | 0.25 |",
+        "| 2 | test leak | train[2] | 3 | test[9] | 0 |",
+    ]
+    assert near_duplicates_markdown(_scores(summary={"duplicate_threshold": 0.5}, is_train_copy=np.zeros(3, bool))).endswith(": 0 flagged")
+    assert "not checked" in near_duplicates_markdown(_scores()) and "not scored" in near_duplicates_markdown(None)
 
 
 def test_refilter_table_needs_pa_table():

@@ -51,6 +51,10 @@ def test_augmented_classifier_trains_with_aux_bn(aux_bn_shift_run):
     lineage = metadata["lineage"].value
     assert lineage["aux_bn"] is True and lineage["training"]["aux_bn"] is True
     assert lineage["synthetic_ratio"] == 0.04
+    assert lineage["filter_versions"] == sorted({s["filter_version"] for s in lineage["shards"]}) and lineage["generator_versions"]
+    upstream = lineage["upstream"]  # the materializations it read: the latest of each input, by storage id and run
+    assert upstream["class_catalog"]["run_id"] and set(upstream["real_images"]) == set(upstream["synthetic_shards"]) == {"0", "1"}
+    assert {s["class_id"]: s["run_id"] for s in lineage["shards"]} == {c: m["run_id"] for c, m in upstream["synthetic_shards"].items()}
     model = load_classifier(metadata["url"].value)  # a plain model: the aux layers were stripped
     assert model.config["aux_bn"] is True
     assert not any("aux" in key for key in model.model.state_dict())
@@ -119,3 +123,20 @@ def test_cli_refuses_foreign_shift_classes_writing_nothing(tmp_path, monkeypatch
     err = capsys.readouterr().err.strip()
     assert err.startswith("synthaug: error: evaluation.shift_folders.cats") and "['cat']" in err and len(err.splitlines()) == 1
     assert list(work.iterdir()) == []
+
+
+def test_augmented_classifier_refuses_shards_whose_checks_failed_in_an_earlier_run(tmp_path):
+    from synthaug_pipeline.defs.resources import SynthaugSettings
+    from synthaug_pipeline.defs.training.assets import build_training_assets
+
+    classifier_augmented = build_training_assets()[1]
+    shards = {
+        "0": {"class_id": "0", "checks": {"has_accepted_images": False, "scores_finite": True}, "error": None},
+        "1": {"class_id": "1", "error": None},  # no recorded checks (an older shard): allowed
+    }
+    settings = SynthaugSettings(profile="digits", overrides=tiny_overrides(str(tmp_path)))
+    with pytest.raises(ValueError, match=r"classifier_augmented refuses 1 synthetic shard\(s\).*class '0' \(failed: has_accepted_images\)"):
+        classifier_augmented(
+            dg.build_asset_context(), settings=settings, class_catalog={"class_ids": ["0", "1"]}, real_images={}, synthetic_shards=shards
+        )
+    assert not (tmp_path / "models").exists()

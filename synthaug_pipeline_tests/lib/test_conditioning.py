@@ -10,6 +10,7 @@ from synthaug_pipeline.lib.conditioning import (
     conditioning_image,
     conditioning_images,
     parse_provenance,
+    pixel_ids,
 )
 
 
@@ -123,6 +124,23 @@ def test_provenance_strings_and_stable_ids():
     assert ConditioningImage(images[0], ("train:12",), ("crop", "flip")).provenance == "train:12|crop,flip"
     assert ConditioningImage(images[0], ("train:12", "train:40"), ("cutmix",)).provenance == "train:12+train:40|cutmix"
     assert conditioning_image(images, "cat", 0, 0, [], split="val").source_ids[0].startswith("val:")
+
+
+def test_pixel_ids_name_the_real_image_whatever_the_subset():
+    images = striped_images(6)
+    ids = pixel_ids(images)
+    assert len(set(ids)) == 6 and all(i.startswith("train:sha256-") and len(i) == len("train:sha256-") + 12 for i in ids)
+    assert pixel_ids(images[3:]) == ids[3:]  # a smaller or reordered class list keeps each image's id
+    assert pixel_ids(images[::-1], "test") == [i.replace("train:", "test:") for i in ids[::-1]]
+    assert pixel_ids(images[:, :8, :8]) != ids  # the id follows the pixels
+    # through conditioning_image (no augmentation: the output is the real image), the id is that image's hash,
+    # whichever subset of the class it was drawn from; positions would differ between the two lists
+    for subset in (images, images[2:]):
+        for index in range(3):
+            item = conditioning_image(subset, "cat", index, 0, [], image_ids=pixel_ids(subset))
+            assert item.source_ids == (ids[[np.array_equal(item.image, im) for im in images].index(True)],)
+    with pytest.raises(ConditioningError, match=r"real images must be an array \[N, H, W, C\]"):
+        pixel_ids(images[0])
 
 
 @pytest.mark.parametrize(

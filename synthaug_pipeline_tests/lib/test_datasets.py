@@ -1,4 +1,6 @@
+import gzip
 import io
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +10,16 @@ import pytest
 from PIL import Image
 
 from synthaug_pipeline.lib.config import DataConfig
-from synthaug_pipeline.lib.datasets import FASHION_DEBIAN_DIR, DatasetError, dataset_class_ids, load_dataset
+from synthaug_pipeline.lib import datasets
+from synthaug_pipeline.lib.datasets import (
+    FASHION_DEBIAN_DIR,
+    FASHION_FILES,
+    DatasetError,
+    check_classes,
+    check_dataset_available,
+    dataset_class_ids,
+    load_dataset,
+)
 
 
 def test_digits_split_is_stratified_and_uint8():
@@ -41,15 +52,69 @@ def test_fashion_from_debian_package_padded_to_32():
     assert data.train.images[:, :2].max() == 0  # padding rows are background
 
 
-def test_fashion_missing_directory_says_how_to_install(tmp_path, monkeypatch):
+def _no_download(monkeypatch) -> list:
     import torchvision.datasets
 
+    calls = []
+
     def no_network(*args, **kwargs):
+        calls.append(args)
         raise OSError("no network")
 
     monkeypatch.setattr(torchvision.datasets, "FashionMNIST", no_network)
+    return calls
+
+
+def test_fashion_without_path_or_debian_package_says_how_to_install(tmp_path, monkeypatch):
+    calls = _no_download(monkeypatch)
+    monkeypatch.setattr(datasets, "FASHION_DEBIAN_DIR", str(tmp_path / "not-installed"))
     with pytest.raises(DatasetError, match="apt-get install dataset-fashion-mnist"):
-        load_dataset(DataConfig(source="fashion", path=str(tmp_path)))
+        load_dataset(DataConfig(source="fashion"))
+    assert calls  # no explicit path: the download fallback was tried
+
+
+def test_fashion_explicit_path_without_files_is_an_error_not_a_download(tmp_path, monkeypatch):
+    calls = _no_download(monkeypatch)
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"")
+    cfg = DataConfig(source="fashion", path=str(tmp_path))
+    with pytest.raises(DatasetError, match="lacks the Fashion-MNIST files") as raised:
+        check_dataset_available(cfg)
+    assert "t10k-labels-idx1-ubyte.gz" in str(raised.value) and "train-images-idx3-ubyte.gz" not in str(raised.value)
+    with pytest.raises(DatasetError, match="lacks the Fashion-MNIST files"):
+        load_dataset(cfg)
+    with pytest.raises(DatasetError, match="is not a folder"):
+        check_dataset_available(DataConfig(source="fashion", path=str(tmp_path / "missing")))
+    assert calls == []
+
+
+def _write_idx(path: Path, array: np.ndarray, gzipped: bool) -> None:
+    data = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(">" + "I" * array.ndim, *array.shape) + array.tobytes()
+    path.write_bytes(gzip.compress(data) if gzipped else data)
+
+
+@pytest.mark.parametrize("gzipped", [True, False])
+def test_fashion_explicit_path_reads_gzipped_or_unzipped_idx(tmp_path, gzipped):
+    rng = np.random.default_rng(0)
+    labels = {"train": np.repeat(np.arange(10, dtype=np.uint8), 3), "t10k": np.arange(10, dtype=np.uint8)}
+    for split, split_labels in labels.items():
+        name = FASHION_FILES["train_images" if split == "train" else "test_images"][: -len(".gz")]
+        images = rng.integers(0, 256, (len(split_labels), 28, 28), dtype=np.uint8)
+        _write_idx(tmp_path / (name + (".gz" if gzipped else "")), images, gzipped)
+        _write_idx(tmp_path / (name.replace("images-idx3", "labels-idx1") + (".gz" if gzipped else "")), split_labels, gzipped)
+    cfg = DataConfig(source="fashion", path=str(tmp_path), image_size=32)
+    check_dataset_available(cfg)
+    data = load_dataset(cfg)
+    assert data.source == str(tmp_path)
+    assert data.train.images.shape == (30, 32, 32, 1) and len(data.test) == 10
+    assert np.bincount(data.train.labels).tolist() == [3] * 10
+
+
+def test_check_classes_lists_valid_ids_and_keeps_dataset_order():
+    assert check_classes(DataConfig(source="digits"), ["7", "3", "7"]) == ["3", "7"]
+    with pytest.raises(DatasetError, match=r"unknown classes \['11'\]; valid class ids are \['0', '1'"):
+        check_classes(DataConfig(source="digits"), ["1", "11"])
+    with pytest.raises(DatasetError, match="unknown classes"):  # narrower than a profile's own data.classes
+        check_classes(DataConfig(source="digits", classes=["3", "7"]), ["1"])
 
 
 def _png(value: int, size: int = 10) -> bytes:
@@ -88,3 +153,8 @@ def test_folder_without_path_or_missing_path():
         dataset_class_ids(DataConfig(source="folder"))
     with pytest.raises(DatasetError, match="does not exist"):
         dataset_class_ids(DataConfig(source="folder", path="/nonexistent/images"))
+    with pytest.raises(DatasetError, match="data.path is not set"):
+        check_dataset_available(DataConfig(source="folder"))
+    with pytest.raises(DatasetError, match="does not exist"):
+        check_dataset_available(DataConfig(source="folder", path="/nonexistent/images"))
+    check_dataset_available(DataConfig(source="digits", path="/ignored/for/digits"))

@@ -15,6 +15,7 @@ from synthaug_pipeline.lib.diffusion import (
     SAMPLERS,
     TrainedGenerator,
     build_unet,
+    check_init_compatible,
     image_seed,
     load_generator,
     make_scheduler,
@@ -139,6 +140,39 @@ def test_fine_tune_starts_from_previous_weights(trained):
         train_generator(images, labels, 3, cfg, init_from=trained)
 
 
+def test_fine_tune_records_where_it_started(trained, tmp_path):
+    images, labels = two_class_images(16)
+    start = copy.copy(trained)
+    url = str(tmp_path / "start")
+    version = save_generator(start, url)
+    loaded = load_generator(url)
+    assert (loaded.url, loaded.version) == (url, version)
+    tuned = train_generator(images, labels, 2, GeneratorConfig(train_steps=1, **{**TINY, "batch_size": 4}), init_from=loaded)
+    assert (tuned.config["init_from"], tuned.config["init_from_url"]) == (version, url)
+    save_generator(tuned, str(tmp_path / "tuned"))
+    assert load_generator(str(tmp_path / "tuned")).config["init_from"] == version  # the saved config keeps both
+    assert load_generator(str(tmp_path / "tuned")).config["init_from_url"] == url
+    scratch = train_generator(images, labels, 2, GeneratorConfig(train_steps=1, **{**TINY, "batch_size": 4}))
+    assert (scratch.config["init_from"], scratch.config["init_from_url"]) == (None, None)
+
+
+@pytest.mark.parametrize(
+    "change, size, channels, classes, match",
+    [
+        ({"block_out_channels": [16, 64]}, 8, 1, 2, r"generator.block_out_channels=\[16, 64\] \(it has \[16, 32\]\)"),
+        ({"layers_per_block": 2}, 8, 1, 2, r"generator.layers_per_block=2 \(it has 1\)"),
+        ({}, 8, 1, 3, r"num_classes 2 vs 3 now.*data.classes"),
+        ({}, 16, 1, 2, r"image_size 8 vs 16 now"),
+        ({}, 8, 3, 2, r"channels 1 vs 3 now"),
+    ],
+)
+def test_fine_tune_names_the_mismatched_setting(trained, change, size, channels, classes, match):
+    cfg = GeneratorConfig(train_steps=1, **{**TINY, **change})
+    with pytest.raises(ValueError, match=r"generator.init_from .*" + match):
+        check_init_compatible(trained, cfg, size, channels, classes)
+    check_init_compatible(trained, GeneratorConfig(train_steps=1, **TINY), 8, 1, 2)  # the matching case passes
+
+
 @pytest.mark.parametrize(
     "images,labels,match",
     [
@@ -220,6 +254,92 @@ def test_sample_detects_non_finite_model(trained):
         broken.model.conv_in.weight[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="class index 1.*'ddim'"):
         sample_images(broken, 1, [1, 2], steps=3)
+    # the class id and every setting worth changing are named
+    with pytest.raises(
+        ValueError,
+        match=r"class 'seven' \(class index 1\) \(generator.sampler='euler', generator.sample_steps=3, generator.guidance_scale=2.0, "
+        r"at timestep \d+\); change generator.sampler .*generator.sample_steps .*generator.guidance_scale",
+    ):
+        sample_images(broken, 1, [1, 2], sampler="euler", steps=3, guidance_scale=2.0, class_id="seven")
+
+
+def test_steps_beyond_the_training_schedule_name_the_setting(trained):
+    with pytest.raises(ValueError, match=r"generator.sample_steps.*num_train_timesteps 1000, got 1001"):
+        sample_images(trained, 0, [1], steps=1001)
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_guidance_is_one_batched_forward_per_step(trained, sampler):
+    """Classifier-free guidance runs [x, x] with [class, null] labels in one forward: `steps` calls of 2N, not 2 x steps of N."""
+    calls: list[tuple[int, list[int]]] = []
+
+    def record(module, args, kwargs, output):
+        calls.append((args[0].shape[0], kwargs["class_labels"].tolist()))
+
+    handle = trained.model.register_forward_hook(record, with_kwargs=True)
+    try:
+        sample_images(trained, 1, [1, 2, 3], sampler=sampler, steps=4, guidance_scale=2.5)
+        guided = list(calls)
+        calls.clear()
+        sample_images(trained, 1, [1, 2, 3], sampler=sampler, steps=4, guidance_scale=2.5, batch_size=2)
+        split = list(calls)
+        calls.clear()
+        sample_images(trained, 1, [1, 2, 3], sampler=sampler, steps=4, guidance_scale=1.0)
+        unguided = list(calls)
+    finally:
+        handle.remove()
+    assert guided == [(6, [1, 1, 1, 2, 2, 2])] * 4  # null class = num_classes = 2
+    assert split == [(4, [1, 1, 2, 2])] * 4 + [(2, [1, 2])] * 4
+    assert unguided == [(3, [1, 1, 1])] * 4
+
+
+def test_cpu_sampling_ignores_dtype_and_keeps_the_model_where_it_ran(trained):
+    reference = sample_images(trained, 0, [5, 6], steps=3)
+    for dtype in ("float16", "bfloat16"):
+        assert sample_images(trained, 0, [5, 6], steps=3, device="cpu", dtype=dtype).tobytes() == reference.tobytes()
+    assert next(trained.model.parameters()).device.type == "cpu" and next(trained.model.parameters()).dtype == torch.float32
+    assert trained.model.conv_in.weight.is_contiguous()  # channels_last is for CUDA only
+    with pytest.raises(ValueError, match="generator.dtype 'float64'"):
+        sample_images(trained, 0, [5], steps=3, dtype="float64")
+    with pytest.raises(ValueError, match="generator.device 'tpu'"):
+        sample_images(trained, 0, [5], steps=3, device="tpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error when CUDA is missing")
+def test_cuda_without_a_device_names_the_setting(trained):
+    with pytest.raises(ValueError, match="generator.device is 'cuda' but torch sees no CUDA device"):
+        sample_images(trained, 0, [5], steps=3, device="cuda")
+
+
+def test_compiled_unet_gives_the_same_images_and_compiles_once(trained, monkeypatch):
+    compiles, real_compile = [], torch.compile
+
+    def eager_compile(model, **kwargs):  # the eager backend runs TorchDynamo without a C++ toolchain
+        compiles.append(model)
+        return real_compile(model, backend="eager", **kwargs)
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    generator = copy.copy(trained)
+    generator.compiled = {}
+    reference = sample_images(trained, 1, [3, 4], steps=3)
+    assert np.array_equal(sample_images(generator, 1, [3, 4], steps=3, compile=True), reference)
+    assert np.array_equal(sample_images(generator, 0, [3, 4], steps=3, compile=True), sample_images(trained, 0, [3, 4], steps=3))
+    assert compiles == [trained.model] and type(generator.compiled["cpu"]).__name__ == "OptimizedModule"
+
+
+@pytest.mark.gpu
+def test_cuda_sampling_in_bfloat16_stays_on_the_device(trained):
+    generator = copy.deepcopy(trained)
+    cpu = sample_images(generator, 0, list(range(8)), steps=5).astype(int)
+    fp32 = sample_images(generator, 0, list(range(8)), steps=5, device="cuda").astype(int)
+    assert next(generator.model.parameters()).device.type == "cuda"  # not moved back after the class
+    assert generator.model.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert np.abs(fp32 - cpu).mean() < 2.0  # same noise, float32 on both: only kernel rounding differs
+    bf16 = sample_images(generator, 0, list(range(8)), steps=5, device="cuda", dtype="bfloat16").astype(int)
+    assert next(generator.model.parameters()).dtype == torch.float32  # autocast, not a cast of the weights
+    assert np.abs(bf16 - cpu).mean() < 12.0
+    assert np.array_equal(bf16, sample_images(generator, 0, list(range(8)), steps=5, device="cuda", dtype="bfloat16").astype(int))
+    assert save_generator(generator, "memory://synthaug-test/gpu") == save_generator(copy.copy(trained), "memory://synthaug-test/cpu")
 
 
 def test_make_scheduler_names():

@@ -356,3 +356,38 @@ def test_load_shift_set_maps_labels_and_fits_the_profile_images(tmp_path) -> Non
     assert images.shape == (4, 8, 8, 3) and sorted(labels.tolist()) == [0, 1, 1, 1]
     with pytest.raises(ProfileError, match="does not have"):
         load_shift_set("p", parquet, ["1", "2"], (8, 8, 1))
+
+
+def test_shift_folders_named_by_class_index_map_onto_the_profile_classes(tmp_path) -> None:
+    images = _textured(6, 8, 1)
+    folder = _write_folder(tmp_path / "v2", {"0": images[:2], "2": images[2:6]})  # ImageNet-V2 style: folder = class index
+    class_ids = ["n01", "n02", "n03"]
+    with pytest.raises(ProfileError, match=r"has classes \['0', '2'\] .*set evaluation.shift_folder_labels.v2=class_index"):
+        check_shift_folders({"v2": folder}, class_ids)  # read as class ids they are foreign, and the message says what to set
+    assert check_shift_folders({"v2": folder}, class_ids, {"v2": "class_index"}) == {"v2": ["n01", "n03"]}
+    loaded, labels = load_shift_set("v2", folder, class_ids, (8, 8, 1), label_mode="class_index")
+    assert loaded.shape == (6, 8, 8, 1) and sorted(labels.tolist()) == [0, 0, 2, 2, 2, 2]
+    with pytest.raises(ProfileError, match=r"shift_folder_labels.v2=class_index, but \['2'\] are not integer indices into the profile's 2 classes"):
+        check_shift_folders({"v2": folder}, ["n01", "n02"], {"v2": "class_index"})
+    named = _write_folder(tmp_path / "named", {"n01": images[:1], "cat": images[1:2]})
+    with pytest.raises(ProfileError, match=r"\['cat', 'n01'\] are not integer indices"):
+        check_shift_folders({"named": named}, class_ids, {"named": "class_index"})
+
+
+def test_a_root_holding_only_split_folders_is_read_from_them(tmp_path) -> None:
+    images = _textured(5, 8, 1)
+    _write_folder(tmp_path / "objectnet" / "val", {"a": images[:2], "b": images[2:3]})
+    _write_folder(tmp_path / "objectnet" / "test", {"b": images[3:5]})
+    root = str(tmp_path / "objectnet")
+    assert check_shift_folders({"obj": root}, ["a", "b"]) == {"obj": ["a", "b"]}  # not one class named "test" or "val"
+    loaded, labels = load_shift_set("obj", root, ["a", "b"], (8, 8, 1))
+    assert loaded.shape == (5, 8, 8, 1) and sorted(labels.tolist()) == [0, 0, 1, 1, 1]
+
+
+def test_default_corruption_suite_is_all_six_and_labels_must_name_a_shift_folder() -> None:
+    from synthaug_pipeline.lib.config import EvaluationConfig
+    from synthaug_pipeline.lib.evaluation import CORRUPTIONS
+
+    assert EvaluationConfig().corruptions == list(CORRUPTIONS)
+    with pytest.raises(ValueError, match=r"shift_folder_labels names \['v2'\], which are not in shift_folders"):
+        EvaluationConfig(shift_folder_labels={"v2": "class_index"})

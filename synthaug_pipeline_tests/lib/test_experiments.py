@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from synthaug_pipeline.lib.config import ExperimentsConfig, load_profile
+from synthaug_pipeline.lib.config import ExperimentsConfig, ProfileError, load_profile
 from synthaug_pipeline.lib.experiments import (
     ExperimentError,
     ExperimentSpec,
@@ -23,8 +23,7 @@ CLASSES = ["a", "b"]
 def test_default_grid_has_readable_keys_in_a_stable_order():
     keys = experiment_keys(ExperimentsConfig())
     assert keys == [
-        *[f"full-r{r}-s{s}" for r in (0, 1, 3) for s in (0, 1, 2)],
-        *[f"few_shot-r{r}-s{s}" for r in (0, 1, 3) for s in (0, 1, 2)],
+        *[f"few_shot-r{r}-s{s}" for r in (0, 0.5, 1) for s in (0, 1, 2)],
         "cas-s0",
         "cas-s1",
         "cas-s2",
@@ -205,8 +204,15 @@ def test_summary_averages_over_seeds_and_lists_missing_and_stale_runs():
     assert groups["cas"]["n"] == 1
 
     markdown = render_experiments_markdown(summary)
-    assert "| few_shot-r1 | 2 | 72.0 ± 2.8 | 50.0 ± 7.1 | +7.0 ± 4.2 | +5.0 ± 0.0 | 6 | 6 |" in markdown
-    assert "| cas | 1 | 30.0 | 20.0 | — | — | 6 | 0 |" in markdown  # one seed: no spread to show
+    assert "| experiment | seeds | top-1 | top-1 under shift | shift drop | top-1 gain" in markdown  # no top-5 with 2 classes
+    assert "| few_shot-r1 | 2 | 72.0 ± 2.8 | 50.0 ± 7.1 | 22.0 ± 4.2 | +7.0 ± 4.2 | +5.0 ± 0.0 | 6 | 6 |" in markdown
+    assert "| cas | 1 | 30.0 | 20.0 | 10.0 | — | — | 6 | 0 |" in markdown  # one seed: no spread to show
+    # per class, paired by seed with few_shot-r0: a gains 0.10 (seed 0) and 0.04 (seed 1), b the same
+    per_class = mixed["per_class_vs_real_only"]
+    assert per_class["a"]["mean"] == pytest.approx(0.07) and per_class["a"]["n"] == 2
+    assert per_class["b"]["std"] == pytest.approx(math.sqrt(2) * 0.03)
+    assert "Per-class top-1 change vs real-only" in markdown
+    assert "| class | few_shot-r1 |" in markdown and "| a | +7.0 ± 4.2 |" in markdown
     assert "5 of 9 experiments summarized" in markdown
     assert "Missing (not materialized, or failed): few_shot-r0-s2, cas-s0, cas-s2." in markdown
     assert "Stale (trained under another setup or on other shards; re-materialize): few_shot-r1-s2." in markdown
@@ -226,3 +232,122 @@ def test_spec_rejects_combinations_that_mean_nothing():
         ExperimentSpec(seed=0, ratio=1.0)
     with pytest.raises(ExperimentError, match="seeds are integers >= 0"):
         ExperimentSpec(seed=True, regime="full", ratio=0.0)
+
+
+def test_ratios_by_regime_replace_the_shared_ratios_for_that_regime():
+    cfg = ExperimentsConfig(regimes=["few_shot", "full"], ratios=[0, 2], ratios_by_regime={"full": [0, 0.05]}, seeds=[0])
+    assert experiment_keys(cfg) == ["few_shot-r0-s0", "few_shot-r2-s0", "full-r0-s0", "full-r0.05-s0", "cas-s0"]
+    ignored = ExperimentsConfig(regimes=["few_shot"], ratios=[0, 1], ratios_by_regime={"long_tail": [3]}, seeds=[0], synthetic_only=False)
+    assert experiment_keys(ignored) == ["few_shot-r0-s0", "few_shot-r1-s0"]  # a regime the grid does not run
+
+
+def _top5_result(key: str, top1: float, top5: float, per_class: dict) -> dict:
+    result = _result(key, top1, top1 - 0.1)
+    result["metrics"]["top5"] = top5
+    result["per_class"] = per_class
+    return result
+
+
+def test_summary_with_many_classes_shows_top5_and_the_classes_that_change_most():
+    classes = [f"c{i:02d}" for i in range(12)]
+    grid = experiment_keys(ExperimentsConfig(ratios=[0, 1], regimes=["few_shot"], seeds=[0], synthetic_only=False))
+    base = {c: 0.5 for c in classes}
+    mixed = {c: 0.5 + 0.01 * i for i, c in enumerate(classes)}
+    mixed["c00"] = 0.2  # the largest loss
+    results = {
+        "few_shot-r0-s0": _top5_result("few_shot-r0-s0", 0.5, 0.8, base),
+        "few_shot-r1-s0": _top5_result("few_shot-r1-s0", 0.6, 0.9, mixed),
+    }
+    summary = summarize_experiments(results, grid, dict.fromkeys(grid, "now"))
+    group = {g["group"]: g for g in summary["groups"]}["few_shot-r1"]
+    assert group["metrics"]["top5"]["mean"] == pytest.approx(0.9)
+    assert group["vs_real_only"]["top5"]["mean"] == pytest.approx(0.1)
+    assert group["per_class_vs_real_only"]["c11"]["mean"] == pytest.approx(0.11)
+    markdown = render_experiments_markdown(summary)
+    assert "| experiment | seeds | top-1 | top-5 | top-1 under shift | shift drop | top-1 gain vs real-only | top-5 gain vs real-only |" in markdown
+    assert "| few_shot-r1 | 1 | 60.0 | 90.0 | 50.0 | 10.0 | +10.0 | +10.0 | +10.0 | 6 | 6 |" in markdown
+    row = next(line for line in markdown.splitlines() if line.startswith("| few_shot-r1 | c11"))
+    assert row == "| few_shot-r1 | c11 +11.0, c10 +10.0, c09 +9.0, c08 +8.0, c07 +7.0 | c00 -30.0, c01 +1.0, c02 +2.0, c03 +3.0, c04 +4.0 |"
+
+
+# --------------------------------------------------------------------------------------------------
+# Preflight: every grid point checked against the data before anything trains
+# --------------------------------------------------------------------------------------------------
+
+DIGITS_TRAIN = [125, 127, 124, 128, 127, 127, 127, 125, 122, 126]  # the digits profile's real training images per class
+
+
+def test_packaged_profiles_default_grids_are_feasible():
+    from synthaug_pipeline.lib.preflight import check_before_training, check_experiment_grid
+
+    ids = [str(i) for i in range(10)]
+    for check in (check_before_training, check_experiment_grid):
+        check(load_profile("digits", []), ids, DIGITS_TRAIN)
+        check(load_profile("fashion", []), ids, [6000] * 10)
+    # the old default grid (ratios 1 and 3 on the full data) could not run on either
+    old = ["experiments.ratios=[0, 1, 3]", "experiments.ratios_by_regime={}", "experiments.regimes=[full, few_shot]"]
+    for name, counts in (("digits", DIGITS_TRAIN), ("fashion", [6000] * 10)):
+        with pytest.raises(ProfileError, match=r"experiment grid point full-r1-s0: ratio 1 needs \d+ accepted synthetic images"):
+            check_experiment_grid(load_profile(name, old), ids, counts)
+        check_before_training(load_profile(name, old), ids, counts)  # the main pipeline is not held up by the grid
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["experiments.regimes=[full]", "experiments.ratios=[0, 0.5]", "experiments.ratios_by_regime={}", "experiments.seeds=[0, 1, 2]"],
+            r"grid point full-r0.5-s0: ratio 0.5 needs 64 accepted synthetic images of class '1' \(0.5 x 127 real kept by full\) "
+            r"but at most generator.images_per_class=50 are generated: .*up to 0.39 fits for full.*raise generator.images_per_class to at least 64"
+            r".*\[2 more experiment grid point\(s\) fail as well\]",
+        ),
+        (
+            ["experiments.few_shot_k=123"],
+            r"grid point few_shot-r0-s0: few_shot keeps experiments.few_shot_k=123 real images per class but class '8' has only 122: "
+            r"lower experiments.few_shot_k to at most 122",
+        ),
+        (
+            ["experiments.regimes=[long_tail]", "experiments.ratios=[1]", "experiments.long_tail_imbalance=2"],
+            r"grid point long_tail-r1-s0: ratio 1 needs 122 accepted synthetic images of class '0' \(1 x 122 real kept by long_tail\)",
+        ),
+        (
+            ["experiments.regimes=[few_shot, full]", "experiments.ratios=[0, 6]", "experiments.ratios_by_regime={full: [0, 0.5]}"],
+            r"grid point few_shot-r6-s0: ratio 6 needs 60 .* lower the ratio in experiments.ratios \(",
+        ),
+        (
+            ["experiments.regimes=[full]", "experiments.ratios_by_regime={full: [0, 0.5]}"],
+            r"grid point full-r0.5-s0: .*lower the ratio in experiments.ratios_by_regime.full",
+        ),
+    ],
+)
+def test_preflight_names_the_grid_point_class_and_fix(overrides, message):
+    from synthaug_pipeline.lib.preflight import check_experiment_grid
+
+    profile = load_profile("digits", ["generator.images_per_class=50", "experiments.seeds=[0]", *overrides])
+    with pytest.raises(ProfileError, match=message):
+        check_experiment_grid(profile, [str(i) for i in range(10)], DIGITS_TRAIN)
+
+
+def test_preflight_passes_a_grid_that_just_fits_and_refuses_a_class_without_images():
+    from synthaug_pipeline.lib.preflight import check_experiment_grid
+
+    fits = load_profile("digits", ["generator.images_per_class=10", "experiments.regimes=[few_shot]", "experiments.ratios=[0, 1]"])
+    check_experiment_grid(fits, ["0", "1"], [30, 12])  # ceil(1 x 10) = 10 of 10
+    with pytest.raises(ProfileError, match="grid point few_shot-r0-s0: class '1' has no real training images"):
+        check_experiment_grid(fits, ["0", "1"], [30, 0])
+
+
+def test_shards_whose_blocking_checks_failed_are_refused():
+    from synthaug_pipeline.lib.preflight import check_shards_passed
+
+    ok = {"class_id": "0", "checks": {"has_accepted_images": True, "scores_finite": True}, "error": None}
+    legacy = {"class_id": "1", "error": None}  # written before checks were recorded: unknown, allowed
+    check_shards_passed([ok, legacy], "classifier_augmented")
+    bad = {"class_id": "2", "checks": {"has_accepted_images": False, "no_test_leaks_accepted": False, "scores_finite": True}, "error": None}
+    broken = {"class_id": "3", "checks": {"scores_finite": False}, "error": "class 3: scoring failed: NaN"}
+    with pytest.raises(
+        ValueError,
+        match=r"classifier_augmented refuses 2 synthetic shard\(s\) .*class '2' \(failed: has_accepted_images, no_test_leaks_accepted\); "
+        r"class '3' \(failed: scores_finite; error: class 3: scoring failed: NaN\)",
+    ):
+        check_shards_passed([ok, bad, legacy, broken], "classifier_augmented")

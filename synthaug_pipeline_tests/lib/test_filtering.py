@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
 from synthaug_pipeline.lib.config import FilterConfig
-from synthaug_pipeline.lib.filtering import FilterPolicy, apply_policy, policy_version, refilter_table, shard_decisions
-from synthaug_pipeline.lib.scoring import ClassScores, accept, filter_version, shard_accept
+from synthaug_pipeline.lib.filtering import (
+    FilterPolicy,
+    apply_policy,
+    policy_json_version,
+    policy_version,
+    refilter_table,
+    shard_decisions,
+    shard_policy,
+)
+from synthaug_pipeline.lib.scoring import ClassScores, accept, filter_policy, filter_version, shard_accept
 from synthaug_pipeline.lib.shards import build_shard_table, read_shards, write_class_shard
 
 # Six images of class 2. Confidence ties at 0.9 (rows 0, 2, 5); row 4 fails the
@@ -163,6 +172,26 @@ def test_policy_version_is_pinned_canonical_hash():
     assert filter_version(FilterConfig(), duplicate_threshold=2.5) == policy_version(duplicate_threshold=2.5)
 
 
+def test_filter_policy_is_the_canonical_json_the_version_hashes():
+    canonical = (
+        '{"drop_test_leaks":true,"drop_train_copies":true,"duplicate_threshold":2.5,"min_confidence":0.5,"require_label_match":true}'
+    )
+    assert filter_policy(FilterConfig(), duplicate_threshold=2.5) == canonical
+    assert policy_json_version(canonical) == filter_version(FilterConfig(), duplicate_threshold=2.5) == "v1-d4104c5e853a"
+    assert json.loads(canonical) == {**FilterPolicy().canonical(), "duplicate_threshold": 2.5}
+    # The threshold decides nothing without a duplicate rule, so it is not part of the policy.
+    legacy = FilterConfig(drop_train_copies=False, drop_test_leaks=False)
+    assert filter_policy(legacy, duplicate_threshold=2.5) == '{"min_confidence":0.5,"require_label_match":true}'
+    for cfg in (FilterConfig(top_k=3), FilterConfig(quantile=0.25, drop_test_leaks=False), legacy):
+        for threshold in (None, 0.7):
+            text = filter_policy(cfg, duplicate_threshold=threshold)
+            assert policy_json_version(text) == filter_version(cfg, duplicate_threshold=threshold)
+            # The pipeline's decision path and the filtering module agree on the string.
+            assert text == shard_policy(FilterPolicy.from_config(cfg), duplicate_threshold=threshold)
+    with pytest.raises(ValueError, match="duplicate_threshold"):
+        filter_policy(FilterConfig(), duplicate_threshold=float("inf"))
+
+
 def test_policy_version_changes_with_every_setting():
     variants = [
         {},
@@ -248,6 +277,7 @@ def _shard_table(conf=CONF, top1=TOP1, distance=DISTANCE, cfg=None, threshold=0.
             "nearest_real_distance": np.asarray(distance, dtype=np.float32),
             "accepted": accepted,
             "filter_version": version,
+            "filter_policy": filter_policy(cfg, duplicate_threshold=threshold),
             "run_id": "run",
             "created_at": dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
         }
@@ -257,7 +287,7 @@ def _shard_table(conf=CONF, top1=TOP1, distance=DISTANCE, cfg=None, threshold=0.
 def _assert_only_decisions_changed(before: pa.Table, after: pa.Table) -> None:
     assert after.schema.equals(before.schema, check_metadata=True)
     for name in before.column_names:
-        if name not in ("accepted", "filter_version"):
+        if name not in ("accepted", "filter_version", "filter_policy"):
             assert after.column(name).equals(before.column(name)), name
     # The image bytes are the very same buffers: nothing was decoded or re-encoded.
     assert after.column("image").to_pylist() == before.column("image").to_pylist()
@@ -273,6 +303,11 @@ def test_refilter_table_recomputes_only_decisions(tmp_path):
     version = policy_version(top_k=2, duplicate_threshold=0.1, drop_test_leaks=False)
     assert set(after.column("filter_version").to_pylist()) == {version}
     assert version != before.column("filter_version")[0].as_py()
+    # The policy itself is rewritten too, and is what the new version hashes.
+    policies = set(after.column("filter_policy").to_pylist())
+    assert policies == {'{"drop_train_copies":true,"duplicate_threshold":0.1,"min_confidence":0.5,"require_label_match":true,"top_k":2}'}
+    assert policy_json_version(policies.pop()) == version
+    assert before.column("filter_policy")[0].as_py() == '{"min_confidence":0.5,"require_label_match":true}'
     _assert_only_decisions_changed(before, after)
     # The result is still a valid shard.
     info = write_class_shard(str(tmp_path), "c2", after)
@@ -355,5 +390,7 @@ def test_refilter_table_rejects_wrong_class_and_missing_columns():
         refilter_table(_shard_table(), 1, **NO_DUPLICATES)
     with pytest.raises(ValueError, match="judge_top1"):
         refilter_table(_shard_table().drop_columns(["judge_top1"]), 2, **NO_DUPLICATES)
+    with pytest.raises(ValueError, match="lacks columns needed to re-filter: filter_policy"):
+        refilter_table(_shard_table().drop_columns(["filter_policy"]), 2, **NO_DUPLICATES)
     with pytest.raises(TypeError):
         refilter_table(_shard_table(), 2, min_confidance=0.7)

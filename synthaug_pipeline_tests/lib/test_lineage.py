@@ -23,3 +23,64 @@ def test_file_scheme_and_plain_paths_match(tmp_path):
 def test_missing_lineage_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="lineage.json"):
         read_lineage(str(tmp_path))
+
+
+RECORD = {
+    "name": "experiment-few_shot-r1-s2-auxbn",
+    "version": "v9",
+    "run_id": "run-9",
+    "experiment": {"key": "few_shot-r1-s2-auxbn", "group": "few_shot-r1-auxbn", "regime": "few_shot", "ratio": 1.0, "seed": 2},
+    "real": {"dataset": "digits", "source": "sklearn", "regime": "few_shot", "images": 20},
+    "synthetic_ratio": 1.0,
+    "aux_bn": True,
+    "training": {"model": "synthaug_cnn", "optimizer": "sgd", "learning_rate": 0.05, "steps": 321, "seed": 2, "batch_size": 64},
+    "shards": [
+        {"class_id": "0", "uri": "/out/synthetic_shards/class=0/s.parquet", "sha256": "cd" * 32, "num_accepted": 9,
+         "filter_version": "filter-abc", "generator_version": "gen-123", "run_id": "run-3", "images_used": 10},
+    ],
+    "filter_versions": ["filter-abc"],
+    "generator_versions": ["gen-123"],
+    "upstream": {
+        "class_catalog": {"storage_id": 4, "run_id": "run-1", "timestamp": 1.0},
+        "real_images": {"0": {"storage_id": 7, "run_id": "run-2", "timestamp": 2.0}, "1": None},
+        "synthetic_shards": {"0": {"storage_id": 31, "run_id": "run-3", "timestamp": 3.0}},
+    },
+}
+
+
+def test_cli_lineage_prints_the_settings_and_upstream_materializations(tmp_path, capsys):
+    from synthaug_pipeline.cli import main
+
+    model = tmp_path / "models" / "experiment-few_shot-r1-s2-auxbn" / "run-9"
+    write_lineage(str(model), RECORD)
+    assert main(["lineage", str(model)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    for line in (
+        "real data: digits (sklearn), 20 images, regime few_shot",
+        "experiment: few_shot-r1-s2-auxbn (group few_shot-r1-auxbn)",
+        "seed: 2",
+        "synthetic ratio: 1.0",
+        "aux BN: True",
+        "filter versions: filter-abc",
+        "generator versions: gen-123",
+        "shards: 1",
+        "upstream materializations:",
+        "  class_catalog: storage id 4, run run-1",
+        "  real_images[0]: storage id 7, run run-2",
+        "  real_images[1]: none recorded",
+        "  synthetic_shards[0]: storage id 31, run run-3",
+    ):
+        assert line in out, line
+    training = next(line for line in out if line.startswith("training:"))
+    assert "optimizer sgd" in training and "learning rate 0.05" in training and "321 steps" in training
+    shard = next(line for line in out if "s.parquet" in line)
+    assert "used 10" in shard and "filter filter-abc" in shard and "generator gen-123" in shard
+
+
+def test_lineage_of_an_older_model_says_what_was_not_recorded():
+    from synthaug_pipeline.lib.lineage import describe_lineage
+
+    lines = describe_lineage({"name": "classifier_baseline", "version": "v0", "shards": [], "training": {"steps": 5}})
+    assert "upstream materializations: not recorded (a model trained before they were)" in lines
+    assert "filter versions: none" in lines and "seed: ?" in lines
+    assert any("optimizer ?" in line and "5 steps" in line for line in lines)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
+from synthaug_pipeline.lib import pretrained
 from synthaug_pipeline.lib.config import GeneratorConfig
 from synthaug_pipeline.lib.diffusion import SAMPLERS
 from synthaug_pipeline.lib.pretrained import (
@@ -16,6 +17,7 @@ from synthaug_pipeline.lib.pretrained import (
     GeneratorSettingError,
     NonFiniteImagesError,
     SamplingSettings,
+    default_batch_size,
     dit_class_indices,
     generate_images,
     imagenet_1k_wnids,
@@ -125,6 +127,20 @@ def test_the_pipeline_is_loaded_once_per_process_and_described(models):
     assert half is not first and half.pipeline.unet.dtype == torch.bfloat16
 
 
+def test_a_rewritten_model_folder_is_reloaded_not_reused(tmp_path):
+    folder = tiny_dit_pipeline(tmp_path / "dit", num_labels=10)
+    first = load_pretrained("dit", str(folder), "float32", "cpu")
+    assert load_pretrained("dit", str(folder), "float32", "cpu") is first
+    tiny_dit_pipeline(folder, num_labels=10, seed=1)  # same path, other weights, mid-process
+    second = load_pretrained("dit", str(folder), "float32", "cpu")
+    assert second is not first and second.version == model_version(folder) != first.version
+    old_weights, new_weights = (dict(g.pipeline.transformer.named_parameters()) for g in (first, second))
+    assert not torch.equal(old_weights["pos_embed.proj.weight"], new_weights["pos_embed.proj.weight"])
+    assert load_pretrained("dit", str(folder), "float32", "cpu") is second
+    assert first not in pretrained._PIPELINES.values()  # the stale copy is dropped, not kept beside the new one
+    assert len(pretrained._PIPELINES) <= pretrained.PIPELINE_CACHE_SIZE
+
+
 def test_model_version_follows_the_weights(tmp_path):
     folder = tiny_dit_pipeline(tmp_path / "dit", num_labels=10)
     before = model_version(folder)
@@ -170,7 +186,7 @@ def test_schedulers_swap_by_name_and_keep_the_models_noise_schedule(models, name
         ({"steps": 1001}, r"generator.sample_steps .* got 1001"),
         ({"guidance_scale": float("nan")}, r"generator.guidance_scale must be a finite number"),
         ({"guidance_scale": -1.0}, r"generator.guidance_scale"),
-        ({"batch_size": 0}, r"generator.sample_batch_size"),
+        ({"batch_size": 0}, r"generator.pretrained_batch_size must be an integer >= 1"),
         ({"strength": 0.2, "steps": 2}, r"generator.strength 0.2 x generator.sample_steps 2 leaves no denoising step"),
         ({"output_size": 20}, r"generator.output_size must be a multiple of 8"),
     ],
@@ -282,6 +298,39 @@ def test_compiled_denoiser_gives_the_same_images(models, monkeypatch):
     assert compiled.compiled and type(compiled.pipeline.transformer).__name__ == "OptimizedModule"
     images = generate_images(compiled, "0", [1, 2], FAST, (8, 8, 1), class_index=3)
     assert np.array_equal(images, _sample(models, "dit", [1, 2]))
+
+
+def test_pretrained_batches_default_to_a_size_that_fits():
+    assert (default_batch_size(512), default_batch_size(1024), default_batch_size(256), default_batch_size(16)) == (8, 2, 32, 32)
+    # generator.sample_batch_size (256) is the ddpm backend's: a pretrained pipeline never gets it
+    assert SamplingSettings.from_config(GeneratorConfig(backend="text2img")).batch_size is None
+    assert SamplingSettings.from_config(GeneratorConfig(backend="text2img", pretrained_batch_size=4)).batch_size == 4
+
+
+def test_out_of_memory_halves_the_batch_with_the_same_pixels(models, monkeypatch):
+    real, sizes, logs = pretrained._sample_stable_diffusion, [], []
+
+    def small_gpu(generator, gens, *args):
+        sizes.append(len(gens))
+        if len(gens) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(generator, gens, *args)
+
+    seeds, inputs = [21, 22, 23, 24, 25], _inputs("text2img", 5)
+    one_by_one = _sample(models, "text2img", seeds, SamplingSettings(**{**FAST.__dict__, "batch_size": 1}), **inputs)
+    monkeypatch.setattr(pretrained, "_sample_stable_diffusion", small_gpu)
+    calls = []
+    images = _sample(
+        models, "text2img", seeds, SamplingSettings(**{**FAST.__dict__, "batch_size": 4}), **inputs,
+        progress=lambda done, total: calls.append(done), log=logs.append,
+    )
+    assert sizes == [4, 2, 2, 1]  # 4 fails, then the smaller size is kept: [0:2], [2:4], [4:5]
+    assert calls == [2, 4, 5] and len(logs) == 1 and "batch of 4 images ran out of cpu memory; retrying with 2" in logs[0]
+    assert np.array_equal(images, one_by_one)
+
+    monkeypatch.setattr(pretrained, "_sample_stable_diffusion", lambda *a: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("oom")))
+    with pytest.raises(GeneratorSettingError, match=r"class '0': one 16 px image .* does not fit .*generator.output_size"):
+        _sample(models, "text2img", [1, 2], SamplingSettings(**{**FAST.__dict__, "batch_size": 2}), prompts=["x", "y"])
 
 
 def test_per_image_cycles_through_values():

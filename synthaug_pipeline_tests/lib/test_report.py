@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from synthaug_pipeline.lib.evaluation import compare, evaluate_under_shift
-from synthaug_pipeline.lib.report import headline_rows, headline_table, render_report_markdown
+from synthaug_pipeline.lib.report import headline_rows, headline_table, per_class_order, render_report_markdown
 
 
 class Shifted(nn.Module):
@@ -47,7 +47,17 @@ def _payload(num_classes: int, corruptions: list[str], shift_sets: bool) -> dict
         "profile": {"name": "tiny", "augmented": {"synthetic_ratio": 0.5, "aux_bn": True}},
         "dataset": {"dataset": "tiny", "source": "test", "class_ids": class_ids, "image_shape": [8, 8, 1]},
         "judge": {"model": "synthaug_cnn_small", "test_top1": 0.9},
-        "per_class": {c: {"n_synthetic": 4, "mean_judge_confidence": 0.8, "fid": 1.5, "feature_extractor": "judge"} for c in class_ids},
+        "per_class": {
+            c: {
+                "n_synthetic": 4,
+                "n_real": 6,
+                "mean_judge_confidence": 0.8,
+                "fid": 1.5,
+                "kid_mean": 0.01 * (i + 1),
+                "feature_extractor": "judge:synthaug_cnn_small@abc/penultimate",
+            }
+            for i, c in enumerate(class_ids)
+        },
         "shards": [
             {"class_id": c, "num_accepted": 3, "uri": f"file:///s/{c}.parquet", "sha256": "ab" * 32, "num_rows": 4, "filter_version": "f1"}
             for c in class_ids
@@ -81,7 +91,42 @@ def test_report_markdown_shows_shift_breakdown_sets_and_per_class_deltas() -> No
     assert "Drop under shift" in markdown
     assert "## Under shift: extra test sets (evaluation.shift_folders)" in markdown
     assert "| sketch | 2 | 2/12 | 0.0% | 100.0% | +100.0 |" in markdown
-    assert "| k5 | 4 | 3 | 0.800 | 1.500 | 0.0% | 100.0% | +100.0 |" in markdown  # per-class delta column
+    assert "| k5 | 4 | 6 | 3 | 0.800 | 0.06 | 1.500 | 0.0% | 100.0% | +100.0 |" in markdown  # counts, KID, FID, per-class delta
     assert "auxiliary batch-norm on" in markdown
     plain = render_report_markdown(_payload(3, [], shift_sets=False))
     assert "Under shift" not in plain and "| top-1 in-domain |" in plain
+
+
+def _class_rows(markdown: str) -> list[str]:
+    start = markdown.index("| class | synthetic | real |")
+    return [line for line in markdown[start:].splitlines()[2:] if line.startswith("| ")]
+
+
+def test_per_class_table_is_sorted_by_kid_and_survives_empty_classes() -> None:
+    payload = _payload(4, [], shift_sets=False)
+    payload["per_class"]["k1"]["kid_mean"] = 0.5  # the worst class
+    # An empty class: scored, but nothing could be computed (None, not absent).
+    payload["per_class"]["k2"].update(n_synthetic=0, mean_judge_confidence=None, fid=None, kid_mean=None)
+    del payload["per_class"]["k3"]  # a class with no scores at all
+    markdown = render_report_markdown(payload)
+    rows = _class_rows(markdown)
+    assert [row.split(" | ")[0] for row in rows] == ["| k1", "| k0", "| k2", "| k3"]
+    assert rows[0] == "| k1 | 4 | 6 | 3 | 0.800 | 0.5 | 1.500 | 0.0% | 100.0% | +100.0 |"
+    assert rows[2].startswith("| k2 | 0 | 6 | 3 | n/a | n/a | n/a | ")
+    assert rows[3].startswith("| k3 | 0 | n/a | 3 | n/a | n/a | n/a | ")
+    assert "Sorted by KID (the ranking metric" in markdown
+    assert per_class_order(["a", "b", "c"], {"a": {"kid_mean": 0.1}, "b": {}, "c": {"kid_mean": 0.3}}) == ["c", "a", "b"]
+
+
+def test_report_names_the_extractor_the_scores_came_from() -> None:
+    payload = _payload(3, [], shift_sets=False)
+    markdown = render_report_markdown(payload)
+    assert "FID and KID use features from `judge:synthaug_cnn_small@abc/penultimate` (not Inception)" in markdown
+    for summary in payload["per_class"].values():
+        summary["feature_extractor"] = "inception-v3-compat:pool3@0123456789ab"
+    inception = render_report_markdown(payload)
+    assert "(not Inception)" not in inception
+    assert "FID and KID use Inception features from `inception-v3-compat:pool3@0123456789ab`, but at per-class sample sizes" in inception
+    payload["per_class"]["k0"]["feature_extractor"] = "efficientnet_lite0:x"
+    mixed = render_report_markdown(payload)
+    assert "`efficientnet_lite0:x`, `inception-v3-compat:pool3@0123456789ab` (different classes used different extractors" in mixed

@@ -34,6 +34,24 @@ def _fid_reference(a: np.ndarray, b: np.ndarray) -> float:
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(covmean))
 
 
+def _fid_reference_eig(a: np.ndarray, b: np.ndarray) -> float:
+    """FID for any N, D: ``Tr (S_a S_b)^{1/2}`` as the sum of square roots of the eigenvalues of ``S_a @ S_b``.
+
+    Independent of frechet_distance's routes (no Gram matrix, no symmetric
+    square root): ``S_a S_b`` is a product of PSD matrices, so its eigenvalues
+    are real and >= 0 in exact arithmetic; a general (non-symmetric)
+    eigensolver returns them with round-off, so the real parts are taken and
+    the ones below round-off level (the ``D - rank`` zero eigenvalues when
+    N < D) set to 0.
+    """
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    eig = np.linalg.eigvals(cov_a @ cov_b).real
+    eig[eig < 1e-10 * np.abs(eig).max()] = 0.0
+    trace_sqrt = float(np.sqrt(eig).sum())
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_sqrt)
+
+
 def _kid_reference(x: np.ndarray, y: np.ndarray) -> float:
     """Unbiased MMD^2 with k(x, y) = (x.y/d + 1)^3, written as plain loops."""
     d = x.shape[1]
@@ -65,6 +83,23 @@ def test_frechet_matches_scipy_sqrtm_reference():
     expected = _fid_reference(a, b)
     assert expected > 1.0  # the sets really differ
     assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("n_a, n_b, dim", [(6, 8, 30), (20, 25, 64), (9, 40, 30), (3, 3, 16)])
+def test_frechet_matches_eigenvalue_reference_when_n_below_d(n_a, n_b, dim):
+    # The per-class regime (N < D, singular covariances) against a reference that
+    # shares no code path with frechet_distance; correlated features and a mean shift.
+    rng = np.random.default_rng(n_a * 100 + dim)
+    mix = rng.normal(size=(dim, dim)) / np.sqrt(dim)
+    a = rng.normal(size=(n_a, dim)) @ mix
+    b = (rng.normal(size=(n_b, dim)) * 1.3 + 0.4) @ mix
+    assert min(n_a, n_b) < dim
+    expected = _fid_reference_eig(a, b)
+    assert expected > 0.5  # the sets really differ
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-6)
+    # The reference itself agrees with the sqrtm textbook formula where that one is reliable (N > D).
+    big_a, big_b = rng.normal(size=(200, 8)), rng.normal(loc=0.3, size=(150, 8)) * 1.2
+    assert _fid_reference_eig(big_a, big_b) == pytest.approx(_fid_reference(big_a, big_b), rel=1e-8)
 
 
 def test_frechet_is_symmetric_and_float32_input_is_computed_in_float64():
@@ -265,6 +300,8 @@ def test_score_class_matches_cdist_across_chunks(monkeypatch):
     probs = _softmax(rng.normal(size=(11, 4)))
     scores = score_class(probs, syn, 2, real, "x")
     np.testing.assert_allclose(scores.nearest_real_distance, cdist(syn, real).min(axis=1), rtol=1e-12)
+    np.testing.assert_array_equal(scores.nearest_real_index, cdist(syn, real).argmin(axis=1))
+    assert scores.nearest_real_index.dtype == np.int64
     real_d = cdist(real, real)
     np.fill_diagonal(real_d, np.inf)
     assert scores.summary["real_nn_distance"] == pytest.approx(float(np.median(real_d.min(axis=1))), rel=1e-12)
@@ -511,6 +548,11 @@ def test_score_class_flags_training_copies_and_test_leaks():
     assert "median real nearest-neighbour" in s["duplicate_threshold_rule"]
     np.testing.assert_allclose(scores.nearest_test_distance, cdist(syn, test).min(axis=1), rtol=1e-12)
     assert scores.nearest_real_distance[3] == 0.0 and scores.nearest_test_distance[8] == 0.0
+    # Which real image each flagged one copies: the copies point at the very rows they were made from.
+    assert scores.nearest_real_index[3] == 7 and scores.nearest_test_index[8] == 2
+    np.testing.assert_array_equal(scores.nearest_real_index, cdist(syn, real).argmin(axis=1))
+    np.testing.assert_array_equal(scores.nearest_test_index, cdist(syn, test).argmin(axis=1))
+    assert scores.nearest_real_index.dtype == scores.nearest_test_index.dtype == np.int64
     assert scores.is_train_copy[3] and scores.is_test_leak[8]
     assert not scores.is_train_copy[10] and not scores.is_test_leak[10]
     np.testing.assert_array_equal(scores.is_train_copy, cdist(syn, real).min(axis=1) <= threshold)
@@ -541,6 +583,7 @@ def test_score_class_without_test_features_or_threshold():
     probs, syn, real, _ = _class_data()
     scores = score_class(probs, syn, 1, real[:1], "x")
     assert scores.is_train_copy is None and scores.is_test_leak is None and scores.nearest_test_distance is None
+    assert scores.nearest_test_index is None and scores.nearest_real_index.tolist() == [0] * len(syn)
     assert scores.summary["duplicate_threshold"] is None and scores.summary["train_copies"] is None
     assert any("duplicate_threshold" in w for w in scores.summary["warnings"])
     # An explicit threshold works with a single real image.
@@ -569,6 +612,7 @@ def test_score_class_rejects_bad_duplicate_inputs(kwargs, match):
 def test_score_class_empty_class_has_empty_flags():
     scores = score_class(np.zeros((0, 3)), np.zeros((0, 2)), 0, REAL, "x", test_features=REAL)
     assert scores.is_train_copy.shape == (0,) and scores.is_test_leak.shape == (0,)
+    assert scores.nearest_real_index.shape == scores.nearest_test_index.shape == (0,)
     assert scores.summary["train_copies"] == 0 and scores.summary["precision"] is None
 
 

@@ -59,6 +59,7 @@ def make_columns(class_id: str = "3", n: int = 5, seed: int = 0, shape=(8, 8, 1)
         "nearest_real_distance": rng.random(n) * 10,
         "accepted": np.asarray(accepted, dtype=bool),
         "filter_version": "v1-0123456789ab",
+        "filter_policy": '{"min_confidence":0.5,"require_label_match":true}',
         "run_id": "run-1",
         "created_at": CREATED,
     }
@@ -93,6 +94,17 @@ def test_schema_has_contract_and_nullability():
     assert SHARD_SCHEMA.field("created_at").type == pa.timestamp("us", tz="UTC")
     assert SHARD_SCHEMA.field("seed").type == pa.int64()
     assert SHARD_SCHEMA.field("guidance_scale").type == pa.float32()
+    assert SHARD_CONTRACT == "synthaug-shard/2"
+    assert SHARD_SCHEMA.field("filter_policy").type == pa.string() and not SHARD_SCHEMA.field("filter_policy").nullable
+
+
+def test_every_row_must_carry_the_filter_policy():
+    cols = make_columns()
+    del cols["filter_policy"]
+    with pytest.raises(ValueError, match="missing required columns: filter_policy"):
+        build_shard_table(cols)
+    with pytest.raises(ValueError, match="'filter_policy' is required but has 2 null values"):
+        build_shard_table({**make_columns(n=3), "filter_policy": ['{"a":1}', None, None]})
 
 
 def test_build_shard_table_broadcasts_scalars_and_fills_optional_nulls():
@@ -336,8 +348,21 @@ def test_read_rejects_non_contract_parquet(tmp_path):
 
     path = tmp_path / "other.parquet"
     pq.write_table(pa.table({"accepted": [True]}), path)
-    with pytest.raises(ValueError, match="synthaug-shard/1"):
+    with pytest.raises(ValueError, match="is not a synthaug-shard/2 shard \\(contract metadata: none\\)$"):
         read_shards([str(path)], columns=["accepted"])
+
+
+def test_read_refuses_a_contract_1_shard_with_a_hint(tmp_path):
+    """A shard written before filter_policy existed: refused by contract, not by a missing-column error."""
+    import pyarrow.parquet as pq
+
+    old = make_table().drop_columns(["filter_policy"])
+    old = old.replace_schema_metadata({b"synthaug_shard_contract": b"synthaug-shard/1"})
+    path = tmp_path / "class=3" / "shard-0000000000000001.parquet"
+    path.parent.mkdir()
+    pq.write_table(old, path)
+    with pytest.raises(ValueError, match=r"contract metadata: synthaug-shard/1\); re-materialize its synthetic_shards"):
+        read_shards([str(path)])
 
 
 # --------------------------------------------------------------------------- #

@@ -1,17 +1,21 @@
 """Real data: the class catalog and each class's real train/test images."""
 
+import time
+
 import dagster as dg
 import numpy as np
 
 from synthaug_pipeline.defs.resources import SynthaugSettings
 from synthaug_pipeline.lib.images import grid_markdown
-from synthaug_pipeline.lib.preflight import check_before_training
+from synthaug_pipeline.lib.config import ProfileError
+from synthaug_pipeline.lib.preflight import check_before_training, check_experiment_grid
 
 
 def build_data_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
     @dg.asset(group_name="data", kinds={"python"})
     def class_catalog(context: dg.AssetExecutionContext, settings: SynthaugSettings) -> dict:
         """Class ids, names and real-image counts of the active profile's dataset."""
+        started = time.perf_counter()
         dataset = settings.dataset()
         counts = [
             {
@@ -22,7 +26,15 @@ def build_data_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
             }
             for i, (class_id, name) in enumerate(zip(dataset.class_ids, dataset.class_names, strict=True))
         ]
-        check_before_training(settings.load(), dataset.class_ids, [c["train"] for c in counts])  # fail before anything trains
+        profile = settings.load()
+        train_counts = [c["train"] for c in counts]
+        check_before_training(profile, dataset.class_ids, train_counts)  # fail before anything trains
+        try:  # the experiment grid is its own job: a point that cannot run is reported here, refused there
+            check_experiment_grid(profile, dataset.class_ids, train_counts)
+            grid_problem = None
+        except ProfileError as exc:
+            grid_problem = str(exc)
+            context.log.warning(f"the experiment grid cannot run as configured: {grid_problem}")
         catalog = {
             "dataset": dataset.name,
             "source": dataset.source,
@@ -42,6 +54,8 @@ def build_data_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
                 "source": dataset.source,
                 "skipped_files": len(dataset.skipped_files),
                 "classes": dg.MetadataValue.md(table),
+                "experiment_grid": grid_problem or "every grid point can run",
+                "seconds": round(time.perf_counter() - started, 2),
             }
         )
         return catalog
@@ -49,6 +63,7 @@ def build_data_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
     @dg.asset(partitions_def=partitions, group_name="data", kinds={"numpy"})
     def real_images(context: dg.AssetExecutionContext, settings: SynthaugSettings, class_catalog: dict) -> dict:
         """The real train and test images of one class."""
+        started = time.perf_counter()
         class_id = context.partition_key
         class_index = class_catalog["class_ids"].index(class_id)
         dataset = settings.dataset()
@@ -58,6 +73,7 @@ def build_data_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
                 "train_images": len(train),
                 "test_images": len(test),
                 "preview": dg.MetadataValue.md(grid_markdown(train, f"real {class_id} ({class_catalog['class_names'][class_index]})")),
+                "seconds": round(time.perf_counter() - started, 2),
             }
         )
         return {

@@ -26,7 +26,10 @@ def build_evaluation_assets() -> list[dg.AssetsDefinition]:
         cfg = settings.load().evaluation
         class_ids = class_catalog["class_ids"]
         images, labels = stack_real(real_images, "test")
-        shift_sets = {name: load_shift_set(name, url, class_ids, class_catalog["image_shape"]) for name, url in cfg.shift_folders.items()}
+        shift_sets = {
+            name: load_shift_set(name, url, class_ids, class_catalog["image_shape"], cfg.shift_folder_labels.get(name, "class_id"))
+            for name, url in cfg.shift_folders.items()
+        }
         results = {}
         for record in (classifier_baseline, classifier_augmented):
             model = cached_classifier(record["url"], record["version"]).model

@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from synthaug_pipeline.defs.data.assets import stack_real
 from synthaug_pipeline.defs.resources import SynthaugSettings, default_device, model_url, training_progress
+from synthaug_pipeline.defs.training.assets import upstream_materializations
 from synthaug_pipeline.lib.classifier import save_classifier, train_classifier, train_classifier_synthetic_only
 from synthaug_pipeline.lib.config import ExperimentsConfig
 from synthaug_pipeline.lib.evaluation import evaluate_under_shift, load_shift_set
@@ -30,6 +31,7 @@ from synthaug_pipeline.lib.experiments import (
 )
 from synthaug_pipeline.lib.lineage import write_lineage
 from synthaug_pipeline.lib.plots import line_chart_markdown
+from synthaug_pipeline.lib.preflight import check_experiment_grid, check_shards_passed
 from synthaug_pipeline.lib.shards import decode_shard_images, file_sha256, read_shards
 
 SHARD_LINEAGE_FIELDS = ("class_id", "uri", "sha256", "num_accepted", "filter_version", "generator_version", "run_id")
@@ -72,12 +74,17 @@ def build_experiment_assets(experiments: ExperimentsConfig) -> list[dg.AssetsDef
         profile = settings.load()
         spec = parse_experiment_key(context.partition_key)
         class_ids = class_catalog["class_ids"]
+        shards = [synthetic_shards[c] for c in class_ids if c in synthetic_shards]
+        if spec.uses_synthetic:
+            check_shards_passed(shards, f"experiment {spec.key}")
+        check_experiment_grid(profile, class_ids, [len(real_images[c]["train"]) for c in class_ids])  # before any training
         images, labels = stack_real(real_images, "train")
         shift_sets = {  # read (and class-checked) before training, like everything else this run needs
-            name: load_shift_set(name, url, class_ids, class_catalog["image_shape"])
+            name: load_shift_set(
+                name, url, class_ids, class_catalog["image_shape"], profile.evaluation.shift_folder_labels.get(name, "class_id")
+            )
             for name, url in profile.evaluation.shift_folders.items()
         }
-        shards = [synthetic_shards[c] for c in class_ids if c in synthetic_shards]
         rows = accepted_synthetic_rows(shards) if spec.uses_synthetic else read_shards([])
         synthetic_labels = np.asarray(rows["class_index"].to_numpy(zero_copy_only=False), dtype=np.int64)
         plan = plan_experiment(spec, profile.experiments, labels, synthetic_labels, class_ids)  # raises before any training
@@ -131,6 +138,9 @@ def build_experiment_assets(experiments: ExperimentsConfig) -> list[dg.AssetsDef
             "synthetic_ratio": spec.ratio,
             "shards": [{**{k: s[k] for k in SHARD_LINEAGE_FIELDS}, "images_used": plan.synthetic_per_class[s["class_id"]]} for s in used],
             "filter_versions": sorted({s["filter_version"] for s in used}),
+            "generator_versions": sorted({s["generator_version"] for s in used}),
+            "aux_bn": spec.aux_bn,
+            "upstream": upstream_materializations(context, class_ids, ("real_images", "synthetic_shards") if used else ("real_images",)),
             "setup_fingerprint": fingerprint,
             "training": trained.config,
         }
@@ -140,6 +150,7 @@ def build_experiment_assets(experiments: ExperimentsConfig) -> list[dg.AssetsDef
             "spec": spec.as_dict(),
             "metrics": {
                 "top1": in_domain["top1"],
+                "top5": in_domain.get("top5"),  # None with 10 classes or fewer
                 "shifted_mean_top1": evaluation["shifted_mean_top1"],
                 "shift_drop": evaluation["shift_drop"],
             },

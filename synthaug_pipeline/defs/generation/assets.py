@@ -12,10 +12,17 @@ import numpy as np
 from pydantic import Field
 
 from synthaug_pipeline.defs.data.assets import stack_real
-from synthaug_pipeline.defs.resources import SynthaugSettings, cached_generator, default_device, log_progress, model_url
-from synthaug_pipeline.lib.conditioning import conditioning_images
+from synthaug_pipeline.defs.resources import SynthaugSettings, cached_generator, log_progress, model_url
+from synthaug_pipeline.lib.conditioning import conditioning_images, pixel_ids
 from synthaug_pipeline.lib.config import GeneratorConfig, Profile
-from synthaug_pipeline.lib.diffusion import image_seed, sample_images, save_generator, train_generator
+from synthaug_pipeline.lib.diffusion import (
+    image_seed,
+    load_generator,
+    resolve_device,
+    sample_images,
+    save_generator,
+    train_generator,
+)
 from synthaug_pipeline.lib.images import grid_markdown
 from synthaug_pipeline.lib.plots import line_chart_markdown
 from synthaug_pipeline.lib.pretrained import (
@@ -31,22 +38,47 @@ from synthaug_pipeline.lib.pretrained import (
 )
 
 
-def train_ddpm_generator(context: dg.AssetExecutionContext, profile: Profile, num_classes: int, real_images: dict[str, dict]) -> dict:
-    """Train the class-conditional DDPM on every class's real training images and save it under the run's id."""
-    images, labels = stack_real(real_images, "train")
+def load_init_generator(cfg: GeneratorConfig, class_ids: list[str]):
+    """The generator ``generator.init_from`` names, checked to know the same classes (in the same order) as this run."""
+    try:
+        previous = load_generator(cfg.init_from)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ValueError(f"generator.init_from {cfg.init_from!r} is not a generator saved by a previous run: {exc}") from None
+    theirs = previous.config.get("class_ids")
+    if theirs is not None and list(theirs) != list(class_ids):
+        raise ValueError(
+            f"generator.init_from {cfg.init_from!r} (version {previous.version}) was trained on classes {theirs}, this run has "
+            f"{class_ids}: its label embeddings would mean other classes; use the same data.classes or unset generator.init_from"
+        )
+    return previous
+
+
+def train_ddpm_generator(context: dg.AssetExecutionContext, profile: Profile, class_ids: list[str], real_images: dict[str, dict]) -> dict:
+    """Train (or, with ``generator.init_from``, fine-tune) the class-conditional DDPM on every class's real
+    training images and save it under the run's id."""
     cfg = profile.generator
+    init_from = load_init_generator(cfg, class_ids) if cfg.init_from else None  # fail before reading images
+    images, labels = stack_real(real_images, "train")
 
     def progress(step: int, loss: float) -> None:
         log_progress(context, f"generator step {step}/{cfg.train_steps}, loss {loss:.4f}")
 
-    trained = train_generator(images, labels, num_classes, cfg, progress=progress, device=default_device())
+    if init_from is not None:
+        log_progress(context, f"generator: fine-tuning {cfg.init_from} (version {init_from.version})")
+    trained = train_generator(
+        images, labels, len(class_ids), cfg, progress=progress, device=resolve_device(cfg.device), init_from=init_from
+    )
+    trained.config["class_ids"] = list(class_ids)  # lets a later generator.init_from check the label order
     url = model_url(profile.output_url, "generator", context.run_id)
     version = save_generator(trained, url)
+    lineage = {"init_from": cfg.init_from, "init_from_version": init_from.version if init_from is not None else None}
     context.add_output_metadata(
         {
             "backend": "ddpm",
             "url": url,
             "version": version,
+            **(lineage if init_from is not None else {}),
+            "total_train_steps": trained.config["total_train_steps"],
             "train_steps": cfg.train_steps,
             "final_loss": float(np.mean(trained.losses[-5:])),
             "num_parameters": trained.num_parameters,
@@ -55,7 +87,7 @@ def train_ddpm_generator(context: dg.AssetExecutionContext, profile: Profile, nu
             "loss_curve": dg.MetadataValue.md(line_chart_markdown(trained.losses, "training loss")),
         }
     )
-    return {"url": url, "version": version, "backend": "ddpm", "num_parameters": trained.num_parameters}
+    return {"url": url, "version": version, "backend": "ddpm", "num_parameters": trained.num_parameters, **lineage}
 
 
 def load_pretrained_generator(context: dg.AssetExecutionContext, cfg: GeneratorConfig, class_ids: list[str]) -> dict:
@@ -106,11 +138,16 @@ def sample_pretrained(
         )
     n = len(seeds)
     prompts = per_image([p["text"] for p in class_prompts["prompts"]], n) if kind in ("text2img", "img2img") else None
-    conditioning = (
-        conditioning_images(real_images["train"], class_id, n, cfg.seed, cfg.conditioning_augmentations)
-        if kind in ("img2img", "image_variation")
-        else None
-    )
+    conditioning = None
+    if kind in ("img2img", "image_variation"):
+        # Provenance names the real image stably: the data asset's ids when it has them, else a pixel hash
+        # (a position in the class array shifts when data.train_per_class changes).
+        image_ids = real_images.get("train_ids")
+        if image_ids is None:
+            image_ids = pixel_ids(real_images["train"], "train")
+        conditioning = conditioning_images(
+            real_images["train"], class_id, n, cfg.seed, cfg.conditioning_augmentations, image_ids=list(image_ids)
+        )
     images = generate_images(
         loaded,
         class_id,
@@ -121,6 +158,7 @@ def sample_pretrained(
         prompts=prompts,
         conditioning=[c.image for c in conditioning] if conditioning else None,
         progress=lambda done, total: context.log.info(f"class {class_id}: {done}/{total} images"),
+        log=context.log.warning,
     )
     return {
         "images": images,
@@ -148,7 +186,7 @@ def build_generation_assets(partitions: dg.PartitionsDefinition) -> list[dg.Asse
         DiT / Stable Diffusion pipeline loaded from generator.model (backends dit, text2img, img2img)."""
         profile = settings.load()
         if profile.generator.backend == "ddpm":
-            return train_ddpm_generator(context, profile, len(class_catalog["class_ids"]), real_images)
+            return train_ddpm_generator(context, profile, class_catalog["class_ids"], real_images)
         return load_pretrained_generator(context, profile.generator, class_catalog["class_ids"])
 
     @dg.asset(partitions_def=partitions, group_name="generation", pool="gpu", kinds={"pytorch", "diffusers"})
@@ -170,8 +208,15 @@ def build_generation_assets(partitions: dg.PartitionsDefinition) -> list[dg.Asse
         seeds = [image_seed(class_id, i, generator["version"], round_) for i in range(cfg.images_per_class)]
         started = time.perf_counter()
         if generator["backend"] == "ddpm":
+            trained = cached_generator(generator["url"], generator["version"])
+            timesteps = trained.config["num_train_timesteps"]
+            if cfg.sample_steps > timesteps:  # before any sampling: the generator may predate the current settings
+                raise ValueError(
+                    f"generator.sample_steps {cfg.sample_steps} exceeds the num_train_timesteps {timesteps} the generator "
+                    f"{generator['url']} was trained with: set generator.sample_steps <= {timesteps}"
+                )
             images = sample_images(
-                cached_generator(generator["url"], generator["version"]),
+                trained,
                 class_index,
                 seeds,
                 sampler=cfg.sampler,
@@ -179,7 +224,10 @@ def build_generation_assets(partitions: dg.PartitionsDefinition) -> list[dg.Asse
                 guidance_scale=cfg.guidance_scale,
                 batch_size=cfg.sample_batch_size,
                 progress=lambda done, total: context.log.info(f"class {class_id}: {done}/{total} images"),
-                device=default_device(),
+                device=cfg.device,
+                dtype=cfg.dtype,
+                compile=cfg.compile,
+                class_id=class_id,
             )
             provenance = {"images": images, "prompts": None, "negative_prompts": None, "conditioning_image_ids": None}
         else:

@@ -9,9 +9,10 @@ Per class c:
   per-class sample sizes), precision/recall/density/coverage, diversity vs real diversity, nearest
   real/test distances, training copies and test leaks, CLIP score when ``scoring.clip_model`` is
   set. Cached: a new filter policy re-materializes shards without re-scoring.
-* ``synthetic_shards[c]``: every image with its scores, the policy's accepted flag and the policy
-  version per row, plus blocking checks (enough accepted images, no accepted test leak, finite
-  scores, schema).
+* ``synthetic_shards[c]``: every image with its scores, the policy's accepted flag, the policy
+  version and the policy itself (canonical JSON) per row, plus blocking checks (enough accepted
+  images, no accepted test leak, finite scores, FID and KID computed, schema). The output dict
+  carries the outcome as ``checks`` (check name -> passed) so consumers can refuse failed shards.
 
 A class that cannot be scored (no real images, NaN features, an extractor or CLIP model that
 cannot be loaded) does not crash the run: ``synthetic_scores[c]["error"]`` says why, the class's
@@ -21,11 +22,13 @@ then blocked for every class until that class is fixed: Dagster skips assets dow
 blocking check in the same run, and ``synthaug run`` stops before the classifiers stage. Dropping
 the class from the augmented mix instead would silently change the mix the comparison is about.
 Classes with too few images for a metric (one image, one real image) are scored: such metrics are
-None with a warning, and the checks decide whether the class may be trained on.
+None with a warning, and the blocking ``metrics_computed`` check fails when FID or KID (the ranking
+metric) is missing, so such a class is not trained on unnoticed.
 """
 
 import datetime as dt
 import math
+import time
 
 import dagster as dg
 import numpy as np
@@ -45,10 +48,10 @@ from synthaug_pipeline.lib.features import (
 )
 from synthaug_pipeline.lib.images import encode_image, grid_markdown
 from synthaug_pipeline.lib.plots import histogram_markdown
-from synthaug_pipeline.lib.scoring import ClassScores, filter_version, score_class, shard_accept
+from synthaug_pipeline.lib.scoring import ClassScores, filter_policy, filter_version, score_class, shard_accept
 from synthaug_pipeline.lib.shards import SHARD_SCHEMA, build_shard_table, read_shards, write_class_shard
 
-SHARD_CHECKS = ("has_accepted_images", "no_test_leaks_accepted", "scores_finite", "schema_matches_contract")
+SHARD_CHECKS = ("has_accepted_images", "no_test_leaks_accepted", "scores_finite", "metrics_computed", "schema_matches_contract")
 SCORING_ERRORS = (FeatureExtractorError, ClipModelError, ValueError)  # bad input or setting of one class
 
 # Rows of the per-class metric table: (summary key, label, how to read it).
@@ -133,6 +136,71 @@ def accepted_test_leak_check(scores: ClassScores | None, accepted: np.ndarray) -
     return leaks == 0, {"accepted_test_leaks": leaks, "test_leaks": int(scores.is_test_leak.sum()), "test_images": n_test}
 
 
+def metrics_computed_check(class_id: str, summary: dict) -> tuple[bool, dict]:
+    """Whether the class's FID and KID (the ranking metric) were computed, and the check's metadata.
+
+    Fails for a class that was not scored and for one with too few images for them (fewer than 2
+    synthetic or 2 real images), with a message naming the class, the missing metrics and why.
+    """
+    missing = [name for name, key in (("FID", "fid"), ("KID", "kid_mean")) if summary.get(key) is None]
+    if not missing:
+        return True, {"fid": summary["fid"], "kid_mean": summary["kid_mean"]}
+    if summary.get("error"):
+        why = summary["error"]
+    else:
+        why = next((w for w in summary.get("warnings") or [] if w.startswith("fid/kid")), None) or (
+            f"{summary.get('n_synthetic')} synthetic and {summary.get('n_real')} real images"
+        )
+    message = f"class {class_id}: {' and '.join(missing)} could not be computed: {why}"
+    counts = {key: summary[key] for key in ("n_synthetic", "n_real") if summary.get(key) is not None}
+    return False, {"message": message, **counts}
+
+
+def flagged_rows(scores: ClassScores | None) -> np.ndarray:
+    """Rows flagged as a training copy or a test leak (empty when not scored or not checked)."""
+    if scores is None:
+        return np.zeros(0, dtype=np.int64)
+    flags = np.zeros(len(scores.judge_confidence), dtype=bool)
+    for flag in (scores.is_train_copy, scores.is_test_leak):
+        if flag is not None:
+            flags |= flag
+    return np.flatnonzero(flags)
+
+
+def near_duplicates_markdown(scores: ClassScores | None) -> str:
+    """Table of the flagged pairs: each training copy / test leak and the real image it is nearest to.
+
+    Real images are named by their row in ``real_images[c]["train"]`` / ``["test"]`` (the rows of
+    ``real_features[c]``), so a reviewer can look both up.
+    """
+    if scores is None:
+        return "**near-duplicates**: not checked (class not scored)"
+    threshold = scores.summary.get("duplicate_threshold")
+    if scores.is_train_copy is None:
+        return "**near-duplicates**: not checked (no duplicate threshold; see warnings)"
+    rows = flagged_rows(scores)
+    head = f"**near-duplicates** (feature distance <= {threshold:.4g}): {len(rows)} flagged"
+    if not len(rows):
+        return head
+    lines = [
+        head,
+        "",
+        "| synthetic image | flag | nearest real train image | distance | nearest real test image | distance |",
+        "|---|---|---|---|---|---|",
+    ]
+    for i in rows:
+        copy = bool(scores.is_train_copy[i])
+        leak = scores.is_test_leak is not None and bool(scores.is_test_leak[i])
+        flag = " + ".join(name for name, on in (("training copy", copy), ("test leak", leak)) if on)
+        test_index = "n/a" if scores.nearest_test_index is None else f"test[{int(scores.nearest_test_index[i])}]"
+        test_distance = "n/a" if scores.nearest_test_distance is None else f"{float(scores.nearest_test_distance[i]):.4g}"
+        real_index = "n/a" if scores.nearest_real_index is None else f"train[{int(scores.nearest_real_index[i])}]"
+        lines.append(
+            f"| {int(i)} | {flag} | {real_index} | {float(scores.nearest_real_distance[i]):.4g} | {test_index} | {test_distance} |"
+        )
+    return "\n".join(lines)
+
+
 def _extractor(profile: Profile, judge: dict) -> FeatureExtractor:
     model = cached_classifier(judge["url"], judge["version"]).model
     name = judge_name(judge["model"], judge["version"])
@@ -213,6 +281,7 @@ def build_scoring_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsD
     @dg.asset(partitions_def=partitions, group_name="scoring", kinds={"numpy"})
     def real_features(context: dg.AssetExecutionContext, settings: SynthaugSettings, judge: dict, real_images: dict) -> dict:
         """Features of one class's real train and test images, from the profile's extractor (named), computed once."""
+        started = time.perf_counter()
         profile = settings.load()
         record = {
             "class_id": real_images["class_id"],
@@ -242,6 +311,7 @@ def build_scoring_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsD
                 dim=int(record["train"].shape[1]),
                 non_finite_rows=sum(bad.values()),
             )
+        metadata["seconds"] = round(time.perf_counter() - started, 2)
         context.add_output_metadata(metadata)
         return record
 
@@ -255,6 +325,7 @@ def build_scoring_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsD
         re-materializes shards without regenerating or re-scoring any image. A class that cannot be
         scored gets ``scores=None`` and the reason in ``error`` (see the module docstring).
         """
+        started = time.perf_counter()
         profile = settings.load()
         class_id = synthetic_images["class_id"]
         scores, error = None, real_features.get("error")
@@ -275,11 +346,13 @@ def build_scoring_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsD
         # read back by the regenerate_worst_classes schedule
         metadata["regeneration_round"] = int(synthetic_images.get("regeneration_round", 0))
         metadata["metrics"] = dg.MetadataValue.md(metrics_markdown(summary))
+        metadata["near_duplicates"] = dg.MetadataValue.md(near_duplicates_markdown(scores))
         if scores is not None:
             metadata["judge_confidence_histogram"] = dg.MetadataValue.md(histogram_markdown(scores.judge_confidence, "judge confidence"))
             metadata["nearest_real_distance_histogram"] = dg.MetadataValue.md(
                 histogram_markdown(scores.nearest_real_distance, "nearest real distance")
             )
+        metadata["seconds"] = round(time.perf_counter() - started, 2)
         context.add_output_metadata(metadata)
         return {
             "class_id": class_id,
@@ -302,16 +375,20 @@ def build_scoring_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsD
 
         Decisions come from :func:`~synthaug_pipeline.lib.scoring.shard_accept` (thresholds, copies, test
         leaks, top_k/quantile), so ``refilter_table`` with the cached threshold and leak flags reproduces them.
+        The output's ``checks`` maps each blocking check to whether it passed.
         """
+        started = time.perf_counter()
         profile = settings.load()
         scores = synthetic_scores["scores"]
         class_index = synthetic_scores["class_index"]
         if scores is None:  # not scored: no row may be trained on (see the module docstring)
             rows = np.zeros(0, dtype=np.int64)
             accepted, policy_version = np.zeros(0, dtype=bool), filter_version(profile.filter)
+            policy_json = filter_policy(profile.filter)
         else:
             rows = np.arange(len(synthetic_images["images"]))
             accepted, policy_version = shard_accept(scores, class_index, profile.filter)
+            policy_json = filter_policy(profile.filter, scores.summary.get("duplicate_threshold"))
         images = synthetic_images["images"][rows]
         n = len(rows)
         fmt = profile.output.image_format
@@ -340,6 +417,7 @@ def build_scoring_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsD
                 "nearest_real_distance": scores.nearest_real_distance if scores is not None else [],
                 "accepted": accepted,
                 "filter_version": [policy_version] * n,
+                "filter_policy": [policy_json] * n,
                 "run_id": [context.run_id] * n,
                 "created_at": [dt.datetime.now(dt.timezone.utc)] * n,
             }
@@ -347,6 +425,35 @@ def build_scoring_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsD
         shard = write_class_shard(f"{profile.output_url.rstrip('/')}/synthetic_shards", synthetic_images["class_id"], table)
         written = read_shards([shard.uri], accepted_only=False)
         error = synthetic_scores.get("error")
+        error_metadata = {"error": error} if error else {}
+
+        # The blocking checks, decided before the output so it can carry their outcome downstream.
+        minimum = profile.filter.min_accepted_per_class
+        leak_free, leak_metadata = accepted_test_leak_check(scores, accepted)
+        bad = ["not scored"] if scores is None else non_finite_scores(scores)
+        computed, computed_metadata = metrics_computed_check(synthetic_images["class_id"], synthetic_scores["summary"])
+        results = {
+            "has_accepted_images": (
+                shard.num_accepted >= minimum,
+                {"accepted": shard.num_accepted, "required": minimum, **error_metadata},
+            ),
+            "no_test_leaks_accepted": (leak_free, leak_metadata),
+            "scores_finite": (not bad, {"non_finite": ", ".join(bad) or "none", **error_metadata}),
+            "metrics_computed": (computed, computed_metadata),
+            "schema_matches_contract": (
+                written.schema.remove_metadata().equals(SHARD_SCHEMA.remove_metadata()),
+                {"columns": len(written.schema)},
+            ),
+        }
+        assert tuple(results) == SHARD_CHECKS
+        checks = {name: bool(passed) for name, (passed, _) in results.items()}
+        if not computed:
+            context.log.warning(computed_metadata["message"])
+
+        flagged = flagged_rows(scores)
+        near_duplicates = near_duplicates_markdown(scores)
+        if len(flagged):
+            near_duplicates = grid_markdown(images[flagged], "flagged synthetic images (table order)") + "\n\n" + near_duplicates
         metadata = {
             "uri": shard.uri,
             "sha256": shard.sha256,
@@ -354,7 +461,10 @@ def build_scoring_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsD
             "accepted": shard.num_accepted,
             "bytes": shard.num_bytes,
             "filter_version": policy_version,
+            "filter_policy": policy_json,
             "duplicate_threshold": synthetic_scores.get("duplicate_threshold"),
+            "checks": ", ".join(f"{name} {'passed' if ok else 'FAILED'}" for name, ok in checks.items()),
+            "near_duplicates": dg.MetadataValue.md(near_duplicates),
             "accepted_preview": dg.MetadataValue.md(
                 grid_markdown(images[accepted], "accepted") if accepted.any() else "**accepted**: none"
             ),
@@ -364,6 +474,7 @@ def build_scoring_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsD
         }
         if error:
             metadata["error"] = error
+        metadata["seconds"] = round(time.perf_counter() - started, 2)
         yield dg.Output(
             {
                 "class_id": synthetic_images["class_id"],
@@ -372,30 +483,16 @@ def build_scoring_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsD
                 "num_rows": shard.num_rows,
                 "num_accepted": shard.num_accepted,
                 "filter_version": policy_version,
+                "filter_policy": policy_json,
                 "generator_version": synthetic_images["generator_version"],
                 "run_id": context.run_id,
                 "error": error,
+                # blocking check name -> passed; training refuses shards with a failed check
+                "checks": checks,
             },
             metadata={k: v for k, v in metadata.items() if v is not None},
         )
-        minimum = profile.filter.min_accepted_per_class
-        yield dg.AssetCheckResult(
-            check_name="has_accepted_images",
-            passed=shard.num_accepted >= minimum,
-            metadata={"accepted": shard.num_accepted, "required": minimum, **({"error": error} if error else {})},
-        )
-        leak_free, leak_metadata = accepted_test_leak_check(scores, accepted)
-        yield dg.AssetCheckResult(check_name="no_test_leaks_accepted", passed=leak_free, metadata=leak_metadata)
-        bad = ["not scored"] if scores is None else non_finite_scores(scores)
-        yield dg.AssetCheckResult(
-            check_name="scores_finite",
-            passed=not bad,
-            metadata={"non_finite": ", ".join(bad) or "none", **({"error": error} if error else {})},
-        )
-        yield dg.AssetCheckResult(
-            check_name="schema_matches_contract",
-            passed=written.schema.remove_metadata().equals(SHARD_SCHEMA.remove_metadata()),
-            metadata={"columns": len(written.schema)},
-        )
+        for name, (passed, check_metadata) in results.items():
+            yield dg.AssetCheckResult(check_name=name, passed=bool(passed), metadata=check_metadata)
 
     return [judge, real_features, synthetic_scores, synthetic_shards]

@@ -1,7 +1,9 @@
 """Training: the real-only baseline and the real + synthetic classifier, each with its lineage.
 
 Both check their inputs before training: the extra shifted test sets the evaluation will read
-(class ids), and for the augmented model that every class has the synthetic images its ratio asks for.
+(class ids), and for the augmented model that no shard failed a blocking check (recorded with the
+shard, so a later run that only materializes classifier_augmented sees it too) and that every class
+has the synthetic images its ratio asks for. Lineage records the upstream materializations read.
 """
 
 import dagster as dg
@@ -13,7 +15,29 @@ from synthaug_pipeline.lib.classifier import TrainedClassifier, check_synthetic_
 from synthaug_pipeline.lib.evaluation import check_shift_folders
 from synthaug_pipeline.lib.lineage import write_lineage
 from synthaug_pipeline.lib.plots import line_chart_markdown
+from synthaug_pipeline.lib.preflight import check_shards_passed
 from synthaug_pipeline.lib.shards import decode_shard_images, file_sha256, read_shards
+
+
+def _materialization(record) -> dict:
+    return {"storage_id": record.storage_id, "run_id": record.run_id, "timestamp": record.timestamp}
+
+
+def upstream_materializations(
+    context: dg.AssetExecutionContext, class_ids: list[str], per_class: tuple[str, ...] = ("real_images",)
+) -> dict:
+    """The latest materialization (storage id, run id, timestamp) of ``class_catalog`` and of each class
+    partition of the ``per_class`` assets: the inputs a training step just read. ``None`` where the instance has none."""
+    instance = context.instance
+    catalog = instance.fetch_materializations(dg.AssetKey("class_catalog"), limit=1).records
+    found: dict = {"class_catalog": _materialization(catalog[0]) if catalog else None}
+    for asset in per_class:
+        key = dg.AssetKey(asset)
+        found[asset] = {}
+        for class_id in class_ids:
+            records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key, asset_partitions=[class_id]), limit=1).records
+            found[asset][class_id] = _materialization(records[0]) if records else None
+    return found
 
 
 def _model_record(context: dg.AssetExecutionContext, trained: TrainedClassifier, name: str, output_url: str, lineage: dict) -> dict:
@@ -45,7 +69,7 @@ def build_training_assets() -> list[dg.AssetsDefinition]:
     ) -> dict:
         """A classifier trained on the real training images only."""
         profile = settings.load()
-        check_shift_folders(profile.evaluation.shift_folders, class_catalog["class_ids"])
+        check_shift_folders(profile.evaluation.shift_folders, class_catalog["class_ids"], profile.evaluation.shift_folder_labels)
         images, labels = stack_real(real_images, "train")
         trained = train_classifier(
             images,
@@ -55,7 +79,15 @@ def build_training_assets() -> list[dg.AssetsDefinition]:
             progress=training_progress(context, "classifier_baseline"),
             device=default_device(),
         )
-        lineage = {"real": {"dataset": class_catalog["dataset"], "source": class_catalog["source"], "images": len(images)}, "shards": []}
+        lineage = {
+            "real": {"dataset": class_catalog["dataset"], "source": class_catalog["source"], "images": len(images)},
+            "synthetic_ratio": 0.0,
+            "aux_bn": False,
+            "shards": [],
+            "filter_versions": [],
+            "generator_versions": [],
+            "upstream": upstream_materializations(context, class_catalog["class_ids"]),
+        }
         return _model_record(context, trained, "classifier_baseline", profile.output_url, lineage)
 
     @dg.asset(group_name="training", pool="gpu", kinds={"pytorch", "timm"})
@@ -72,9 +104,11 @@ def build_training_assets() -> list[dg.AssetsDefinition]:
         """
         profile = settings.load()
         class_ids = class_catalog["class_ids"]
-        check_shift_folders(profile.evaluation.shift_folders, class_ids)
+        shards = [synthetic_shards[c] for c in class_ids if c in synthetic_shards]
+        if profile.augmented.synthetic_ratio > 0:  # checks of a run materialized earlier count too, not only this run's
+            check_shards_passed(shards, "classifier_augmented")
+        check_shift_folders(profile.evaluation.shift_folders, class_ids, profile.evaluation.shift_folder_labels)
         images, labels = stack_real(real_images, "train")
-        shards = [synthetic_shards[c] for c in class_catalog["class_ids"] if c in synthetic_shards]
         for shard in shards:
             # the shard a model trains on must be the exact bytes the scoring run wrote
             if file_sha256(shard["uri"]) != shard["sha256"]:
@@ -115,6 +149,9 @@ def build_training_assets() -> list[dg.AssetsDefinition]:
                 {k: s[k] for k in ("class_id", "uri", "sha256", "num_accepted", "filter_version", "generator_version", "run_id")}
                 for s in shards
             ],
+            "filter_versions": sorted({s["filter_version"] for s in shards}),
+            "generator_versions": sorted({s["generator_version"] for s in shards}),
+            "upstream": upstream_materializations(context, class_ids, ("real_images", "synthetic_shards")),
         }
         return _model_record(context, trained, "classifier_augmented", profile.output_url, lineage)
 
