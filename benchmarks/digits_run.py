@@ -55,10 +55,12 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--profile", default="digits")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--keep", default=None, help="write the output (models, shards, report) here instead of a temporary folder")
     args = parser.parse_args()
     commit, dirty = git_commit()  # before the run: the code that produced the numbers
     with tempfile.TemporaryDirectory() as tmp:
-        overrides = [*args.overrides, f"output.url={tmp}/output"]
+        output = str(Path(args.keep).resolve()) if args.keep else f"{tmp}/output"
+        overrides = [*args.overrides, f"output.url={output}"]
         os.environ["DAGSTER_HOME"] = f"{tmp}/home"
         os.makedirs(os.environ["DAGSTER_HOME"])
         started = time.perf_counter()
