@@ -18,7 +18,7 @@ Stages
 1. ``judge``: the pipeline's judge, trained on the full real training split (scores and features).
 2. ``generator_full``: class-conditional DDPM trained on the full training split -- the stand-in for
    a generator pretrained on far more data than the classifier sees.
-3. ``samples_full``: ``--per-class`` images per class (DDIM, guidance), scored and filtered by the
+3. ``samples_full``: ``--per-class`` images per class (``--sampler``, 20 steps, guidance 2.5), scored and filtered by the
    pipeline's policy (judge confidence >= 0.5 and judge top-1 == intended class, no train copies,
    no test leaks).
 4. ``control``: the honest control -- a generator trained only on the few-shot real images, its
@@ -136,14 +136,14 @@ def get_generator(images: np.ndarray, labels: np.ndarray, num_classes: int, step
     return load_generator(str(folder))
 
 
-def get_samples(generator, class_ids: list[str], per_class: int, cache: Cache, name: str) -> tuple[np.ndarray, np.ndarray]:
+def get_samples(generator, class_ids: list[str], per_class: int, cache: Cache, name: str, sampler: str) -> tuple[np.ndarray, np.ndarray]:
     path = cache.path(f"{name}.npz")
     if not path.exists():
         start = time.perf_counter()
         images, labels = [], []
         for index, class_id in enumerate(class_ids):
             seeds = [image_seed(class_id, i, generator.version) for i in range(per_class)]
-            images.append(sample_images(generator, index, seeds, sampler="ddim", steps=20, guidance_scale=2.5, batch_size=200))
+            images.append(sample_images(generator, index, seeds, sampler=sampler, steps=20, guidance_scale=2.5, batch_size=200))
             labels.append(np.full(per_class, index, np.int64))
             log(f"{name}: class {class_id} sampled ({(index + 1) * per_class} images, {time.perf_counter() - start:.0f} s)")
         np.savez_compressed(path, images=np.concatenate(images), labels=np.concatenate(labels))
@@ -222,7 +222,7 @@ def run_settings_key(args: argparse.Namespace) -> str:
     keys = (
         "generator_steps", "per_class", "control_generator_steps", "control_per_class", "judge_steps", "classifier_steps",
         "few_shot_k", "few_shot_pool", "few_shot_ratio", "scaling_k", "shift_per_class", "corruptions", "severities",
-        "min_confidence", "no_label_match",
+        "min_confidence", "no_label_match", "sampler",
     )
     blob = json.dumps({key: getattr(args, key) for key in keys}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
@@ -309,7 +309,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--few-shot-k", type=int, default=10)
     parser.add_argument("--scaling-k", type=int, default=50)
     parser.add_argument("--per-class", type=int, default=400, help="images generated per class by the full-data generator")
-    parser.add_argument("--control-per-class", type=int, default=250, help="images generated per class by the few-shot generator")
+    parser.add_argument(
+        "--sampler", default="dpmsolver++", choices=["ddim", "ddpm", "dpmsolver++", "euler"], help="20 steps, guidance 2.5"
+    )
+    parser.add_argument("--control-per-class", type=int, default=200, help="images generated per class by the few-shot generator")
     parser.add_argument("--few-shot-pool", type=int, default=150, help="synthetic images per class in every few-shot arm's pool")
     parser.add_argument("--generator-steps", type=int, default=1000)
     parser.add_argument("--control-generator-steps", type=int, default=400)
@@ -343,7 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     judge = train_judge(*train, num_classes, args, cache, f"judge_full_{args.judge_steps}")
     judge_top1 = evaluate(judge, *test, class_ids)["top1"]
     generator = get_generator(*train, num_classes, args.generator_steps, cache, f"generator_full_{args.generator_steps}")
-    samples = get_samples(generator, class_ids, args.per_class, cache, f"samples_full_{args.generator_steps}_{args.per_class}")
+    samples = get_samples(
+        generator, class_ids, args.per_class, cache, f"samples_full_{args.generator_steps}_{args.per_class}_{args.sampler}", args.sampler
+    )
     start = time.perf_counter()
     accepted, full_summary = filter_samples(judge, *samples, train, test, num_classes, args.min_confidence, not args.no_label_match)
     cache.record("filter_full", time.perf_counter() - start)
@@ -362,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
         class_ids,
         args.control_per_class,
         cache,
-        f"samples_few_shot_k{args.few_shot_k}_{args.control_generator_steps}_{args.control_per_class}",
+        f"samples_few_shot_k{args.few_shot_k}_{args.control_generator_steps}_{args.control_per_class}_{args.sampler}",
+        args.sampler,
     )
     start = time.perf_counter()
     control_accepted, control_summary = filter_samples(

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from synthaug_pipeline.definitions import build_definitions
+from synthaug_pipeline.lib.config import load_profile
 from synthaug_pipeline.lib.shards import SHARD_SCHEMA, list_class_shards, read_shards
 from synthaug_pipeline.orchestration import PipelineError, run_pipeline
 
@@ -72,7 +73,7 @@ def test_shards_carry_provenance_and_feed_the_augmented_model(pipeline_run):
     assert table.num_rows == 24
     assert table.schema.remove_metadata().equals(SHARD_SCHEMA.remove_metadata())
     assert len(set(table.column("seed").to_pylist())) == 24
-    assert set(table.column("sampler").to_pylist()) == {"ddim"}
+    assert set(table.column("sampler").to_pylist()) == {load_profile("digits", tiny_overrides(output)).generator.sampler}
     assert np.isfinite(np.asarray(table.column("judge_confidence"))).all()
     lineage = records["classifier_augmented"][0].asset_materialization.metadata["lineage"].value
     assert sorted(s["uri"] for s in lineage["shards"]) == sorted(uris)
