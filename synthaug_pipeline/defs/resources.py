@@ -67,6 +67,14 @@ def cached_classifier(url: str, version: str):
     return classifier
 
 
+def latest_materialization(instance: dg.DagsterInstance, asset: str, partition: str | None = None):
+    """The newest materialization record of ``asset`` (of one ``partition`` when given), or None."""
+    key = dg.AssetKey(asset)
+    records_filter = key if partition is None else dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition])
+    records = instance.fetch_materializations(records_filter, limit=1).records
+    return records[0] if records else None
+
+
 def model_url(output_url: str, name: str, run_id: str) -> str:
     """Where a model trained by run ``run_id`` lives: never overwritten by a later run."""
     return f"{output_url.rstrip('/')}/models/{name}/{run_id[:8]}"

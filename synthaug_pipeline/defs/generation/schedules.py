@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from synthaug_pipeline.defs.resources import latest_materialization
 from synthaug_pipeline.lib.config import Profile
 from synthaug_pipeline.lib.regeneration import ClassQuality, worst_classes
 
@@ -27,13 +28,12 @@ def _metadata_value(metadata: dict, key: str):
 def latest_class_qualities(instance: dg.DagsterInstance, class_ids: list[str], metric: str) -> tuple[list[ClassQuality], list[str]]:
     """What the last ``synthetic_scores`` materialization of each class recorded, and the classes never scored."""
     qualities, never_scored = [], []
-    key = dg.AssetKey("synthetic_scores")
     for class_id in class_ids:
-        records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key, asset_partitions=[class_id]), limit=1).records
-        if not records:
+        record = latest_materialization(instance, "synthetic_scores", class_id)
+        if record is None:
             never_scored.append(class_id)
             continue
-        metadata = records[0].asset_materialization.metadata
+        metadata = record.asset_materialization.metadata
         value = _metadata_value(metadata, metric)
         qualities.append(
             ClassQuality(
@@ -41,7 +41,7 @@ def latest_class_qualities(instance: dg.DagsterInstance, class_ids: list[str], m
                 metric_value=float(value) if isinstance(value, (int, float)) else None,
                 error=_metadata_value(metadata, "error"),
                 regeneration_round=int(_metadata_value(metadata, "regeneration_round") or 0),
-                scored_event=records[0].storage_id,
+                scored_event=record.storage_id,
             )
         )
     return qualities, never_scored

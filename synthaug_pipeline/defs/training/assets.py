@@ -10,7 +10,7 @@ import dagster as dg
 import numpy as np
 
 from synthaug_pipeline.defs.data.assets import stack_real
-from synthaug_pipeline.defs.resources import SynthaugSettings, default_device, model_url, training_progress
+from synthaug_pipeline.defs.resources import SynthaugSettings, default_device, latest_materialization, model_url, training_progress
 from synthaug_pipeline.lib.classifier import TrainedClassifier, check_synthetic_supply, save_classifier, train_classifier
 from synthaug_pipeline.lib.evaluation import check_shift_folders
 from synthaug_pipeline.lib.lineage import write_lineage
@@ -19,8 +19,8 @@ from synthaug_pipeline.lib.preflight import check_shards_passed
 from synthaug_pipeline.lib.shards import decode_shard_images, file_sha256, read_shards
 
 
-def _materialization(record) -> dict:
-    return {"storage_id": record.storage_id, "run_id": record.run_id, "timestamp": record.timestamp}
+def _materialization(record) -> dict | None:
+    return None if record is None else {"storage_id": record.storage_id, "run_id": record.run_id, "timestamp": record.timestamp}
 
 
 def upstream_materializations(
@@ -29,14 +29,9 @@ def upstream_materializations(
     """The latest materialization (storage id, run id, timestamp) of ``class_catalog`` and of each class
     partition of the ``per_class`` assets: the inputs a training step just read. ``None`` where the instance has none."""
     instance = context.instance
-    catalog = instance.fetch_materializations(dg.AssetKey("class_catalog"), limit=1).records
-    found: dict = {"class_catalog": _materialization(catalog[0]) if catalog else None}
+    found: dict = {"class_catalog": _materialization(latest_materialization(instance, "class_catalog"))}
     for asset in per_class:
-        key = dg.AssetKey(asset)
-        found[asset] = {}
-        for class_id in class_ids:
-            records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key, asset_partitions=[class_id]), limit=1).records
-            found[asset][class_id] = _materialization(records[0]) if records else None
+        found[asset] = {c: _materialization(latest_materialization(instance, asset, c)) for c in class_ids}
     return found
 
 
