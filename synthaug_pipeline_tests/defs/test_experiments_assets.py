@@ -189,8 +189,7 @@ def test_an_infeasible_grid_is_reported_at_the_catalog_and_refused_by_experiment
         assert expected in metadata["experiment_grid"].value
     experiment_run = next(a for a in defs.assets if a.key == dg.AssetKey("experiment_run"))
     real = {c: {"train": np.zeros((20, 8, 8, 1), np.uint8)} for c in ("0", "1")}
-    context = dg.build_asset_context(partition_key="few_shot-r0-s0")
-    with pytest.raises(ProfileError, match=re.escape(expected)) as raised:
+    with dg.build_asset_context(partition_key="few_shot-r0-s0") as context, pytest.raises(ProfileError, match=re.escape(expected)) as raised:
         experiment_run(
             context,
             settings=SynthaugSettings(profile="digits", overrides=overrides),
@@ -211,8 +210,7 @@ def test_experiment_run_refuses_shards_whose_checks_failed_before_training(tmp_p
         "0": {"class_id": "0", "checks": {"has_accepted_images": True, "no_test_leaks_accepted": True}, "error": None},
         "1": {"class_id": "1", "checks": {"has_accepted_images": True, "no_test_leaks_accepted": False}, "error": None},
     }
-    context = dg.build_asset_context(partition_key="few_shot-r1-s0")
     settings = SynthaugSettings(profile="digits", overrides=[*tiny_overrides(str(tmp_path)), *EXPERIMENTS])
-    with pytest.raises(ValueError, match=r"experiment few_shot-r1-s0 refuses 1 synthetic shard\(s\).*class '1' \(failed: no_test_leaks_accepted\)"):
+    with dg.build_asset_context(partition_key="few_shot-r1-s0") as context, pytest.raises(ValueError, match=r"experiment few_shot-r1-s0 refuses 1 synthetic shard\(s\).*class '1' \(failed: no_test_leaks_accepted\)"):
         experiment_run(context, settings=settings, class_catalog={"class_ids": ["0", "1"]}, real_images={}, synthetic_shards=shards)
     assert not (tmp_path / "models").exists()

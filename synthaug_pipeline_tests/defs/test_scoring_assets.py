@@ -354,8 +354,8 @@ def test_empty_class_by_direct_invocation(tmp_path):
         np.zeros((0, 10)), np.zeros((0, 4)), 0, np.random.default_rng(0).normal(size=(6, 4)), "x", test_features=np.ones((2, 4))
     )
     record = {"class_id": "0", "class_index": 0, "scores": scores, "summary": scores.summary, "duplicate_threshold": None, "error": None}
-    context = dg.build_asset_context(partition_key="0", resources={"settings": settings})
-    events = list(shards_def(context, synthetic_images=synthetic, synthetic_scores=record))
+    with dg.build_asset_context(partition_key="0", resources={"settings": settings}) as context:
+        events = list(shards_def(context, synthetic_images=synthetic, synthetic_scores=record))
     output, checks = events[0].value, {e.check_name: e.passed for e in events[1:]}
     assert output["num_rows"] == 0 and read_shards([output["uri"]], accepted_only=False).num_rows == 0
     assert checks == {

@@ -135,8 +135,7 @@ def test_augmented_classifier_refuses_shards_whose_checks_failed_in_an_earlier_r
         "1": {"class_id": "1", "error": None},  # no recorded checks (an older shard): allowed
     }
     settings = SynthaugSettings(profile="digits", overrides=tiny_overrides(str(tmp_path)))
-    with pytest.raises(ValueError, match=r"classifier_augmented refuses 1 synthetic shard\(s\).*class '0' \(failed: has_accepted_images\)"):
-        classifier_augmented(
-            dg.build_asset_context(), settings=settings, class_catalog={"class_ids": ["0", "1"]}, real_images={}, synthetic_shards=shards
-        )
+    refused = r"classifier_augmented refuses 1 synthetic shard\(s\).*class '0' \(failed: has_accepted_images\)"
+    with dg.build_asset_context() as context, pytest.raises(ValueError, match=refused):
+        classifier_augmented(context, settings=settings, class_catalog={"class_ids": ["0", "1"]}, real_images={}, synthetic_shards=shards)
     assert not (tmp_path / "models").exists()
