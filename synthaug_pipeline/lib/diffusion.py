@@ -40,7 +40,7 @@ from safetensors.torch import save as save_safetensors
 from .config import GeneratorConfig
 from .images import from_model_tensor, to_model_tensor
 
-SAMPLERS = ("ddim", "ddpm", "dpmsolver++", "euler")
+SAMPLERS = ("ddim", "ddpm", "dpmsolver++", "sde-dpmsolver++", "euler")
 FORMAT = "synthaug-ddpm/1"
 LOSS_INTERVAL = 10  # training steps averaged into one entry of TrainedGenerator.losses
 WEIGHT_DECAY = 1e-4
@@ -284,22 +284,47 @@ def train_generator(
 def make_scheduler(name: str, num_train_timesteps: int, beta_schedule: str):
     """A fresh diffusers scheduler for sampling (schedulers carry state: one per batch).
 
-    ``ddim`` (deterministic, the robust default) and ``ddpm`` (ancestral) clip the predicted clean
-    image to [-1, 1]; ``dpmsolver++`` gets the equivalent clipping through ``thresholding`` with
-    ``sample_max_value=1``, which tames the noise amplification seen on undertrained models.
+    Every sampler keeps the predicted clean image inside the data range [-1, 1], and does so
+    *consistently*: the noise estimate the step uses is the one implied by the clipped image.
+    ``ddpm`` (ancestral) and the DPM-Solver++ pair (which work on the clean-image prediction, with
+    ``thresholding`` at ``sample_max_value=1``, i.e. clipping) get that from diffusers. ``ddim`` and
+    ``euler`` do not (diffusers' DDIM clips the image but keeps the raw noise for its direction term,
+    and Euler cannot clip): :func:`sample_images` clips for them through :func:`consistent_clip`.
+    Without it, guidance pushes the clean image of our 8x8 generators past the range and DDIM got
+    *worse* with more steps (86% -> 42% judged correct from 20 to 100 steps, BENCHMARKS.md).
+    ``sde-dpmsolver++`` adds fresh noise each step like ancestral sampling (from each image's own
+    seed), which lands closest to the 1000-step ancestral distribution at 20 steps.
     ``trailing`` spacing makes few-step samplers start at the last training timestep (pure noise).
     """
     common = {"num_train_timesteps": num_train_timesteps, "beta_schedule": beta_schedule}
     if name == "ddim":
         # set_alpha_to_one: the final step returns the predicted clean image, no leftover noise.
-        return DDIMScheduler(**common, clip_sample=True, set_alpha_to_one=True, timestep_spacing="trailing")
+        return DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=True, timestep_spacing="trailing")
     if name == "ddpm":
         return DDPMScheduler(**common, clip_sample=True, timestep_spacing="trailing")
-    if name == "dpmsolver++":
-        return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", thresholding=True, sample_max_value=1.0)
+    if name in ("dpmsolver++", "sde-dpmsolver++"):
+        return DPMSolverMultistepScheduler(
+            **common, algorithm_type=name, thresholding=True, sample_max_value=1.0, timestep_spacing="trailing"
+        )
     if name == "euler":
         return EulerDiscreteScheduler(**common, timestep_spacing="trailing")
     raise ValueError(f"unknown sampler {name!r}: choose one of {', '.join(SAMPLERS)}")
+
+
+def consistent_clip(scheduler, eps: torch.Tensor, x: torch.Tensor, t) -> torch.Tensor:
+    """The noise estimate whose clean image is ``x0 = clip(x0(eps), -1, 1)``, for DDIM and Euler steps.
+
+    Both see the sample as ``x0 + sigma * eps`` up to a scale: DDIM's ``x_t = sqrt(a) * (x0 + sigma * eps)``
+    with ``sigma = sqrt((1 - a) / a)``, Euler's ``x`` directly (``a`` = alphas_cumprod at ``t``). Other
+    schedulers return ``eps`` unchanged (they clip on their own, see :func:`make_scheduler`).
+    """
+    if not isinstance(scheduler, (DDIMScheduler, EulerDiscreteScheduler)):
+        return eps
+    a = scheduler.alphas_cumprod[int(t)].to(x.device, torch.float64)  # float64: a is ~1e-5 at the first step
+    sigma = ((1 - a) / a).sqrt()
+    x_sigma = x.double() / a.sqrt() if isinstance(scheduler, DDIMScheduler) else x.double()
+    x0 = (x_sigma - sigma * eps.double()).clamp(-1.0, 1.0)
+    return ((x_sigma - x0) / sigma).to(eps.dtype)
 
 
 def image_seed(class_id: str, index: int, generator_version: str, regeneration_round: int = 0) -> int:
@@ -354,8 +379,8 @@ def sample_images(
 ) -> np.ndarray:
     """Draw one uint8 ``[H, W, C]`` image per seed for ``class_index``; returns ``[len(seeds), H, W, C]``.
 
-    Image ``i`` uses only ``torch.Generator().manual_seed(seeds[i])`` (initial noise and, for ``ddpm``,
-    the per-step noise), so it does not depend on ``batch_size`` or on the other seeds.
+    Image ``i`` uses only ``torch.Generator().manual_seed(seeds[i])`` (initial noise and, for ``ddpm`` and
+    ``sde-dpmsolver++``, the per-step noise), so it does not depend on ``batch_size`` or on the other seeds.
     Guidance: ``eps = eps_uncond + w * (eps_cond - eps_uncond)`` from one forward on ``[x, x]``
     (so a forward sees ``2 * batch_size`` images). ``guidance_scale <= 1`` means *no guidance*, as in
     diffusers pipelines: only the conditional half runs (exact for ``w == 1``; ``w < 1`` would blend
@@ -422,7 +447,8 @@ def sample_images(
                 eps_cond, eps_uncond = eps.chunk(2)
                 eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
             _check_finite(eps, where, f"{settings}, at timestep {float(t):.0f}")
-            # diffusers' randn_tensor draws row i from gens[i] when given a list (only ddpm draws noise here).
+            eps = consistent_clip(scheduler, eps, x, t)
+            # diffusers' randn_tensor draws row i from gens[i] when given a list (ddpm and sde-dpmsolver++ draw noise here).
             x = scheduler.step(eps, t, x, generator=gens).prev_sample
         _check_finite(x, where, f"{settings}, in the final images")
         out[begin : begin + n] = from_model_tensor(x)

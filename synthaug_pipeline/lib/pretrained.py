@@ -328,6 +328,7 @@ SCHEDULERS: dict[str, tuple[type, dict]] = {
     "ddim": (DDIMScheduler, {}),
     "ddpm": (DDPMScheduler, {}),
     "dpmsolver++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
+    "sde-dpmsolver++": (DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++"}),
     "euler": (EulerDiscreteScheduler, {}),
 }
 

@@ -16,6 +16,7 @@ from synthaug_pipeline.lib.diffusion import (
     TrainedGenerator,
     build_unet,
     check_init_compatible,
+    consistent_clip,
     image_seed,
     load_generator,
     make_scheduler,
@@ -347,8 +348,49 @@ def test_make_scheduler_names():
         scheduler = make_scheduler(name, 1000, "squaredcos_cap_v2")
         scheduler.set_timesteps(10)
         assert len(scheduler.timesteps) == 10
-    with pytest.raises(ValueError, match="ddim, ddpm, dpmsolver\\+\\+, euler"):
+    with pytest.raises(ValueError, match="ddim, ddpm, dpmsolver\\+\\+, sde-dpmsolver\\+\\+, euler"):
         make_scheduler("plms", 1000, "linear")
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_every_sampler_steps_through_distinct_timesteps_even_at_the_full_schedule(name):
+    # DPM-Solver++'s default linspace spacing repeats a timestep at steps == num_train_timesteps (a zero
+    # step size, then NaNs); every sampler must visit distinct timesteps from the last one down.
+    for train, steps in ((20, 20), (20, 7), (1000, 20)):
+        scheduler = make_scheduler(name, train, "squaredcos_cap_v2")
+        scheduler.set_timesteps(steps)
+        timesteps = [int(t) for t in scheduler.timesteps]
+        assert len(set(timesteps)) == steps and timesteps[0] == train - 1, (name, train, steps, timesteps)
+
+
+@pytest.mark.parametrize("name", ["ddim", "euler"])
+def test_consistent_clip_keeps_the_implied_clean_image_in_range(name):
+    scheduler = make_scheduler(name, 1000, "squaredcos_cap_v2")
+    scheduler.set_timesteps(10)
+    t = scheduler.timesteps[3]
+    a = scheduler.alphas_cumprod[int(t)].double()
+    x0 = torch.linspace(-3, 3, 64, dtype=torch.float64).reshape(1, 1, 8, 8)  # a prediction overshooting both ends
+    eps = torch.randn((1, 1, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    if name == "ddim":
+        x = a.sqrt() * x0 + (1 - a).sqrt() * eps  # x_t
+        implied = lambda e: (x - (1 - a).sqrt() * e) / a.sqrt()  # noqa: E731
+    else:
+        sigma = ((1 - a) / a).sqrt()
+        x = x0 + sigma * eps  # Euler's sample in sigma space
+        implied = lambda e: x - sigma * e  # noqa: E731
+    fixed = consistent_clip(scheduler, eps.float(), x.float(), t)
+    assert fixed.dtype == torch.float32
+    assert torch.allclose(implied(fixed.double()), x0.clamp(-1, 1), atol=1e-3)
+    inside = x0.abs() <= 1
+    assert torch.allclose(fixed.double()[inside], eps[inside], atol=1e-4)  # in-range pixels keep their noise
+
+
+def test_consistent_clip_leaves_self_clipping_samplers_alone():
+    eps, x = torch.randn(2, 1, 8, 8), torch.randn(2, 1, 8, 8)
+    for name in ("ddpm", "dpmsolver++", "sde-dpmsolver++"):
+        scheduler = make_scheduler(name, 1000, "linear")
+        scheduler.set_timesteps(5)
+        assert consistent_clip(scheduler, eps, x, scheduler.timesteps[0]) is eps
 
 
 # ---- persistence and seeds --------------------------------------------------------------------

@@ -167,7 +167,13 @@ def test_pretrained_backends_offer_the_ddpm_backends_sampler_names():
 
 @pytest.mark.parametrize(
     "name, cls",
-    [("ddim", DDIMScheduler), ("ddpm", DDPMScheduler), ("dpmsolver++", DPMSolverMultistepScheduler), ("euler", EulerDiscreteScheduler)],
+    [
+        ("ddim", DDIMScheduler),
+        ("ddpm", DDPMScheduler),
+        ("dpmsolver++", DPMSolverMultistepScheduler),
+        ("sde-dpmsolver++", DPMSolverMultistepScheduler),
+        ("euler", EulerDiscreteScheduler),
+    ],
 )
 def test_schedulers_swap_by_name_and_keep_the_models_noise_schedule(models, name, cls):
     loaded = load_pretrained("text2img", models["sd"], "float32", "cpu")
@@ -181,7 +187,7 @@ def test_schedulers_swap_by_name_and_keep_the_models_noise_schedule(models, name
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"sampler": "heun"}, r"generator.sampler 'heun' is unknown: choose one of ddim, ddpm, dpmsolver\+\+, euler"),
+        ({"sampler": "heun"}, r"generator.sampler 'heun' is unknown: choose one of ddim, ddpm, dpmsolver\+\+, sde-dpmsolver\+\+, euler"),
         ({"steps": 0}, r"generator.sample_steps must be an integer from 1 to 1000"),
         ({"steps": 1001}, r"generator.sample_steps .* got 1001"),
         ({"guidance_scale": float("nan")}, r"generator.guidance_scale must be a finite number"),
@@ -240,7 +246,7 @@ def test_dit_class_labels_change_the_images(models):
         _sample(models, "dit", [5], class_index=1000)
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "euler", "dpmsolver++"])
+@pytest.mark.parametrize("sampler", ["ddpm", "euler", "dpmsolver++", "sde-dpmsolver++"])
 def test_dit_reproduces_with_ancestral_and_sigma_samplers(models, sampler):
     settings = SamplingSettings(sampler=sampler, steps=3, guidance_scale=2.0, batch_size=4)
     first = _sample(models, "dit", [1, 2], settings)
