@@ -59,7 +59,7 @@ from synthaug_pipeline.lib.classifier import (
 )
 from synthaug_pipeline.lib.config import ClassifierConfig, DataConfig, GeneratorConfig
 from synthaug_pipeline.lib.datasets import load_dataset
-from synthaug_pipeline.lib.diffusion import image_seed, load_generator, sample_images, save_generator, train_generator
+from synthaug_pipeline.lib.diffusion import SAMPLERS, image_seed, load_generator, sample_images, save_generator, train_generator
 from synthaug_pipeline.lib.evaluation import CORRUPTIONS, evaluate, evaluate_under_shift
 from synthaug_pipeline.lib.filtering import FilterPolicy
 from synthaug_pipeline.lib.regimes import select_regime
@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scaling-k", type=int, default=50)
     parser.add_argument("--per-class", type=int, default=400, help="images generated per class by the full-data generator")
     parser.add_argument(
-        "--sampler", default="dpmsolver++", choices=["ddim", "ddpm", "dpmsolver++", "euler"], help="20 steps, guidance 2.5"
+        "--sampler", default="sde-dpmsolver++", choices=SAMPLERS, help="20 steps, guidance 2.5 (default: the fashion profile's)"
     )
     parser.add_argument("--control-per-class", type=int, default=200, help="images generated per class by the few-shot generator")
     parser.add_argument("--few-shot-pool", type=int, default=150, help="synthetic images per class in every few-shot arm's pool")
