@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -20,22 +19,9 @@ import time
 from pathlib import Path
 
 import dagster as dg
-import torch
 
+from synthaug_pipeline.lib.machine import describe_machine, machine_summary
 from synthaug_pipeline.orchestration import run_pipeline
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{os.cpu_count()} cores ({cpu}), {device}, torch {torch.__version__}, Python {platform.python_version()}"
 
 
 def git_commit() -> tuple[str | None, bool | None]:
@@ -70,7 +56,7 @@ def main() -> int:
     models = result.evaluation["models"]
     record = {
         "command": "python benchmarks/digits_run.py " + " ".join(sys.argv[1:]),
-        "machine": machine(),
+        "machine": machine_summary(describe_machine()),
         "date": time.strftime("%Y-%m-%d"),
         "profile": args.profile,
         "overrides": args.overrides,

@@ -38,8 +38,6 @@ import argparse
 import datetime
 import hashlib
 import json
-import os
-import platform
 import shlex
 import sys
 import time
@@ -47,7 +45,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from synthaug_pipeline.lib.classifier import (
     load_classifier,
@@ -62,6 +59,7 @@ from synthaug_pipeline.lib.datasets import load_dataset
 from synthaug_pipeline.lib.diffusion import SAMPLERS, image_seed, load_generator, sample_images, save_generator, train_generator
 from synthaug_pipeline.lib.evaluation import CORRUPTIONS, evaluate, evaluate_under_shift
 from synthaug_pipeline.lib.filtering import FilterPolicy
+from synthaug_pipeline.lib.machine import describe_machine, machine_summary
 from synthaug_pipeline.lib.regimes import select_regime
 from synthaug_pipeline.lib.scoring import score_class
 from synthaug_pipeline.lib.stats import format_pm, summarize_seeds
@@ -73,18 +71,6 @@ SCALING_RATIOS = (0, 1, 3, 6)
 
 def log(message: str) -> None:
     print(f"[{datetime.datetime.now():%H:%M:%S}] {message}", flush=True)
-
-
-def machine() -> str:
-    cpu = platform.machine()
-    try:
-        cpu = next(
-            line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")
-        )
-    except (OSError, StopIteration):
-        pass
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{os.cpu_count()} cores ({cpu}), {device}, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 class Cache:
@@ -340,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     train, test = (dataset.train.images, dataset.train.labels), (dataset.test.images, dataset.test.labels)
     shift_rows = select_regime(test[1], "few_shot", k=args.shift_per_class, seed=0)
     test_shift = (test[0][shift_rows], test[1][shift_rows])
-    log(f"Fashion-MNIST: {len(train[1])} train, {len(test[1])} test ({len(shift_rows)} in the corruption suite); {machine()}")
+    corruption_suite = f"{len(shift_rows)} in the corruption suite"
+    log(f"Fashion-MNIST: {len(train[1])} train, {len(test[1])} test ({corruption_suite}); {machine_summary(describe_machine())}")
 
     # 1-3: judge, full-data generator, its samples, filtered by the pipeline's policy.
     judge = train_judge(*train, num_classes, args, cache, f"judge_full_{args.judge_steps}")
@@ -414,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "command": shlex.join(["python", "benchmarks/headline.py", *(argv if argv is not None else sys.argv[1:])]),
         "date": datetime.date.today().isoformat(),
-        "machine": machine(),
+        "machine": machine_summary(describe_machine()),
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "cache")},
         "judge_test_top1": judge_top1,
         "stage_seconds": cache.timings,

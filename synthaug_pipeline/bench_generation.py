@@ -23,45 +23,23 @@ import argparse
 import datetime
 import json
 import math
-import os
-import platform
 import shlex
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from synthaug_pipeline.lib.classifier import load_classifier, predict, save_classifier, train_classifier
 from synthaug_pipeline.lib.config import ProfileError, load_profile
 from synthaug_pipeline.lib.datasets import load_dataset
 from synthaug_pipeline.lib.diffusion import image_seed, load_generator, sample_images, sample_images_naive, save_generator, train_generator
+from synthaug_pipeline.lib.machine import describe_machine, finish_machine, machine_summary
 from synthaug_pipeline.lib.scoring import frechet_distance
 
 TARGET_SPEEDUP = 30.0  # fast images/s over baseline images/s
 TARGET_SHARE_POINTS = 2.0  # judged-correct share may fall at most this many points below the baseline's
 TARGET_FID_RELATIVE = 0.10  # mean per-class FID may exceed the baseline's by at most 10%
-
-
-def machine() -> dict:
-    """Cores, CPU model, torch version and device of this machine, and its load when asked."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(
-            line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")
-        )
-    except (OSError, StopIteration):
-        pass
-    return {
-        "cores": os.cpu_count(),
-        "cpu": cpu,
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "device": "cpu",
-        "python": platform.python_version(),
-        "load_average_1_5_15_min_at_start": [round(v, 2) for v in os.getloadavg()],
-    }
 
 
 def quality(images: dict[int, np.ndarray], judge, real_features: dict[int, np.ndarray], class_ids: list[str]) -> dict:
@@ -111,12 +89,10 @@ def markdown(record: dict) -> str:
         f"| {fmt(cmp['mean_class_fid_relative'], '+.1%')} | <= +{TARGET_FID_RELATIVE:.0%}: {met('mean_class_fid')} |",
         f"| FID pooled | {fmt(naive['pooled_fid'])} | {fmt(fast['pooled_fid'])} | {fmt(ref['pooled_fid'])} | {fmt(cmp['pooled_fid_relative'], '+.1%')} | (reported) |",
     ]
-    m = record["machine"]
     return "\n".join(
         [
             f"Command: `{record['command']}`  ",
-            f"Machine: {m['cores']} cores ({m['cpu']}), {m['device']}, torch {m['torch']}; load average at start "
-            f"{m['load_average_1_5_15_min_at_start'][0]}, at end {m['load_average_1_5_15_min_at_end'][0]}. Date: {record['date']}.  ",
+            f"Machine: {machine_summary(record['machine'])}. Date: {record['date']}.  ",
             f"Fast: {s['fast']['sampler']} {s['fast']['steps']} steps, guidance {s['guidance_scale']} (one batched forward). "
             f"Baseline: ancestral DDPM {s['naive']['steps']} steps, guidance as two forwards. "
             f"{s['images_per_class']} images x {len(s['classes'])} classes per path; generator trained for "
@@ -148,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"synthaug bench generation: error: {exc}", file=sys.stderr)
         return 2
     cfg, n, num_classes = profile.generator, args.images_per_class, len(dataset.class_ids)
-    info = machine()
+    info = describe_machine(device="cpu")  # both paths sample on the CPU
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
 
     if args.generator:
@@ -209,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         "pooled_fid_relative": _relative(fast["pooled_fid"], naive["pooled_fid"]),
     }
     fid_rel = comparison["mean_class_fid_relative"]
-    info["load_average_1_5_15_min_at_end"] = [round(v, 2) for v in os.getloadavg()]
+    finish_machine(info)
     record = {
         "command": shlex.join(["python", "-m", "synthaug_pipeline.bench_generation", *(argv if argv is not None else sys.argv[1:])]),
         "machine": info,

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import shlex
 import sys
 import time
@@ -34,11 +33,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from synthaug_pipeline.bench_generation import machine
 from synthaug_pipeline.lib.classifier import load_classifier, train_classifier
 from synthaug_pipeline.lib.config import ProfileError, load_profile
 from synthaug_pipeline.lib.datasets import load_dataset
 from synthaug_pipeline.lib.features import FeatureExtractorError, build_feature_extractor, judge_name, judge_probs_and_features
+from synthaug_pipeline.lib.machine import describe_machine, finish_machine, machine_summary
 from synthaug_pipeline.lib.scoring import frechet_distance, kernel_inception_distance, manifold_metrics, score_class
 
 
@@ -158,12 +157,9 @@ def scaling(class_counts: list[int], n: int, m: int, t: int, dims: list[int], se
 
 def markdown(record: dict) -> str:
     """Tables for BENCHMARKS.md, with the command and machine."""
-    m = record["machine"]
     lines = [
         f"Command: `{record['command']}`  ",
-        f"Machine: {m['cores']} cores ({m['cpu']}), {m['device']}, torch {m['torch']} ({m['torch_threads']} threads); "
-        f"load average at start {m['load_average_1_5_15_min_at_start'][0]}, at end {m['load_average_1_5_15_min_at_end'][0]}. "
-        f"Date: {record['date']}.",
+        f"Machine: {machine_summary(record['machine'])}. Date: {record['date']}.",
         "",
         f"Per-class scoring on `{record['settings']['profile']}` ({record['throughput'][0]['classes']} classes x "
         f"{record['throughput'][0]['images_per_class']} scored images; judge `{record['settings']['judge']['model']}`):",
@@ -220,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"synthaug bench scoring: error: {exc}", file=sys.stderr)
         return 2
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
-    info = machine()
+    info = describe_machine()
 
     if args.judge:
         trained = load_classifier(args.judge)
@@ -244,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"growth: classes {args.scale_classes}, dims {args.scale_dims} ...")
     growth = scaling(args.scale_classes, args.scale_images, args.scale_real, args.scale_test, args.scale_dims)
 
-    info["load_average_1_5_15_min_at_end"] = [round(v, 2) for v in os.getloadavg()]
+    finish_machine(info)
     record = {
         "command": shlex.join(["python", "-m", "synthaug_pipeline.bench_scoring", *(argv if argv is not None else sys.argv[1:])]),
         "machine": info,

@@ -81,7 +81,9 @@ class GeneratorConfig(_Section):
     ema_decay: float = Field(0.999, ge=0, lt=1)
     num_train_timesteps: int = Field(1000, ge=2)
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
-    sampler: Literal["ddim", "ddpm", "dpmsolver++", "sde-dpmsolver++", "euler"] = Field("ddim", description="Scheduler used for sampling (swappable).")
+    sampler: Literal["ddim", "ddpm", "dpmsolver++", "sde-dpmsolver++", "euler"] = Field(
+        "ddim", description="Scheduler used for sampling (swappable)."
+    )
     sample_steps: int = Field(20, ge=1, le=1000)
     guidance_scale: float = Field(2.5, ge=0, le=50)
     images_per_class: int = Field(100, ge=1)

@@ -189,7 +189,8 @@ def test_an_infeasible_grid_is_reported_at_the_catalog_and_refused_by_experiment
         assert expected in metadata["experiment_grid"].value
     experiment_run = next(a for a in defs.assets if a.key == dg.AssetKey("experiment_run"))
     real = {c: {"train": np.zeros((20, 8, 8, 1), np.uint8)} for c in ("0", "1")}
-    with dg.build_asset_context(partition_key="few_shot-r0-s0") as context, pytest.raises(ProfileError, match=re.escape(expected)) as raised:
+    context = dg.build_asset_context(partition_key="few_shot-r0-s0")
+    with context, pytest.raises(ProfileError, match=re.escape(expected)) as raised:
         experiment_run(
             context,
             settings=SynthaugSettings(profile="digits", overrides=overrides),
