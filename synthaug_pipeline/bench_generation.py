@@ -35,7 +35,7 @@ from synthaug_pipeline.lib.config import ProfileError, load_profile
 from synthaug_pipeline.lib.datasets import load_dataset
 from synthaug_pipeline.lib.diffusion import image_seed, load_generator, sample_images, sample_images_naive, save_generator, train_generator
 from synthaug_pipeline.lib.machine import describe_machine, finish_machine, machine_summary
-from synthaug_pipeline.lib.scoring import frechet_distance
+from synthaug_pipeline.lib.scoring import frechet_distance, mean_pairwise_distance
 
 TARGET_SPEEDUP = 30.0  # fast images/s over baseline images/s
 TARGET_SHARE_POINTS = 2.0  # judged-correct share may fall at most this many points below the baseline's
@@ -43,23 +43,33 @@ TARGET_FID_RELATIVE = 0.10  # mean per-class FID may exceed the baseline's by at
 
 
 def quality(images: dict[int, np.ndarray], judge, real_features: dict[int, np.ndarray], class_ids: list[str]) -> dict:
-    """Judged-correct share and per-class / pooled FID-style distances of ``{class_index: images}``."""
+    """Judged-correct share, per-class / pooled FID-style distances and diversity of ``{class_index: images}``.
+
+    ``diversity_ratio``: mean pairwise distance of a class's judge features over that of its real
+    images (1 = as varied as the real class). Small-sample FID barely notices samples that are all
+    alike; this does (guided samplers can collapse toward the class prototype).
+    """
     correct, per_class, pooled = 0, {}, []
     for index, batch in images.items():
         probs, features = predict(judge, batch)
         hits = int((probs.argmax(axis=1) == index).sum())
         correct += hits
         pooled.append(features)
-        fid = frechet_distance(features, real_features[index]) if len(batch) >= 2 else None
-        per_class[class_ids[index]] = {"judged_correct_share": hits / len(batch), "fid": fid}
+        enough = len(batch) >= 2
+        fid = frechet_distance(features, real_features[index]) if enough else None
+        real_diversity = mean_pairwise_distance(real_features[index]) if len(real_features[index]) >= 2 else 0.0
+        ratio = mean_pairwise_distance(features) / real_diversity if enough and real_diversity > 0 else None
+        per_class[class_ids[index]] = {"judged_correct_share": hits / len(batch), "fid": fid, "diversity_ratio": ratio}
     total = sum(len(b) for b in images.values())
     fids = [c["fid"] for c in per_class.values() if c["fid"] is not None]
+    ratios = [c["diversity_ratio"] for c in per_class.values() if c["diversity_ratio"] is not None]
     all_real = np.concatenate(list(real_features.values()))
     return {
         "images": total,
         "judged_correct_share": correct / total,
         "mean_class_fid": float(np.mean(fids)) if fids else None,
         "pooled_fid": frechet_distance(np.concatenate(pooled), all_real) if total >= 2 else None,
+        "mean_diversity_ratio": float(np.mean(ratios)) if ratios else None,
         "per_class": per_class,
     }
 
@@ -88,6 +98,8 @@ def markdown(record: dict) -> str:
         f"| FID per class (mean) | {fmt(naive['mean_class_fid'])} | {fmt(fast['mean_class_fid'])} | {fmt(ref['mean_class_fid'])} "
         f"| {fmt(cmp['mean_class_fid_relative'], '+.1%')} | <= +{TARGET_FID_RELATIVE:.0%}: {met('mean_class_fid')} |",
         f"| FID pooled | {fmt(naive['pooled_fid'])} | {fmt(fast['pooled_fid'])} | {fmt(ref['pooled_fid'])} | {fmt(cmp['pooled_fid_relative'], '+.1%')} | (reported) |",
+        f"| feature diversity / real (per class, mean) | {fmt(naive.get('mean_diversity_ratio'), '.2f')} | {fmt(fast.get('mean_diversity_ratio'), '.2f')} "
+        f"| {fmt(ref.get('mean_diversity_ratio'), '.2f')} | | (reported) |",
     ]
     return "\n".join(
         [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -53,6 +54,8 @@ def test_bench_generation_end_to_end(tmp_path, capsys):
         assert 0.0 <= result["judged_correct_share"] <= 1.0
         assert result["mean_class_fid"] >= 0 and result["pooled_fid"] >= 0
         assert set(result["per_class"]) == {"0", "1"}
+        ratios = [c["diversity_ratio"] for c in result["per_class"].values()]
+        assert all(r > 0 for r in ratios) and result["mean_diversity_ratio"] == pytest.approx(sum(ratios) / 2)
     for path in ("fast", "naive"):
         assert record[path]["images_per_second"] > 0 and record[path]["seconds"] > 0
     comparison = record["comparison"]
@@ -78,3 +81,31 @@ def test_bench_generation_end_to_end(tmp_path, capsys):
 def test_bench_generation_rejects_bad_settings(capsys):
     assert main(["--set", "generator.no_such_field=1"]) == 2
     assert "no_such_field" in capsys.readouterr().err
+
+
+def test_diversity_ratio_sees_samples_that_are_all_alike():
+    from synthaug_pipeline.bench_generation import quality
+    from synthaug_pipeline.lib.classifier import predict
+
+    class PixelJudge(torch.nn.Module):
+        """Features are the pixels; it always says class 0."""
+
+        num_classes = 2
+
+        def __init__(self):
+            super().__init__()
+            self.unused = torch.nn.Parameter(torch.zeros(1))
+
+        def forward_features(self, x):
+            return x.flatten(1)
+
+        def forward_head(self, features, pre_logits=False):
+            return features if pre_logits else torch.nn.functional.one_hot(torch.zeros(len(features), dtype=torch.long), 2).float()
+
+    judge = PixelJudge()
+    rng = np.random.default_rng(0)
+    varied = rng.integers(0, 256, (20, 4, 4, 1), dtype=np.uint8)
+    alike = np.repeat(varied[:1], 20, axis=0) + rng.integers(0, 3, (20, 4, 4, 1), dtype=np.uint8)
+    real = {0: predict(judge, varied)[1]}
+    ratios = {name: quality({0: batch}, judge, real, ["0"])["mean_diversity_ratio"] for name, batch in (("varied", varied), ("alike", alike))}
+    assert ratios["varied"] == pytest.approx(1.0) and ratios["alike"] < 0.05

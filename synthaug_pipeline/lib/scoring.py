@@ -261,7 +261,7 @@ def _nearest(a: np.ndarray, b: np.ndarray, exclude_self: bool = False) -> tuple[
     return np.linalg.norm(a - b[nearest_idx], axis=1), nearest_idx
 
 
-def _mean_pairwise_distance(x: np.ndarray) -> float:
+def mean_pairwise_distance(x: np.ndarray) -> float:
     """Mean L2 distance over all unordered pairs of distinct rows (needs >= 2 rows)."""
     n = x.shape[0]
     x_sq = np.einsum("ij,ij->i", x, x)
@@ -610,13 +610,13 @@ def score_class(
         warnings.append(f"fid/kid need at least 2 synthetic and 2 real images, got {n} synthetic and {m} real")
 
     if n >= 2:
-        summary["diversity"] = _mean_pairwise_distance(x)
+        summary["diversity"] = mean_pairwise_distance(x)
     elif n == 1:
         warnings.append("diversity needs at least 2 synthetic images, got 1")
 
     if m >= 2:
         summary["real_nn_distance"] = float(np.median(_nearest(r, r, exclude_self=True)[0]))
-        summary["real_diversity"] = _mean_pairwise_distance(r)
+        summary["real_diversity"] = mean_pairwise_distance(r)
     else:
         warnings.append(f"real_nn_distance and real_diversity need at least 2 real images, got {m}")
     if summary["diversity"] is not None and summary["real_diversity"]:
