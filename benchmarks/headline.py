@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scaling-k", type=int, default=50)
     parser.add_argument("--per-class", type=int, default=400, help="images generated per class by the full-data generator")
     parser.add_argument(
-        "--sampler", default="sde-dpmsolver++", choices=SAMPLERS, help="20 steps, guidance 2.5 (default: the fashion profile's)"
+        "--sampler", default="dpmsolver++", choices=SAMPLERS, help="20 steps, guidance 2.5 (default: the fashion profile's)"
     )
     parser.add_argument("--control-per-class", type=int, default=200, help="images generated per class by the few-shot generator")
     parser.add_argument("--few-shot-pool", type=int, default=150, help="synthetic images per class in every few-shot arm's pool")
