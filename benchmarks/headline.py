@@ -18,7 +18,7 @@ Stages
 1. ``judge``: the pipeline's judge, trained on the full real training split (scores and features).
 2. ``generator_full``: class-conditional DDPM trained on the full training split -- the stand-in for
    a generator pretrained on far more data than the classifier sees.
-3. ``samples_full``: ``--per-class`` images per class (``--sampler``, 20 steps, guidance 2.5), scored and filtered by the
+3. ``samples_full``: ``--per-class`` images per class (``--sampler``, 20 steps, ``--guidance-scale`` 2.5), scored and filtered by the
    pipeline's policy (judge confidence >= 0.5 and judge top-1 == intended class, no train copies,
    no test leaks).
 4. ``control``: the honest control -- a generator trained only on the few-shot real images, its
@@ -66,6 +66,7 @@ from synthaug_pipeline.lib.stats import format_pm, summarize_seeds
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "headline.json"
+DEFAULT_GUIDANCE = 2.5
 SCALING_RATIOS = (0, 1, 3, 6)
 
 
@@ -122,14 +123,18 @@ def get_generator(images: np.ndarray, labels: np.ndarray, num_classes: int, step
     return load_generator(str(folder))
 
 
-def get_samples(generator, class_ids: list[str], per_class: int, cache: Cache, name: str, sampler: str) -> tuple[np.ndarray, np.ndarray]:
+def get_samples(
+    generator, class_ids: list[str], per_class: int, cache: Cache, name: str, sampler: str, guidance_scale: float
+) -> tuple[np.ndarray, np.ndarray]:
+    if guidance_scale != DEFAULT_GUIDANCE:  # the default keeps the cache names of earlier runs
+        name = f"{name}_g{guidance_scale:g}"
     path = cache.path(f"{name}.npz")
     if not path.exists():
         start = time.perf_counter()
         images, labels = [], []
         for index, class_id in enumerate(class_ids):
             seeds = [image_seed(class_id, i, generator.version) for i in range(per_class)]
-            images.append(sample_images(generator, index, seeds, sampler=sampler, steps=20, guidance_scale=2.5, batch_size=200))
+            images.append(sample_images(generator, index, seeds, sampler=sampler, steps=20, guidance_scale=guidance_scale, batch_size=200))
             labels.append(np.full(per_class, index, np.int64))
             log(f"{name}: class {class_id} sampled ({(index + 1) * per_class} images, {time.perf_counter() - start:.0f} s)")
         np.savez_compressed(path, images=np.concatenate(images), labels=np.concatenate(labels))
@@ -210,7 +215,10 @@ def run_settings_key(args: argparse.Namespace) -> str:
         "few_shot_k", "few_shot_pool", "few_shot_ratio", "scaling_k", "shift_per_class", "corruptions", "severities",
         "min_confidence", "no_label_match", "sampler",
     )
-    blob = json.dumps({key: getattr(args, key) for key in keys}, sort_keys=True)
+    settings = {key: getattr(args, key) for key in keys}
+    if args.guidance_scale != DEFAULT_GUIDANCE:  # the default keeps the keys of earlier runs
+        settings["guidance_scale"] = args.guidance_scale
+    blob = json.dumps(settings, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
@@ -296,8 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scaling-k", type=int, default=50)
     parser.add_argument("--per-class", type=int, default=400, help="images generated per class by the full-data generator")
     parser.add_argument(
-        "--sampler", default="dpmsolver++", choices=SAMPLERS, help="20 steps, guidance 2.5 (default: the fashion profile's)"
+        "--sampler", default="dpmsolver++", choices=SAMPLERS, help="20 steps (default: the fashion profile's)"
     )
+    parser.add_argument("--guidance-scale", type=float, default=DEFAULT_GUIDANCE, help="classifier-free guidance of every sample")
     parser.add_argument("--control-per-class", type=int, default=200, help="images generated per class by the few-shot generator")
     parser.add_argument("--few-shot-pool", type=int, default=150, help="synthetic images per class in every few-shot arm's pool")
     parser.add_argument("--generator-steps", type=int, default=1000)
@@ -334,7 +343,13 @@ def main(argv: list[str] | None = None) -> int:
     judge_top1 = evaluate(judge, *test, class_ids)["top1"]
     generator = get_generator(*train, num_classes, args.generator_steps, cache, f"generator_full_{args.generator_steps}")
     samples = get_samples(
-        generator, class_ids, args.per_class, cache, f"samples_full_{args.generator_steps}_{args.per_class}_{args.sampler}", args.sampler
+        generator,
+        class_ids,
+        args.per_class,
+        cache,
+        f"samples_full_{args.generator_steps}_{args.per_class}_{args.sampler}",
+        args.sampler,
+        args.guidance_scale,
     )
     start = time.perf_counter()
     accepted, full_summary = filter_samples(judge, *samples, train, test, num_classes, args.min_confidence, not args.no_label_match)
@@ -356,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         cache,
         f"samples_few_shot_k{args.few_shot_k}_{args.control_generator_steps}_{args.control_per_class}_{args.sampler}",
         args.sampler,
+        args.guidance_scale,
     )
     start = time.perf_counter()
     control_accepted, control_summary = filter_samples(
