@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -42,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     profile_args(run)
     run.add_argument("--classes", nargs="+", default=None, help="only these class ids (partition keys)")
     run.add_argument("--dagster-home", default=None, help="Dagster instance folder (default $DAGSTER_HOME or ./.dagster_home)")
+    run.add_argument(
+        "--no-reuse",
+        dest="reuse",
+        action="store_false",
+        help="redo every asset; by default materializations of an earlier run with the same settings and code are reused",
+    )
 
     sub.add_parser("profiles", help="list packaged profiles")
 
@@ -99,14 +106,20 @@ def _run(args: argparse.Namespace) -> int:
     from synthaug_pipeline.orchestration import PipelineError, prepare_dagster_home, run_pipeline
 
     home = prepare_dagster_home(args.dagster_home)
-    print(f"synthaug: profile {profile.name}, output {profile.output_url}, Dagster instance {home}")
+    print(f"synthaug: profile {profile.name}, output {profile.output_url}, Dagster instance {home}", flush=True)
+    # A closed terminal (SIGHUP) stops the run like Ctrl-C: the run is marked failed and its pool slot freed.
+    signal.signal(signal.SIGHUP, lambda *_: os.kill(os.getpid(), signal.SIGINT))
     started = time.perf_counter()
     with dg.DagsterInstance.get() as instance:
         try:
-            result = run_pipeline(args.profile, args.overrides, instance, classes=args.classes)
+            result = run_pipeline(args.profile, args.overrides, instance, classes=args.classes, resume=args.reuse)
         except (PipelineError, ProfileError) as exc:
             return _fail(str(exc), code=1)
     total = time.perf_counter() - started
+    if result.evaluation is None:  # one class: shards only
+        print(f"\nshards: {profile.output_url.rstrip('/')}/synthetic_shards (no classifier comparison with one class)")
+        print(f"total {total:.0f}s; see every run and asset with `synthaug dev`")
+        return 0
     print()
     print(headline_table(result.evaluation))
     print()

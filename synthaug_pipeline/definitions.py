@@ -16,6 +16,8 @@ from synthaug_pipeline.defs.evaluation.assets import build_evaluation_assets
 from synthaug_pipeline.defs.experiments.assets import build_experiment_assets, experiments_job
 from synthaug_pipeline.defs.generation.assets import build_generation_assets
 from synthaug_pipeline.defs.generation.schedules import build_regeneration_schedule
+from synthaug_pipeline.defs.io_managers import SynthaugIOManager
+from synthaug_pipeline.defs.run_health import reap_dead_runs_sensor
 from synthaug_pipeline.defs.partitions import class_partitions
 from synthaug_pipeline.defs.prompts.assets import build_prompt_assets
 from synthaug_pipeline.defs.resources import SynthaugSettings
@@ -50,7 +52,8 @@ def build_definitions(profile_name: str | None = None, overrides: list[str] | No
         assets=assets,
         jobs=[per_class, experiments_job],
         schedules=[build_regeneration_schedule(profile, class_ids)],
-        resources={"settings": settings},
+        sensors=[reap_dead_runs_sensor],
+        resources={"settings": settings, "io_manager": SynthaugIOManager()},
     )
 
 

@@ -8,6 +8,7 @@ run once per class partition; shared models are trained once.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -18,9 +19,14 @@ from pathlib import Path
 import dagster as dg
 
 from synthaug_pipeline.definitions import build_definitions
-from synthaug_pipeline.defs.resources import set_progress_listener
+from synthaug_pipeline.defs.resources import default_device, set_progress_listener
+from synthaug_pipeline.defs.run_health import BlockedStepReporter, process_tags, reap_dead_runs
+from synthaug_pipeline.lib.classifier import synthetic_images_needed
 from synthaug_pipeline.lib.config import Profile, load_profile
 from synthaug_pipeline.lib.datasets import check_classes, dataset_class_ids
+from synthaug_pipeline.lib.estimate import RunEstimate, estimate_run
+from synthaug_pipeline.lib.preflight import check_before_training
+from synthaug_pipeline.reuse import ReusePlanner, fingerprint_tags, reused_summary
 
 DEFAULT_DAGSTER_HOME = ".dagster_home"
 
@@ -72,6 +78,7 @@ class PipelineResult:
     failed_checks: list[str] = field(default_factory=list)
     report: dict | None = None
     evaluation: dict | None = None
+    catalog: dict | None = None
     run_ids: list[str] = field(default_factory=list)
 
 
@@ -118,11 +125,15 @@ def run_pipeline(
     instance: dg.DagsterInstance,
     echo: Callable[[str], None] = print,
     classes: list[str] | None = None,
+    resume: bool = True,
 ) -> PipelineResult:
     """Materialize every stage for every class (or ``classes``) and return the evaluation.
 
     ``classes`` narrows the profile (a ``data.classes`` override), so the partitions, the data, the judge,
-    the generator and the classifiers all cover exactly those classes.
+    the generator and the classifiers all cover exactly those classes. With ``resume`` (the default),
+    materializations left by an earlier run with the same settings and code are reused (:mod:`synthaug_pipeline.reuse`)
+    and the terminal says which. Runs of this instance whose process died are marked failed and their pool
+    slots freed first, so they cannot block this one.
     """
     overrides = with_classes(profile_name, overrides, classes)
     profile = load_profile(profile_name, overrides)
@@ -132,18 +143,25 @@ def run_pipeline(
     resources = dict(defs.resources or {})
     quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
     outcome = PipelineResult(profile=profile)
+    planner = ReusePlanner.for_definitions(instance, profile, defs) if resume else None
 
-    def materialize(stage: Stage, partition: str | None) -> dg.ExecuteInProcessResult:
-        result = dg.materialize(
-            assets,
-            selection=list(stage.assets),
-            partition_key=partition,
-            instance=instance,
-            resources=resources,
-            run_config=quiet,
-            raise_on_error=False,
-            tags={"synthaug/profile": profile.name, "synthaug/stage": stage.name},
-        )
+    freed = reap_dead_runs(instance)
+    if freed:
+        echo(f"      marked {len(freed)} run(s) whose process is gone as failed and freed their pool slots: {', '.join(r[:8] for r in freed)}")
+
+    def materialize(stage: Stage, selection: list[str], partition: str | None) -> dg.ExecuteInProcessResult:
+        tags = {"synthaug/profile": profile.name, "synthaug/stage": stage.name, **process_tags(), **fingerprint_tags(profile, selection)}
+        with BlockedStepReporter(instance, echo):
+            result = dg.materialize(
+                assets,
+                selection=selection,
+                partition_key=partition,
+                instance=instance,
+                resources=resources,
+                run_config=quiet,
+                raise_on_error=False,
+                tags=tags,
+            )
         outcome.run_ids.append(result.run_id)
         if not result.success and not _only_blocking_checks_failed(result):
             where = f" (class {partition})" if partition else ""
@@ -153,12 +171,47 @@ def run_pipeline(
                 outcome.failed_checks.append(f"{check.asset_key.to_user_string()}[{partition}] {check.check_name}")
         return result
 
-    set_progress_listener(lambda message: echo(f"      {message}"))
+    set_progress_listener(lambda message: echo(f"      {_clock()} {message}"))
     try:
-        _run_stages(classes, materialize, outcome, echo)
+        _run_stages(classes, _StageRunner(materialize, planner, echo), outcome, echo)
     finally:
         set_progress_listener(None)
     return outcome
+
+
+class _StageRunner:
+    """Materializes what a stage needs for one partition (or none): reused assets are skipped, the rest run together."""
+
+    def __init__(self, materialize, planner: ReusePlanner | None, echo: Callable[[str], None]):
+        self.materialize, self.planner, self.echo = materialize, planner, echo
+
+    def will_redo(self, asset: str, partition: str | None = None) -> bool:
+        return self.planner is None or self.planner.reusable_run(asset, partition) is None
+
+    def run(self, stage: Stage, partition: str | None, assets: tuple[str, ...] | None = None) -> dict[str, object]:
+        """Returns ``{asset: value}`` for the stage's assets that later stages read (evaluation, report, shards)."""
+        assets = assets or stage.assets
+        reused: dict[str, str] = {}
+        for asset in assets:
+            run_id = self.planner.reusable_run(asset, partition) if self.planner else None
+            if run_id is None:
+                break  # this asset and everything after it in the stage is redone
+            reused[asset] = run_id
+        todo = [asset for asset in assets if asset not in reused]
+        if reused:
+            self.echo(f"      reused{f' for class {partition}' if partition else ''}: {reused_summary(reused)} (same settings and code)")
+        values: dict[str, object] = {asset: self.planner.load(asset, partition) for asset in reused if asset in OUTPUTS_READ}
+        if todo:
+            result = self.materialize(stage, todo, partition)
+            for asset in todo:
+                if self.planner:
+                    self.planner.mark_redone(asset, partition)
+                if asset in OUTPUTS_READ:
+                    values[asset] = result.output_for_node(asset)
+        return values
+
+
+OUTPUTS_READ = ("class_catalog", "synthetic_shards", "evaluation", "report")  # values the orchestrator reads
 
 
 def with_classes(profile_name: str | None, overrides: list[str], classes: list[str] | None) -> list[str]:
@@ -169,25 +222,83 @@ def with_classes(profile_name: str | None, overrides: list[str], classes: list[s
     return [*overrides, f"data.classes={json.dumps(selected)}"]
 
 
-def _run_stages(classes, materialize, outcome: PipelineResult, echo: Callable[[str], None]) -> None:
+def _run_stages(classes, runner: _StageRunner, outcome: PipelineResult, echo: Callable[[str], None]) -> None:
+    profile = outcome.profile
     for number, stage in enumerate(STAGES, start=1):
-        echo(f"[{number}/{len(STAGES)}] {stage.name}: {stage.description}" + (f" ({len(classes)} classes)" if stage.per_class else ""))
+        echo(
+            f"[{number}/{len(STAGES)}] {_clock()} {stage.name}: {stage.description}"
+            + (f" ({len(classes)} classes)" if stage.per_class else "")
+        )
+        if stage.name == "models":
+            echo(f"      {_estimate(profile, outcome.catalog, classes, runner).describe()}")
         started = time.perf_counter()
-        if stage.name == "classifiers" and outcome.failed_checks:
-            raise PipelineError(
-                "blocking shard checks failed, not training on them: "
-                + "; ".join(outcome.failed_checks)
-                + ". Loosen filter.min_confidence / filter.min_accepted_per_class or improve the generator."
-            )
+        if stage.name == "classifiers":
+            if len(classes) < 2:
+                echo("      skipped: a classifier comparison needs at least two classes; the class's shard is written")
+                continue
+            if outcome.failed_checks:
+                raise PipelineError(
+                    "blocking shard checks failed, not training on them: "
+                    + "; ".join(outcome.failed_checks)
+                    + ". Loosen filter.min_confidence / filter.min_accepted_per_class or improve the generator."
+                )
         if stage.per_class:
             for class_id in classes:
                 class_started = time.perf_counter()
-                materialize(stage, class_id)
+                values = runner.run(stage, class_id)
+                if "synthetic_shards" in values:
+                    _check_supply(profile, outcome.catalog, values["synthetic_shards"])
                 echo(f"      class {class_id}: {time.perf_counter() - class_started:.1f}s")
         else:
-            result = materialize(stage, None)
-            if "evaluation" in stage.assets:
-                outcome.evaluation = result.output_for_node("evaluation")
-                outcome.report = result.output_for_node("report")
+            values = {}
+            for asset in stage.assets:  # one run per asset: a failure stops the pipeline at once
+                values.update(runner.run(stage, None, (asset,)))
+                if asset == "class_catalog":
+                    outcome.catalog = values["class_catalog"]
+                    _check_catalog(profile, outcome.catalog)
+            outcome.evaluation = values.get("evaluation", outcome.evaluation)
+            outcome.report = values.get("report", outcome.report)
         outcome.seconds[stage.name] = time.perf_counter() - started
         echo(f"      done in {outcome.seconds[stage.name]:.1f}s")
+
+
+def _estimate(profile: Profile, catalog: dict, classes: list[str], runner: _StageRunner) -> RunEstimate:
+    """Time a few steps of each model this run will still train, on this machine (see lib.estimate)."""
+    return estimate_run(
+        profile,
+        len(classes),
+        tuple(catalog["image_shape"]),
+        default_device(),
+        generator=runner.will_redo("generator"),
+        judge=runner.will_redo("judge"),
+        sample_classes=sum(runner.will_redo("synthetic_images", c) for c in classes),
+        classifiers=runner.will_redo("classifier_baseline") or runner.will_redo("classifier_augmented"),
+    )
+
+
+def _clock() -> str:
+    return time.strftime("%H:%M:%S")
+
+
+def _check_catalog(profile: Profile, catalog: dict) -> None:
+    """The checks of the profile against the data that need the class counts (also when the catalog is reused)."""
+    check_before_training(profile, catalog["class_ids"], [c["train"] for c in catalog["classes"]])
+
+
+def _check_supply(profile: Profile, catalog: dict, shard: dict) -> None:
+    """Stop as soon as a class has fewer accepted images than ``augmented.synthetic_ratio`` needs, not at training."""
+    ratio = profile.augmented.synthetic_ratio
+    if ratio == 0 or len(catalog["class_ids"]) < 2 or not all((shard.get("checks") or {}).values()):
+        return  # nothing to supply, or a failed blocking check already refuses the class (listed before training)
+    train = next(c["train"] for c in catalog["classes"] if c["class_id"] == shard["class_id"])
+    needed = int(synthetic_images_needed([train], ratio)[0])
+    accepted = shard["num_accepted"]
+    if accepted < needed:
+        fits = accepted / train if train else 0.0
+        raise PipelineError(
+            f"class {shard['class_id']!r}: the filter accepted {accepted} of {shard['num_rows']} synthetic images but "
+            f"augmented.synthetic_ratio={ratio:g} needs {needed} ({ratio:g} x {train} real). Re-run the same command with a "
+            f"looser filter (e.g. --set filter.min_confidence=...) or a ratio up to {math.floor(fits * 1000) / 1000:g} "
+            "(--set augmented.synthetic_ratio=...): the models, images and scores of this run are reused, only shards and "
+            "classifiers are redone"
+        )

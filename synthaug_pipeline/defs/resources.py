@@ -11,6 +11,7 @@ from pydantic import Field
 
 from synthaug_pipeline.lib.config import DEFAULT_PROFILE, Profile, load_profile
 from synthaug_pipeline.lib.datasets import Dataset, load_dataset
+from synthaug_pipeline.lib.progress import Eta
 
 
 class SynthaugSettings(dg.ConfigurableResource):
@@ -98,11 +99,14 @@ def log_progress(context: dg.AssetExecutionContext, message: str) -> None:
 
 
 def training_progress(context: dg.AssetExecutionContext, name: str) -> Callable[[int, int, float], None]:
-    """A ``progress(step, total, loss)`` callback that logs about four lines per training run."""
+    """A ``progress(step, total, loss)`` callback that logs the first call, about four lines per training run,
+    and a line at least every 30 s, each with the time left."""
+    eta: Eta | None = None
 
     def report(step: int, total: int, loss: float) -> None:
-        quarter = max(1, total // 4)
-        if step % quarter == 0 or step == total:
-            log_progress(context, f"{name} step {step}/{total}, loss {loss:.4f}")
+        nonlocal eta
+        eta = eta or Eta(total, first_done=step)
+        if eta.due(step, max(1, total // 4)) or step == total:
+            log_progress(context, f"{name} step {step}/{total}, loss {loss:.4f}, {eta.text(step)}")
 
     return report

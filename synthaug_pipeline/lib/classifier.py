@@ -43,6 +43,7 @@ from torch import nn
 
 from synthaug_pipeline.lib.aux_bn import convert_to_aux_bn, route_synthetic, strip_aux_bn
 from synthaug_pipeline.lib.config import ClassifierConfig
+from synthaug_pipeline.lib.faults import failpoint
 from synthaug_pipeline.lib.images import to_model_tensor
 
 LABEL_SMOOTHING = 0.1
@@ -373,6 +374,31 @@ def train_classifier(
     )
 
 
+def untrained_classifier(images: np.ndarray, num_classes: int, cfg: ClassifierConfig) -> TrainedClassifier:
+    """``cfg.model`` with its seeded initial weights, not trained: the judge of a one-class run.
+
+    With a single class a classifier has nothing to learn (its softmax confidence is 1 for every
+    image), so a one-class run records this network instead of failing; its features are those of a
+    seeded random network, and ``config["trained"]`` is False so every consumer can say so.
+    """
+    _check_images(images, "real images")
+    height, width, in_chans = images.shape[1:]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = create_classifier(cfg.model, num_classes, in_chans).eval()
+    config = {
+        **cfg.model_dump(),
+        "steps": 0,
+        "trained": False,
+        "num_classes": int(num_classes),
+        "in_chans": int(in_chans),
+        "image_size": [int(height), int(width)],
+    }
+    return TrainedClassifier(
+        model=model, config=config, num_parameters=sum(p.numel() for p in model.parameters()), num_real=len(images)
+    )
+
+
 def train_classifier_synthetic_only(
     synthetic_images: np.ndarray,
     synthetic_labels: np.ndarray,
@@ -501,6 +527,7 @@ def _fit(
             # Accumulate on the device; .item() only when logging, to avoid a GPU sync every step.
             loss_sum += loss.detach()
             loss_count += 1
+            failpoint("training_step")
             if step % log_every == 0 or step == cfg.steps:
                 mean_loss = loss_sum.item() / loss_count
                 history.append({"step": step, "loss": mean_loss, "lr": lr})

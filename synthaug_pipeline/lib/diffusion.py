@@ -39,6 +39,7 @@ from safetensors.torch import save as save_safetensors
 
 from .config import GeneratorConfig
 from .images import from_model_tensor, to_model_tensor
+from .progress import Eta
 
 SAMPLERS = ("ddim", "ddpm", "dpmsolver++", "sde-dpmsolver++", "euler")
 FORMAT = "synthaug-ddpm/1"
@@ -173,7 +174,8 @@ def train_generator(
 
     Deterministic for a given ``cfg.seed`` on a given machine: weight init, batch choice, noise,
     timesteps and label dropout all come from seeded generators. ``progress(step, loss)`` is called
-    about every 10% of ``cfg.train_steps`` with the mean loss since the previous call.
+    at the first step, about every 10% of ``cfg.train_steps`` and at least every 30 s, with the mean loss
+    since the previous call.
     Returns the EMA weights (in eval mode, on CPU), which sample better than the raw weights.
     """
     _validate_training_set(images, labels, num_classes)
@@ -206,6 +208,7 @@ def train_generator(
     # CPU generator so the random stream is the same whatever the device.
     gen = torch.Generator().manual_seed(cfg.seed)
     report_every = max(1, cfg.train_steps // 10)
+    eta = Eta(cfg.train_steps)  # also reports the first step and every REPORT_SECONDS, so long runs are never silent
     losses: list[float] = []
     interval: list[float] = []
     since_report: list[float] = []
@@ -243,7 +246,7 @@ def train_generator(
         if len(interval) == LOSS_INTERVAL or step == cfg.train_steps - 1:
             losses.append(float(np.mean(interval)))
             interval = []
-        if progress is not None and ((step + 1) % report_every == 0 or step == cfg.train_steps - 1):
+        if progress is not None and eta.due(step + 1, report_every):
             progress(step + 1, float(np.mean(since_report)))
             since_report = []
 

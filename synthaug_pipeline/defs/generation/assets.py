@@ -23,8 +23,10 @@ from synthaug_pipeline.lib.diffusion import (
     save_generator,
     train_generator,
 )
+from synthaug_pipeline.lib.faults import failpoint
 from synthaug_pipeline.lib.images import grid_markdown
 from synthaug_pipeline.lib.plots import line_chart_markdown
+from synthaug_pipeline.lib.progress import Eta
 from synthaug_pipeline.lib.pretrained import (
     SamplingSettings,
     dit_class_indices,
@@ -60,8 +62,10 @@ def train_ddpm_generator(context: dg.AssetExecutionContext, profile: Profile, cl
     init_from = load_init_generator(cfg, class_ids) if cfg.init_from else None  # fail before reading images
     images, labels = stack_real(real_images, "train")
 
+    eta = Eta(cfg.train_steps)
+
     def progress(step: int, loss: float) -> None:
-        log_progress(context, f"generator step {step}/{cfg.train_steps}, loss {loss:.4f}")
+        log_progress(context, f"generator step {step}/{cfg.train_steps}, loss {loss:.4f}, {eta.text(step)}")
 
     if init_from is not None:
         log_progress(context, f"generator: fine-tuning {cfg.init_from} (version {init_from.version})")
@@ -235,6 +239,7 @@ def build_generation_assets(partitions: dg.PartitionsDefinition) -> list[dg.Asse
                 context, cfg, generator, class_id, seeds, class_catalog["image_shape"], class_prompts, real_images
             )
             images = provenance["images"]
+        failpoint("synthetic_images")
         seconds = time.perf_counter() - started
         context.add_output_metadata(
             {

@@ -34,11 +34,12 @@ import dagster as dg
 import numpy as np
 
 from synthaug_pipeline.defs.data.assets import stack_real
-from synthaug_pipeline.defs.resources import SynthaugSettings, cached_classifier, default_device, model_url, training_progress
-from synthaug_pipeline.lib.classifier import save_classifier, train_classifier
+from synthaug_pipeline.defs.resources import SynthaugSettings, cached_classifier, default_device, log_progress, model_url, training_progress
+from synthaug_pipeline.lib.classifier import save_classifier, train_classifier, untrained_classifier
 from synthaug_pipeline.lib.clip_score import ClipModelError, load_clip_scorer
 from synthaug_pipeline.lib.config import Profile
 from synthaug_pipeline.lib.evaluation import evaluate
+from synthaug_pipeline.lib.faults import failpoint
 from synthaug_pipeline.lib.features import (
     FeatureExtractor,
     FeatureExtractorError,
@@ -256,14 +257,16 @@ def build_scoring_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsD
         profile = settings.load()
         images, labels = stack_real(real_images, "train")
         test_images, test_labels = stack_real(real_images, "test")
-        trained = train_classifier(
-            images,
-            labels,
-            len(class_catalog["class_ids"]),
-            profile.judge,
-            progress=training_progress(context, "judge"),
-            device=default_device(),
-        )
+        num_classes = len(class_catalog["class_ids"])
+        model_name = profile.judge.model
+        if num_classes < 2:  # nothing to learn: confidence is 1 by definition, features come from a seeded random network
+            trained = untrained_classifier(images, num_classes, profile.judge)
+            model_name = f"{profile.judge.model}-untrained"
+            log_progress(context, "one class: the judge is an untrained network (confidence 1 for every image; random features)")
+        else:
+            trained = train_classifier(
+                images, labels, num_classes, profile.judge, progress=training_progress(context, "judge"), device=default_device()
+            )
         url = model_url(profile.output_url, "judge", context.run_id)
         version = save_classifier(trained, url)
         accuracy = evaluate(trained.model, test_images, test_labels, class_catalog["class_ids"])["top1"]
@@ -271,12 +274,12 @@ def build_scoring_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsD
             {
                 "url": url,
                 "version": version,
-                "model": profile.judge.model,
+                "model": model_name,
                 "test_top1": round(accuracy, 4),
                 "seconds": round(trained.seconds, 1),
             }
         )
-        return {"url": url, "version": version, "model": profile.judge.model, "test_top1": accuracy}
+        return {"url": url, "version": version, "model": model_name, "test_top1": accuracy}
 
     @dg.asset(partitions_def=partitions, group_name="scoring", kinds={"numpy"})
     def real_features(context: dg.AssetExecutionContext, settings: SynthaugSettings, judge: dict, real_images: dict) -> dict:
@@ -353,6 +356,7 @@ def build_scoring_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsD
                 histogram_markdown(scores.nearest_real_distance, "nearest real distance")
             )
         metadata["seconds"] = round(time.perf_counter() - started, 2)
+        failpoint("synthetic_scores")
         context.add_output_metadata(metadata)
         return {
             "class_id": class_id,

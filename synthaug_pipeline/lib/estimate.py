@@ -1,0 +1,93 @@
+"""How long a run will take on this machine, measured before it starts: a few timed steps of each model.
+
+The generator, the judge and the classifiers train for a fixed number of steps, and sampling costs a
+fixed amount per image, so a handful of real steps on images of the run's shape, scaled by the
+profile's step and image counts, predicts the expensive stages well. Scoring, evaluation and Dagster's
+own overhead are not included (seconds on the small profiles).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from synthaug_pipeline.lib.config import Profile
+from synthaug_pipeline.lib.progress import duration
+
+TIMED_STEPS = 3
+
+
+@dataclass
+class RunEstimate:
+    parts: dict[str, tuple[str, float]] = field(default_factory=dict)  # name -> (what, seconds)
+    measured_in: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return sum(seconds for _, seconds in self.parts.values())
+
+    def describe(self) -> str:
+        if not self.parts:
+            return "estimate: nothing left to train or sample"
+        parts = ", ".join(f"{name} {what} ~{duration(seconds)}" for name, (what, seconds) in self.parts.items())
+        return f"estimate: ~{duration(self.total)} on this machine ({parts}; timed in {self.measured_in:.0f}s; scoring not included)"
+
+
+def _fake_images(n: int, shape: tuple[int, int, int], num_classes: int, rng: np.random.Generator):
+    images = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
+    return images, np.arange(n, dtype=np.int64) % num_classes
+
+
+def _per_step(train) -> tuple[float, object]:
+    """Seconds per step of ``train(steps)``: one step (start-up, first-call costs) subtracted from ``1 + TIMED_STEPS``."""
+    first = train(1)
+    timed = train(1 + TIMED_STEPS)
+    return max(0.0, timed.seconds - first.seconds) / TIMED_STEPS, timed
+
+
+def estimate_run(
+    profile: Profile,
+    num_classes: int,
+    image_shape: tuple[int, int, int],
+    device: str = "cpu",
+    *,
+    generator: bool = True,
+    judge: bool = True,
+    sample_classes: int | None = None,
+    classifiers: bool = True,
+) -> RunEstimate:
+    """Time ``TIMED_STEPS`` steps of every model the run will train (the flags drop what is reused) and scale them."""
+    from synthaug_pipeline.lib.classifier import train_classifier
+    from synthaug_pipeline.lib.diffusion import sample_images, train_generator
+
+    started = time.perf_counter()
+    rng = np.random.default_rng(0)
+    estimate = RunEstimate()
+    gen = profile.generator
+    sample_classes = num_classes if sample_classes is None else sample_classes
+    if gen.backend == "ddpm" and (generator or sample_classes):
+        images, labels = _fake_images(min(gen.batch_size, 256), tuple(image_shape), num_classes, rng)
+        per_step, timed = _per_step(lambda steps: train_generator(images, labels, num_classes, gen.model_copy(update={"train_steps": steps, "warmup_steps": 0})))
+        if generator:
+            estimate.parts["generator"] = (f"{gen.train_steps} steps", per_step * gen.train_steps)
+        if sample_classes:
+            count = min(gen.images_per_class, gen.sample_batch_size, 16)
+            sample_images(timed, 0, [0], gen.sampler, gen.sample_steps, gen.guidance_scale, device=device)  # warm-up
+            begin = time.perf_counter()
+            sample_images(timed, 0, list(range(count)), gen.sampler, gen.sample_steps, gen.guidance_scale, gen.sample_batch_size, device=device)
+            per_image = (time.perf_counter() - begin) / count
+            total_images = gen.images_per_class * sample_classes
+            estimate.parts["sampling"] = (f"{total_images} images", per_image * total_images)
+    for name, cfg, runs, wanted in (
+        ("judge", profile.judge, 1, judge and num_classes >= 2),
+        ("classifiers", profile.classifier, 2, classifiers and num_classes >= 2),
+    ):
+        if wanted:
+            images, labels = _fake_images(max(num_classes, 2 * cfg.batch_size), tuple(image_shape), num_classes, rng)
+            per_step, _ = _per_step(lambda steps: train_classifier(images, labels, num_classes, cfg.model_copy(update={"steps": steps}), device=device))
+            what = f"{cfg.steps} steps" if runs == 1 else f"{runs} x {cfg.steps} steps"
+            estimate.parts[name] = (what, per_step * cfg.steps * runs)
+    estimate.measured_in = time.perf_counter() - started
+    return estimate

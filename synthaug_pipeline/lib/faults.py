@@ -1,0 +1,29 @@
+"""Failpoints: named places where a test can kill the process, to prove that a crash there loses nothing.
+
+``failpoint("shard_write")`` does nothing unless the environment variable ``SYNTHAUG_KILL_AT`` names that
+point (``name``, or ``name#n`` for its n-th hit in this process); then the process sends itself SIGKILL, the
+way the OOM killer or a closed laptop ends it: no exception handler, no ``finally``, no atexit runs. The
+fault-injection tests run `synthaug run` in a real subprocess with it set, re-run the same command, and
+compare the result with an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+
+KILL_AT_ENV_VAR = "SYNTHAUG_KILL_AT"
+FAILPOINTS = ("synthetic_images", "synthetic_scores", "shard_write", "training_step")
+_hits: collections.Counter[str] = collections.Counter()
+
+
+def failpoint(name: str) -> None:
+    """SIGKILL this process if ``SYNTHAUG_KILL_AT`` is ``name`` (or ``name#n`` and this is the n-th hit)."""
+    wanted = os.environ.get(KILL_AT_ENV_VAR)
+    if not wanted or not wanted.startswith(name):
+        return
+    _hits[name] += 1
+    point, _, nth = wanted.partition("#")
+    if point == name and _hits[name] >= int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
