@@ -170,7 +170,7 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     elif cfg.source == "fashion":
         dataset = _load_fashion(cfg)
     else:
-        dataset = _load_folder(cfg)
+        return _load_folder(cfg)  # subsets before decoding
     return _postprocess(dataset, cfg)
 
 
