@@ -60,6 +60,14 @@ class Dataset:
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
 
+    @property
+    def skipped_by_reason(self) -> dict[str, int]:
+        """Files skipped over all classes, per reason (``corrupt``, ``empty_file``, ``too_large``, ...)."""
+        totals: Counter = Counter()
+        for reasons in self.skipped.values():
+            totals.update(reasons)
+        return dict(sorted(totals.items()))
+
 
 # --- class lists (cheap, no pixels) -------------------------------------------------------
 

@@ -132,6 +132,7 @@ def test_folder_of_bad_images_converts_or_skips_and_counts(tmp_path):
     cat = np.concatenate([data.train.of_class(0), data.test.of_class(0)])
     assert len(cat) == 3 + 6 and len(data.train.of_class(1)) + len(data.test.of_class(1)) == 4
     assert data.skipped == {"cat": {"corrupt": 1, "empty_file": 1, "not_an_image_file": 2, "too_large": 1}}
+    assert data.skipped_by_reason == {"corrupt": 1, "empty_file": 1, "not_an_image_file": 2, "too_large": 1}
     assert sorted(Path(name).name for name in data.skipped_files) == [
         ".DS_Store", "empty.jpg", "huge.png", "notes.txt", "truncated.png"
     ]
