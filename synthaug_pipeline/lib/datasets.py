@@ -9,7 +9,6 @@ Dagster can build its partitions at load time.
 from __future__ import annotations
 
 import gzip
-import io
 import struct
 import unicodedata
 from collections import Counter
@@ -157,7 +156,16 @@ def check_dataset_available(cfg: DataConfig) -> None:
         if not fs.exists(root):
             raise DatasetError(f"data.path {path!r} does not exist: point it at an ImageFolder tree or a Parquet file")
         class_ids = _select_classes(_folder_class_ids(path), cfg.classes)  # odd class ids, bad Parquet: refused here
-        if not _is_parquet(path):
+        if _is_parquet(path):
+            labels, held_out = _parquet_index(fs, root, path)
+            trained = {label for label, out in zip(labels, held_out, strict=True) if not out} if held_out is not None else set(labels)
+            for class_id in class_ids:
+                if class_id not in trained:
+                    raise DatasetError(
+                        f"class {class_id!r} in Parquet file {path!r} has no training rows (every row of it has a held-out "
+                        "split): give it rows with split 'train', or leave the class out with data.classes"
+                    )
+        else:
             base = _folder_layout(fs, root)[0][0]
             for class_id in class_ids:
                 entries = fs.ls(f"{base}/{class_id}", detail=False)
@@ -287,7 +295,10 @@ def check_class_id(class_id: str, where: str) -> None:
 
 
 def _folder_layout(fs, root: str) -> list[tuple[str, bool | None]]:
-    """(folder of class folders, held out?) pairs: the split folders when ``train/`` exists, else the root (None: split by data.test_fraction)."""
+    """(folder of class folders, held out?) pairs: the split folders when ``train/`` exists, else the root.
+
+    Held out None: no split on disk, so ``data.test_fraction`` of each class is held out.
+    """
     if not fs.isdir(f"{root}/train"):
         return [(root, None)]
     return [(f"{root}/{name}", HELD_OUT[name]) for name in SPLIT_FOLDERS if fs.isdir(f"{root}/{name}")]
@@ -511,7 +522,11 @@ def _load_folder(cfg: DataConfig) -> Dataset:
     for index, class_id in enumerate(class_ids):
         if not np.any(train.labels == index):
             reasons = counts.get(class_id)
-            why = f"skipped {', '.join(f'{n} {r}' for r, n in sorted(reasons.items()))}" if reasons else "no image files"
+            held_out = int(np.sum(labels[test_idx] == index))
+            if reasons:
+                why = f"skipped {', '.join(f'{n} {r}' for r, n in sorted(reasons.items()))}"
+            else:
+                why = f"all {held_out} of its images are in the held-out split" if held_out else "no image files"
             raise DatasetError(
                 f"class {class_id!r} in {path!r} has no usable training images ({why}); add readable images "
                 "or leave the class out with data.classes"

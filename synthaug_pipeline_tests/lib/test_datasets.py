@@ -183,7 +183,10 @@ def test_parquet_unknown_or_null_split_is_refused_in_one_line(tmp_path, split, m
 
 def test_parquet_null_label_missing_column_or_not_parquet_is_one_line(tmp_path):
     cases = {
-        "null label": (_parquet(tmp_path / "n.parquet", image=[_png(9)] * 3, label=["a", None, None]), "2 row\\(s\\) with a null label \\(first: row 1\\)"),
+        "null label": (
+            _parquet(tmp_path / "n.parquet", image=[_png(9)] * 3, label=["a", None, None]),
+            r"2 row\(s\) with a null label \(first: row 1\)",
+        ),
         "no label": (_parquet(tmp_path / "l.parquet", image=[_png(9)], target=["a"]), "has no column 'label': it needs 'image'"),
         "no image": (_parquet(tmp_path / "i.parquet", label=["a"]), "has no column 'image'"),
     }
@@ -257,3 +260,12 @@ def test_a_bad_chosen_file_is_replaced_from_the_same_draw(tmp_path, monkeypatch)
     assert any(np.array_equal(image, files[chosen[1]]) for image in kept)
     assert not any(np.array_equal(image, files[chosen[0]]) for image in kept)
     assert np.array_equal(data.train.of_class(1), clean.train.of_class(1)) and np.array_equal(data.test.images, clean.test.images)
+
+
+def test_a_class_with_only_held_out_rows_is_refused_naming_it(tmp_path):
+    path = _parquet(tmp_path / "d.parquet", image=[_png(9)] * 4, label=["a", "a", "b", "b"], split=["train", "test", "val", "test"])
+    with pytest.raises(DatasetError, match="class 'b' in .* no usable training images \\(all 2 of its images are in the held-out split\\)"):
+        load_dataset(DataConfig(source="folder", path=path, image_size=8))
+    with pytest.raises(DatasetError, match="class 'b' in Parquet file .* has no training rows"):
+        check_dataset_available(DataConfig(source="folder", path=path))
+    check_dataset_available(DataConfig(source="folder", path=path, classes=["a"]))
