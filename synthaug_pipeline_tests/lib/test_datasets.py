@@ -269,3 +269,11 @@ def test_a_class_with_only_held_out_rows_is_refused_naming_it(tmp_path):
     with pytest.raises(DatasetError, match="class 'b' in Parquet file .* has no training rows"):
         check_dataset_available(DataConfig(source="folder", path=path))
     check_dataset_available(DataConfig(source="folder", path=path, classes=["a"]))
+
+
+@pytest.mark.parametrize("held_out", ["val", "valid", "validation", "test"])
+def test_validation_folders_are_held_out_as_test(tmp_path, held_out):
+    _tree(tmp_path / "train", {"a": 3, "b": 3})
+    _tree(tmp_path / held_out, {"a": 2, "b": 1})
+    data = load_dataset(DataConfig(source="folder", path=str(tmp_path), image_size=8))
+    assert np.bincount(data.train.labels).tolist() == [3, 3] and np.bincount(data.test.labels).tolist() == [2, 1]
