@@ -9,14 +9,15 @@ Dagster can build its partitions at load time.
 from __future__ import annotations
 
 import gzip
-import io
 import struct
+import unicodedata
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import fsspec
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from synthaug_pipeline.lib.config import DataConfig, ProfileError
 
@@ -52,10 +53,19 @@ class Dataset:
     test: LabeledImages
     source: str
     skipped_files: list[str] = field(default_factory=list)
+    skipped: dict[str, dict[str, int]] = field(default_factory=dict)  # {class id: {reason: files skipped}}
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def skipped_by_reason(self) -> dict[str, int]:
+        """Files skipped over all classes, per reason (``corrupt``, ``empty_file``, ``too_large``, ...)."""
+        totals: Counter = Counter()
+        for reasons in self.skipped.values():
+            totals.update(reasons)
+        return dict(sorted(totals.items()))
 
 
 # --- class lists (cheap, no pixels) -------------------------------------------------------
@@ -123,7 +133,9 @@ def check_dataset_available(cfg: DataConfig) -> None:
     """Fail fast, before anything is written, when an explicit ``data.path`` cannot hold the configured data.
 
     Reads no pixels and downloads nothing. Without ``data.path``, fashion may still fall back to the
-    Debian package or torchvision's download at load time.
+    Debian package or torchvision's download at load time. A folder dataset's class ids are checked
+    (:func:`check_class_id`), a Parquet file's schema, labels and splits too, and each selected class
+    folder must hold at least one image file (one listing per class).
     """
     if cfg.source == "fashion" and cfg.path:
         directory = Path(cfg.path)
@@ -143,6 +155,25 @@ def check_dataset_available(cfg: DataConfig) -> None:
         fs, root = fsspec.core.url_to_fs(path)
         if not fs.exists(root):
             raise DatasetError(f"data.path {path!r} does not exist: point it at an ImageFolder tree or a Parquet file")
+        class_ids = _select_classes(_folder_class_ids(path), cfg.classes)  # odd class ids, bad Parquet: refused here
+        if _is_parquet(path):
+            labels, held_out = _parquet_index(fs, root, path)
+            trained = {label for label, out in zip(labels, held_out, strict=True) if not out} if held_out is not None else set(labels)
+            for class_id in class_ids:
+                if class_id not in trained:
+                    raise DatasetError(
+                        f"class {class_id!r} in Parquet file {path!r} has no training rows (every row of it has a held-out "
+                        "split): give it rows with split 'train', or leave the class out with data.classes"
+                    )
+        else:
+            base = _folder_layout(fs, root)[0][0]
+            for class_id in class_ids:
+                entries = fs.ls(f"{base}/{class_id}", detail=False)
+                if not any(Path(entry).suffix.lower() in IMAGE_SUFFIXES for entry in entries):
+                    raise DatasetError(
+                        f"class folder {class_id!r} in {base!r} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))}): "
+                        "add images or leave the class out with data.classes"
+                    )
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -155,7 +186,7 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     elif cfg.source == "fashion":
         dataset = _load_fashion(cfg)
     else:
-        dataset = _load_folder(cfg)
+        return _load_folder(cfg)  # subsets before decoding
     return _postprocess(dataset, cfg)
 
 
@@ -232,95 +263,283 @@ def _fashion_from_torchvision(directory: Path) -> tuple[dict[str, np.ndarray], s
 # --- folder / Parquet ---------------------------------------------------------------------
 
 
+SPLIT_FOLDERS = ("train", "test", "val", "valid", "validation")
+# The pipeline has no validation stage: a validation split is held out with the test split, never
+# trained on. The same names mean the same thing as folders (<path>/val/<class>/...) and as values
+# of a Parquet ``split`` column (case and surrounding spaces ignored).
+HELD_OUT = {"train": False, "training": False, "test": True, "testing": True, "val": True, "valid": True, "validation": True}
+READ_BATCH = 256  # files read per batch: concurrent requests on object stores, bounded memory
+_CLASS_ID_PARTS = ("..", "/", "\\", "::")
+
+
 def _is_parquet(path: str) -> bool:
     return path.rstrip("/").endswith(".parquet")
 
 
+def check_class_id(class_id: str, where: str) -> None:
+    """Refuse a class id that cannot serve as a partition key and a path component, naming it."""
+    problem = None
+    if not class_id.strip():
+        problem = "is empty or only whitespace"
+    elif class_id.startswith("."):
+        problem = "starts with '.'"
+    elif any(part in class_id for part in _CLASS_ID_PARTS):
+        problem = f"contains {next(part for part in _CLASS_ID_PARTS if part in class_id)!r}"
+    elif any(unicodedata.category(char) == "Cc" for char in class_id):
+        problem = "contains a control character"
+    if problem:
+        raise DatasetError(
+            f"class {class_id!r} in {where} {problem}; class ids become partition keys and folder names, "
+            "so rename it (spaces and non-ASCII letters are fine)"
+        )
+
+
+def _folder_layout(fs, root: str) -> list[tuple[str, bool | None]]:
+    """(folder of class folders, held out?) pairs: the split folders when ``train/`` exists, else the root.
+
+    Held out None: no split on disk, so ``data.test_fraction`` of each class is held out.
+    """
+    if not fs.isdir(f"{root}/train"):
+        return [(root, None)]
+    return [(f"{root}/{name}", HELD_OUT[name]) for name in SPLIT_FOLDERS if fs.isdir(f"{root}/{name}")]
+
+
 def _folder_class_ids(path: str) -> list[str]:
+    """Class ids of an ImageFolder tree (its class folders; hidden ones such as .git are not classes) or a Parquet file."""
     fs, root = fsspec.core.url_to_fs(path)
     if not fs.exists(root):
         raise DatasetError(f"data.path {path!r} does not exist")
     if _is_parquet(path):
-        import pyarrow.parquet as pq
-
-        with fs.open(root, "rb") as handle:
-            labels = pq.read_table(handle, columns=["label"]).column("label").to_pylist()
-        return sorted({str(label) for label in labels})
-    split_roots = [d for d in ("train", "test", "val") if fs.isdir(f"{root}/{d}")]
-    base = f"{root}/train" if "train" in split_roots else root
-    ids = sorted(Path(entry).name for entry in fs.ls(base, detail=False) if fs.isdir(entry) and not Path(entry).name.startswith("."))
-    if not ids:
-        raise DatasetError(f"data.path {path!r} has no class sub-folders (expected <path>/<class>/<image files>)")
+        labels, _ = _parquet_index(fs, root, path)
+        ids = sorted(set(labels))
+    else:
+        base = _folder_layout(fs, root)[0][0]
+        ids = sorted(
+            Path(entry["name"]).name
+            for entry in fs.ls(base, detail=True)
+            if entry["type"] == "directory" and not Path(entry["name"]).name.startswith(".")
+        )
+        if not ids:
+            raise DatasetError(f"data.path {path!r} has no class sub-folders (expected <path>/<class>/<image files>)")
+    for class_id in ids:
+        check_class_id(class_id, f"data.path {path!r}")
     return ids
 
 
-def _decode(data: bytes, channels: int | None) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as pil:
-        pil = pil.convert("L" if channels == 1 else "RGB")
-        array = np.asarray(pil, dtype=np.uint8)
-    return array[..., None] if array.ndim == 2 else array
+def _parquet_index(fs, root: str, path: str) -> tuple[list[str], np.ndarray | None]:
+    """Each row's class id and whether it is held out (None without a ``split`` column); reads no images."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        with fs.open(root, "rb") as handle:
+            parquet = pq.ParquetFile(handle)
+            names = parquet.schema_arrow.names
+            missing = [name for name in ("image", "label") if name not in names]
+            if missing:
+                raise DatasetError(
+                    f"Parquet file {path!r} has no column {' or '.join(repr(m) for m in missing)}: it needs 'image' "
+                    f"(encoded bytes, or a struct with 'bytes') and 'label', optionally 'split'; it has {names}"
+                )
+            table = parquet.read(columns=[name for name in ("label", "split") if name in names])
+    except (pa.ArrowException, OSError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DatasetError(
+            f"data.path {path!r} cannot be read as Parquet ({reason}); a .parquet path must be a Parquet file "
+            "with columns 'image' and 'label'"
+        ) from None
+    raw_labels = table.column("label").to_pylist()
+    if None in raw_labels:
+        row = raw_labels.index(None)
+        count = raw_labels.count(None)
+        raise DatasetError(f"Parquet file {path!r} has {count} row(s) with a null label (first: row {row}); every row needs a class label")
+    labels = [str(label) for label in raw_labels]
+    if "split" not in table.column_names:
+        return labels, None
+    held_out = []
+    for row, value in enumerate(table.column("split").to_pylist()):
+        key = value.strip().lower() if isinstance(value, str) else None
+        if key not in HELD_OUT:
+            raise DatasetError(
+                f"Parquet file {path!r} row {row} has split {value!r}; expected train, or test / val / valid / "
+                "validation (all held out as test images)"
+            )
+        held_out.append(HELD_OUT[key])
+    return labels, np.asarray(held_out, dtype=bool)
+
+
+@dataclass
+class _Listing:
+    """Every image of a folder or Parquet dataset, before any is read."""
+
+    refs: list  # file paths, or Parquet row numbers
+    labels: np.ndarray  # int64, indexes the dataset's class ids
+    held_out: np.ndarray | None  # from the layout or the split column; None: split by data.test_fraction
+    skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (name, class id, reason)
+
+
+def _list_folder(fs, root: str, class_ids: list[str]) -> _Listing:
+    refs, labels, held_out, skipped = [], [], [], []
+    for base, is_test in _folder_layout(fs, root):
+        for index, class_id in enumerate(class_ids):
+            class_dir = f"{base}/{class_id}"
+            if not fs.isdir(class_dir):
+                continue
+            for entry in sorted(fs.ls(class_dir, detail=True), key=lambda e: e["name"]):
+                name = entry["name"]
+                if entry["type"] == "directory":
+                    skipped.append((name, class_id, "subfolder"))
+                elif Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                    refs.append(name)
+                    labels.append(index)
+                    held_out.append(is_test)
+                else:  # notes.txt, .DS_Store, Thumbs.db, ...
+                    skipped.append((name, class_id, "not_an_image_file"))
+    split = None if not held_out or held_out[0] is None else np.asarray(held_out, dtype=bool)
+    return _Listing(refs, np.asarray(labels, dtype=np.int64), split, skipped)
+
+
+def _list_parquet(fs, root: str, path: str, class_ids: list[str]) -> _Listing:
+    labels, held_out = _parquet_index(fs, root, path)
+    index = {c: i for i, c in enumerate(class_ids)}
+    return _Listing(list(range(len(labels))), np.asarray([index[label] for label in labels], dtype=np.int64), held_out)
+
+
+def _folder_reader(fs, root: str, path: str):
+    """A function from refs to their encoded bytes (or the exception that stopped the read)."""
+    if not _is_parquet(path):
+        return lambda paths: fs.cat_ranges(list(paths), None, None, on_error="return")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with fs.open(root, "rb") as handle:
+        column = pq.read_table(handle, columns=["image"]).column("image")
+
+    def read(rows):
+        values = column.take(pa.array(rows, type=pa.int64())).to_pylist()
+        data = [value.get("bytes") if isinstance(value, dict) else value for value in values]
+        return [d if isinstance(d, bytes) else None for d in data]  # None: the row has no image bytes
+
+    return read
+
+
+def _ref_name(ref) -> str:
+    return f"row {ref}" if isinstance(ref, int) else str(ref)
+
+
+def _skip_counts(skipped: list[tuple[str, str, str]]) -> dict[str, dict[str, int]]:
+    """``{class id: {reason: files skipped}}``."""
+    counts: dict[str, Counter] = {}
+    for _, class_id, reason in skipped:
+        counts.setdefault(class_id, Counter())[reason] += 1
+    return {class_id: dict(sorted(c.items())) for class_id, c in counts.items()}
+
+
+def _draw_order(indices: np.ndarray, labels: np.ndarray, k: int | None, seed: int) -> list[np.ndarray]:
+    """Per class, the candidates in the order :func:`_take_per_class` draws them (all, in order, when ``k`` is None)."""
+    if k is None:
+        return [indices]
+    rng = _rng(seed)
+    # the same permutation calls, on arrays of the same length, as _take_per_class: the same draw
+    return [rng.permutation(indices[labels[indices] == c]) for c in np.unique(labels[indices])]
+
+
+def _draw_batches(groups: list[np.ndarray], k: int | None, chosen: dict[int, np.ndarray]):
+    """Batches of candidates to read: each class's first ``k``, then replacements for those skipped."""
+    taken = [0] * len(groups)
+    while True:
+        wanted = []
+        for g, order in enumerate(groups):
+            if k is None:
+                more = order[taken[g] :]
+            else:
+                have = sum(int(i) in chosen for i in order[: taken[g]])
+                more = order[taken[g] : taken[g] + k - have]
+            taken[g] += len(more)
+            wanted += [int(i) for i in more]
+        if not wanted:
+            return
+        for start in range(0, len(wanted), READ_BATCH):
+            yield wanted[start : start + READ_BATCH]
 
 
 def _load_folder(cfg: DataConfig) -> Dataset:
-    path = _require_path(cfg)
-    class_ids = _folder_class_ids(path)
-    index = {c: i for i, c in enumerate(class_ids)}
-    fs, root = fsspec.core.url_to_fs(path)
-    size = cfg.image_size or 32
-    records: list[tuple[str, bytes, int, str | None]] = []  # (name, bytes, label, split)
-    if _is_parquet(path):
-        import pyarrow.parquet as pq
+    """Load an ImageFolder tree or Parquet file, deciding the split and the subset before decoding.
 
-        with fs.open(root, "rb") as handle:
-            table = pq.read_table(handle)
-        if "image" not in table.column_names or "label" not in table.column_names:
-            raise DatasetError(f"{path} needs columns 'image' (bytes) and 'label'; it has {table.column_names}")
-        images = table.column("image").to_pylist()
-        splits = table.column("split").to_pylist() if "split" in table.column_names else [None] * len(images)
-        for i, (image, label, split) in enumerate(zip(images, table.column("label").to_pylist(), splits, strict=True)):
-            data = image["bytes"] if isinstance(image, dict) else image
-            records.append((f"row {i}", data, index[str(label)], split))
+    Only the chosen images are read and decoded. Splits: ``train/`` with ``test/``, ``val/``, ``valid/``,
+    ``validation/`` folders, or a Parquet ``split`` column with those values; validation images are held
+    out as test images. Without either, ``data.test_fraction`` of each class is held out (seeded).
+    A file that cannot be decoded is skipped, counted per class and reason, and (when a per-class count
+    is set) replaced by the next candidate of the same seeded draw; with every file readable the
+    selection equals :func:`_take_per_class` over the decoded dataset.
+    """
+    from synthaug_pipeline.lib.images import ImageDecodeError, decode_image  # imports torch: only when pixels are read
+
+    path = _require_path(cfg)
+    all_ids = _folder_class_ids(path)
+    class_ids = _select_classes(all_ids, cfg.classes)
+    fs, root = fsspec.core.url_to_fs(path)
+    listing = _list_parquet(fs, root, path, all_ids) if _is_parquet(path) else _list_folder(fs, root, all_ids)
+    if listing.held_out is None:
+        train_idx, test_idx = _stratified_split(listing.labels, cfg.test_fraction, cfg.seed)
     else:
-        has_splits = fs.isdir(f"{root}/train")
-        for split in ("train", "test", "val") if has_splits else (None,):
-            base = f"{root}/{split}" if split else root
-            if not fs.isdir(base):
-                continue
-            for class_id in class_ids:
-                class_dir = f"{base}/{class_id}"
-                if not fs.isdir(class_dir):
-                    continue
-                for file in sorted(fs.ls(class_dir, detail=False)):
-                    if Path(file).suffix.lower() in IMAGE_SUFFIXES:
-                        records.append((file, fs.cat_file(file), index[class_id], "test" if split == "val" else split))
-    images, labels, splits, skipped = [], [], [], []
-    for name, data, label, split in records:
+        train_idx, test_idx = np.flatnonzero(~listing.held_out), np.flatnonzero(listing.held_out)
+    remap = np.full(len(all_ids), -1, dtype=np.int64)
+    remap[[all_ids.index(c) for c in class_ids]] = np.arange(len(class_ids))
+    labels = remap[listing.labels]
+    skipped = [entry for entry in listing.skipped if entry[1] in class_ids]
+    size, channels = cfg.image_size or 32, cfg.channels or 3
+    read = _folder_reader(fs, root, path)
+
+    def attempt(data) -> np.ndarray | str:
+        """The fitted image, or why it is skipped."""
+        if data is None:
+            return "missing_image"
+        if isinstance(data, BaseException):
+            return "unreadable_file"
         try:
-            image = _fit(_decode(data, cfg.channels), size)
-        except (UnidentifiedImageError, OSError, ValueError):
-            skipped.append(name)
-            continue
-        images.append(image)
-        labels.append(label)
-        splits.append(split)
-    if not images:
-        raise DatasetError(f"no readable images under {path!r} ({len(skipped)} unreadable)")
-    channels = cfg.channels or max(image.shape[-1] for image in images)
-    stacked = np.stack([_to_channels(image, channels) for image in images])
-    label_array = np.asarray(labels, dtype=np.int64)
-    if any(s is not None for s in splits):
-        is_test = np.asarray([s == "test" for s in splits])
-        train_idx, test_idx = np.flatnonzero(~is_test), np.flatnonzero(is_test)
-    else:
-        train_idx, test_idx = _stratified_split(label_array, cfg.test_fraction, cfg.seed)
+            return _fit(decode_image(data, channels), size)
+        except ImageDecodeError as exc:
+            return exc.reason
+
+    def read_split(indices: np.ndarray, k: int | None, seed: int) -> LabeledImages:
+        indices = indices[labels[indices] >= 0]
+        chosen: dict[int, np.ndarray] = {}
+        for batch in _draw_batches(_draw_order(indices, labels, k, seed), k, chosen):
+            for i, data in zip(batch, read([listing.refs[i] for i in batch]), strict=True):
+                outcome = attempt(data)
+                if isinstance(outcome, str):
+                    skipped.append((_ref_name(listing.refs[i]), class_ids[labels[i]], outcome))
+                else:
+                    chosen[i] = outcome
+        keep = np.asarray(sorted(chosen), dtype=np.int64)
+        images = np.stack([chosen[i] for i in keep]) if len(keep) else np.zeros((0, size, size, channels), np.uint8)
+        return LabeledImages(images, labels[keep])
+
+    train = read_split(train_idx, cfg.train_per_class, cfg.seed)
+    test = read_split(test_idx, cfg.test_per_class, cfg.seed + 1)
+    counts = _skip_counts(skipped)
+    for index, class_id in enumerate(class_ids):
+        if not np.any(train.labels == index):
+            reasons = counts.get(class_id)
+            held_out = int(np.sum(labels[test_idx] == index))
+            if reasons:
+                why = f"skipped {', '.join(f'{n} {r}' for r, n in sorted(reasons.items()))}"
+            else:
+                why = f"all {held_out} of its images are in the held-out split" if held_out else "no image files"
+            raise DatasetError(
+                f"class {class_id!r} in {path!r} has no usable training images ({why}); add readable images "
+                "or leave the class out with data.classes"
+            )
     return Dataset(
         name=Path(root).name,
         class_ids=class_ids,
         class_names=list(class_ids),
-        train=LabeledImages(stacked[train_idx], label_array[train_idx]),
-        test=LabeledImages(stacked[test_idx], label_array[test_idx]),
+        train=train,
+        test=test,
         source=path,
-        skipped_files=skipped,
+        skipped_files=[name for name, _, _ in skipped],
+        skipped=counts,
     )
 
 
@@ -348,9 +567,14 @@ def _fit(image: np.ndarray, size: int) -> np.ndarray:
 # --- shared post-processing ---------------------------------------------------------------
 
 
+def _rng(seed: int) -> np.random.Generator:
+    """A generator for any int seed: numpy refuses negative seeds, so they wrap as 64-bit two's complement (-1 -> 2**64 - 1)."""
+    return np.random.default_rng(seed if seed >= 0 else seed % 2**64)
+
+
 def _stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    train, test = [], []
+    rng = _rng(seed)
+    train, test = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
     for label in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == label))
         n_test = max(1, int(round(len(idx) * test_fraction))) if len(idx) > 1 else 0
@@ -362,7 +586,7 @@ def _stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tu
 def _take_per_class(split: LabeledImages, k: int | None, seed: int) -> LabeledImages:
     if k is None:
         return split
-    rng = np.random.default_rng(seed)
+    rng = _rng(seed)
     keep = np.concatenate([rng.permutation(np.flatnonzero(split.labels == c))[:k] for c in np.unique(split.labels)])
     keep.sort()
     return LabeledImages(split.images[keep], split.labels[keep])

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import base64
 import io
+import warnings
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 
 def to_model_tensor(images: np.ndarray) -> torch.Tensor:
@@ -46,12 +47,74 @@ def encode_image(image: np.ndarray, fmt: str = "png") -> bytes:
     return buffer.getvalue()
 
 
+class ImageDecodeError(ValueError):
+    """One image that cannot be decoded; ``reason`` is a short tag that callers count (e.g. ``too_large``)."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+ALPHA_BACKGROUND = 255  # transparent pixels are shown over white, as an image viewer on a white page shows them
+_TRANSPARENT_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+
+
 def decode_image(data: bytes, channels: int) -> np.ndarray:
-    """Decode image bytes to uint8 ``[H, W, C]`` with ``channels`` 1 or 3."""
-    with Image.open(io.BytesIO(data)) as pil:
-        pil = pil.convert("L" if channels == 1 else "RGB")
-        array = np.asarray(pil, dtype=np.uint8)
-    return array[..., None] if channels == 1 else array
+    """Decode image bytes to uint8 ``[H, W, C]`` with ``channels`` 1 or 3, as an image viewer shows them.
+
+    EXIF orientation is applied; transparency is composited over white; 16-bit grayscale is scaled by
+    value (``round(v / 257)``), not clipped; CMYK and palettes become RGB. Raises
+    :class:`ImageDecodeError` with reason ``empty_file``, ``not_an_image``, ``too_large`` (more pixels
+    than ``PIL.Image.MAX_IMAGE_PIXELS``, checked from the header before any pixel is decoded),
+    ``unsupported_mode`` or ``corrupt`` (truncated or damaged data; never half-decoded).
+    """
+    if not data:
+        raise ImageDecodeError("empty_file", "the file has 0 bytes")
+    try:
+        with warnings.catch_warnings():
+            # PIL only warns between 1x and 2x its pixel limit; the header check below refuses both
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as pil:
+                width, height = pil.size
+                limit = Image.MAX_IMAGE_PIXELS
+                if limit and width * height > limit:
+                    raise ImageDecodeError("too_large", f"{width}x{height} is over PIL's limit of {limit} pixels")
+                ImageOps.exif_transpose(pil, in_place=True)  # loads the pixels
+                array = _pixels(pil, channels)
+    except ImageDecodeError:
+        raise
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError("not_an_image", str(exc)) from None
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError("too_large", str(exc)) from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - PIL's plugins raise OSError, SyntaxError, struct.error, ... for bad data
+        raise ImageDecodeError("corrupt", f"{type(exc).__name__}: {exc}") from None
+    return array[..., None] if array.ndim == 2 else array
+
+
+def _pixels(pil: Image.Image, channels: int) -> np.ndarray:
+    target = "L" if channels == 1 else "RGB"
+    mode = pil.mode
+    if mode == target:  # the common case: no conversion
+        return np.asarray(pil, dtype=np.uint8)
+    if mode == "I" or mode.startswith("I;16"):
+        # 16-bit grayscale (PNG, TIFF); PIL's convert() would clip every value above 255 to white
+        values = np.asarray(pil).astype(np.int64)
+        gray = ((np.clip(values, 0, 65535) + 128) // 257).astype(np.uint8)
+        return gray if channels == 1 else np.repeat(gray[..., None], 3, axis=-1)
+    if mode == "F":
+        raise ImageDecodeError("unsupported_mode", "32-bit float pixels have no agreed 0..255 scale")
+    if mode in _TRANSPARENT_MODES or "transparency" in pil.info:
+        rgba = pil.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (ALPHA_BACKGROUND,) * 3 + (255,))
+        return np.asarray(Image.alpha_composite(background, rgba).convert(target), dtype=np.uint8)
+    try:
+        converted = pil.convert(target)
+    except ValueError as exc:
+        raise ImageDecodeError("unsupported_mode", f"mode {mode}: {exc}") from None
+    return np.asarray(converted, dtype=np.uint8)
 
 
 def image_grid(images: np.ndarray, columns: int = 10, scale: int = 1, pad: int = 1) -> np.ndarray:

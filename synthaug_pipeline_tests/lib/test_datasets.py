@@ -158,3 +158,122 @@ def test_folder_without_path_or_missing_path():
     with pytest.raises(DatasetError, match="does not exist"):
         check_dataset_available(DataConfig(source="folder", path="/nonexistent/images"))
     check_dataset_available(DataConfig(source="digits", path="/ignored/for/digits"))
+
+
+def _parquet(path: Path, **columns) -> str:
+    pq.write_table(pa.table(columns), path)
+    return str(path)
+
+
+@pytest.mark.parametrize("held_out", ["val", "validation", "valid", " Val ", "test"])
+def test_parquet_validation_rows_are_held_out_not_trained_on(tmp_path, held_out):
+    splits = ["train", "train", held_out] * 4
+    path = _parquet(tmp_path / "d.parquet", image=[_png(i * 20) for i in range(12)], label=["a", "b"] * 6, split=splits)
+    data = load_dataset(DataConfig(source="folder", path=path, image_size=8))
+    assert len(data.train) == 8 and len(data.test) == 4
+
+
+@pytest.mark.parametrize(("split", "match"), [("dev", r"row 2 has split 'dev'; expected train"), (None, "row 2 has split None")])
+def test_parquet_unknown_or_null_split_is_refused_in_one_line(tmp_path, split, match):
+    path = _parquet(tmp_path / "d.parquet", image=[_png(9)] * 3, label=["a", "b", "a"], split=["train", "test", split])
+    with pytest.raises(DatasetError, match=match) as raised:
+        dataset_class_ids(DataConfig(source="folder", path=path))
+    assert "\n" not in str(raised.value)
+
+
+def test_parquet_null_label_missing_column_or_not_parquet_is_one_line(tmp_path):
+    cases = {
+        "null label": (
+            _parquet(tmp_path / "n.parquet", image=[_png(9)] * 3, label=["a", None, None]),
+            r"2 row\(s\) with a null label \(first: row 1\)",
+        ),
+        "no label": (_parquet(tmp_path / "l.parquet", image=[_png(9)], target=["a"]), "has no column 'label': it needs 'image'"),
+        "no image": (_parquet(tmp_path / "i.parquet", label=["a"]), "has no column 'image'"),
+    }
+    text = tmp_path / "notes.parquet"
+    text.write_text("not parquet at all")
+    cases["not parquet"] = (str(text), "cannot be read as Parquet .*Parquet file with columns 'image' and 'label'")
+    for path, match in cases.values():
+        for check in (dataset_class_ids, check_dataset_available, load_dataset):
+            with pytest.raises(DatasetError, match=match) as raised:
+                check(DataConfig(source="folder", path=path))
+            assert "\n" not in str(raised.value) and repr(path) in str(raised.value)
+
+
+def test_any_int_seed_works(tmp_path):
+    data = load_dataset(DataConfig(source="digits", seed=-1, train_per_class=3))
+    again = load_dataset(DataConfig(source="digits", seed=-1, train_per_class=3))
+    assert np.bincount(data.train.labels).tolist() == [3] * 10
+    assert np.array_equal(data.train.images, again.train.images)
+    assert not np.array_equal(data.train.images, load_dataset(DataConfig(source="digits", seed=0, train_per_class=3)).train.images)
+    _tree(tmp_path, {"a": 5, "b": 5})
+    assert len(load_dataset(DataConfig(source="folder", path=str(tmp_path), seed=-(2**70), train_per_class=2)).train) == 4
+
+
+def _tree(root: Path, counts: dict[str, int]) -> None:
+    rng = np.random.default_rng(0)
+    for class_id, n in counts.items():
+        (root / class_id).mkdir(parents=True)
+        for i in range(n):
+            pixels = rng.integers(0, 256, (10, 10, 3), dtype=np.uint8)
+            buffer = io.BytesIO()
+            Image.fromarray(pixels).save(buffer, format="PNG")
+            (root / class_id / f"{i:02d}.png").write_bytes(buffer.getvalue())
+
+
+def _count_decodes(monkeypatch) -> list:
+    from synthaug_pipeline.lib import images
+
+    calls, decode = [], images.decode_image
+    monkeypatch.setattr(images, "decode_image", lambda data, channels: calls.append(1) or decode(data, channels))
+    return calls
+
+
+def test_only_the_chosen_images_are_decoded_and_the_choice_is_unchanged(tmp_path, monkeypatch):
+    _tree(tmp_path, {"a": 20, "b": 15, "c": 12})
+    base = dict(source="folder", path=str(tmp_path), image_size=8, seed=5, classes=["a", "c"])
+    everything = load_dataset(DataConfig(**base))
+    calls = _count_decodes(monkeypatch)
+    few = load_dataset(DataConfig(**base, train_per_class=3, test_per_class=2))
+    assert len(calls) == 3 * 2 + 2 * 2
+    # decoding everything, then drawing (what load_dataset did before): the same images
+    expected_train = datasets._take_per_class(everything.train, 3, 5)
+    expected_test = datasets._take_per_class(everything.test, 2, 6)
+    assert np.array_equal(few.train.images, expected_train.images) and np.array_equal(few.train.labels, expected_train.labels)
+    assert np.array_equal(few.test.images, expected_test.images) and np.array_equal(few.test.labels, expected_test.labels)
+
+
+def test_a_bad_chosen_file_is_replaced_from_the_same_draw(tmp_path, monkeypatch):
+    _tree(tmp_path, {"a": 6, "b": 6})
+    cfg = DataConfig(source="folder", path=str(tmp_path), image_size=8, train_per_class=2, test_fraction=0.2)
+    clean = load_dataset(cfg)
+    files = {path: datasets._fit(np.asarray(Image.open(path)), 8) for path in sorted((tmp_path / "a").iterdir())}
+    chosen = [path for path, image in files.items() if any(np.array_equal(image, c) for c in clean.train.of_class(0))]
+    assert len(chosen) == 2
+    chosen[0].write_bytes(b"")
+    calls = _count_decodes(monkeypatch)
+    data = load_dataset(cfg)
+    assert len(calls) == 2 + 1 + 2 + 2  # a's two, one replacement, b's two, the two held-out images
+    assert data.skipped == {"a": {"empty_file": 1}} and [Path(p) for p in data.skipped_files] == [chosen[0]]
+    assert np.bincount(data.train.labels).tolist() == [2, 2]
+    kept = data.train.of_class(0)
+    assert any(np.array_equal(image, files[chosen[1]]) for image in kept)
+    assert not any(np.array_equal(image, files[chosen[0]]) for image in kept)
+    assert np.array_equal(data.train.of_class(1), clean.train.of_class(1)) and np.array_equal(data.test.images, clean.test.images)
+
+
+def test_a_class_with_only_held_out_rows_is_refused_naming_it(tmp_path):
+    path = _parquet(tmp_path / "d.parquet", image=[_png(9)] * 4, label=["a", "a", "b", "b"], split=["train", "test", "val", "test"])
+    with pytest.raises(DatasetError, match="class 'b' in .* no usable training images \\(all 2 of its images are in the held-out split\\)"):
+        load_dataset(DataConfig(source="folder", path=path, image_size=8))
+    with pytest.raises(DatasetError, match="class 'b' in Parquet file .* has no training rows"):
+        check_dataset_available(DataConfig(source="folder", path=path))
+    check_dataset_available(DataConfig(source="folder", path=path, classes=["a"]))
+
+
+@pytest.mark.parametrize("held_out", ["val", "valid", "validation", "test"])
+def test_validation_folders_are_held_out_as_test(tmp_path, held_out):
+    _tree(tmp_path / "train", {"a": 3, "b": 3})
+    _tree(tmp_path / held_out, {"a": 2, "b": 1})
+    data = load_dataset(DataConfig(source="folder", path=str(tmp_path), image_size=8))
+    assert np.bincount(data.train.labels).tolist() == [3, 3] and np.bincount(data.test.labels).tolist() == [2, 1]

@@ -23,6 +23,7 @@ def build_data_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
                 "name": name,
                 "train": int(np.sum(dataset.train.labels == i)),
                 "test": int(np.sum(dataset.test.labels == i)),
+                "skipped": dataset.skipped.get(class_id, {}),
             }
             for i, (class_id, name) in enumerate(zip(dataset.class_ids, dataset.class_names, strict=True))
         ]
@@ -43,9 +44,12 @@ def build_data_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
             "image_shape": list(dataset.image_shape),
             "classes": counts,
             "skipped_files": len(dataset.skipped_files),
+            "skipped_by_reason": dataset.skipped_by_reason,
         }
-        table = "| class | name | train | test |\n|---|---|---|---|\n" + "\n".join(
-            f"| {c['class_id']} | {c['name']} | {c['train']} | {c['test']} |" for c in counts
+        table = "| class | name | train | test | skipped files |\n|---|---|---|---|---|\n" + "\n".join(
+            f"| {c['class_id']} | {c['name']} | {c['train']} | {c['test']} | "
+            f"{', '.join(f'{n} {reason}' for reason, n in c['skipped'].items()) or 0} |"
+            for c in counts
         )
         context.add_output_metadata(
             {
@@ -53,6 +57,7 @@ def build_data_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
                 "image_shape": str(dataset.image_shape),
                 "source": dataset.source,
                 "skipped_files": len(dataset.skipped_files),
+                "skipped_by_reason": dg.MetadataValue.json(dataset.skipped_by_reason),
                 "classes": dg.MetadataValue.md(table),
                 "experiment_grid": grid_problem or "every grid point can run",
                 "seconds": round(time.perf_counter() - started, 2),
