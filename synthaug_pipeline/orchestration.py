@@ -109,13 +109,21 @@ def _only_blocking_checks_failed(result: dg.ExecuteInProcessResult) -> bool:
     return bool(errors) and all(error is not None and error.cls_name == "DagsterAssetCheckFailedError" for error in errors)
 
 
+# Errors whose message is written for the user: shown without their class name.
+_USER_ERRORS = {"ValueError", "ProfileError", "DatasetError", "ImageDecodeError", "FileNotFoundError", "PipelineError"}
+
+
 def _failure_message(result: dg.ExecuteInProcessResult) -> str:
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
             error = event.step_failure_data.error
             while error.cause is not None and error.cls_name in ("DagsterExecutionStepExecutionError",):
                 error = error.cause
-            return f"{event.step_key}: {error.message.strip()}"
+            message = " ".join(error.message.split())
+            prefix = message.split(": ", 1)[0]
+            if prefix.endswith(error.cls_name):  # "synthaug_pipeline.lib.datasets.DatasetError: ..." -> "..." for ours
+                message = message[len(prefix) + 2 :] if error.cls_name in _USER_ERRORS else f"{error.cls_name}: {message[len(prefix) + 2 :]}"
+            return f"{event.step_key}: {message}"
     return "run failed (see the run's logs in dagster dev)"
 
 
@@ -141,7 +149,8 @@ def run_pipeline(
     defs = build_definitions(profile_name or profile.name, overrides)
     assets = list(defs.assets or [])
     resources = dict(defs.resources or {})
-    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    # Failures come back as one line (PipelineError) and warnings through log_warning: no traces in the terminal.
+    quiet = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
     outcome = PipelineResult(profile=profile)
     planner = ReusePlanner.for_definitions(instance, profile, defs) if resume else None
 

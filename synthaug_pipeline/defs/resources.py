@@ -98,6 +98,13 @@ def log_progress(context: dg.AssetExecutionContext, message: str) -> None:
         _progress_listener(message)
 
 
+def log_warning(context: dg.AssetExecutionContext, message: str) -> None:
+    """A warning in the run's logs and, under `synthaug run`, in the terminal (whose Dagster console logger is silent)."""
+    context.log.warning(message)
+    if _progress_listener is not None:
+        _progress_listener(f"warning: {message}")
+
+
 def training_progress(context: dg.AssetExecutionContext, name: str) -> Callable[[int, int, float], None]:
     """A ``progress(step, total, loss)`` callback that logs the first call, about four lines per training run,
     and a line at least every 30 s, each with the time left."""

@@ -225,6 +225,11 @@ class BalancedMixSampler:
     (stochastically rounded, so the share is exact on average), the rest from the real pool. Both
     pools are class-balanced: pick a class uniformly (among the classes the pool has), then an image
     of that class uniformly.
+
+    ``class_ratios`` (one ratio per class) replaces the single ratio where classes differ (a class with
+    fewer accepted images than the ratio needs trains at the ratio its pool reaches): the synthetic share
+    is then ``m / (1 + m)`` for the mean ratio ``m`` over the real classes, and a synthetic class is picked
+    with probability proportional to its ratio, so class ``c`` still gets ``r_c`` synthetic draws per real one.
     """
 
     def __init__(
@@ -234,12 +239,18 @@ class BalancedMixSampler:
         synthetic_labels: np.ndarray | None = None,
         synthetic_ratio: float = 0.0,
         rng: np.random.Generator | None = None,
+        class_ratios: np.ndarray | None = None,
     ) -> None:
         self.rng = rng if rng is not None else np.random.default_rng(0)
         self._real = _ClassPools(real_labels, num_classes)
         use_synthetic = synthetic_ratio > 0 and synthetic_labels is not None and len(synthetic_labels) > 0
         self._synthetic = _ClassPools(synthetic_labels, num_classes) if use_synthetic else None
         self.synthetic_share = synthetic_ratio / (1.0 + synthetic_ratio) if use_synthetic else 0.0
+        if use_synthetic and class_ratios is not None:
+            ratios = np.asarray(class_ratios, dtype=np.float64)
+            mean = float(ratios[np.bincount(real_labels, minlength=num_classes) > 0].mean())
+            self.synthetic_share = mean / (1.0 + mean)
+            self._synthetic.set_weights(ratios)
 
     def draw(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         """Indices into the real pool and into the synthetic pool (int64 arrays) for one batch."""
@@ -260,8 +271,19 @@ class _ClassPools:
         present = counts > 0
         self.counts, self.starts = counts[present], starts[present]
 
+        self.present = np.flatnonzero(present)
+        self.probabilities: np.ndarray | None = None
+
+    def set_weights(self, weights: np.ndarray) -> None:
+        """Pick class ``c`` with probability proportional to ``weights[c]`` instead of uniformly."""
+        kept = np.asarray(weights, dtype=np.float64)[self.present]
+        self.probabilities = kept / kept.sum()
+
     def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        classes = rng.integers(len(self.counts), size=n)
+        if self.probabilities is None:
+            classes = rng.integers(len(self.counts), size=n)
+        else:
+            classes = rng.choice(len(self.counts), size=n, p=self.probabilities)
         within = (rng.random(n) * self.counts[classes]).astype(np.int64)
         return self.order[self.starts[classes] + within].astype(np.int64)
 
@@ -304,6 +326,7 @@ def train_classifier(
     aux_bn: bool = False,
     augment: bool = True,
     allow_synthetic_reuse: bool = False,
+    use_available: bool = False,
     amp: bool = True,
 ) -> TrainedClassifier:
     """Train ``cfg.model`` for exactly ``cfg.steps`` steps of ``cfg.batch_size`` images.
@@ -314,7 +337,9 @@ def train_classifier(
     synthetic images, ``n_c`` being its number of real images (see the module docstring), else
     ValueError names the first class that falls short -- before any training.
     ``allow_synthetic_reuse=True`` lifts that rule (a class's synthetic images are then drawn more
-    often than its real ones; a class without any gets none).
+    often than its real ones; a class without any gets none). ``use_available=True`` trains a class that
+    falls short at the ratio its pool reaches (:func:`reached_ratios`; recorded as
+    ``config["synthetic_ratio_by_class"]``), never drawing a synthetic image more often than a real one.
 
     ``cfg.optimizer``: ``"adamw"`` or ``"sgd"`` (Nesterov momentum 0.9; it wants a learning rate about
     50x AdamW's), no weight decay on biases/norms either way; 5% linear warm-up then cosine decay,
@@ -336,7 +361,12 @@ def train_classifier(
     """
     labels, synthetic_labels = _check_training_data(images, labels, num_classes, synthetic_images, synthetic_labels, synthetic_ratio)
     use_synthetic = synthetic_ratio > 0
-    if use_synthetic and not allow_synthetic_reuse:
+    class_ratios = None
+    if use_synthetic and use_available:
+        class_ratios = reached_ratios(
+            np.bincount(labels, minlength=num_classes), np.bincount(synthetic_labels, minlength=num_classes), synthetic_ratio
+        )
+    elif use_synthetic and not allow_synthetic_reuse:
         check_synthetic_supply(
             np.bincount(labels, minlength=num_classes),
             np.bincount(synthetic_labels, minlength=num_classes),
@@ -356,12 +386,14 @@ def train_classifier(
         aux_bn=aux_bn,
         augment=augment,
         amp=amp,
+        class_ratios=class_ratios,
     )
     config = {
         **run.config,
         "synthetic_ratio": float(synthetic_ratio) if use_synthetic else 0.0,
         "synthetic_only": False,
         "synthetic_reuse": bool(use_synthetic and allow_synthetic_reuse),
+        **({"synthetic_ratio_by_class": [round(float(r), 6) for r in class_ratios]} if class_ratios is not None else {}),
     }
     return TrainedClassifier(
         model=run.model,
@@ -468,6 +500,7 @@ def _fit(
     aux_bn: bool,
     augment: bool,
     amp: bool,
+    class_ratios: np.ndarray | None = None,
 ) -> _Run:
     """The training loop behind train_classifier / train_classifier_synthetic_only (inputs validated).
 
@@ -476,7 +509,7 @@ def _fit(
     """
     use_synthetic = synthetic_ratio > 0
     rng = np.random.default_rng(cfg.seed)
-    sampler = BalancedMixSampler(labels, num_classes, synthetic_labels if use_synthetic else None, synthetic_ratio, rng)
+    sampler = BalancedMixSampler(labels, num_classes, synthetic_labels if use_synthetic else None, synthetic_ratio, rng, class_ratios)
     height, width, in_chans = images.shape[1:]
     max_shift = max(1, round(min(height, width) / 8)) if augment else 0
     warmup_steps = max(1, round(WARMUP_FRACTION * cfg.steps))
@@ -586,6 +619,18 @@ def synthetic_images_needed(real_counts: Any, ratio: float) -> np.ndarray:
     if ratio == 0:
         return np.zeros(len(counts), np.int64)
     return np.ceil(ratio * counts - 1e-9).astype(np.int64)
+
+
+def reached_ratios(real_counts: Any, synthetic_counts: Any, ratio: float) -> np.ndarray | None:
+    """Per class, the ratio its synthetic pool supports without drawing a synthetic image more often than a real one:
+    ``ratio`` where ``ceil(ratio * n_c)`` images exist, else ``a_c / n_c``. None when every class reaches ``ratio``."""
+    real_counts = np.asarray(real_counts, dtype=np.float64)
+    synthetic_counts = np.asarray(synthetic_counts, dtype=np.float64)
+    short = synthetic_images_needed(real_counts, ratio) > synthetic_counts
+    if not short.any():
+        return None
+    supported = np.where(real_counts > 0, synthetic_counts / np.maximum(real_counts, 1), 0.0)
+    return np.where(short, np.minimum(supported, ratio), ratio)
 
 
 def check_synthetic_supply(

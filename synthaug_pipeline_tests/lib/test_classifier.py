@@ -25,6 +25,7 @@ from synthaug_pipeline.lib.classifier import (
     make_optimizer,
     predict,
     random_translate,
+    reached_ratios,
     save_classifier,
     synthetic_images_needed,
     train_classifier,
@@ -160,6 +161,34 @@ def test_sampler_without_synthetic_draws_real_only() -> None:
     sampler = BalancedMixSampler(np.array([0, 1, 1]), 2, None, 1.0, np.random.default_rng(0))
     real, synthetic = sampler.draw(16)
     assert len(real) == 16 and len(synthetic) == 0
+
+
+def test_reached_ratios_lower_only_the_short_classes() -> None:
+    assert reached_ratios([100, 100, 50], [100, 100, 50], 1.0) is None  # everyone reaches the ratio
+    assert reached_ratios([100, 100, 100], [100, 40, 0], 1.0).tolist() == [1.0, 0.4, 0.0]
+    assert reached_ratios([10, 10], [3, 1], 0.25).tolist() == [0.25, 0.1]  # ceil(2.5) = 3 is enough for class 0
+
+
+def test_sampler_with_class_ratios_gives_each_class_its_own_ratio() -> None:
+    real_labels = np.repeat(np.arange(3), 100)
+    synthetic_labels = np.concatenate([np.zeros(100, int), np.ones(100, int), np.full(20, 2)])
+    ratios = np.array([1.0, 1.0, 0.2])
+    sampler = BalancedMixSampler(real_labels, 3, synthetic_labels, 1.0, np.random.default_rng(0), ratios)
+    real, synthetic = map(np.concatenate, zip(*[sampler.draw(64) for _ in range(1500)]))
+    per_class = np.bincount(synthetic_labels[synthetic], minlength=3) / np.bincount(real_labels[real], minlength=3)
+    assert per_class == pytest.approx(ratios, abs=0.03)
+
+
+def test_train_classifier_use_available_records_the_ratio_reached() -> None:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (40, 8, 8, 1), dtype=np.uint8)
+    labels = np.repeat(np.arange(2), 20)
+    synthetic, synthetic_labels = images[:25], np.concatenate([np.zeros(20, int), np.ones(5, int)])
+    cfg = ClassifierConfig(model="synthaug_cnn_small", steps=2, batch_size=8)
+    with pytest.raises(ValueError, match="needs 20 synthetic images of class 1"):
+        train_classifier(images, labels, 2, cfg, synthetic, synthetic_labels, 1.0)
+    trained = train_classifier(images, labels, 2, cfg, synthetic, synthetic_labels, 1.0, use_available=True)
+    assert trained.config["synthetic_ratio_by_class"] == [1.0, 0.25]
 
 
 def test_lr_schedule_warmup_then_cosine() -> None:

@@ -5,7 +5,7 @@ import time
 import dagster as dg
 import numpy as np
 
-from synthaug_pipeline.defs.resources import SynthaugSettings
+from synthaug_pipeline.defs.resources import SynthaugSettings, log_warning
 from synthaug_pipeline.lib.images import grid_markdown
 from synthaug_pipeline.lib.config import ProfileError
 from synthaug_pipeline.lib.preflight import check_before_training, check_experiment_grid
@@ -35,7 +35,7 @@ def build_data_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
             grid_problem = None
         except ProfileError as exc:
             grid_problem = str(exc)
-            context.log.warning(f"the experiment grid cannot run as configured: {grid_problem}")
+            log_warning(context, f"the experiment grid cannot run as configured: {grid_problem}")
         catalog = {
             "dataset": dataset.name,
             "source": dataset.source,

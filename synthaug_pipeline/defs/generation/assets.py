@@ -12,7 +12,7 @@ import numpy as np
 from pydantic import Field
 
 from synthaug_pipeline.defs.data.assets import stack_real
-from synthaug_pipeline.defs.resources import SynthaugSettings, cached_generator, log_progress, model_url
+from synthaug_pipeline.defs.resources import SynthaugSettings, cached_generator, log_progress, log_warning, model_url
 from synthaug_pipeline.lib.conditioning import conditioning_images, pixel_ids
 from synthaug_pipeline.lib.config import GeneratorConfig, Profile
 from synthaug_pipeline.lib.diffusion import (
@@ -162,7 +162,7 @@ def sample_pretrained(
         prompts=prompts,
         conditioning=[c.image for c in conditioning] if conditioning else None,
         progress=lambda done, total: context.log.info(f"class {class_id}: {done}/{total} images"),
-        log=context.log.warning,
+        log=lambda message: log_warning(context, message),
     )
     return {
         "images": images,

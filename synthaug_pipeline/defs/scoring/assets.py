@@ -34,7 +34,15 @@ import dagster as dg
 import numpy as np
 
 from synthaug_pipeline.defs.data.assets import stack_real
-from synthaug_pipeline.defs.resources import SynthaugSettings, cached_classifier, default_device, log_progress, model_url, training_progress
+from synthaug_pipeline.defs.resources import (
+    SynthaugSettings,
+    cached_classifier,
+    default_device,
+    log_progress,
+    log_warning,
+    model_url,
+    training_progress,
+)
 from synthaug_pipeline.lib.classifier import save_classifier, train_classifier, untrained_classifier
 from synthaug_pipeline.lib.clip_score import ClipModelError, load_clip_scorer
 from synthaug_pipeline.lib.config import Profile
@@ -344,7 +352,7 @@ def build_scoring_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsD
         else:
             summary = {**scores.summary, "error": None}
             for warning in summary["warnings"]:
-                context.log.warning(f"class {class_id}: {warning}")
+                log_warning(context, f"class {class_id}: {warning}")
         metadata = {k: v for k, v in summary.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
         # read back by the regenerate_worst_classes schedule
         metadata["regeneration_round"] = int(synthetic_images.get("regeneration_round", 0))
@@ -452,7 +460,7 @@ def build_scoring_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsD
         assert tuple(results) == SHARD_CHECKS
         checks = {name: bool(passed) for name, (passed, _) in results.items()}
         if not computed:
-            context.log.warning(computed_metadata["message"])
+            log_warning(context, computed_metadata["message"])
 
         flagged = flagged_rows(scores)
         near_duplicates = near_duplicates_markdown(scores)
