@@ -267,7 +267,8 @@ def _class_location(base_url: str, class_id: str) -> _ClassLocation:
     return _ClassLocation(fs=fs, folder=folder, uri_prefix=prefix)
 
 
-def _is_shard_name(name: str) -> bool:
+def is_shard_file_name(name: str) -> bool:
+    """Whether a file name (no folder) is a shard's, ``shard-<hex>.parquet``."""
     return name.startswith(_SHARD_PREFIX) and name.endswith(_SHARD_SUFFIX) and "/" not in name
 
 
@@ -283,11 +284,6 @@ def _folder_entries(loc: _ClassLocation) -> list[dict]:
 
 def _basename(path: str) -> str:
     return path.rstrip("/").rsplit("/", 1)[-1]
-
-
-def _shard_names(loc: _ClassLocation) -> list[str]:
-    # ls, not glob: class ids may contain glob characters such as '[' or '*'.
-    return sorted(name for name in (_basename(entry["name"]) for entry in _folder_entries(loc)) if _is_shard_name(name))
 
 
 # --------------------------------------------------------------------------- #
@@ -479,7 +475,7 @@ def _read_manifest(loc: _ClassLocation, entries: list[dict]) -> dict | None:
         return None
     except (ValueError, UnicodeDecodeError):
         raise ValueError(f"{loc.uri(MANIFEST_NAME)} is not valid JSON; re-materialize this class's synthetic_shards") from None
-    if not isinstance(manifest, dict) or manifest.get("contract") != MANIFEST_CONTRACT or not _is_shard_name(str(manifest.get("shard", ""))):
+    if not isinstance(manifest, dict) or manifest.get("contract") != MANIFEST_CONTRACT or not is_shard_file_name(str(manifest.get("shard", ""))):
         raise ValueError(f"{loc.uri(MANIFEST_NAME)} is not a {MANIFEST_CONTRACT} manifest; re-materialize this class's synthetic_shards")
     return manifest
 
@@ -500,7 +496,7 @@ def current_class_shard(base_url: str, class_id: str) -> str | None:
         if not loc.fs.exists(f"{loc.folder}/{name}"):
             raise FileNotFoundError(f"{loc.uri(MANIFEST_NAME)} names {name}, which is missing; re-materialize this class's synthetic_shards")
         return loc.uri(name)
-    legacy = sorted(name for name in (_basename(entry["name"]) for entry in entries) if _is_shard_name(name))
+    legacy = sorted(name for name in (_basename(entry["name"]) for entry in entries) if is_shard_file_name(name))
     if len(legacy) > 1:
         raise ValueError(
             f"{loc.uri_prefix} holds {len(legacy)} shards and no {MANIFEST_NAME} (an interrupted write of an older version); "
