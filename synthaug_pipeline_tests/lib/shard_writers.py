@@ -55,7 +55,11 @@ def race_writer(base_url: str, class_id: str, writer: int, rounds: int, barrier,
         from synthaug_pipeline.lib.storage import configure_output_storage
 
         configure_output_storage(OutputConfig(**output_settings))
-    for round_ in range(rounds):
-        barrier.wait(timeout=120)
-        write_class_shard(base_url, class_id, writer_table(class_id, writer, round_))
-        barrier.wait(timeout=120)
+    try:
+        for round_ in range(rounds):
+            barrier.wait(timeout=120)
+            write_class_shard(base_url, class_id, writer_table(class_id, writer, round_))
+            barrier.wait(timeout=120)
+    except BaseException:
+        barrier.abort()  # the others fail now instead of waiting out the timeout
+        raise

@@ -41,6 +41,9 @@ def race(base_url: str, class_id: str, start_writers, barrier) -> None:
             barrier.wait(timeout=120)  # writers go
             barrier.wait(timeout=120)  # writers done
             check_round(base_url, class_id, round_)
+    except BaseException:
+        barrier.abort()
+        raise
     finally:
         for worker in workers:
             worker.join(timeout=120)
