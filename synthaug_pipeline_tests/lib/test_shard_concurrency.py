@@ -169,3 +169,17 @@ def test_gc_never_empties_a_class_with_a_broken_manifest(tmp_path):
     (tmp_path / "synthetic_shards" / "class=3" / MANIFEST_NAME).write_text("{broken")
     report = gc_shards(str(tmp_path), delete=True, min_age_s=0)
     assert report.removable == [] and sorted(report.kept) == sorted([a.uri, b.uri])
+
+
+def test_cli_gc_dry_run_then_delete(tmp_path, capsys):
+    from synthaug_pipeline.cli import main
+
+    base = f"{tmp_path}/synthetic_shards"
+    old = write_class_shard(base, "3", writer_table("3", 0, 0))
+    write_class_shard(base, "3", writer_table("3", 0, 1))
+    settings = ["--profile", "digits", "--set", f"output.url={tmp_path}", "--set", "output.stale_temp_after_s=0.001"]
+    time.sleep(0.01)  # older than the 1 ms age threshold
+    assert main(["gc", *settings]) == 0
+    assert f"unreferenced: {old.uri}" in capsys.readouterr().out and os.path.exists(old.uri)
+    assert main(["gc", *settings, "--delete"]) == 0
+    assert "1 shard files kept, 1 removed" in capsys.readouterr().out and not os.path.exists(old.uri)
