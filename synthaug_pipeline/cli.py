@@ -3,6 +3,7 @@
 synthaug run [--profile digits] [--set key=value ...]
 synthaug profiles
 synthaug lineage MODEL_FOLDER | --shard URI
+synthaug gc [--profile digits] [--delete]
 synthaug dev
 synthaug bench generation|scoring [options]
 """
@@ -56,6 +57,10 @@ def _parser() -> argparse.ArgumentParser:
     lineage.add_argument("model", nargs="?", help="a model folder (…/models/classifier_augmented/<run>)")
     lineage.add_argument("--shard", default=None, help="list the models whose training read this shard URI")
     profile_args(lineage)
+
+    gc = sub.add_parser("gc", help="list (or --delete) shard files no class manifest and no model lineage references")
+    profile_args(gc)
+    gc.add_argument("--delete", action="store_true", help="remove them (default: dry run, only list)")
 
     bench = sub.add_parser("bench", help="benchmarks: `synthaug bench generation --help`, `synthaug bench scoring --help`")
     bench.add_argument("name", choices=BENCHMARKS, help="which benchmark")
@@ -172,6 +177,23 @@ def _lineage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gc(args: argparse.Namespace) -> int:
+    from synthaug_pipeline.lib.shard_gc import gc_shards
+    from synthaug_pipeline.lib.storage import configure_output_storage
+
+    try:
+        profile = load_profile(args.profile, args.overrides)
+    except ProfileError as exc:
+        return _fail(str(exc))
+    configure_output_storage(profile.output)
+    report = gc_shards(profile.output_url, delete=args.delete, min_age_s=profile.output.stale_temp_after_s)
+    for path in report.removable:
+        print(f"{'removed' if args.delete else 'unreferenced'}: {path}")
+    verb = "removed" if args.delete else "would remove (run with --delete)"
+    print(f"{len(report.kept)} shard files kept, {len(report.removable)} {verb}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "profiles":
@@ -182,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         return _dev(args)
     if args.command == "lineage":
         return _lineage(args)
+    if args.command == "gc":
+        return _gc(args)
     if args.command == "bench":
         return _bench(args)
     return _run(args)

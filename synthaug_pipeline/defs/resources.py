@@ -12,6 +12,7 @@ from pydantic import Field
 from synthaug_pipeline.lib.config import DEFAULT_PROFILE, Profile, load_profile
 from synthaug_pipeline.lib.datasets import Dataset, load_dataset
 from synthaug_pipeline.lib.progress import Eta
+from synthaug_pipeline.lib.storage import configure_output_storage
 
 
 class SynthaugSettings(dg.ConfigurableResource):
@@ -21,7 +22,9 @@ class SynthaugSettings(dg.ConfigurableResource):
     overrides: list[str] = Field(default_factory=list, description="key=value settings applied on top of the profile.")
 
     def load(self) -> Profile:
-        return _profile(self.profile, tuple(self.overrides))
+        profile = _profile(self.profile, tuple(self.overrides))
+        configure_output_storage(profile.output)  # S3 endpoint, timeouts, retries for every URL this run opens
+        return profile
 
     def dataset(self) -> Dataset:
         return _dataset(self.load().data.model_dump_json())

@@ -245,6 +245,24 @@ class RegenerationConfig(_Section):
 class OutputConfig(_Section):
     url: str = Field("synthaug_output/{profile}", description="fsspec URL or local path for shards, models and reports.")
     image_format: Literal["png", "webp"] = "png"
+    # S3-compatible storage; credentials come only from the standard AWS env vars / profiles, never from here.
+    endpoint_url: str | None = Field(None, description="s3:// only: S3-compatible endpoint (MinIO, SeaweedFS, ...), e.g. http://host:9000.")
+    region: str | None = Field(None, description="s3:// only: region name; default from the AWS config.")
+    connect_timeout_s: float = Field(10.0, gt=0, description="Seconds to wait for a storage connection before retrying.")
+    read_timeout_s: float = Field(60.0, gt=0, description="Seconds to wait for a storage response before retrying.")
+    retries: int = Field(3, ge=0, le=20, description="Retries of a failed storage request (after the first attempt).")
+    stale_temp_after_s: float = Field(
+        3600.0, gt=0, description="A shard temp file older than this was left by a killed writer; the next write of its class removes it."
+    )
+
+    @model_validator(mode="after")
+    def _s3_settings_need_s3(self) -> OutputConfig:
+        if self.endpoint_url is not None and not self.endpoint_url.startswith(("http://", "https://")):
+            raise ValueError(f"output.endpoint_url must start with http:// or https://, got {self.endpoint_url!r}")
+        remote = self.url.split("::")[-1].split("://")[0] if "://" in self.url else "file"
+        if (self.endpoint_url or self.region) and remote not in ("s3", "s3a"):
+            raise ValueError(f"output.endpoint_url and output.region apply to s3:// URLs, but output.url is {self.url!r}")
+        return self
 
 
 class Profile(_Section):

@@ -40,13 +40,17 @@ def _same_uri(a: str, b: str) -> bool:
     return strip(a) == strip(b)
 
 
-def models_using_shard(output_url: str, shard_uri: str) -> list[dict]:
-    """Every model under ``<output_url>/models`` whose lineage lists ``shard_uri``, oldest first."""
+def lineage_records(output_url: str) -> list[tuple[str, dict]]:
+    """``(path, record)`` of every model's lineage under ``<output_url>/models``, sorted by path."""
     fs, root = fsspec.core.url_to_fs(output_url)
     pattern = f"{root.rstrip('/')}/models/*/*/{LINEAGE_FILE}"
+    return [(path, json.loads(fs.cat_file(path))) for path in sorted(fs.glob(pattern))]
+
+
+def models_using_shard(output_url: str, shard_uri: str) -> list[dict]:
+    """Every model under ``<output_url>/models`` whose lineage lists ``shard_uri``, oldest first."""
     found = []
-    for path in sorted(fs.glob(pattern)):
-        record = json.loads(fs.cat_file(path))
+    for path, record in lineage_records(output_url):
         for shard in record.get("shards", []):
             if _same_uri(shard["uri"], shard_uri):
                 found.append(

@@ -3,6 +3,7 @@
 Layout on any fsspec URL (local path, ``file://``, ``s3://``, ``memory://`` ...)::
 
     <base_url>/class=<class_id>/shard-<first 16 hex of the file's sha256>.parquet
+    <base_url>/class=<class_id>/manifest.json      (names the class's current shard)
 
 One row per synthetic image (see :data:`SHARD_SCHEMA`). Every row carries the
 filter policy that decided its ``accepted`` flag twice: ``filter_version`` (a
@@ -10,12 +11,22 @@ short hash, ``"v1-"`` + 12 hex, to group and compare by) and ``filter_policy``
 (the policy itself: the canonical JSON, sorted keys and no whitespace, that the
 version is the sha256 of; see
 :meth:`synthaug_pipeline.lib.filtering.FilterPolicy.canonical_json`), so a
-shard can be audited without the config that wrote it. Each class folder holds
-exactly one shard after a successful write: the file is named by its content,
-written atomically, and only then are the class's other shards removed, so a
-re-run replaces a partition's shard and never duplicates or half-writes it.
-Readers skip dot-prefixed temp files because only ``shard-*.parquet`` names
-count as shards.
+shard can be audited without the config that wrote it.
+
+Shards are immutable and named by their content. A write puts the complete
+shard file in place first (local: temp file, fsync, rename; object stores: one
+PUT) and only then commits the class's ``manifest.json``, a small JSON pointer
+replaced atomically in the same way. Readers resolve a class through the
+manifest only, so a class has exactly one current shard after any successful
+write: a crash before the commit leaves the previous manifest in force, and two
+writers of one class finishing together give "last commit wins", never an
+empty class, because no writer deletes a shard. Superseded shards stay (models
+record shard URI + sha256 in their lineage) until
+:func:`synthaug_pipeline.lib.shard_gc.gc_shards` removes the unreferenced ones.
+Temp files (``.tmp-*``) left by a killed writer are removed by the next write
+of the class once older than ``stale_temp_after_s``; younger ones may belong to
+a live writer. A class folder written before manifests existed (no manifest,
+exactly one shard) is still read.
 
 Contract ``synthaug-shard/2`` (the ``synthaug_shard_contract`` schema
 metadata) added the required ``filter_policy`` column to ``synthaug-shard/1``.
@@ -28,6 +39,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import json
 import os
 import uuid
 from collections.abc import Mapping, Sequence
@@ -82,6 +94,11 @@ REQUIRED_COLUMNS: tuple[str, ...] = tuple(f.name for f in SHARD_SCHEMA if not f.
 
 _SHARD_PREFIX = "shard-"
 _SHARD_SUFFIX = ".parquet"
+_TEMP_PREFIX = ".tmp-"
+MANIFEST_NAME = "manifest.json"
+MANIFEST_CONTRACT = "synthaug-shard-manifest/1"
+# A temp file older than this is left by a killed writer; younger ones may be a live writer's.
+DEFAULT_STALE_TEMP_AFTER_S = 3600.0
 # Row groups of about this many bytes: one huge row group per class (ImageNet
 # at 512 px is hundreds of MB) would force readers to load it all at once.
 _TARGET_ROW_GROUP_BYTES = 64 * 1024 * 1024
@@ -250,20 +267,23 @@ def _class_location(base_url: str, class_id: str) -> _ClassLocation:
     return _ClassLocation(fs=fs, folder=folder, uri_prefix=prefix)
 
 
-def _is_shard_name(name: str) -> bool:
-    return name.startswith(_SHARD_PREFIX) and name.endswith(_SHARD_SUFFIX)
+def is_shard_file_name(name: str) -> bool:
+    """Whether a file name (no folder) is a shard's, ``shard-<hex>.parquet``."""
+    return name.startswith(_SHARD_PREFIX) and name.endswith(_SHARD_SUFFIX) and "/" not in name
 
 
-def _shard_names(loc: _ClassLocation) -> list[str]:
+def _folder_entries(loc: _ClassLocation) -> list[dict]:
     # Object-store listings are cached by fsspec; a stale cache would hide the
-    # shard just written or resurrect one just deleted.
+    # shard or manifest just written.
     loc.fs.invalidate_cache(loc.folder)
     try:
-        entries = loc.fs.ls(loc.folder, detail=False)
+        return loc.fs.ls(loc.folder, detail=True)
     except FileNotFoundError:
         return []
-    # ls, not glob: class ids may contain glob characters such as '[' or '*'.
-    return sorted(name for name in (entry.rstrip("/").rsplit("/", 1)[-1] for entry in entries) if _is_shard_name(name))
+
+
+def _basename(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1]
 
 
 # --------------------------------------------------------------------------- #
@@ -306,14 +326,14 @@ def _serialize(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def _write_local_atomic(folder: str, final_path: str, data: bytes) -> None:
+def _write_local_atomic(folder: str, final_path: str, data: bytes, suffix: str) -> None:
     """Write ``data`` to a hidden temp file in ``folder`` and rename it into place.
 
     The rename is atomic on POSIX and Windows (``os.replace``) because both
     names are in the same folder (same filesystem), so readers see either the
     old state or the complete new file, never a partial one.
     """
-    tmp_path = os.path.join(folder, f".tmp-{uuid.uuid4().hex}{_SHARD_SUFFIX}")
+    tmp_path = os.path.join(folder, f"{_TEMP_PREFIX}{uuid.uuid4().hex}{suffix}")
     try:
         with open(tmp_path, "xb") as handle:
             handle.write(data)
@@ -343,24 +363,67 @@ def _fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
-def write_class_shard(base_url: str, class_id: str, table: pa.Table) -> ShardInfo:
-    """Write ``table`` as the one shard of ``class_id`` under ``base_url``.
+def _put_atomic(loc: _ClassLocation, name: str, data: bytes, suffix: str) -> None:
+    """Make ``<folder>/name`` hold exactly ``data``, all or nothing, for every reader."""
+    path = f"{loc.folder}/{name}"
+    if isinstance(loc.fs, LocalFileSystem):
+        _write_local_atomic(loc.folder, path, data, suffix)
+    else:
+        # One PUT of a whole object is atomic on object stores (and memory://).
+        loc.fs.pipe_file(path, data)
+
+
+def _age_seconds(fs: fsspec.AbstractFileSystem, entry: dict, now: _dt.datetime) -> float | None:
+    try:
+        modified = fs.modified(entry["name"])
+    except (FileNotFoundError, NotImplementedError, OSError):
+        return None
+    if modified.tzinfo is None:  # fsspec backends report naive UTC
+        modified = modified.replace(tzinfo=_dt.timezone.utc)
+    return (now - modified).total_seconds()
+
+
+def stale_temp_files(fs: fsspec.AbstractFileSystem, folder: str, older_than_s: float = DEFAULT_STALE_TEMP_AFTER_S) -> list[str]:
+    """Paths (in ``fs``) of the ``.tmp-*`` files in ``folder`` older than ``older_than_s`` (left by a killed writer)."""
+    fs.invalidate_cache(folder)
+    try:
+        entries = fs.ls(folder, detail=True)
+    except FileNotFoundError:
+        return []
+    now = _dt.datetime.now(_dt.timezone.utc)
+    stale = []
+    for entry in entries:
+        if not _basename(entry["name"]).startswith(_TEMP_PREFIX):
+            continue
+        age = _age_seconds(fs, entry, now)
+        if age is not None and age > older_than_s:
+            stale.append(entry["name"])
+    return sorted(stale)
+
+
+def _remove_quietly(fs: fsspec.AbstractFileSystem, path: str) -> None:
+    try:
+        fs.rm_file(path)
+    except FileNotFoundError:  # another writer's cleanup got there first
+        pass
+
+
+def write_class_shard(
+    base_url: str, class_id: str, table: pa.Table, *, stale_temp_after_s: float = DEFAULT_STALE_TEMP_AFTER_S
+) -> ShardInfo:
+    """Write ``table`` as the current shard of ``class_id`` under ``base_url``.
 
     The table is validated against :data:`SHARD_SCHEMA` (see
     :func:`build_shard_table`) and every row's ``class_id`` must equal
     ``class_id``; nothing is written if either check fails. The file goes to
-    ``<base_url>/class=<class_id>/shard-<16 hex of its sha256>.parquet``:
-
-    * local filesystem: written to a hidden ``.tmp-<uuid>.parquet`` in the same
-      folder, fsynced and renamed into place with ``os.replace``;
-    * object stores (s3, gcs, memory, ...): one put of the whole object, which
-      is already atomic there, so the final key is written directly.
-
-    Only after the new shard is in place are the class's other
-    ``shard-*.parquet`` files deleted, so a failure at any point leaves the
-    previous shard readable. Writing identical content again gives the same
-    URI and leaves exactly one file. ``class_id`` must be a safe path segment
-    (non-empty, no '/', '\\', '..', '::'), else ``ValueError``.
+    ``<base_url>/class=<class_id>/shard-<16 hex of its sha256>.parquet``
+    (local: hidden temp file, fsync, ``os.replace``; object stores: one PUT),
+    then ``manifest.json`` is committed the same way to name it. A failure
+    before the commit leaves the previous current shard in force; no shard is
+    ever deleted here (see the module docstring). Temp files of the class
+    older than ``stale_temp_after_s`` are removed first. Writing identical
+    content again gives the same URI. ``class_id`` must be a safe path
+    segment (non-empty, no '/', '\\', '..', '::'), else ``ValueError``.
     """
     loc = _class_location(base_url, class_id)
     table = _conform(table)
@@ -371,21 +434,7 @@ def write_class_shard(base_url: str, class_id: str, table: pa.Table) -> ShardInf
     data = _serialize(table)
     digest = hashlib.sha256(data).hexdigest()
     name = f"{_SHARD_PREFIX}{digest[:16]}{_SHARD_SUFFIX}"
-    final_path = f"{loc.folder}/{name}"
-
-    loc.fs.makedirs(loc.folder, exist_ok=True)
-    if isinstance(loc.fs, LocalFileSystem):
-        _write_local_atomic(loc.folder, final_path, data)
-    else:
-        loc.fs.pipe_file(final_path, data)
-
-    # Replace, never duplicate: the partition's older shards go only now that
-    # the new one is complete and visible.
-    for other in _shard_names(loc):
-        if other != name:
-            loc.fs.rm_file(f"{loc.folder}/{other}")
-
-    return ShardInfo(
+    info = ShardInfo(
         uri=loc.uri(name),
         sha256=digest,
         num_rows=table.num_rows,
@@ -393,17 +442,77 @@ def write_class_shard(base_url: str, class_id: str, table: pa.Table) -> ShardInf
         num_bytes=len(data),
     )
 
+    loc.fs.makedirs(loc.folder, exist_ok=True)
+    for path in stale_temp_files(loc.fs, loc.folder, stale_temp_after_s):
+        _remove_quietly(loc.fs, path)
+    _put_atomic(loc, name, data, _SHARD_SUFFIX)
+    manifest = {
+        "contract": MANIFEST_CONTRACT,
+        "class_id": class_id,
+        "shard": name,
+        "sha256": digest,
+        "num_rows": info.num_rows,
+        "num_accepted": info.num_accepted,
+        "num_bytes": info.num_bytes,
+        "committed_at": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+    }
+    _put_atomic(loc, MANIFEST_NAME, json.dumps(manifest, sort_keys=True).encode(), ".json")
+    return info
+
 
 # --------------------------------------------------------------------------- #
 # Reading
 # --------------------------------------------------------------------------- #
 
 
-def list_class_shards(base_url: str, class_id: str) -> list[str]:
-    """URIs of the ``shard-*.parquet`` files of ``class_id`` (sorted; temp and
-    dot files ignored; empty if the class folder does not exist)."""
+def _read_manifest(loc: _ClassLocation, entries: list[dict]) -> dict | None:
+    path = f"{loc.folder}/{MANIFEST_NAME}"
+    if not any(_basename(entry["name"]) == MANIFEST_NAME for entry in entries):
+        return None
+    try:
+        manifest = json.loads(loc.fs.cat_file(path))
+    except FileNotFoundError:
+        return None
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError(f"{loc.uri(MANIFEST_NAME)} is not valid JSON; re-materialize this class's synthetic_shards") from None
+    if not isinstance(manifest, dict) or manifest.get("contract") != MANIFEST_CONTRACT or not is_shard_file_name(str(manifest.get("shard", ""))):
+        raise ValueError(f"{loc.uri(MANIFEST_NAME)} is not a {MANIFEST_CONTRACT} manifest; re-materialize this class's synthetic_shards")
+    return manifest
+
+
+def current_class_shard(base_url: str, class_id: str) -> str | None:
+    """URI of the current shard of ``class_id``, or None if the class has none.
+
+    Resolved through the class's manifest; a folder written before manifests
+    existed is read if it holds exactly one shard. Raises ``ValueError`` for an
+    unreadable manifest or a manifest-less folder with several shards, and
+    ``FileNotFoundError`` when the manifest names a shard that is gone.
+    """
     loc = _class_location(base_url, class_id)
-    return [loc.uri(name) for name in _shard_names(loc)]
+    entries = _folder_entries(loc)
+    manifest = _read_manifest(loc, entries)
+    if manifest is not None:
+        name = manifest["shard"]
+        if not loc.fs.exists(f"{loc.folder}/{name}"):
+            raise FileNotFoundError(f"{loc.uri(MANIFEST_NAME)} names {name}, which is missing; re-materialize this class's synthetic_shards")
+        return loc.uri(name)
+    legacy = sorted(name for name in (_basename(entry["name"]) for entry in entries) if is_shard_file_name(name))
+    if len(legacy) > 1:
+        raise ValueError(
+            f"{loc.uri_prefix} holds {len(legacy)} shards and no {MANIFEST_NAME} (an interrupted write of an older version); "
+            "re-materialize this class's synthetic_shards"
+        )
+    return loc.uri(legacy[0]) if legacy else None
+
+
+def list_class_shards(base_url: str, class_id: str) -> list[str]:
+    """The current shard of ``class_id`` as a list: one URI, or empty if the class has none.
+
+    See :func:`current_class_shard`; superseded shards kept for lineage and temp
+    files are never listed.
+    """
+    uri = current_class_shard(base_url, class_id)
+    return [uri] if uri else []
 
 
 def read_shards(uris: Sequence[str], accepted_only: bool = True, columns: Sequence[str] | None = None) -> pa.Table:

@@ -157,9 +157,9 @@ def test_write_then_read_back_equal(tmp_path):
     info = write_class_shard(str(tmp_path), "3", table)
     folder = tmp_path / "class=3"
     assert isinstance(info, ShardInfo)
-    assert files_in(folder) == [os.path.basename(info.uri)]
-    assert info.uri == str(folder / files_in(folder)[0])
-    data = (folder / files_in(folder)[0]).read_bytes()
+    assert files_in(folder) == ["manifest.json", os.path.basename(info.uri)]
+    assert list_class_shards(str(tmp_path), "3") == [info.uri] == [str(folder / os.path.basename(info.uri))]
+    data = (folder / os.path.basename(info.uri)).read_bytes()
     assert info.sha256 == hashlib.sha256(data).hexdigest() == file_sha256(info.uri)
     assert os.path.basename(info.uri) == f"shard-{info.sha256[:16]}.parquet"
     assert info.num_bytes == len(data)
@@ -171,16 +171,18 @@ def test_write_then_read_back_equal(tmp_path):
     assert back.equals(table)
 
 
-def test_rewrite_with_different_rows_replaces_the_shard(tmp_path):
-    first = write_class_shard(str(tmp_path), "3", make_table(n=5, seed=1))
+def test_rewrite_makes_the_new_shard_current_and_keeps_the_old_file(tmp_path):
+    first_table = make_table(n=5, seed=1)
+    first = write_class_shard(str(tmp_path), "3", first_table)
     new_table = make_table(n=3, seed=2)
     second = write_class_shard(str(tmp_path), "3", new_table)
     assert second.uri != first.uri
-    assert files_in(tmp_path / "class=3") == [os.path.basename(second.uri)]
     assert list_class_shards(str(tmp_path), "3") == [second.uri]
     assert read_shards([second.uri], accepted_only=False).equals(new_table)
-    with pytest.raises(FileNotFoundError, match="shard-"):
-        read_shards([first.uri])
+    # Superseded but kept: a model's lineage may name it (gc_shards removes it once unreferenced).
+    assert files_in(tmp_path / "class=3") == sorted(["manifest.json", os.path.basename(first.uri), os.path.basename(second.uri)])
+    assert file_sha256(first.uri) == first.sha256
+    assert read_shards([first.uri], accepted_only=False).equals(first_table)
 
 
 def test_identical_rewrite_same_uri_one_file(tmp_path):
@@ -188,7 +190,7 @@ def test_identical_rewrite_same_uri_one_file(tmp_path):
     first = write_class_shard(str(tmp_path), "3", table)
     second = write_class_shard(str(tmp_path), "3", make_table(n=4, seed=3))
     assert first == second
-    assert files_in(tmp_path / "class=3") == [os.path.basename(first.uri)]
+    assert files_in(tmp_path / "class=3") == ["manifest.json", os.path.basename(first.uri)]
 
 
 def test_other_classes_are_untouched(tmp_path):
@@ -261,7 +263,7 @@ def test_crash_during_rename_keeps_previous_shard(tmp_path, monkeypatch):
     monkeypatch.undo()
 
     # No new visible shard, no temp left behind, previous shard intact.
-    assert files_in(tmp_path / "class=3") == [os.path.basename(old.uri)]
+    assert files_in(tmp_path / "class=3") == ["manifest.json", os.path.basename(old.uri)]
     assert list_class_shards(str(tmp_path), "3") == [old.uri]
     assert file_sha256(old.uri) == old.sha256
     assert read_shards([old.uri], accepted_only=False).equals(old_table)

@@ -434,7 +434,9 @@ def build_scoring_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsD
                 "created_at": [dt.datetime.now(dt.timezone.utc)] * n,
             }
         )
-        shard = write_class_shard(f"{profile.output_url.rstrip('/')}/synthetic_shards", synthetic_images["class_id"], table)
+        shard = write_class_shard(
+            f"{profile.output_url.rstrip('/')}/synthetic_shards", synthetic_images["class_id"], table, stale_temp_after_s=profile.output.stale_temp_after_s
+        )
         written = read_shards([shard.uri], accepted_only=False)
         error = synthetic_scores.get("error")
         error_metadata = {"error": error} if error else {}
