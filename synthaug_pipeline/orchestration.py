@@ -26,6 +26,7 @@ from synthaug_pipeline.lib.config import Profile, load_profile
 from synthaug_pipeline.lib.datasets import check_classes, dataset_class_ids
 from synthaug_pipeline.lib.estimate import RunEstimate, estimate_run
 from synthaug_pipeline.lib.preflight import check_before_training
+from synthaug_pipeline.lib.storage import OutputNotWritableError, check_output_writable
 from synthaug_pipeline.reuse import ReusePlanner, fingerprint_tags, reused_summary
 
 DEFAULT_DAGSTER_HOME = ".dagster_home"
@@ -154,6 +155,10 @@ def run_pipeline(
     outcome = PipelineResult(profile=profile)
     planner = ReusePlanner.for_definitions(instance, profile, defs) if resume else None
 
+    try:  # an unreachable or read-only output.url fails now, not after the models trained
+        check_output_writable(profile)
+    except OutputNotWritableError as exc:
+        raise PipelineError(str(exc)) from None
     freed = reap_dead_runs(instance)
     if freed:
         echo(f"      marked {len(freed)} run(s) whose process is gone as failed and freed their pool slots: {', '.join(r[:8] for r in freed)}")

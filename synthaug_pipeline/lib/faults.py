@@ -14,7 +14,7 @@ import os
 import signal
 
 KILL_AT_ENV_VAR = "SYNTHAUG_KILL_AT"
-FAILPOINTS = ("synthetic_images", "synthetic_scores", "shard_write", "training_step")
+FAILPOINTS = ("synthetic_images", "synthetic_scores", "shard_write", "shard_commit", "training_step")
 _hits: collections.Counter[str] = collections.Counter()
 
 

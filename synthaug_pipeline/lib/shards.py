@@ -53,6 +53,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
+from synthaug_pipeline.lib.faults import failpoint
+
 SHARD_CONTRACT = "synthaug-shard/2"
 CONTRACT_METADATA_KEY = b"synthaug_shard_contract"
 
@@ -339,6 +341,7 @@ def _write_local_atomic(folder: str, final_path: str, data: bytes, suffix: str) 
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())  # data on disk before the rename makes it visible
+        failpoint("shard_write")  # a kill here leaves a hidden temp file and the previous manifest
         os.replace(tmp_path, final_path)
     except BaseException:
         try:
@@ -446,6 +449,7 @@ def write_class_shard(
     for path in stale_temp_files(loc.fs, loc.folder, stale_temp_after_s):
         _remove_quietly(loc.fs, path)
     _put_atomic(loc, name, data, _SHARD_SUFFIX)
+    failpoint("shard_commit")  # a kill here leaves the new shard unnamed by the manifest
     manifest = {
         "contract": MANIFEST_CONTRACT,
         "class_id": class_id,
