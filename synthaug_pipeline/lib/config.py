@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
+from synthaug_pipeline.lib.redaction import is_secret_name, redact_url, unseal_override
+
 PROFILE_ENV_VAR = "SYNTHAUG_PROFILE"
 OVERRIDES_ENV_VAR = "SYNTHAUG_SET"  # ';'-separated key=value pairs, for `dagster dev`
 DEFAULT_PROFILE = "digits"
@@ -24,7 +26,9 @@ class ProfileError(ValueError):
 
     def __init__(self, message: str) -> None:
         # a key or value quoted from the input may hold line breaks; the CLI promises one line
-        super().__init__("".join(repr(c)[1:-1] if c in _LINE_BREAKS else c for c in str(message)))
+        # ... and a message quoting a URL or setting must not print its credentials
+        message = redact_url(str(message))
+        super().__init__("".join(repr(c)[1:-1] if c in _LINE_BREAKS else c for c in message))
 
 
 _LINE_BREAKS = frozenset("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")  # what str.splitlines splits on
@@ -370,6 +374,11 @@ def _apply_override(raw: dict[str, Any], path: list[str], value: Any) -> None:
         fields = annotation.model_fields
 
 
+def _quotable(err: Any) -> bool:
+    """Whether an error may quote its input: not a whole mapping, and not the value of a secret."""
+    return "input" in err and not isinstance(err["input"], dict) and not any(is_secret_name(str(p)) for p in err["loc"])
+
+
 def _shorten(text: str, limit: int = 120) -> str:
     return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
@@ -382,6 +391,10 @@ def load_profile(name_or_path: str | None = None, overrides: list[str] | None = 
         overrides = [item for item in env.split(";") if item.strip()]
     raw = _read_profile_file(name_or_path)
     for item in overrides:
+        try:
+            item = unseal_override(item)
+        except KeyError:
+            raise ProfileError(f"setting {item!r} holds a secret that was given to another process: set it again here") from None
         path, value = parse_override(item)
         _apply_override(raw, path, value)
     try:
@@ -390,7 +403,7 @@ def load_profile(name_or_path: str | None = None, overrides: list[str] | None = 
         problems = "; ".join(
             (f"{'.'.join(str(p) for p in err['loc'])}: " if err["loc"] else "")
             + err["msg"].removeprefix("Value error, ")
-            + (f" (got {_shorten(repr(err['input']))})" if "input" in err and not isinstance(err["input"], dict) else "")
+            + (f" (got {_shorten(repr(err['input']))})" if _quotable(err) else "")
             for err in exc.errors()
         )
         raise ProfileError(f"invalid profile {name_or_path!r}: {problems}") from None

@@ -14,6 +14,8 @@ import json
 
 import fsspec
 
+from synthaug_pipeline.lib.redaction import redact_urls
+
 LINEAGE_FILE = "lineage.json"
 
 
@@ -22,7 +24,7 @@ def write_lineage(model_url: str, record: dict) -> str:
     fs, root = fsspec.core.url_to_fs(model_url)
     fs.makedirs(root, exist_ok=True)
     uri = f"{root.rstrip('/')}/{LINEAGE_FILE}"
-    fs.pipe_file(uri, json.dumps(record, indent=2, sort_keys=True).encode())
+    fs.pipe_file(uri, json.dumps(redact_urls(record), indent=2, sort_keys=True).encode())
     return uri
 
 
