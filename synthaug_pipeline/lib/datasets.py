@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from synthaug_pipeline.lib.config import DataConfig, ProfileError
+from synthaug_pipeline.lib.redaction import redact_url
 
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 FASHION_IDS = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot"]
@@ -319,7 +320,7 @@ def _load_folder(cfg: DataConfig) -> Dataset:
         class_names=list(class_ids),
         train=LabeledImages(stacked[train_idx], label_array[train_idx]),
         test=LabeledImages(stacked[test_idx], label_array[test_idx]),
-        source=path,
+        source=redact_url(path),  # recorded in the catalog, lineage and metadata: never with credentials
         skipped_files=skipped,
     )
 
