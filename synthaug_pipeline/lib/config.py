@@ -57,7 +57,9 @@ class DataConfig(_Section):
     source: Literal["digits", "fashion", "folder"] = Field(description="Which dataset loader to use.")
     path: str | None = Field(None, description="fashion: idx directory; folder: ImageFolder root or Parquet file/URL.")
     image_size: int | None = Field(None, ge=4, le=1024, description="Resize images to this square size; None keeps the native size.")
-    channels: Annotated[Literal[1, 3], BeforeValidator(_number_not_bool)] | None = Field(None, description="Force grayscale (1) or RGB (3); None keeps the dataset's.")
+    channels: Annotated[Literal[1, 3], BeforeValidator(_number_not_bool)] | None = Field(  # True == 1 would pass the Literal
+        None, description="Force grayscale (1) or RGB (3); None keeps the dataset's."
+    )
     classes: list[str] | None = Field(None, description="Use only these class ids (partition keys).")
     train_per_class: int | None = Field(None, ge=1, description="Real training images per class: None for all, or a few-shot count.")
     test_per_class: int | None = Field(None, ge=1, description="Cap on test images per class; None for all.")
