@@ -126,13 +126,13 @@ def test_redact_url_masks_secret_environment_values(monkeypatch):
 
 def test_redact_settings_masks_secret_names_and_urls():
     settings = {
-        "output": {"url": "s3://K:S@b/o", "storage_options": {"key": "AKIA", "secret": "S", "token": None, "endpoint_url": "http://m:9000"}},
+        "output": {"url": "s3://K:S@b/o", "storage_options": {"key": "AKIA", "secret": "S", "token": None, "endpoint_url": "http://m:9"}},
         "client_kwargs": {"aws_secret_access_key": "S", "Api-Token": "T"},
         "overrides": ["output.storage_options.secret=S", "generator.train_steps=3"],
         "experiment": {"seeds": [0, 1]},
     }
     assert redact_settings(settings) == {
-        "output": {"url": "s3://***@b/o", "storage_options": {"key": MASK, "secret": MASK, "token": None, "endpoint_url": "http://m:9000"}},
+        "output": {"url": "s3://***@b/o", "storage_options": {"key": MASK, "secret": MASK, "token": None, "endpoint_url": "http://m:9"}},
         "client_kwargs": {"aws_secret_access_key": MASK, "Api-Token": MASK},
         "overrides": [f"output.storage_options.secret={MASK}", "generator.train_steps=3"],
         "experiment": {"seeds": [0, 1]},
