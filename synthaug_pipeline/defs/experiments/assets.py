@@ -214,9 +214,9 @@ def build_experiment_assets(experiments: ExperimentsConfig) -> list[dg.AssetsDef
         shard_hashes = [s["sha256"] for s in synthetic_shards.values()]
         fingerprints = {key: setup_fingerprint(parse_experiment_key(key), profile, shard_hashes) for key in keys}
         summary = summarize_experiments(experiment_run, keys, fingerprints)
-        markdown = render_experiments_markdown(summary)
+        markdown = redact_url(render_experiments_markdown(summary))
         base = profile.output_url.rstrip("/")
-        for name, text in (("experiments.json", json.dumps(summary, indent=2)), ("experiments.md", markdown)):
+        for name, text in (("experiments.json", json.dumps(redact_urls(summary), indent=2)), ("experiments.md", markdown)):
             with fsspec.open(f"{base}/{name}", "w") as handle:
                 handle.write(text)
         context.add_output_metadata(
@@ -225,7 +225,7 @@ def build_experiment_assets(experiments: ExperimentsConfig) -> list[dg.AssetsDef
                 "summarized": len(summary["materialized"]),
                 "missing": len(summary["missing"]),
                 "stale": len(summary["stale"]),
-                "json": f"{base}/experiments.json",
+                "json": redact_url(f"{base}/experiments.json"),
                 "summary": dg.MetadataValue.md(markdown),
             }
         )
