@@ -66,6 +66,21 @@ class DataConfig(_Section):
     test_fraction: Float = Field(0.25, gt=0, lt=1, description="Held-out share for datasets without an official split.")
     seed: Seed = 0
 
+    @field_validator("classes")
+    @classmethod
+    def _distinct_classes(cls, value: list[str] | None) -> list[str] | None:
+        # class ids are partition keys: a repeat or an empty id would break the partitions, not this line
+        if value is None:
+            return value
+        if not value:
+            raise ValueError("lists no class: name at least one class id, or unset it for every class")
+        repeated = sorted({c for c in value if value.count(c) > 1})
+        if repeated:
+            raise ValueError(f"names {repeated} more than once")
+        if any(not c.strip() for c in value):
+            raise ValueError("holds an empty class id")
+        return value
+
 
 class GeneratorConfig(_Section):
     backend: Literal["ddpm", "dit", "text2img", "img2img"] = Field(
@@ -334,6 +349,8 @@ def _read_profile_file(name_or_path: str) -> dict[str, Any]:
         raise ProfileError(f"profile {name_or_path!r} is not valid YAML{line}: {getattr(exc, 'problem', None) or exc}") from None
     except RecursionError:
         raise ProfileError(f"profile {name_or_path!r} is nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer too long to convert
+        raise ProfileError(f"profile {name_or_path!r} holds an unreadable value: {exc}") from None
     if not isinstance(raw, dict):
         raise ProfileError(f"profile {name_or_path!r} must be a YAML mapping")
     return raw
@@ -346,7 +363,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         raise ProfileError(f"--set {item!r} is not key=value (example: --set generator.train_steps=200)")
     try:
         parsed = yaml.safe_load(value) if value.strip() else None
-    except (yaml.YAMLError, RecursionError):  # not YAML: the value is the string as typed
+    except (yaml.YAMLError, RecursionError, ValueError):  # not YAML (ValueError: an integer of >4300 digits): the string as typed
         parsed = value
     return [part for part in key.strip().split(".")], parsed
 

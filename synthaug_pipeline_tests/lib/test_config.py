@@ -72,6 +72,9 @@ def test_bad_profiles_name_the_problem(name, overrides, message):
         ("filter.top_k=0", "filter.top_k: Input should be greater than or equal to 1"),
         ("output.url=out/{name}", "output.url 'out/{name}' may only use the placeholder {profile}"),
         ("output.url=out/{", "may only use the placeholder {profile}"),
+        ("generator.train_steps=1" + "0" * 5000, "generator.train_steps: Input should be a valid integer"),
+        ("data.classes=['1', '2', '1']", "data.classes: names ['1'] more than once"),
+        ("data.classes=[]", "data.classes: lists no class"),
     ],
 )
 def test_values_that_would_run_wrongly_are_refused(override, message):

@@ -36,6 +36,7 @@ YAML_SCALARS = [
     "ddpm", "ddim", "digits", "folder", "cpu", "png", "x{y}", "{profile}/x", "0 3 * * *",
     "'quoted'", "{", "[", "]", "&a [*a]", "!!python/object/apply:os.system ['true']", "!!binary aGVsbG8=", "- a",
     "a: b: c", "\t", "%TAG", "@", "`", f"https://user:{PLANTED}@example.com/d.parquet",
+    "1" + "0" * 5000, "[" * 3000 + "]" * 3000, "[a, a]", "['']", "{full: [1], full: [2]}",
 ]
 
 scalar_text = st.one_of(
