@@ -14,7 +14,7 @@ import json
 
 import fsspec
 
-from synthaug_pipeline.lib.redaction import redact_urls
+from synthaug_pipeline.lib.redaction import redact_url, redact_urls
 
 LINEAGE_FILE = "lineage.json"
 
@@ -38,7 +38,8 @@ def read_lineage(model_url: str) -> dict:
 
 
 def _same_uri(a: str, b: str) -> bool:
-    strip = lambda u: u.removeprefix("file://").rstrip("/")  # noqa: E731 - local URIs are written with or without the scheme
+    # local URIs are written with or without the scheme; recorded URIs carry no credentials
+    strip = lambda u: redact_url(u.removeprefix("file://")).rstrip("/")  # noqa: E731
     return strip(a) == strip(b)
 
 

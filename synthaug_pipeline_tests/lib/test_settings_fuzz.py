@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from synthaug_pipeline.lib.config import Profile, ProfileError, _Section, load_profile
@@ -85,8 +85,10 @@ def _load(name: str, overrides: list[str]) -> Profile | None:
     try:
         profile = load_profile(name, overrides)
     except ProfileError as error:
+        event("refused")
         _assert_one_line(error)
         return None
+    event("validated")
     _assert_nothing_silently_wrong(profile)
     return profile
 
@@ -136,7 +138,7 @@ def test_random_profile_text_validates_or_fails_in_one_line(text):
         _load(str(path), [])
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much])
 @given(path=st.sampled_from(FIELD_PATHS), value=override_value)
 def test_cli_refuses_invalid_settings_in_one_line_and_writes_nothing(path, value, tmp_path, monkeypatch, capsys):
     from synthaug_pipeline.cli import main
@@ -145,7 +147,7 @@ def test_cli_refuses_invalid_settings_in_one_line_and_writes_nothing(path, value
     try:
         load_profile("digits", [item])
     except ProfileError:
-        pass
+        event("refused: run through the CLI")
     else:
         return  # a valid setting would start a real run: the other tests cover what validates
     monkeypatch.chdir(tmp_path)
