@@ -70,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     profile_args(dev)
     dev.add_argument("--dagster-home", default=None)
     dev.add_argument("--port", default="3000")
+    dev.add_argument("--host", default="127.0.0.1", help="address the UI listens on (default: this machine only; 0.0.0.0 exposes it)")
     return parser
 
 
@@ -146,7 +147,7 @@ def _dev(args: argparse.Namespace) -> int:
         env[PROFILE_ENV_VAR] = args.profile
     if args.overrides:
         env[OVERRIDES_ENV_VAR] = ";".join(args.overrides)
-    command = [sys.executable, "-m", "dagster", "dev", "-m", "synthaug_pipeline.definitions", "-p", args.port]
+    command = [sys.executable, "-m", "dagster", "dev", "-m", "synthaug_pipeline.definitions", "-p", args.port, "-h", args.host]
     return subprocess.call(command, env=env)
 
 

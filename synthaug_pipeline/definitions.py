@@ -25,6 +25,7 @@ from synthaug_pipeline.defs.scoring.assets import build_scoring_assets
 from synthaug_pipeline.defs.training.assets import build_training_assets
 from synthaug_pipeline.lib.config import DEFAULT_PROFILE, OVERRIDES_ENV_VAR, PROFILE_ENV_VAR, load_profile
 from synthaug_pipeline.lib.datasets import dataset_class_ids
+from synthaug_pipeline.lib.redaction import seal_overrides
 
 
 def build_definitions(profile_name: str | None = None, overrides: list[str] | None = None) -> dg.Definitions:
@@ -47,7 +48,8 @@ def build_definitions(profile_name: str | None = None, overrides: list[str] | No
         partitions_def=partitions,
         description="The per-class assets of one class (pick a partition).",
     )
-    settings = SynthaugSettings(profile=profile_name or os.environ.get(PROFILE_ENV_VAR) or DEFAULT_PROFILE, overrides=list(overrides or []))
+    sealed = seal_overrides(list(overrides or []))  # the resource's config is stored by Dagster: no secrets in it
+    settings = SynthaugSettings(profile=profile_name or os.environ.get(PROFILE_ENV_VAR) or DEFAULT_PROFILE, overrides=sealed)
     return dg.Definitions(
         assets=assets,
         jobs=[per_class, experiments_job],

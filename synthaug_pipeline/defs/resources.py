@@ -12,6 +12,7 @@ from pydantic import Field
 from synthaug_pipeline.lib.config import DEFAULT_PROFILE, Profile, load_profile
 from synthaug_pipeline.lib.datasets import Dataset, load_dataset
 from synthaug_pipeline.lib.progress import Eta
+from synthaug_pipeline.lib.redaction import redact_url
 from synthaug_pipeline.lib.storage import configure_output_storage
 
 
@@ -96,6 +97,7 @@ def set_progress_listener(listener: Callable[[str], None] | None) -> None:
 
 def log_progress(context: dg.AssetExecutionContext, message: str) -> None:
     """Log a progress line to the run's logs and, under `synthaug run`, to the terminal."""
+    message = redact_url(message)
     context.log.info(message)
     if _progress_listener is not None:
         _progress_listener(message)

@@ -9,10 +9,12 @@ from __future__ import annotations
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
+
+from synthaug_pipeline.lib.redaction import is_secret_name, redact_url, unseal_override
 
 PROFILE_ENV_VAR = "SYNTHAUG_PROFILE"
 OVERRIDES_ENV_VAR = "SYNTHAUG_SET"  # ';'-separated key=value pairs, for `dagster dev`
@@ -20,23 +22,64 @@ DEFAULT_PROFILE = "digits"
 
 
 class ProfileError(ValueError):
-    """A profile that cannot be used; the message names the problem and the fix."""
+    """A profile that cannot be used; the message names the problem and the fix, on one line."""
+
+    def __init__(self, message: str) -> None:
+        # a key or value quoted from the input may hold line breaks; the CLI promises one line
+        # ... and a message quoting a URL or setting must not print its credentials
+        message = redact_url(str(message))
+        super().__init__("".join(repr(c)[1:-1] if c in _LINE_BREAKS else c for c in message))
+
+
+_LINE_BREAKS = frozenset("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")  # what str.splitlines splits on
+
+
+def _number_not_bool(value: Any) -> Any:
+    # YAML reads `true` as a bool, and Python would silently count it as 1
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, not the boolean {value}")
+    return value
+
+
+# Sections validate strictly (a bool is not an int, 1 is not a bool, 5.0 steps is not 5) and refuse
+# inf/nan everywhere: `learning_rate=.inf` would otherwise train to NaN and report normally.
+# Floats alone stay lax so that YAML's `1e-3` (a string to YAML 1.1) still reads as a number.
+Float = Annotated[float, Strict(False), BeforeValidator(_number_not_bool)]
+SEED_MAX = 2**32 - 1  # numpy's legacy generators and torch both accept it; negative seeds fail in numpy
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX, description="Random seed, 0 to 2**32-1.")]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
 
 
 class DataConfig(_Section):
     source: Literal["digits", "fashion", "folder"] = Field(description="Which dataset loader to use.")
     path: str | None = Field(None, description="fashion: idx directory; folder: ImageFolder root or Parquet file/URL.")
     image_size: int | None = Field(None, ge=4, le=1024, description="Resize images to this square size; None keeps the native size.")
-    channels: Literal[1, 3] | None = Field(None, description="Force grayscale (1) or RGB (3); None keeps the dataset's.")
+    channels: Annotated[Literal[1, 3], BeforeValidator(_number_not_bool)] | None = Field(  # True == 1 would pass the Literal
+        None, description="Force grayscale (1) or RGB (3); None keeps the dataset's."
+    )
     classes: list[str] | None = Field(None, description="Use only these class ids (partition keys).")
     train_per_class: int | None = Field(None, ge=1, description="Real training images per class: None for all, or a few-shot count.")
     test_per_class: int | None = Field(None, ge=1, description="Cap on test images per class; None for all.")
-    test_fraction: float = Field(0.25, gt=0, lt=1, description="Held-out share for datasets without an official split.")
-    seed: int = 0
+    test_fraction: Float = Field(0.25, gt=0, lt=1, description="Held-out share for datasets without an official split.")
+    seed: Seed = 0
+
+    @field_validator("classes")
+    @classmethod
+    def _distinct_classes(cls, value: list[str] | None) -> list[str] | None:
+        # class ids are partition keys: a repeat or an empty id would break the partitions, not this line
+        if value is None:
+            return value
+        if not value:
+            raise ValueError("lists no class: name at least one class id, or unset it for every class")
+        repeated = sorted({c for c in value if value.count(c) > 1})
+        if repeated:
+            raise ValueError(f"names {repeated} more than once")
+        if any(not c.strip() for c in value):
+            raise ValueError("holds an empty class id")
+        return value
 
 
 class GeneratorConfig(_Section):
@@ -53,7 +96,7 @@ class GeneratorConfig(_Section):
     )
     prompt_template: str = Field("a photo of a {name}", description="text2img/img2img prompt; {name} is the class name.")
     negative_prompt: str | None = Field(None, description="text2img/img2img negative prompt.")
-    strength: float = Field(0.6, gt=0, le=1, description="img2img: how far from the conditioning image (1 = ignore it).")
+    strength: Float = Field(0.6, gt=0, le=1, description="img2img: how far from the conditioning image (1 = ignore it).")
     output_size: int | None = Field(None, ge=8, description="Pretrained backends: generated image size before resizing to data.image_size.")
     conditioning_augmentations: list[Literal["random_resized_crop", "flip", "color_jitter", "mixup", "cutmix"]] = Field(
         default_factory=lambda: ["random_resized_crop", "flip", "color_jitter"],
@@ -75,17 +118,17 @@ class GeneratorConfig(_Section):
     norm_num_groups: int = Field(8, ge=1)
     train_steps: int = Field(1500, ge=1)
     batch_size: int = Field(128, ge=1)
-    learning_rate: float = Field(1e-3, gt=0)
+    learning_rate: Float = Field(1e-3, gt=0)
     warmup_steps: int = Field(100, ge=0)
-    label_dropout: float = Field(0.15, ge=0, lt=1, description="Share of training labels replaced by the null class (enables guidance).")
-    ema_decay: float = Field(0.999, ge=0, lt=1)
+    label_dropout: Float = Field(0.15, ge=0, lt=1, description="Share of training labels replaced by the null class (enables guidance).")
+    ema_decay: Float = Field(0.999, ge=0, lt=1)
     num_train_timesteps: int = Field(1000, ge=2)
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
     sampler: Literal["ddim", "ddpm", "dpmsolver++", "sde-dpmsolver++", "euler"] = Field(
         "ddim", description="Scheduler used for sampling (swappable)."
     )
     sample_steps: int = Field(20, ge=1, le=1000)
-    guidance_scale: float = Field(2.5, ge=0, le=50)
+    guidance_scale: Float = Field(2.5, ge=0, le=50)
     images_per_class: int = Field(100, ge=1)
     sample_batch_size: int = Field(256, ge=1, description="ddpm: images per sampling batch (pretrained backends: pretrained_batch_size).")
     pretrained_batch_size: int | None = Field(
@@ -94,7 +137,7 @@ class GeneratorConfig(_Section):
         description="dit/text2img/img2img: images per pipeline call; None sizes it from the generated image size "
         "(8 at 512 px). On CUDA out-of-memory the batch is halved and retried; images do not depend on it.",
     )
-    seed: int = 0
+    seed: Seed = 0
 
     @field_validator("block_out_channels")
     @classmethod
@@ -119,32 +162,32 @@ class ClassifierConfig(_Section):
     model: str = Field("synthaug_cnn", description="timm model name (synthaug_cnn is a small CNN registered with timm).")
     steps: int = Field(600, ge=1)
     batch_size: int = Field(128, ge=1)
-    learning_rate: float = Field(2e-3, gt=0)
-    weight_decay: float = Field(5e-4, ge=0)
+    learning_rate: Float = Field(2e-3, gt=0)
+    weight_decay: Float = Field(5e-4, ge=0)
     optimizer: Literal["adamw", "sgd"] = Field("adamw", description="AdamW, or SGD with Nesterov momentum 0.9; cosine schedule either way.")
-    seed: int = 0
+    seed: Seed = 0
 
 
 class AugmentedConfig(_Section):
-    synthetic_ratio: float = Field(1.0, ge=0, description="Synthetic images per real image in the augmented training mix.")
+    synthetic_ratio: Float = Field(1.0, ge=0, description="Synthetic images per real image in the augmented training mix.")
     aux_bn: bool = Field(False, description="Synthetic images use auxiliary batch-norm layers during training.")
 
 
 class ExperimentsConfig(_Section):
     # Defaults fit every packaged profile: a ratio r needs ceil(r * n_c) accepted synthetic images per class,
     # cheap in the few-shot regime (k real images) and thousands on the full data; see ratios_by_regime.
-    ratios: list[float] = Field(
+    ratios: list[Annotated[Float, Field(ge=0)]] = Field(
         default_factory=lambda: [0.0, 0.5, 1.0], description="Synthetic images per real image (every regime without its own list)."
     )
-    ratios_by_regime: dict[Literal["full", "few_shot", "long_tail"], list[float]] = Field(
+    ratios_by_regime: dict[Literal["full", "few_shot", "long_tail"], list[Annotated[Float, Field(ge=0)]]] = Field(
         default_factory=dict,
         description="Per-regime ratios replacing experiments.ratios, e.g. {full: [0, 0.05]}: the full data needs small ratios.",
     )
     regimes: list[Literal["full", "few_shot", "long_tail"]] = Field(default_factory=lambda: ["few_shot"])
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    seeds: list[Seed] = Field(default_factory=lambda: [0, 1, 2])
     aux_bn: list[bool] = Field(default_factory=lambda: [False])
     few_shot_k: int = Field(10, ge=1, description="Real images per class in the few_shot regime.")
-    long_tail_imbalance: float = Field(10.0, ge=1, description="Largest / smallest class size in the long_tail regime.")
+    long_tail_imbalance: Float = Field(10.0, ge=1, description="Largest / smallest class size in the long_tail regime.")
     synthetic_only: bool = Field(True, description="Also train on synthetic images only (Classification Accuracy Score).")
 
 
@@ -159,7 +202,7 @@ class PromptsConfig(_Section):
     llm: str | None = Field(
         None, description="Local text-generation model (path or hub id) that rewrites prompts; None: templates only."
     )
-    seed: int = 0
+    seed: Seed = 0
 
 
 class ScoringConfig(_Section):
@@ -174,7 +217,7 @@ class ScoringConfig(_Section):
     clip_model: str | None = Field(None, description="open_clip model name (or hf-hub:/local path); None disables CLIP score.")
     clip_pretrained: str | None = Field(None, description="open_clip pretrained tag or checkpoint path.")
     prdc_k: int = Field(5, ge=1, description="k of precision/recall/density/coverage.")
-    duplicate_fraction: float = Field(
+    duplicate_fraction: Float = Field(
         0.5, gt=0, le=2, description="Near-duplicate threshold as a fraction of the median real nearest-neighbour distance."
     )
     kid_subset_size: int | None = Field(None, ge=2, description="KID subset size; None uses the full sets.")
@@ -182,10 +225,10 @@ class ScoringConfig(_Section):
 
 
 class FilterConfig(_Section):
-    min_confidence: float = Field(0.5, ge=0, le=1, description="Judge confidence for the intended class needed to accept an image.")
+    min_confidence: Float = Field(0.5, ge=0, le=1, description="Judge confidence for the intended class needed to accept an image.")
     require_label_match: bool = Field(True, description="Reject images whose judge top-1 class is not the intended class.")
-    top_k: int | None = Field(None, ge=0, description="Keep at most this many of the most confident survivors per class.")
-    quantile: float | None = Field(None, gt=0, le=1, description="Keep this top share of the survivors per class (instead of top_k).")
+    top_k: int | None = Field(None, ge=1, description="Keep at most this many of the most confident survivors per class.")
+    quantile: Float | None = Field(None, gt=0, le=1, description="Keep this top share of the survivors per class (instead of top_k).")
     drop_train_copies: bool = Field(True, description="Drop near-copies of real training images (memorization).")
     drop_test_leaks: bool = Field(True, description="Drop near-copies of test images (they would leak the test set).")
     min_accepted_per_class: int = Field(1, ge=0, description="Asset check: fewer accepted images than this fails the class.")
@@ -281,6 +324,16 @@ class Profile(_Section):
     regeneration: RegenerationConfig = Field(default_factory=RegenerationConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
+    @model_validator(mode="after")
+    def _output_url_formats(self) -> Profile:
+        try:
+            self.output.url.format(profile=self.name)
+        except (KeyError, IndexError, ValueError, AttributeError) as exc:
+            raise ValueError(
+                f"output.url {self.output.url!r} may only use the placeholder {{profile}} ({type(exc).__name__}: {exc})"
+            ) from None
+        return self
+
     @property
     def output_url(self) -> str:
         return self.output.url.format(profile=self.name)
@@ -295,7 +348,10 @@ def _read_profile_file(name_or_path: str) -> dict[str, Any]:
         path = Path(name_or_path)
         if not path.is_file():
             raise ProfileError(f"profile file {name_or_path!r} does not exist")
-        text = path.read_text()
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ProfileError(f"profile file {name_or_path!r} cannot be read: {exc}") from None
     else:
         entry = resources.files("synthaug_pipeline.profiles") / f"{name_or_path}.yaml"
         if not entry.is_file():
@@ -303,7 +359,16 @@ def _read_profile_file(name_or_path: str) -> dict[str, Any]:
                 f"unknown profile {name_or_path!r}: choose one of {', '.join(available_profiles())} or pass a path to a .yaml file"
             )
         text = entry.read_text()
-    raw = yaml.safe_load(text)
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        raise ProfileError(f"profile {name_or_path!r} is not valid YAML{line}: {getattr(exc, 'problem', None) or exc}") from None
+    except RecursionError:
+        raise ProfileError(f"profile {name_or_path!r} is nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer too long to convert
+        raise ProfileError(f"profile {name_or_path!r} holds an unreadable value: {exc}") from None
     if not isinstance(raw, dict):
         raise ProfileError(f"profile {name_or_path!r} must be a YAML mapping")
     return raw
@@ -316,7 +381,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         raise ProfileError(f"--set {item!r} is not key=value (example: --set generator.train_steps=200)")
     try:
         parsed = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError, ValueError):  # not YAML (ValueError: an integer of >4300 digits): the string as typed
         parsed = value
     return [part for part in key.strip().split(".")], parsed
 
@@ -341,7 +406,18 @@ def _apply_override(raw: dict[str, Any], path: list[str], value: Any) -> None:
         if not is_section:
             raise ProfileError(f"unknown setting {'.'.join(path)!r}: {'.'.join(path[: depth + 1])} has no sub-fields")
         node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ProfileError(f"cannot set {'.'.join(path)!r}: the profile's {'.'.join(path[: depth + 1])} is {node!r}, not a mapping")
         fields = annotation.model_fields
+
+
+def _quotable(err: Any) -> bool:
+    """Whether an error may quote its input: not a whole mapping, and not the value of a secret."""
+    return "input" in err and not isinstance(err["input"], dict) and not any(is_secret_name(str(p)) for p in err["loc"])
+
+
+def _shorten(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 def load_profile(name_or_path: str | None = None, overrides: list[str] | None = None) -> Profile:
@@ -352,14 +428,19 @@ def load_profile(name_or_path: str | None = None, overrides: list[str] | None = 
         overrides = [item for item in env.split(";") if item.strip()]
     raw = _read_profile_file(name_or_path)
     for item in overrides:
+        try:
+            item = unseal_override(item)
+        except KeyError:
+            raise ProfileError(f"setting {item!r} holds a secret that was given to another process: set it again here") from None
         path, value = parse_override(item)
         _apply_override(raw, path, value)
     try:
         return Profile.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
-            + (f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else "")
+            (f"{'.'.join(str(p) for p in err['loc'])}: " if err["loc"] else "")
+            + err["msg"].removeprefix("Value error, ")
+            + (f" (got {_shorten(repr(err['input']))})" if _quotable(err) else "")
             for err in exc.errors()
         )
         raise ProfileError(f"invalid profile {name_or_path!r}: {problems}") from None

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from synthaug_pipeline.lib.config import DataConfig, ProfileError
+from synthaug_pipeline.lib.redaction import redact_url
 
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 FASHION_IDS = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot"]
@@ -537,7 +538,7 @@ def _load_folder(cfg: DataConfig) -> Dataset:
         class_names=list(class_ids),
         train=train,
         test=test,
-        source=path,
+        source=redact_url(path),  # recorded in the catalog, lineage and metadata: never with credentials
         skipped_files=[name for name, _, _ in skipped],
         skipped=counts,
     )

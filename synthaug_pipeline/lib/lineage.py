@@ -14,6 +14,8 @@ import json
 
 import fsspec
 
+from synthaug_pipeline.lib.redaction import redact_url, redact_urls
+
 LINEAGE_FILE = "lineage.json"
 
 
@@ -22,7 +24,7 @@ def write_lineage(model_url: str, record: dict) -> str:
     fs, root = fsspec.core.url_to_fs(model_url)
     fs.makedirs(root, exist_ok=True)
     uri = f"{root.rstrip('/')}/{LINEAGE_FILE}"
-    fs.pipe_file(uri, json.dumps(record, indent=2, sort_keys=True).encode())
+    fs.pipe_file(uri, json.dumps(redact_urls(record), indent=2, sort_keys=True).encode())
     return uri
 
 
@@ -36,7 +38,8 @@ def read_lineage(model_url: str) -> dict:
 
 
 def _same_uri(a: str, b: str) -> bool:
-    strip = lambda u: u.removeprefix("file://").rstrip("/")  # noqa: E731 - local URIs are written with or without the scheme
+    # local URIs are written with or without the scheme; recorded URIs carry no credentials
+    strip = lambda u: redact_url(u.removeprefix("file://")).rstrip("/")  # noqa: E731
     return strip(a) == strip(b)
 
 

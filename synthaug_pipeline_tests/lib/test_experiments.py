@@ -82,9 +82,9 @@ def test_malformed_keys_are_rejected_with_the_reason(key, message):
 @pytest.mark.parametrize(
     "cfg, message",
     [
-        (ExperimentsConfig(seeds=[-1]), "seeds are integers >= 0"),
-        (ExperimentsConfig(ratios=[-0.5]), "ratios are finite numbers >= 0"),
-        (ExperimentsConfig(ratios=[math.nan]), "ratios are finite numbers >= 0"),
+        (ExperimentsConfig.model_construct(seeds=[-1]), "seeds are integers >= 0"),
+        (ExperimentsConfig.model_construct(ratios=[-0.5]), "ratios are finite numbers >= 0"),
+        (ExperimentsConfig.model_construct(ratios=[math.nan]), "ratios are finite numbers >= 0"),
         (ExperimentsConfig(regimes=[], synthetic_only=False), "grid is empty"),
         (ExperimentsConfig(seeds=[]), "grid is empty"),
     ],

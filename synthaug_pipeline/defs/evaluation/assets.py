@@ -8,6 +8,7 @@ import fsspec
 from synthaug_pipeline.defs.data.assets import stack_real
 from synthaug_pipeline.defs.resources import SynthaugSettings, cached_classifier
 from synthaug_pipeline.lib.evaluation import compare, evaluate_under_shift, load_shift_set
+from synthaug_pipeline.lib.redaction import redact_settings, redact_url, redact_urls
 from synthaug_pipeline.lib.report import render_report_markdown
 
 
@@ -77,7 +78,7 @@ def build_evaluation_assets() -> list[dg.AssetsDefinition]:
         """report.json and report.md in the output folder: what was generated, kept, and what it changed."""
         profile = settings.load()
         payload = {
-            "profile": profile.model_dump(mode="json"),
+            "profile": redact_settings(profile.model_dump(mode="json")),
             "dataset": {k: class_catalog[k] for k in ("dataset", "source", "class_ids", "image_shape")},
             "judge": judge,
             "per_class": {c: synthetic_scores[c]["summary"] for c in class_catalog["class_ids"] if c in synthetic_scores},
@@ -86,12 +87,13 @@ def build_evaluation_assets() -> list[dg.AssetsDefinition]:
             "evaluation": evaluation,
             "run_id": context.run_id,
         }
+        payload = redact_urls(payload)  # what the report records; `base` below still writes to the real URL
         base = profile.output_url.rstrip("/")
         markdown = render_report_markdown(payload)
         for name, text in (("report.json", json.dumps(payload, indent=2, default=float)), ("report.md", markdown)):
             with fsspec.open(f"{base}/{name}", "w") as handle:
                 handle.write(text)
-        context.add_output_metadata({"report_json": f"{base}/report.json", "report": dg.MetadataValue.md(markdown)})
+        context.add_output_metadata({"report_json": redact_url(f"{base}/report.json"), "report": dg.MetadataValue.md(markdown)})
         return {"json": f"{base}/report.json", "markdown": f"{base}/report.md", "summary": payload["evaluation"]["delta"]}
 
     return [evaluation, report]

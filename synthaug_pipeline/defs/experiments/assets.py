@@ -30,6 +30,7 @@ from synthaug_pipeline.lib.experiments import (
     summarize_experiments,
 )
 from synthaug_pipeline.lib.lineage import write_lineage
+from synthaug_pipeline.lib.redaction import redact_url, redact_urls
 from synthaug_pipeline.lib.plots import line_chart_markdown
 from synthaug_pipeline.lib.preflight import check_experiment_grid, check_shards_passed
 from synthaug_pipeline.lib.shards import decode_shard_images, file_sha256, read_shards
@@ -166,7 +167,7 @@ def build_experiment_assets(experiments: ExperimentsConfig) -> list[dg.AssetsDef
             "fingerprint": fingerprint,
         }
         with fsspec.open(f"{url}/{RESULT_FILE}", "w") as handle:  # metrics beside the weights and lineage they came from
-            handle.write(json.dumps(result, indent=2))
+            handle.write(json.dumps(redact_urls(result), indent=2))
         per_class = "| class | top-1 |\n|---|---|\n" + "\n".join(
             f"| {c} | {'n/a' if a is None else f'{100 * a:.1f}%'} |" for c, a in in_domain["per_class"].items()
         )
@@ -180,13 +181,13 @@ def build_experiment_assets(experiments: ExperimentsConfig) -> list[dg.AssetsDef
                 "synthetic_images": result["synthetic_images"],
                 "steps": cfg.steps,
                 "seconds": result["seconds"],
-                "url": url,
+                "url": redact_url(url),
                 "version": version,
                 "per_class": dg.MetadataValue.md(per_class),
                 "shifted": dg.MetadataValue.json(evaluation["shifted"]),
                 **{f"top1_{name}": top1 for name, top1 in result["shift_sets"].items()},
                 "loss_curve": dg.MetadataValue.md(line_chart_markdown([h["loss"] for h in trained.history], "training loss")),
-                "lineage": dg.MetadataValue.json(lineage),
+                "lineage": dg.MetadataValue.json(redact_urls(lineage)),
             }
         )
         return result
@@ -213,9 +214,9 @@ def build_experiment_assets(experiments: ExperimentsConfig) -> list[dg.AssetsDef
         shard_hashes = [s["sha256"] for s in synthetic_shards.values()]
         fingerprints = {key: setup_fingerprint(parse_experiment_key(key), profile, shard_hashes) for key in keys}
         summary = summarize_experiments(experiment_run, keys, fingerprints)
-        markdown = render_experiments_markdown(summary)
+        markdown = redact_url(render_experiments_markdown(summary))
         base = profile.output_url.rstrip("/")
-        for name, text in (("experiments.json", json.dumps(summary, indent=2)), ("experiments.md", markdown)):
+        for name, text in (("experiments.json", json.dumps(redact_urls(summary), indent=2)), ("experiments.md", markdown)):
             with fsspec.open(f"{base}/{name}", "w") as handle:
                 handle.write(text)
         context.add_output_metadata(
@@ -224,7 +225,7 @@ def build_experiment_assets(experiments: ExperimentsConfig) -> list[dg.AssetsDef
                 "summarized": len(summary["materialized"]),
                 "missing": len(summary["missing"]),
                 "stale": len(summary["stale"]),
-                "json": f"{base}/experiments.json",
+                "json": redact_url(f"{base}/experiments.json"),
                 "summary": dg.MetadataValue.md(markdown),
             }
         )

@@ -38,6 +38,7 @@ from synthaug_pipeline.lib.pretrained import (
     pipeline_kind,
     validate_settings,
 )
+from synthaug_pipeline.lib.redaction import redact_url, redact_urls
 
 
 def load_init_generator(cfg: GeneratorConfig, class_ids: list[str]):
@@ -79,9 +80,9 @@ def train_ddpm_generator(context: dg.AssetExecutionContext, profile: Profile, cl
     context.add_output_metadata(
         {
             "backend": "ddpm",
-            "url": url,
+            "url": redact_url(url),
             "version": version,
-            **(lineage if init_from is not None else {}),
+            **(redact_urls(lineage) if init_from is not None else {}),
             "total_train_steps": trained.config["total_train_steps"],
             "train_steps": cfg.train_steps,
             "final_loss": float(np.mean(trained.losses[-5:])),

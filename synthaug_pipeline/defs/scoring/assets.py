@@ -57,6 +57,7 @@ from synthaug_pipeline.lib.features import (
 )
 from synthaug_pipeline.lib.images import encode_image, grid_markdown
 from synthaug_pipeline.lib.plots import histogram_markdown
+from synthaug_pipeline.lib.redaction import redact_url
 from synthaug_pipeline.lib.scoring import ClassScores, filter_policy, filter_version, score_class, shard_accept
 from synthaug_pipeline.lib.shards import SHARD_SCHEMA, build_shard_table, read_shards, write_class_shard
 
@@ -280,7 +281,7 @@ def build_scoring_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsD
         accuracy = evaluate(trained.model, test_images, test_labels, class_catalog["class_ids"])["top1"]
         context.add_output_metadata(
             {
-                "url": url,
+                "url": redact_url(url),
                 "version": version,
                 "model": model_name,
                 "test_top1": round(accuracy, 4),

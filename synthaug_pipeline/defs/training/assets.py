@@ -16,6 +16,7 @@ from synthaug_pipeline.lib.evaluation import check_shift_folders
 from synthaug_pipeline.lib.lineage import write_lineage
 from synthaug_pipeline.lib.plots import line_chart_markdown
 from synthaug_pipeline.lib.preflight import check_shards_passed
+from synthaug_pipeline.lib.redaction import redact_url, redact_urls
 from synthaug_pipeline.lib.shards import decode_shard_images, file_sha256, read_shards
 
 
@@ -42,7 +43,7 @@ def _model_record(context: dg.AssetExecutionContext, trained: TrainedClassifier,
     write_lineage(url, lineage)
     context.add_output_metadata(
         {
-            "url": url,
+            "url": redact_url(url),
             "version": version,
             "model": trained.config.get("model", ""),
             "steps": len(trained.history) and trained.history[-1]["step"],
@@ -51,7 +52,7 @@ def _model_record(context: dg.AssetExecutionContext, trained: TrainedClassifier,
             "aux_bn": bool(trained.config.get("aux_bn", False)),
             "seconds": round(trained.seconds, 1),
             "loss_curve": dg.MetadataValue.md(line_chart_markdown([h["loss"] for h in trained.history], "training loss")),
-            "lineage": dg.MetadataValue.json(lineage),
+            "lineage": dg.MetadataValue.json(redact_urls(lineage)),
         }
     )
     return {"url": url, "version": version, "name": name, "lineage": lineage}
