@@ -19,6 +19,7 @@ import sys
 import time
 
 from synthaug_pipeline.lib.config import DEFAULT_PROFILE, OVERRIDES_ENV_VAR, PROFILE_ENV_VAR, ProfileError, available_profiles, load_profile
+from synthaug_pipeline.lib.redaction import redact_url
 
 BENCHMARKS = ("generation", "scoring")  # modules synthaug_pipeline.bench_<name> with main(argv)
 
@@ -112,7 +113,7 @@ def _run(args: argparse.Namespace) -> int:
     from synthaug_pipeline.orchestration import PipelineError, prepare_dagster_home, run_pipeline
 
     home = prepare_dagster_home(args.dagster_home)
-    print(f"synthaug: profile {profile.name}, output {profile.output_url}, Dagster instance {home}", flush=True)
+    print(f"synthaug: profile {profile.name}, output {redact_url(profile.output_url)}, Dagster instance {home}", flush=True)
     # A closed terminal (SIGHUP) stops the run like Ctrl-C: the run is marked failed and its pool slot freed.
     signal.signal(signal.SIGHUP, lambda *_: os.kill(os.getpid(), signal.SIGINT))
     started = time.perf_counter()
@@ -123,13 +124,13 @@ def _run(args: argparse.Namespace) -> int:
             return _fail(str(exc), code=1)
     total = time.perf_counter() - started
     if result.evaluation is None:  # one class: shards only
-        print(f"\nshards: {profile.output_url.rstrip('/')}/synthetic_shards (no classifier comparison with one class)")
+        print(f"\nshards: {redact_url(profile.output_url.rstrip('/'))}/synthetic_shards (no classifier comparison with one class)")
         print(f"total {total:.0f}s; see every run and asset with `synthaug dev`")
         return 0
     print()
     print(headline_table(result.evaluation))
     print()
-    print(f"report: {result.report['json']}  {result.report['markdown']}")
+    print(f"report: {redact_url(result.report['json'])}  {redact_url(result.report['markdown'])}")
     print(f"total {total:.0f}s; see every run and asset with `synthaug dev`")
     return 0
 
@@ -171,7 +172,7 @@ def _lineage(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     models = models_using_shard(profile.output_url, args.shard)
     if not models:
-        print(f"no model under {profile.output_url}/models used {args.shard}")
+        print(f"no model under {redact_url(profile.output_url)}/models used {redact_url(args.shard)}")
         return 1
     for model in models:
         print(f"{model['model']}  {model['name']} version {model['version']} (shard sha256 {model['shard_sha256'][:16]})")

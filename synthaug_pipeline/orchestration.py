@@ -111,7 +111,7 @@ def _only_blocking_checks_failed(result: dg.ExecuteInProcessResult) -> bool:
 
 
 # Errors whose message is written for the user: shown without their class name.
-_USER_ERRORS = {"ValueError", "ProfileError", "DatasetError", "ImageDecodeError", "FileNotFoundError", "PipelineError"}
+_USER_ERRORS = {"ValueError", "ProfileError", "DatasetError", "ImageDecodeError", "FileNotFoundError", "FloatingPointError", "PipelineError"}
 
 
 def _failure_message(result: dg.ExecuteInProcessResult) -> str:
@@ -244,7 +244,10 @@ def _run_stages(classes, runner: _StageRunner, outcome: PipelineResult, echo: Ca
             + (f" ({len(classes)} classes)" if stage.per_class else "")
         )
         if stage.name == "models":
-            echo(f"      {_estimate(profile, outcome.catalog, classes, runner).describe()}")
+            try:
+                echo(f"      {_estimate(profile, outcome.catalog, classes, runner).describe()}")
+            except Exception as exc:  # noqa: BLE001 - the estimate is advice: the stage itself reports a real failure
+                echo(f"      estimate: not available ({type(exc).__name__}: {exc})")
         started = time.perf_counter()
         if stage.name == "classifiers":
             if len(classes) < 2:
@@ -261,7 +264,7 @@ def _run_stages(classes, runner: _StageRunner, outcome: PipelineResult, echo: Ca
                 class_started = time.perf_counter()
                 values = runner.run(stage, class_id)
                 if "synthetic_shards" in values:
-                    _check_supply(profile, outcome.catalog, values["synthetic_shards"])
+                    _check_supply(profile, outcome.catalog, values["synthetic_shards"], echo)
                 echo(f"      class {class_id}: {time.perf_counter() - class_started:.1f}s")
         else:
             values = {}
@@ -299,7 +302,7 @@ def _check_catalog(profile: Profile, catalog: dict) -> None:
     check_before_training(profile, catalog["class_ids"], [c["train"] for c in catalog["classes"]])
 
 
-def _check_supply(profile: Profile, catalog: dict, shard: dict) -> None:
+def _check_supply(profile: Profile, catalog: dict, shard: dict, echo: Callable[[str], None]) -> None:
     """Stop as soon as a class has fewer accepted images than ``augmented.synthetic_ratio`` needs, not at training."""
     ratio = profile.augmented.synthetic_ratio
     if ratio == 0 or len(catalog["class_ids"]) < 2 or not all((shard.get("checks") or {}).values()):
@@ -309,10 +312,16 @@ def _check_supply(profile: Profile, catalog: dict, shard: dict) -> None:
     accepted = shard["num_accepted"]
     if accepted < needed:
         fits = accepted / train if train else 0.0
+        if profile.augmented.shortfall == "use_available":
+            echo(
+                f"      warning: class {shard['class_id']!r}: {accepted} accepted of the {needed} that ratio {ratio:g} needs; "
+                f"it trains at ratio {fits:.3g} (augmented.shortfall=use_available)"
+            )
+            return
         raise PipelineError(
             f"class {shard['class_id']!r}: the filter accepted {accepted} of {shard['num_rows']} synthetic images but "
             f"augmented.synthetic_ratio={ratio:g} needs {needed} ({ratio:g} x {train} real). Re-run the same command with a "
             f"looser filter (e.g. --set filter.min_confidence=...) or a ratio up to {math.floor(fits * 1000) / 1000:g} "
             "(--set augmented.synthetic_ratio=...): the models, images and scores of this run are reused, only shards and "
-            "classifiers are redone"
+            "classifiers are redone; or set augmented.shortfall=use_available to train short classes at the ratio they reach"
         )

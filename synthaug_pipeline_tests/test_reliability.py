@@ -102,7 +102,9 @@ def _hold_gpu_slot(home: Path, pid: int) -> str:
         with dg.DagsterInstance.get() as instance:
             tags = {**process_tags(), "synthaug/pid": str(pid), "synthaug/pid_start": ""}
             run = instance.add_run(DagsterRun(job_name="holder", status=dg.DagsterRunStatus.STARTED, tags=tags))
-            instance.event_log_storage.claim_concurrency_slot("gpu", run.run_id, "generator")
+            instance.event_log_storage.set_concurrency_slots("gpu", 1)  # as the first run of a fresh instance would
+            claim = instance.event_log_storage.claim_concurrency_slot("gpu", run.run_id, "generator")
+            assert claim.is_claimed
             return run.run_id
     finally:
         os.environ.pop("DAGSTER_HOME")
@@ -195,3 +197,20 @@ def test_one_class_folder_runs_from_the_cli(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "no classifier comparison with one class" in out
     assert len(list_class_shards(str(tmp_path / "synthaug_output" / "folder" / "synthetic_shards"), "cats")) == 1
+
+
+def test_shortfall_stops_at_the_class_or_trains_at_the_ratio_reached(tmp_path):
+    from synthaug_pipeline.orchestration import PipelineError, run_pipeline
+
+    strict = [*tiny_overrides(str(tmp_path / "output")), "filter.min_confidence=1.0", "filter.min_accepted_per_class=0"]
+    with dg.instance_for_test() as instance:
+        with pytest.raises(PipelineError, match=r"class '0': the filter accepted 0 of 12 .* augmented.shortfall=use_available"):
+            run_pipeline("digits", strict, instance, echo=lambda _: None)
+        assert not instance.get_runs(filters=dg.RunsFilter(tags={"synthaug/stage": "classifiers"}))  # stopped before training
+        lines: list[str] = []
+        result = run_pipeline("digits", [*strict, "augmented.shortfall=use_available"], instance, echo=lines.append)
+    assert any("warning: class '0': 0 accepted" in line for line in lines)
+    assert any("reused for class 0" in line and "synthetic_shards" in line for line in lines)  # the re-run regenerates nothing
+    lineage = result.report and json.loads((tmp_path / "output" / "report.json").read_text())["models"]["augmented"]["lineage"]
+    assert lineage["synthetic_ratio_by_class"] == {"0": 0.0, "1": 0.0}
+    assert "trained at the ratio they reach: 0 0, 1 0" in (tmp_path / "output" / "report.md").read_text()

@@ -250,7 +250,8 @@ class BalancedMixSampler:
             ratios = np.asarray(class_ratios, dtype=np.float64)
             mean = float(ratios[np.bincount(real_labels, minlength=num_classes) > 0].mean())
             self.synthetic_share = mean / (1.0 + mean)
-            self._synthetic.set_weights(ratios)
+            if mean > 0:
+                self._synthetic.set_weights(ratios)
 
     def draw(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         """Indices into the real pool and into the synthetic pool (int64 arrays) for one batch."""
@@ -551,6 +552,9 @@ def _fit(
                 else:
                     logits = model(x)
                 loss = loss_fn(logits.float(), y)
+            if step <= 10 or step % 50 == 0 or step == cfg.steps:  # a sync per check; once NaN, a loss stays NaN
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"training loss became {loss.item()} at step {step}; lower learning_rate (now {cfg.learning_rate})")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -171,6 +171,12 @@ class ClassifierConfig(_Section):
 class AugmentedConfig(_Section):
     synthetic_ratio: Float = Field(1.0, ge=0, description="Synthetic images per real image in the augmented training mix.")
     aux_bn: bool = Field(False, description="Synthetic images use auxiliary batch-norm layers during training.")
+    shortfall: Literal["stop", "use_available"] = Field(
+        "stop",
+        description="A class with fewer accepted images than the ratio needs: stop the run as soon as its shard is written "
+        "(the message names the settings to change; a re-run reuses models, images and scores), or use_available: train "
+        "that class at the ratio its accepted images reach (recorded per class in the report).",
+    )
 
 
 class ExperimentsConfig(_Section):

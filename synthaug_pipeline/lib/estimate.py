@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from synthaug_pipeline.lib.config import Profile
+from synthaug_pipeline.lib.faults import suspended
 from synthaug_pipeline.lib.progress import duration
 
 TIMED_STEPS = 3
@@ -59,6 +60,12 @@ def estimate_run(
     classifiers: bool = True,
 ) -> RunEstimate:
     """Time ``TIMED_STEPS`` steps of every model the run will train (the flags drop what is reused) and scale them."""
+    with suspended():
+        estimate = _estimate(profile, num_classes, image_shape, device, generator, judge, sample_classes, classifiers)
+    return estimate
+
+
+def _estimate(profile, num_classes, image_shape, device, generator, judge, sample_classes, classifiers) -> RunEstimate:
     from synthaug_pipeline.lib.classifier import train_classifier
     from synthaug_pipeline.lib.diffusion import sample_images, train_generator
 

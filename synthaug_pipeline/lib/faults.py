@@ -10,18 +10,31 @@ compare the result with an uninterrupted run.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import signal
 
 KILL_AT_ENV_VAR = "SYNTHAUG_KILL_AT"
 FAILPOINTS = ("synthetic_images", "synthetic_scores", "shard_write", "shard_commit", "training_step")
 _hits: collections.Counter[str] = collections.Counter()
+_suspended = 0
+
+
+@contextlib.contextmanager
+def suspended():
+    """No failpoint fires inside (work that is not the run's own, such as the timing steps of the estimate)."""
+    global _suspended
+    _suspended += 1
+    try:
+        yield
+    finally:
+        _suspended -= 1
 
 
 def failpoint(name: str) -> None:
     """SIGKILL this process if ``SYNTHAUG_KILL_AT`` is ``name`` (or ``name#n`` and this is the n-th hit)."""
     wanted = os.environ.get(KILL_AT_ENV_VAR)
-    if not wanted or not wanted.startswith(name):
+    if not wanted or _suspended or not wanted.startswith(name):
         return
     _hits[name] += 1
     point, _, nth = wanted.partition("#")

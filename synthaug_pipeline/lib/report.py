@@ -113,6 +113,14 @@ def _shift_lines(base: dict, aug: dict) -> list[str]:
     return lines
 
 
+def _reached_lines(reached: dict | None) -> list[str]:
+    """The ratio each class trained at when some fell short (augmented.shortfall=use_available)."""
+    if not reached:
+        return []
+    return ["", "Classes with fewer accepted images than the ratio needs trained at the ratio they reach: "
+            + ", ".join(f"{class_id} {ratio:.3g}" for class_id, ratio in reached.items())]
+
+
 def render_report_markdown(payload: dict) -> str:
     """report.md: headline, shift breakdown (corruptions, extra test sets), per-class scores and accuracy, shards."""
     evaluation = payload["evaluation"]
@@ -161,6 +169,7 @@ def render_report_markdown(payload: dict) -> str:
             f"  - `{s['uri']}` sha256 {s['sha256'][:16]}, {s['num_accepted']}/{s['num_rows']} accepted, filter {s['filter_version']}"
             for s in payload["shards"]
         ],
+        *_reached_lines(payload["models"]["augmented"].get("lineage", {}).get("synthetic_ratio_by_class")),
         "",
     ]
     return "\n".join(lines)

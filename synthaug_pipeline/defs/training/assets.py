@@ -10,7 +10,14 @@ import dagster as dg
 import numpy as np
 
 from synthaug_pipeline.defs.data.assets import stack_real
-from synthaug_pipeline.defs.resources import SynthaugSettings, default_device, latest_materialization, model_url, training_progress
+from synthaug_pipeline.defs.resources import (
+    SynthaugSettings,
+    default_device,
+    latest_materialization,
+    log_warning,
+    model_url,
+    training_progress,
+)
 from synthaug_pipeline.lib.classifier import TrainedClassifier, check_synthetic_supply, save_classifier, train_classifier
 from synthaug_pipeline.lib.evaluation import check_shift_folders
 from synthaug_pipeline.lib.lineage import write_lineage
@@ -117,14 +124,17 @@ def build_training_assets() -> list[dg.AssetsDefinition]:
             decode_shard_images(table) if table.num_rows else (np.zeros((0, *images.shape[1:]), np.uint8), np.zeros(0, np.int64))
         )
         ratio = profile.augmented.synthetic_ratio
-        check_synthetic_supply(
-            np.bincount(labels, minlength=len(class_ids)),
-            np.bincount(synthetic_labels, minlength=len(class_ids)),
-            ratio,
-            class_ids=class_ids,
-            available="were accepted",
-            hint="lower augmented.synthetic_ratio, raise generator.images_per_class or loosen the filter (filter.min_confidence)",
-        )
+        use_available = profile.augmented.shortfall == "use_available"
+        if not use_available:
+            check_synthetic_supply(
+                np.bincount(labels, minlength=len(class_ids)),
+                np.bincount(synthetic_labels, minlength=len(class_ids)),
+                ratio,
+                class_ids=class_ids,
+                available="were accepted",
+                hint="lower augmented.synthetic_ratio, raise generator.images_per_class, loosen the filter (filter.min_confidence) "
+                "or set augmented.shortfall=use_available",
+            )
         trained = train_classifier(
             images,
             labels,
@@ -136,10 +146,15 @@ def build_training_assets() -> list[dg.AssetsDefinition]:
             progress=training_progress(context, "classifier_augmented"),
             device=default_device(),
             aux_bn=profile.augmented.aux_bn,
+            use_available=use_available,
         )
+        reached = trained.config.get("synthetic_ratio_by_class")
+        if reached is not None:
+            log_warning(context, f"trained short classes at the ratio their accepted images reach: {dict(zip(class_ids, reached, strict=True))}")
         lineage = {
             "real": {"dataset": class_catalog["dataset"], "source": class_catalog["source"], "images": len(images)},
             "synthetic_ratio": ratio,
+            **({"synthetic_ratio_by_class": dict(zip(class_ids, reached, strict=True))} if reached is not None else {}),
             "aux_bn": profile.augmented.aux_bn,
             "shards": [
                 {k: s[k] for k in ("class_id", "uri", "sha256", "num_accepted", "filter_version", "generator_version", "run_id")}
