@@ -360,9 +360,12 @@ def train_classifier(
     For synthetic-only training (Classification Accuracy Score) use
     :func:`train_classifier_synthetic_only`.
     """
+    nothing_accepted = use_available and synthetic_ratio > 0 and (synthetic_images is None or len(synthetic_images) == 0)
+    if nothing_accepted:  # every class reaches ratio 0: train on the real images alone, and say so
+        synthetic_images, synthetic_labels, synthetic_ratio = None, None, 0.0
     labels, synthetic_labels = _check_training_data(images, labels, num_classes, synthetic_images, synthetic_labels, synthetic_ratio)
     use_synthetic = synthetic_ratio > 0
-    class_ratios = None
+    class_ratios = np.zeros(num_classes) if nothing_accepted else None
     if use_synthetic and use_available:
         class_ratios = reached_ratios(
             np.bincount(labels, minlength=num_classes), np.bincount(synthetic_labels, minlength=num_classes), synthetic_ratio
