@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import pickle
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +75,7 @@ class ReusePlanner:
 
     instance: dg.DagsterInstance
     profile: Profile
+    defs: dg.Definitions
     upstream: dict[str, set[str]]  # asset -> the assets it reads
     partitioned: set[str]
     redone: set[tuple[str, str | None]] = field(default_factory=set)
@@ -91,7 +91,7 @@ class ReusePlanner:
             upstream[name] = {parent.to_user_string() for parent in node.parent_keys}
             if node.partitions_def is not None:
                 partitioned.add(name)
-        return cls(instance, profile, upstream, partitioned)
+        return cls(instance, profile, defs, upstream, partitioned)
 
     def reusable_run(self, asset: str, partition: str | None) -> str | None:
         """The run id whose materialization of ``asset`` (``partition``) this run can reuse, or None."""
@@ -133,10 +133,8 @@ class ReusePlanner:
         return (path / partition).is_file() if partition is not None else path.is_file()
 
     def load(self, asset: str, partition: str | None = None):
-        """The stored value of a reused asset (what the IO manager wrote)."""
-        path = Path(self.instance.storage_directory()) / asset
-        with open(path / partition if partition is not None else path, "rb") as file:
-            return pickle.load(file)
+        """The stored value of a reused asset, read through the definitions' IO manager."""
+        return self.defs.load_asset_value(dg.AssetKey(asset), instance=self.instance, partition_key=partition)
 
 
 def reused_summary(reused: dict[str, str]) -> str:

@@ -84,7 +84,7 @@ def test_run_on_two_classes_prints_the_table_and_writes_the_report(tmp_path, mon
         argv += ["--set", item]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "[5/5] classifiers" in out and "(2 classes)" in out
+    assert "[5/5]" in out and "classifiers: train, evaluate, report" in out and "(2 classes)" in out
     assert any(line.startswith("metric") and "augmented" in line for line in out.splitlines())  # the final table
     assert "top-1 in-domain" in out and f"report: {output}/report.json" in out
     report = json.loads((output / "report.json").read_text())

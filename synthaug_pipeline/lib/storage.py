@@ -125,9 +125,14 @@ def check_output_writable(profile: Profile) -> None:
         raise OutputNotWritableError(f"output.url {url}: cannot open this URL ({_first_line(exc)})") from None
     root = root.rstrip("/")
     probe = f"{root}/{_PROBE_PREFIX}{uuid.uuid4().hex}"
+    if isinstance(fs, LocalFileSystem):  # writable where it will be created; nothing is written before the run needs it
+        existing = root
+        while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+            raise OutputNotWritableError(f"output.url {url}: {existing} is not a writable folder")
+        return
     try:
-        if isinstance(fs, LocalFileSystem):
-            os.makedirs(root, exist_ok=True)
         # No makedirs on object stores: s3fs would create a missing bucket instead of reporting it.
         fs.pipe_file(probe, b"synthaug write probe\n")
         fs.rm_file(probe)

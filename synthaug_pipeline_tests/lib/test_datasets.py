@@ -200,14 +200,20 @@ def test_parquet_null_label_missing_column_or_not_parquet_is_one_line(tmp_path):
             assert "\n" not in str(raised.value) and repr(path) in str(raised.value)
 
 
-def test_any_int_seed_works(tmp_path):
-    data = load_dataset(DataConfig(source="digits", seed=-1, train_per_class=3))
-    again = load_dataset(DataConfig(source="digits", seed=-1, train_per_class=3))
+def test_every_allowed_seed_works_and_a_negative_one_is_refused_in_one_line(tmp_path):
+    from synthaug_pipeline.lib.config import ProfileError, load_profile
+
+    top = 2**32 - 1
+    data = load_dataset(DataConfig(source="digits", seed=top, train_per_class=3))
+    again = load_dataset(DataConfig(source="digits", seed=top, train_per_class=3))
     assert np.bincount(data.train.labels).tolist() == [3] * 10
     assert np.array_equal(data.train.images, again.train.images)
     assert not np.array_equal(data.train.images, load_dataset(DataConfig(source="digits", seed=0, train_per_class=3)).train.images)
     _tree(tmp_path, {"a": 5, "b": 5})
-    assert len(load_dataset(DataConfig(source="folder", path=str(tmp_path), seed=-(2**70), train_per_class=2)).train) == 4
+    assert len(load_dataset(DataConfig(source="folder", path=str(tmp_path), seed=top, train_per_class=2)).train) == 4
+    with pytest.raises(ProfileError, match="data.seed") as refused:
+        load_profile("digits", ["data.seed=-1"])
+    assert "\n" not in str(refused.value)
 
 
 def _tree(root: Path, counts: dict[str, int]) -> None:
