@@ -153,24 +153,28 @@ def _dev(args: argparse.Namespace) -> int:
 
 
 def _lineage(args: argparse.Namespace) -> int:
-    from synthaug_pipeline.lib.lineage import describe_lineage, models_using_shard, read_lineage
+    from synthaug_pipeline.lib.lineage import LineageError, describe_lineage, models_using_shard, read_lineage, verify_shards
 
     if bool(args.model) == bool(args.shard):
         return _fail("give either a model folder or --shard URI")
     if args.model:
         try:
             record = read_lineage(args.model)
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, LineageError) as exc:
             return _fail(str(exc))
-        print(f"model folder: {args.model}")
+        print(f"model folder: {redact_url(args.model)}")
         for line in describe_lineage(record):
             print(line)
-        return 0
+        bad = [(uri, status) for uri, status in verify_shards(record) if status != "ok"]
+        for uri, status in bad:
+            print(f"shard {status}: {uri}" + (" (its bytes no longer match the recorded sha256)" if status == "changed" else ""))
+        print(f"shards verified: {len(record.get('shards', [])) - len(bad)} of {len(record.get('shards', []))} match their sha256")
+        return 1 if bad else 0
     try:
         profile = load_profile(args.profile, args.overrides)
-    except ProfileError as exc:
+        models = models_using_shard(profile.output_url, args.shard)
+    except (ProfileError, LineageError) as exc:
         return _fail(str(exc))
-    models = models_using_shard(profile.output_url, args.shard)
     if not models:
         print(f"no model under {redact_url(profile.output_url)}/models used {redact_url(args.shard)}")
         return 1

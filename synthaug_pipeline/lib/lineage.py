@@ -34,7 +34,37 @@ def read_lineage(model_url: str) -> dict:
     uri = f"{root.rstrip('/')}/{LINEAGE_FILE}"
     if not fs.exists(uri):
         raise FileNotFoundError(f"no {LINEAGE_FILE} in {model_url!r}: pass a model folder written by the pipeline (…/models/<name>/<run>)")
-    return json.loads(fs.cat_file(uri))
+    return _parse(uri, fs.cat_file(uri))
+
+
+class LineageError(ValueError):
+    """A lineage.json that cannot be read; the message names the file."""
+
+
+def _parse(uri: str, data: bytes) -> dict:
+    try:
+        record = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LineageError(f"{redact_url(uri)} is not a valid lineage record ({exc}); restore it or re-train the model") from None
+    if not isinstance(record, dict) or not isinstance(record.get("shards", []), list):
+        raise LineageError(f"{redact_url(uri)} is not a lineage record (expected a JSON object with a 'shards' list)")
+    return record
+
+
+def verify_shards(record: dict) -> list[tuple[str, str]]:
+    """``(uri, status)`` for every shard a model trained on: ``ok``, ``missing`` or ``changed`` (its bytes no longer
+    hash to the recorded sha256: the model's lineage no longer describes what is there)."""
+    from synthaug_pipeline.lib.shards import file_sha256
+
+    results = []
+    for shard in record.get("shards", []):
+        uri = shard.get("uri", "")
+        try:
+            status = "ok" if file_sha256(uri) == shard.get("sha256") else "changed"
+        except FileNotFoundError:
+            status = "missing"
+        results.append((uri, status))
+    return results
 
 
 def _same_uri(a: str, b: str) -> bool:
@@ -47,7 +77,7 @@ def lineage_records(output_url: str) -> list[tuple[str, dict]]:
     """``(path, record)`` of every model's lineage under ``<output_url>/models``, sorted by path."""
     fs, root = fsspec.core.url_to_fs(output_url)
     pattern = f"{root.rstrip('/')}/models/*/*/{LINEAGE_FILE}"
-    return [(path, json.loads(fs.cat_file(path))) for path in sorted(fs.glob(pattern))]
+    return [(path, _parse(path, fs.cat_file(path))) for path in sorted(fs.glob(pattern))]
 
 
 def models_using_shard(output_url: str, shard_uri: str) -> list[dict]:

@@ -53,8 +53,9 @@ def test_cli_lineage_prints_the_settings_and_upstream_materializations(tmp_path,
 
     model = tmp_path / "models" / "experiment-few_shot-r1-s2-auxbn" / "run-9"
     write_lineage(str(model), RECORD)
-    assert main(["lineage", str(model)]) == 0
+    assert main(["lineage", str(model)]) == 1  # the recorded shard does not exist here: lineage says so
     out = capsys.readouterr().out.splitlines()
+    assert "shards verified: 0 of 1 match their sha256" in out and any(line.startswith("shard missing: ") for line in out)
     for line in (
         "real data: digits (sklearn), 20 images, regime few_shot",
         "experiment: few_shot-r1-s2-auxbn (group few_shot-r1-auxbn)",
@@ -84,3 +85,38 @@ def test_lineage_of_an_older_model_says_what_was_not_recorded():
     assert "upstream materializations: not recorded (a model trained before they were)" in lines
     assert "filter versions: none" in lines and "seed: ?" in lines
     assert any("optimizer ?" in line and "5 steps" in line for line in lines)
+
+
+def test_verify_shards_tells_ok_from_missing_and_changed():
+    import hashlib
+
+    import fsspec
+
+    from synthaug_pipeline.lib.lineage import verify_shards
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe_file("/verify/ok.parquet", b"shard bytes")
+    fs.pipe_file("/verify/changed.parquet", b"other bytes")
+    digest = hashlib.sha256(b"shard bytes").hexdigest()
+    record = {
+        "shards": [
+            {"uri": "memory:///verify/ok.parquet", "sha256": digest},
+            {"uri": "memory:///verify/changed.parquet", "sha256": digest},
+            {"uri": "memory:///verify/gone.parquet", "sha256": digest},
+        ]
+    }
+    assert [status for _, status in verify_shards(record)] == ["ok", "changed", "missing"]
+
+
+def test_a_corrupt_lineage_file_is_one_line_naming_it(tmp_path, capsys):
+    import pytest
+
+    from synthaug_pipeline.cli import main
+    from synthaug_pipeline.lib.lineage import LineageError
+
+    (tmp_path / "lineage.json").write_text("{not json")
+    with pytest.raises(LineageError, match="lineage.json is not a valid lineage record"):
+        read_lineage(str(tmp_path))
+    assert main(["lineage", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("synthaug: error: ") and len(err.splitlines()) == 1
