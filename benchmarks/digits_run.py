@@ -49,9 +49,15 @@ def main() -> int:
         overrides = [*args.overrides, f"output.url={output}"]
         os.environ["DAGSTER_HOME"] = f"{tmp}/home"
         os.makedirs(os.environ["DAGSTER_HOME"])
+        lines: list[str] = []
+
+        def echo(line: str) -> None:
+            lines.append(line)
+            print(line, file=sys.stderr)
+
         started = time.perf_counter()
         with dg.DagsterInstance.get() as instance:
-            result = run_pipeline(args.profile, overrides, instance, echo=lambda line: print(line, file=sys.stderr))
+            result = run_pipeline(args.profile, overrides, instance, echo=echo)
         total = time.perf_counter() - started
     models = result.evaluation["models"]
     record = {
@@ -65,6 +71,7 @@ def main() -> int:
         "resolved_profile": result.profile.model_dump(mode="json"),
         "total_seconds": round(total, 1),
         "stage_seconds": {k: round(v, 1) for k, v in result.seconds.items()},
+        "estimate_printed": next((line.strip() for line in lines if line.strip().startswith("estimate:")), None),
         "baseline_top1": models["classifier_baseline"]["in_domain"]["top1"],
         "augmented_top1": models["classifier_augmented"]["in_domain"]["top1"],
         "baseline_shifted_top1": models["classifier_baseline"]["shifted_mean_top1"],
