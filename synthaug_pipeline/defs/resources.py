@@ -117,8 +117,9 @@ def training_progress(context: dg.AssetExecutionContext, name: str) -> Callable[
 
     def report(step: int, total: int, loss: float) -> None:
         nonlocal eta
+        first = eta is None
         eta = eta or Eta(total, first_done=step)
-        if eta.due(step, max(1, total // 4)) or step == total:
+        if first or eta.due(step, max(1, total // 4)) or step == total:
             log_progress(context, f"{name} step {step}/{total}, loss {loss:.4f}, {eta.text(step)}")
 
     return report
