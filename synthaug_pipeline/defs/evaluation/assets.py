@@ -6,7 +6,7 @@ import dagster as dg
 import fsspec
 
 from synthaug_pipeline.defs.data.assets import stack_real
-from synthaug_pipeline.defs.resources import SynthaugSettings, cached_classifier
+from synthaug_pipeline.defs.resources import SynthaugSettings, cached_classifier, log_progress
 from synthaug_pipeline.lib.evaluation import compare, evaluate_under_shift, load_shift_set
 from synthaug_pipeline.lib.redaction import redact_settings, redact_url, redact_urls
 from synthaug_pipeline.lib.report import render_report_markdown
@@ -33,6 +33,11 @@ def build_evaluation_assets() -> list[dg.AssetsDefinition]:
         }
         results = {}
         for record in (classifier_baseline, classifier_augmented):
+            log_progress(
+                context,
+                f"evaluating {record['name']} on {len(images)} test images, in-domain and under "
+                f"{len(cfg.corruptions) * len(cfg.severities)} corruptions{f' and {len(shift_sets)} shift sets' if shift_sets else ''}",
+            )
             model = cached_classifier(record["url"], record["version"]).model
             results[record["name"]] = evaluate_under_shift(
                 model, images, labels, class_ids, cfg.corruptions, cfg.severities, shift_sets=shift_sets
