@@ -21,7 +21,7 @@ import dagster as dg
 from synthaug_pipeline.definitions import build_definitions
 from synthaug_pipeline.defs.resources import default_device, set_progress_listener
 from synthaug_pipeline.defs.run_health import BlockedStepReporter, process_tags, reap_dead_runs
-from synthaug_pipeline.lib.classifier import synthetic_images_needed
+from synthaug_pipeline.lib.classifier import reached_ratios, synthetic_images_needed
 from synthaug_pipeline.lib.config import Profile, load_profile
 from synthaug_pipeline.lib.datasets import check_classes, dataset_class_ids
 from synthaug_pipeline.lib.estimate import RunEstimate, estimate_run
@@ -308,10 +308,10 @@ def _check_supply(profile: Profile, catalog: dict, shard: dict, echo: Callable[[
     if ratio == 0 or len(catalog["class_ids"]) < 2 or not all((shard.get("checks") or {}).values()):
         return  # nothing to supply, or a failed blocking check already refuses the class (listed before training)
     train = next(c["train"] for c in catalog["classes"] if c["class_id"] == shard["class_id"])
-    needed = int(synthetic_images_needed([train], ratio)[0])
     accepted = shard["num_accepted"]
-    if accepted < needed:
-        fits = accepted / train if train else 0.0
+    reached = reached_ratios([train], [accepted], ratio)  # the ceil(ratio x real) rule, in one place
+    if reached is not None:
+        needed, fits = int(synthetic_images_needed([train], ratio)[0]), float(reached[0])
         if profile.augmented.shortfall == "use_available":
             echo(
                 f"      warning: class {shard['class_id']!r}: {accepted} accepted of the {needed} that ratio {ratio:g} needs; "

@@ -80,6 +80,8 @@ class ReusePlanner:
     partitioned: set[str]
     redone: set[tuple[str, str | None]] = field(default_factory=set)
     _step_status: dict[str, dict[str, StepEventStatus]] = field(default_factory=dict)
+    # what the instance says of each asset partition, looked up once (the estimate asks before the stage does)
+    _recorded: dict[tuple[str, str | None], str | None] = field(default_factory=dict)
 
     @classmethod
     def for_definitions(cls, instance: dg.DagsterInstance, profile: Profile, defs: dg.Definitions) -> ReusePlanner:
@@ -97,6 +99,12 @@ class ReusePlanner:
         """The run id whose materialization of ``asset`` (``partition``) this run can reuse, or None."""
         if self._upstream_redone(asset, partition):
             return None
+        if (asset, partition) not in self._recorded:
+            self._recorded[asset, partition] = self._valid_materialization(asset, partition)
+        return self._recorded[asset, partition]
+
+    def _valid_materialization(self, asset: str, partition: str | None) -> str | None:
+        """The run of the latest materialization if it is complete and made with today's fingerprint."""
         record = latest_materialization(self.instance, asset, partition)
         if record is None:
             return None
@@ -110,6 +118,7 @@ class ReusePlanner:
 
     def mark_redone(self, asset: str, partition: str | None) -> None:
         self.redone.add((asset, partition))
+        self._recorded.pop((asset, partition), None)  # its latest materialization is now this run's
 
     def _upstream_redone(self, asset: str, partition: str | None) -> bool:
         for parent in self.upstream.get(asset, ()):

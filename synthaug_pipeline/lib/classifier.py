@@ -557,7 +557,9 @@ def _fit(
                 loss = loss_fn(logits.float(), y)
             if step <= 10 or step % 50 == 0 or step == cfg.steps:  # a sync per check; once NaN, a loss stays NaN
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"training loss became {loss.item()} at step {step}; lower learning_rate (now {cfg.learning_rate})")
+                    raise FloatingPointError(
+                        f"training loss became {loss.item()} at step {step}; lower learning_rate (now {cfg.learning_rate})"
+                    )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -76,14 +76,19 @@ def _estimate(profile, num_classes, image_shape, device, generator, judge, sampl
     sample_classes = num_classes if sample_classes is None else sample_classes
     if gen.backend == "ddpm" and (generator or sample_classes):
         images, labels = _fake_images(min(gen.batch_size, 256), tuple(image_shape), num_classes, rng)
-        per_step, timed = _per_step(lambda steps: train_generator(images, labels, num_classes, gen.model_copy(update={"train_steps": steps, "warmup_steps": 0})))
+        per_step, timed = _per_step(
+            lambda steps: train_generator(
+                images, labels, num_classes, gen.model_copy(update={"train_steps": steps, "warmup_steps": 0}), device=device
+            )
+        )
         if generator:
             estimate.parts["generator"] = (f"{gen.train_steps} steps", per_step * gen.train_steps)
         if sample_classes:
             count = min(gen.images_per_class, gen.sample_batch_size, 16)
             sample_images(timed, 0, [0], gen.sampler, gen.sample_steps, gen.guidance_scale, device=device)  # warm-up
             begin = time.perf_counter()
-            sample_images(timed, 0, list(range(count)), gen.sampler, gen.sample_steps, gen.guidance_scale, gen.sample_batch_size, device=device)
+            seeds = list(range(count))
+            sample_images(timed, 0, seeds, gen.sampler, gen.sample_steps, gen.guidance_scale, gen.sample_batch_size, device=device)
             per_image = (time.perf_counter() - begin) / count
             total_images = gen.images_per_class * sample_classes
             estimate.parts["sampling"] = (f"{total_images} images", per_image * total_images)
@@ -93,7 +98,9 @@ def _estimate(profile, num_classes, image_shape, device, generator, judge, sampl
     ):
         if wanted:
             images, labels = _fake_images(max(num_classes, 2 * cfg.batch_size), tuple(image_shape), num_classes, rng)
-            per_step, _ = _per_step(lambda steps: train_classifier(images, labels, num_classes, cfg.model_copy(update={"steps": steps}), device=device))
+            per_step, _ = _per_step(
+                lambda steps: train_classifier(images, labels, num_classes, cfg.model_copy(update={"steps": steps}), device=device)
+            )
             what = f"{cfg.steps} steps" if runs == 1 else f"{runs} x {cfg.steps} steps"
             estimate.parts[name] = (what, per_step * cfg.steps * runs)
     estimate.measured_in = time.perf_counter() - started

@@ -19,6 +19,7 @@ from synthaug_pipeline.lib.lineage import lineage_records
 from synthaug_pipeline.lib.shards import (
     DEFAULT_STALE_TEMP_AFTER_S,
     current_class_shard,
+    file_age_seconds,
     is_shard_file_name,
     stale_temp_files,
 )
@@ -91,13 +92,7 @@ def _young_files(fs: fsspec.AbstractFileSystem, folder: str, min_age_s: float) -
     now = dt.datetime.now(dt.timezone.utc)
     young = []
     for path in fs.ls(folder, detail=False):
-        try:
-            modified = fs.modified(path)
-        except (NotImplementedError, OSError):
-            young.append(path.rstrip("/"))
-            continue
-        if modified.tzinfo is None:
-            modified = modified.replace(tzinfo=dt.timezone.utc)
-        if (now - modified).total_seconds() < min_age_s:
+        age = file_age_seconds(fs, path, now)
+        if age is None or age < min_age_s:
             young.append(path.rstrip("/"))
     return young

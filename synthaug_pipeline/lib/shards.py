@@ -376,9 +376,10 @@ def _put_atomic(loc: _ClassLocation, name: str, data: bytes, suffix: str) -> Non
         loc.fs.pipe_file(path, data)
 
 
-def _age_seconds(fs: fsspec.AbstractFileSystem, entry: dict, now: _dt.datetime) -> float | None:
+def file_age_seconds(fs: fsspec.AbstractFileSystem, path: str, now: _dt.datetime) -> float | None:
+    """Seconds since ``path`` was last modified, or None where the backend cannot tell."""
     try:
-        modified = fs.modified(entry["name"])
+        modified = fs.modified(path)
     except (FileNotFoundError, NotImplementedError, OSError):
         return None
     if modified.tzinfo is None:  # fsspec backends report naive UTC
@@ -398,7 +399,7 @@ def stale_temp_files(fs: fsspec.AbstractFileSystem, folder: str, older_than_s: f
     for entry in entries:
         if not _basename(entry["name"]).startswith(_TEMP_PREFIX):
             continue
-        age = _age_seconds(fs, entry, now)
+        age = file_age_seconds(fs, entry["name"], now)
         if age is not None and age > older_than_s:
             stale.append(entry["name"])
     return sorted(stale)

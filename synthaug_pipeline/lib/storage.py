@@ -18,13 +18,13 @@ from __future__ import annotations
 import os
 import uuid
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import fsspec
 import fsspec.config
 from fsspec.implementations.local import LocalFileSystem
 
 from synthaug_pipeline.lib.config import OutputConfig, Profile
+from synthaug_pipeline.lib.redaction import redact_url
 
 S3_PROTOCOL = "s3"  # the key fsspec.config.conf uses for s3:// and s3a://
 _PROBE_PREFIX = ".synthaug-write-probe-"
@@ -57,17 +57,6 @@ def output_filesystem(profile: Profile, url: str | None = None) -> tuple[fsspec.
     """The filesystem and path of ``url`` (default: the profile's output URL), built with ``profile.output``'s options."""
     configure_output_storage(profile.output)
     return fsspec.core.url_to_fs(url or profile.output_url)
-
-
-def redact_url(url: str) -> str:
-    """``url`` without any user:password part, for messages."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
 def _causes(exc: BaseException) -> list[BaseException]:

@@ -54,6 +54,7 @@ def test_changed_code_or_settings_reuse_nothing(first_run, monkeypatch):
     planner = reuse.ReusePlanner.for_definitions(instance, profile, defs)
     assert planner.reusable_run("generator", None) is not None
     monkeypatch.setattr(reuse, "code_version", lambda: "another version")
+    planner = reuse.ReusePlanner.for_definitions(instance, profile, defs)  # one planner per run: the next run's code
     assert planner.reusable_run("generator", None) is None
     monkeypatch.undo()
     changed = load_profile("digits", [*tiny_overrides(output), "generator.train_steps=31"])

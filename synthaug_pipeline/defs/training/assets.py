@@ -149,12 +149,13 @@ def build_training_assets() -> list[dg.AssetsDefinition]:
             use_available=use_available,
         )
         reached = trained.config.get("synthetic_ratio_by_class")
-        if reached is not None:
-            log_warning(context, f"trained short classes at the ratio their accepted images reach: {dict(zip(class_ids, reached, strict=True))}")
+        by_class = dict(zip(class_ids, reached, strict=True)) if reached is not None else None
+        if by_class is not None:
+            log_warning(context, f"trained short classes at the ratio their accepted images reach: {by_class}")
         lineage = {
             "real": {"dataset": class_catalog["dataset"], "source": class_catalog["source"], "images": len(images)},
             "synthetic_ratio": ratio,
-            **({"synthetic_ratio_by_class": dict(zip(class_ids, reached, strict=True))} if reached is not None else {}),
+            **({"synthetic_ratio_by_class": by_class} if by_class is not None else {}),
             "aux_bn": profile.augmented.aux_bn,
             "shards": [
                 {k: s[k] for k in ("class_id", "uri", "sha256", "num_accepted", "filter_version", "generator_version", "run_id")}
