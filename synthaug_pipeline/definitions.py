@@ -8,6 +8,7 @@ embedded default.
 from __future__ import annotations
 
 import os
+import warnings
 
 import dagster as dg
 
@@ -20,8 +21,9 @@ from synthaug_pipeline.defs.io_managers import SynthaugIOManager
 from synthaug_pipeline.defs.run_health import reap_dead_runs_sensor
 from synthaug_pipeline.defs.partitions import class_partitions
 from synthaug_pipeline.defs.prompts.assets import build_prompt_assets
-from synthaug_pipeline.defs.resources import SynthaugSettings
+from synthaug_pipeline.defs.resources import ModelsResource, SynthaugSettings
 from synthaug_pipeline.defs.scoring.assets import build_scoring_assets
+from synthaug_pipeline.defs.stages import stage_jobs
 from synthaug_pipeline.defs.training.assets import build_training_assets
 from synthaug_pipeline.lib.config import DEFAULT_PROFILE, OVERRIDES_ENV_VAR, PROFILE_ENV_VAR, load_profile
 from synthaug_pipeline.lib.datasets import dataset_class_ids
@@ -33,15 +35,10 @@ def build_definitions(profile_name: str | None = None, overrides: list[str] | No
     profile = load_profile(profile_name, overrides)
     class_ids = dataset_class_ids(profile.data)
     partitions = class_partitions(class_ids)
-    assets = [
-        *build_data_assets(partitions),
-        *build_prompt_assets(partitions),
-        *build_generation_assets(partitions),
-        *build_scoring_assets(partitions),
-        *build_training_assets(),
-        *build_evaluation_assets(),
-        *build_experiment_assets(profile.experiments),
-    ]
+    batches = dg.BackfillPolicy.multi_run(max_partitions_per_run=profile.execution.classes_per_run)
+    with warnings.catch_warnings():  # backfill_policy is marked beta; it is the documented way to batch backfills
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        assets = _assets(profile, partitions, batches)
     per_class = dg.define_asset_job(
         "synthaug_per_class",
         selection=dg.AssetSelection.assets(*[a for a in assets if a.partitions_def == partitions]),
@@ -52,11 +49,24 @@ def build_definitions(profile_name: str | None = None, overrides: list[str] | No
     settings = SynthaugSettings(profile=profile_name or os.environ.get(PROFILE_ENV_VAR) or DEFAULT_PROFILE, overrides=sealed)
     return dg.Definitions(
         assets=assets,
-        jobs=[per_class, experiments_job],
+        jobs=[per_class, experiments_job, *stage_jobs(assets, partitions)],
         schedules=[build_regeneration_schedule(profile, class_ids)],
         sensors=[reap_dead_runs_sensor],
-        resources={"settings": settings, "io_manager": SynthaugIOManager()},
+        resources={"settings": settings, "models": ModelsResource(), "io_manager": SynthaugIOManager(settings=settings)},
+        executor=dg.in_process_executor,  # steps of seconds: a process per step would cost more than the step
     )
+
+
+def _assets(profile, partitions: dg.PartitionsDefinition, batches: dg.BackfillPolicy) -> list[dg.AssetsDefinition]:
+    return [
+        *build_data_assets(partitions, batches),
+        *build_prompt_assets(partitions, batches),
+        *build_generation_assets(partitions, batches),
+        *build_scoring_assets(partitions, batches),
+        *build_training_assets(),
+        *build_evaluation_assets(),
+        *build_experiment_assets(profile.experiments),
+    ]
 
 
 def _load_default() -> dg.Definitions:

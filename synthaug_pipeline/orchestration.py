@@ -12,20 +12,24 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from synthaug_pipeline.definitions import build_definitions
 from synthaug_pipeline.defs.resources import default_device, set_progress_listener
+from synthaug_pipeline.defs.stages import Stage, derive_stages
 from synthaug_pipeline.defs.run_health import BlockedStepReporter, process_tags, reap_dead_runs
 from synthaug_pipeline.lib.classifier import reached_ratios, synthetic_images_needed
 from synthaug_pipeline.lib.config import Profile, load_profile
 from synthaug_pipeline.lib.datasets import check_classes, dataset_class_ids
 from synthaug_pipeline.lib.estimate import RunEstimate, estimate_run
 from synthaug_pipeline.lib.preflight import check_before_training
+from synthaug_pipeline.lib.shards import ShardRef
 from synthaug_pipeline.lib.storage import OutputNotWritableError, check_output_writable
 from synthaug_pipeline.reuse import ReusePlanner, fingerprint_tags, reused_summary
 
@@ -44,28 +48,21 @@ telemetry:
 """
 
 
-@dataclass(frozen=True)
-class Stage:
-    """Assets materialized together; ``per_class`` stages run once per class partition."""
-
-    name: str
-    assets: tuple[str, ...]
-    per_class: bool
-    description: str
+def __getattr__(name: str):
+    if name == "STAGES":  # the stages of the graph (the same for every profile), derived on first use
+        return default_stages()
+    raise AttributeError(name)
 
 
-STAGES = (
-    Stage("catalog", ("class_catalog",), False, "load the dataset and list classes"),
-    Stage("real images", ("real_images", "class_prompts"), True, "split real images and write prompts per class"),
-    Stage("models", ("judge", "generator"), False, "train the judge and the diffusion generator"),
-    Stage(
-        "synthetic",
-        ("real_features", "synthetic_images", "synthetic_scores", "synthetic_shards"),
-        True,
-        "sample, score, filter and write shards per class",
-    ),
-    Stage("classifiers", ("classifier_baseline", "classifier_augmented", "evaluation", "report"), False, "train, evaluate, report"),
-)
+@functools.lru_cache(maxsize=1)
+def default_stages() -> tuple[Stage, ...]:
+    return stages_of(build_definitions(None, []))
+
+
+def stages_of(defs: dg.Definitions) -> tuple[Stage, ...]:
+    assets = list(defs.assets or [])
+    partitions = next(a.partitions_def for a in assets if a.partitions_def is not None and "real_images" in {k.to_user_string() for k in a.keys})
+    return derive_stages(assets, partitions)
 
 
 class PipelineError(RuntimeError):
@@ -163,38 +160,36 @@ def run_pipeline(
     if freed:
         echo(f"      marked {len(freed)} run(s) whose process is gone as failed and freed their pool slots: {', '.join(r[:8] for r in freed)}")
 
-    def materialize(stage: Stage, selection: list[str], partition: str | None) -> dg.ExecuteInProcessResult:
+    def materialize(stage: Stage, selection: list[str], partitions: list[str] | None) -> dg.ExecuteInProcessResult:
         tags = {"synthaug/profile": profile.name, "synthaug/stage": stage.name, **process_tags(), **fingerprint_tags(profile, selection)}
+        if partitions and len(partitions) > 1:
+            tags.update({ASSET_PARTITION_RANGE_START_TAG: partitions[0], ASSET_PARTITION_RANGE_END_TAG: partitions[-1]})
+        job = defs.resolve_job_def(stage.job_name)
         with BlockedStepReporter(instance, echo):
-            result = dg.materialize(
-                assets,
-                selection=selection,
-                partition_key=partition,
-                instance=instance,
-                resources=resources,
+            result = job.execute_in_process(
                 run_config=quiet,
+                instance=instance,
+                partition_key=partitions[0] if partitions and len(partitions) == 1 else None,
+                asset_selection=[dg.AssetKey(a) for a in selection],
                 raise_on_error=False,
                 tags=tags,
             )
         outcome.run_ids.append(result.run_id)
         if not result.success and not _only_blocking_checks_failed(result):
-            where = f" (class {partition})" if partition else ""
+            where = f" (class {partitions[0]})" if partitions and len(partitions) == 1 else (f" (classes {partitions[0]}..{partitions[-1]})" if partitions else "")
             raise PipelineError(f"stage '{stage.name}'{where} failed: {_failure_message(result)}")
-        for check in result.get_asset_check_evaluations():
-            if not check.passed:
-                outcome.failed_checks.append(f"{check.asset_key.to_user_string()}[{partition}] {check.check_name}")
         return result
 
     set_progress_listener(lambda message: echo(f"      {_clock()} {message}"))
     try:
-        _run_stages(classes, _StageRunner(materialize, planner, echo), outcome, echo)
+        _run_stages(classes, stages_of(defs), _StageRunner(materialize, planner, echo), outcome, echo)
     finally:
         set_progress_listener(None)
     return outcome
 
 
 class _StageRunner:
-    """Materializes what a stage needs for one partition (or none): reused assets are skipped, the rest run together."""
+    """Materializes what a stage needs: reused assets are skipped, the rest run together (per-class stages in batches)."""
 
     def __init__(self, materialize, planner: ReusePlanner | None, echo: Callable[[str], None]):
         self.materialize, self.planner, self.echo = materialize, planner, echo
@@ -202,26 +197,62 @@ class _StageRunner:
     def will_redo(self, asset: str, partition: str | None = None) -> bool:
         return self.planner is None or self.planner.reusable_run(asset, partition) is None
 
-    def run(self, stage: Stage, partition: str | None, assets: tuple[str, ...] | None = None) -> dict[str, object]:
-        """Returns ``{asset: value}`` for the stage's assets that later stages read (evaluation, report, shards)."""
-        assets = assets or stage.assets
+    def _reused(self, assets: tuple[str, ...], partition: str | None) -> dict[str, str]:
         reused: dict[str, str] = {}
         for asset in assets:
             run_id = self.planner.reusable_run(asset, partition) if self.planner else None
             if run_id is None:
                 break  # this asset and everything after it in the stage is redone
             reused[asset] = run_id
+        return reused
+
+    def run(self, stage: Stage, partition: str | None, assets: tuple[str, ...] | None = None) -> dict[str, object]:
+        """Returns ``{asset: value}`` for the stage's assets that later stages read (evaluation, report)."""
+        assets = assets or stage.assets
+        reused = self._reused(assets, partition)
         todo = [asset for asset in assets if asset not in reused]
         if reused:
-            self.echo(f"      reused{f' for class {partition}' if partition else ''}: {reused_summary(reused)} (same settings and code)")
+            self.echo(f"      reused: {reused_summary(reused)} (same settings and code)")
         values: dict[str, object] = {asset: self.planner.load(asset, partition) for asset in reused if asset in OUTPUTS_READ}
         if todo:
-            result = self.materialize(stage, todo, partition)
+            result = self.materialize(stage, todo, [partition] if partition else None)
             for asset in todo:
                 if self.planner:
                     self.planner.mark_redone(asset, partition)
                 if asset in OUTPUTS_READ:
                     values[asset] = result.output_for_node(asset)
+        return values
+
+    def run_classes(self, stage: Stage, classes: list[str], batch: int) -> Iterator[tuple[list[str], dict[str, dict[str, object]]]]:
+        """Run a per-class stage over ``classes`` in runs of up to ``batch`` consecutive classes that need the same
+        assets redone; yields each run's classes and ``{asset: {class: value}}`` of the values later stages read."""
+        plans = [(c, tuple(a for a in stage.assets if a not in self._reused(stage.assets, c))) for c in classes]
+        group: list[str] = []
+        for index, (class_id, todo) in enumerate(plans):
+            group.append(class_id)
+            last = index == len(plans) - 1
+            if last or len(group) == batch or plans[index + 1][1] != todo:
+                yield group, self._run_group(stage, group, todo)
+                group = []
+
+    def _run_group(self, stage: Stage, group: list[str], todo: tuple[str, ...]) -> dict[str, dict[str, object]]:
+        values: dict[str, dict[str, object]] = {}
+        reused_assets = [a for a in stage.assets if a not in todo]
+        if reused_assets:
+            runs = {a: self.planner.reusable_run(a, group[0]) for a in reused_assets}
+            who = f"class {group[0]}" if len(group) == 1 else f"{len(group)} classes"
+            self.echo(f"      reused for {who}: {reused_summary(runs)} (same settings and code)")
+            for asset in reused_assets:
+                if asset in OUTPUTS_READ:
+                    values[asset] = {c: self.planner.load(asset, c) for c in group}
+        if todo:
+            result = self.materialize(stage, list(todo), group)
+            for asset in todo:
+                if self.planner:
+                    for c in group:
+                        self.planner.mark_redone(asset, c)
+                if asset in OUTPUTS_READ:
+                    values[asset] = dict(result.output_for_node(asset))
         return values
 
 
@@ -236,11 +267,11 @@ def with_classes(profile_name: str | None, overrides: list[str], classes: list[s
     return [*overrides, f"data.classes={json.dumps(selected)}"]
 
 
-def _run_stages(classes, runner: _StageRunner, outcome: PipelineResult, echo: Callable[[str], None]) -> None:
+def _run_stages(classes, stages, runner: _StageRunner, outcome: PipelineResult, echo: Callable[[str], None]) -> None:
     profile = outcome.profile
-    for number, stage in enumerate(STAGES, start=1):
+    for number, stage in enumerate(stages, start=1):
         echo(
-            f"[{number}/{len(STAGES)}] {_clock()} {stage.name}: {stage.description}"
+            f"[{number}/{len(stages)}] {_clock()} {stage.name}: {stage.description}"
             + (f" ({len(classes)} classes)" if stage.per_class else "")
         )
         if stage.name == "models":
@@ -260,12 +291,14 @@ def _run_stages(classes, runner: _StageRunner, outcome: PipelineResult, echo: Ca
                     + ". Loosen filter.min_confidence / filter.min_accepted_per_class or improve the generator."
                 )
         if stage.per_class:
-            for class_id in classes:
-                class_started = time.perf_counter()
-                values = runner.run(stage, class_id)
-                if "synthetic_shards" in values:
-                    _check_supply(profile, outcome.catalog, values["synthetic_shards"], echo)
-                echo(f"      class {class_id}: {time.perf_counter() - class_started:.1f}s")
+            batch_started = time.perf_counter()
+            for group, values in runner.run_classes(stage, classes, profile.execution.classes_per_run):
+                for shard in (values.get("synthetic_shards") or {}).values():
+                    _record_failed_checks(shard, outcome)
+                    _check_supply(profile, outcome.catalog, shard, echo)
+                who = f"class {group[0]}" if len(group) == 1 else f"classes {group[0]}..{group[-1]} ({len(group)})"
+                echo(f"      {who}: {time.perf_counter() - batch_started:.1f}s")
+                batch_started = time.perf_counter()
         else:
             values = {}
             for asset in stage.assets:  # one run per asset: a failure stops the pipeline at once
@@ -302,24 +335,30 @@ def _check_catalog(profile: Profile, catalog: dict) -> None:
     check_before_training(profile, catalog["class_ids"], [c["train"] for c in catalog["classes"]])
 
 
-def _check_supply(profile: Profile, catalog: dict, shard: dict, echo: Callable[[str], None]) -> None:
+def _record_failed_checks(shard: ShardRef, outcome: PipelineResult) -> None:
+    for name, passed in shard.checks.items():
+        if not passed:
+            outcome.failed_checks.append(f"synthetic_shards[{shard.class_id}] {name}")
+
+
+def _check_supply(profile: Profile, catalog: dict, shard: ShardRef, echo: Callable[[str], None]) -> None:
     """Stop as soon as a class has fewer accepted images than ``augmented.synthetic_ratio`` needs, not at training."""
     ratio = profile.augmented.synthetic_ratio
-    if ratio == 0 or len(catalog["class_ids"]) < 2 or not all((shard.get("checks") or {}).values()):
+    if ratio == 0 or len(catalog["class_ids"]) < 2 or not shard.passed:
         return  # nothing to supply, or a failed blocking check already refuses the class (listed before training)
-    train = next(c["train"] for c in catalog["classes"] if c["class_id"] == shard["class_id"])
-    accepted = shard["num_accepted"]
+    train = next(c["train"] for c in catalog["classes"] if c["class_id"] == shard.class_id)
+    accepted = shard.num_accepted
     reached = reached_ratios([train], [accepted], ratio)  # the ceil(ratio x real) rule, in one place
     if reached is not None:
         needed, fits = int(synthetic_images_needed([train], ratio)[0]), float(reached[0])
         if profile.augmented.shortfall == "use_available":
             echo(
-                f"      warning: class {shard['class_id']!r}: {accepted} accepted of the {needed} that ratio {ratio:g} needs; "
+                f"      warning: class {shard.class_id!r}: {accepted} accepted of the {needed} that ratio {ratio:g} needs; "
                 f"it trains at ratio {fits:.3g} (augmented.shortfall=use_available)"
             )
             return
         raise PipelineError(
-            f"class {shard['class_id']!r}: the filter accepted {accepted} of {shard['num_rows']} synthetic images but "
+            f"class {shard.class_id!r}: the filter accepted {accepted} of {shard.num_rows} synthetic images but "
             f"augmented.synthetic_ratio={ratio:g} needs {needed} ({ratio:g} x {train} real). Re-run the same command with a "
             f"looser filter (e.g. --set filter.min_confidence=...) or a ratio up to {math.floor(fits * 1000) / 1000:g} "
             "(--set augmented.synthetic_ratio=...): the models, images and scores of this run are reused, only shards and "

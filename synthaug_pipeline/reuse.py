@@ -21,8 +21,11 @@ import dagster as dg
 from dagster._core.execution.stats import StepEventStatus
 
 import synthaug_pipeline
+from synthaug_pipeline.defs.io_managers import asset_folder
 from synthaug_pipeline.defs.resources import latest_materialization
 from synthaug_pipeline.lib.config import Profile
+from synthaug_pipeline.lib.records import value_exists
+from synthaug_pipeline.lib.storage import output_filesystem
 
 FINGERPRINT_TAG = "synthaug/fingerprint."  # + asset name: one tag per asset the run materializes
 
@@ -138,12 +141,13 @@ class ReusePlanner:
         return self._step_status[run_id].get(asset) == StepEventStatus.SUCCESS
 
     def _stored(self, asset: str, partition: str | None) -> bool:
-        path = Path(self.instance.storage_directory()) / asset
-        return (path / partition).is_file() if partition is not None else path.is_file()
+        fs, base = output_filesystem(self.profile)
+        return value_exists(fs, asset_folder(base, asset, partition))
 
     def load(self, asset: str, partition: str | None = None):
         """The stored value of a reused asset, read through the definitions' IO manager."""
-        return self.defs.load_asset_value(dg.AssetKey(asset), instance=self.instance, partition_key=partition)
+        value = self.defs.load_asset_value(dg.AssetKey(asset), instance=self.instance, partition_key=partition)
+        return value[partition] if partition is not None else value
 
 
 def reused_summary(reused: dict[str, str]) -> str:

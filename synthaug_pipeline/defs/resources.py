@@ -11,6 +11,7 @@ from pydantic import Field
 
 from synthaug_pipeline.lib.config import DEFAULT_PROFILE, Profile, load_profile
 from synthaug_pipeline.lib.datasets import Dataset, load_dataset
+from synthaug_pipeline.lib.model_store import PROCESS_STORE, ModelRef, ModelStore
 from synthaug_pipeline.lib.progress import Eta
 from synthaug_pipeline.lib.redaction import redact_url
 from synthaug_pipeline.lib.storage import configure_output_storage
@@ -50,26 +51,45 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@functools.lru_cache(maxsize=2)
-def cached_generator(url: str, version: str):
-    """Load a generator once per process; ``version`` keys the cache so a retrained model is reloaded."""
-    from synthaug_pipeline.lib.diffusion import load_generator
+class ModelsResource(dg.ConfigurableResource):
+    """Every model a step uses, loaded once per process (see :mod:`synthaug_pipeline.lib.model_store`).
 
-    generator = load_generator(url)
-    if version and generator.version != version:
-        raise ValueError(f"generator at {url} has version {generator.version}, expected {version}: it was overwritten")
-    return generator
+    With the in-process executor (the default) a run is one process, so a batched backfill of N classes
+    loads the generator, judge, CLIP model and language model once each.
+    """
 
+    def store(self) -> ModelStore:
+        return PROCESS_STORE
 
-@functools.lru_cache(maxsize=4)
-def cached_classifier(url: str, version: str):
-    """Load a classifier (judge or trained model) once per process."""
-    from synthaug_pipeline.lib.classifier import load_classifier
+    def generator(self, ref: ModelRef):
+        """The DDPM a ``generator`` asset trained (``ref``)."""
+        from synthaug_pipeline.lib.diffusion import load_generator
 
-    classifier = load_classifier(url)
-    if version and classifier.version != version:
-        raise ValueError(f"classifier at {url} has version {classifier.version}, expected {version}: it was overwritten")
-    return classifier
+        return PROCESS_STORE.versioned("generator", ref.url, ref.version, load_generator)
+
+    def classifier(self, ref: ModelRef):
+        """A judge or classifier an asset trained (``ref``)."""
+        from synthaug_pipeline.lib.classifier import load_classifier
+
+        return PROCESS_STORE.versioned(ref.role, ref.url, ref.version, load_classifier)
+
+    def pretrained(self, kind: str, model: str | None, dtype: str, device: str, compile: bool):
+        """A pretrained diffusers pipeline (``generator.model``)."""
+        from synthaug_pipeline.lib.pretrained import load_pretrained
+
+        key = (kind, model, dtype, device, bool(compile))
+        return PROCESS_STORE.get("pretrained_generator", key, lambda: load_pretrained(kind, model, dtype, device, compile))
+
+    def clip(self, model: str, pretrained: str | None, batch_size: int, device: str):
+        from synthaug_pipeline.lib.clip_score import load_clip_scorer
+
+        key = (model, pretrained, batch_size, device)
+        return PROCESS_STORE.get("clip", key, lambda: load_clip_scorer(model, pretrained, batch_size, device))
+
+    def text_generator(self, model: str, seed: int):
+        from synthaug_pipeline.lib.prompts import load_text_generator
+
+        return PROCESS_STORE.get("llm", (model, seed), lambda: load_text_generator(model, seed=seed, device=default_device()))
 
 
 def latest_materialization(instance: dg.DagsterInstance, asset: str, partition: str | None = None):
@@ -78,6 +98,11 @@ def latest_materialization(instance: dg.DagsterInstance, asset: str, partition: 
     records_filter = key if partition is None else dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition])
     records = instance.fetch_materializations(records_filter, limit=1).records
     return records[0] if records else None
+
+
+def add_partition_metadata(context: dg.AssetExecutionContext, partition: str, metadata: dict) -> None:
+    """Metadata of one class partition's materialization (a batched step materializes several)."""
+    context.add_asset_metadata(metadata, partition_key=partition)
 
 
 def model_url(output_url: str, name: str, run_id: str) -> str:

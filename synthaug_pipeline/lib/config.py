@@ -314,6 +314,17 @@ class OutputConfig(_Section):
         return self
 
 
+class ExecutionConfig(_Section):
+    classes_per_run: int = Field(
+        20,
+        ge=1,
+        le=1000,
+        description="Class partitions one run materializes: backfills from the UI run in batches of this many classes "
+        "(BackfillPolicy.multi_run) and `synthaug run` does the same, so models load once per batch; each class is "
+        "still its own materialization. 1 gives one run per class (a failure stops only its class).",
+    )
+
+
 class Profile(_Section):
     name: str
     description: str = ""
@@ -328,6 +339,7 @@ class Profile(_Section):
     experiments: ExperimentsConfig = Field(default_factory=ExperimentsConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     regeneration: RegenerationConfig = Field(default_factory=RegenerationConfig)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @model_validator(mode="after")

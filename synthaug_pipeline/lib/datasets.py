@@ -12,6 +12,7 @@ import gzip
 import struct
 import unicodedata
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from synthaug_pipeline.lib.config import DataConfig, ProfileError
+from synthaug_pipeline.lib.records import record
 from synthaug_pipeline.lib.redaction import redact_url
 
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -67,6 +69,27 @@ class Dataset:
         for reasons in self.skipped.values():
             totals.update(reasons)
         return dict(sorted(totals.items()))
+
+
+@record("real_class")
+@dataclass
+class RealClass:
+    """One class's real images as ``real_images`` hands them on (uint8 ``[N, H, W, C]`` train and test)."""
+
+    class_id: str
+    class_index: int
+    class_name: str
+    train: np.ndarray
+    test: np.ndarray
+    train_ids: list[str] | None = None  # stable names of the training images, when the source has them
+
+
+def stack_classes(classes: Mapping[str, RealClass] | Sequence[RealClass], split: str) -> tuple[np.ndarray, np.ndarray]:
+    """All given classes' images of one split with their class indices, in class order."""
+    parts = sorted(classes.values() if isinstance(classes, Mapping) else classes, key=lambda part: part.class_index)
+    images = np.concatenate([getattr(part, split) for part in parts])
+    labels = np.concatenate([np.full(len(getattr(part, split)), part.class_index, dtype=np.int64) for part in parts])
+    return images, labels
 
 
 # --- class lists (cheap, no pixels) -------------------------------------------------------

@@ -38,6 +38,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from .config import GeneratorConfig
+from .records import record
 from .images import from_model_tensor, to_model_tensor
 from .progress import Eta
 
@@ -50,6 +51,29 @@ GRAD_CLIP = 1.0
 
 SAMPLING_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 ARCHITECTURE_KEYS = ("block_out_channels", "layers_per_block", "norm_num_groups")  # GeneratorConfig fields the UNet shape follows
+
+
+@record("synthetic_class")
+@dataclass
+class SyntheticClass:
+    """One class's generated images as ``synthetic_images`` hands them on, with each image's provenance
+    (seed; prompt and conditioning image when the backend used them)."""
+
+    class_id: str
+    class_index: int
+    images: np.ndarray  # uint8 [N, H, W, C]
+    seeds: list[int]
+    backend: str
+    generator_id: str
+    generator_version: str
+    sampler: str
+    steps: int
+    guidance_scale: float
+    regeneration_round: int = 0
+    prompts: list[str] | None = None
+    negative_prompts: list[str | None] | None = None
+    conditioning_image_ids: list[str] | None = None
+    seconds: float = 0.0
 
 
 @dataclass

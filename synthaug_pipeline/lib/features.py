@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import hashlib
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from torch import nn
 
 from synthaug_pipeline.lib.classifier import predict
 from synthaug_pipeline.lib.config import ScoringConfig
+from synthaug_pipeline.lib.records import record
 
 EXTRACTORS = ("judge", "efficientnet_lite0", "inception")
 LITE0_TIMM_NAME = "tf_efficientnet_lite0"
@@ -53,6 +55,21 @@ def _check_images(images: Any) -> np.ndarray:
         shape = getattr(images, "shape", None)
         raise ValueError(f"expected uint8 images shaped [N, H, W, C] with C 1 or 3, got {getattr(images, 'dtype', type(images))} {shape}")
     return images
+
+
+@record("real_features")
+@dataclass
+class RealFeatures:
+    """Features of one class's real train and test images as ``real_features`` hands them on; ``extractor``
+    names where they come from (every number computed from them carries it). ``error``: why there are none."""
+
+    class_id: str
+    class_index: int
+    class_name: str
+    extractor: str
+    train: np.ndarray | None = None
+    test: np.ndarray | None = None
+    error: str | None = None
 
 
 class FeatureExtractor(ABC):

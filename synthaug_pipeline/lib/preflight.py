@@ -20,6 +20,7 @@ from synthaug_pipeline.lib.config import Profile, ProfileError
 from synthaug_pipeline.lib.evaluation import check_shift_folders
 from synthaug_pipeline.lib.experiments import experiment_grid, format_ratio
 from synthaug_pipeline.lib.regimes import long_tail_counts
+from synthaug_pipeline.lib.shards import ShardRef
 
 
 def check_before_training(profile: Profile, class_ids: Sequence[str], train_counts: Sequence[int]) -> None:
@@ -120,20 +121,18 @@ def _grid_point_problem(
     )
 
 
-def check_shards_passed(shards: Sequence[Mapping[str, Any]], consumer: str) -> None:
+def check_shards_passed(shards: Sequence[ShardRef], consumer: str) -> None:
     """Raise ValueError when a ``synthetic_shards`` output that ``consumer`` would train on failed a blocking check.
 
-    Each shard's ``"checks"`` ({check name: passed}) comes from the scoring run; a shard without the key
-    (written before checks were recorded) counts as unknown and is allowed. A shard whose ``"error"`` is set
+    Each shard's ``checks`` ({check name: passed}) comes from the scoring run. A shard whose ``error`` is set
     (scoring failed) is refused as well. The message lists every refused class with its failed checks.
     """
     refused = []
     for shard in shards:
-        failed = sorted(name for name, passed in (shard.get("checks") or {}).items() if passed is False)
-        error = shard.get("error")
-        if failed or error:
+        failed = sorted(name for name, passed in shard.checks.items() if passed is False)
+        if failed or shard.error:
             why = ", ".join(failed) if failed else "no failed check recorded"
-            refused.append(f"class {shard.get('class_id')!r} (failed: {why}{f'; error: {error}' if error else ''})")
+            refused.append(f"class {shard.class_id!r} (failed: {why}{f'; error: {shard.error}' if shard.error else ''})")
     if refused:
         raise ValueError(
             f"{consumer} refuses {len(refused)} synthetic shard(s) whose blocking checks failed: {'; '.join(refused)}. "

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from synthaug_pipeline.lib.config import FilterConfig
+from synthaug_pipeline.lib.records import record
 from synthaug_pipeline.lib.filtering import FilterPolicy, policy_json_version, shard_decisions
 
 # Rows per block when computing pairwise distances, so memory stays at
@@ -384,6 +385,7 @@ def manifold_metrics(real_features: np.ndarray, fake_features: np.ndarray, k: in
 # --------------------------------------------------------------------------- #
 
 
+@record("class_scores")
 @dataclass
 class ClassScores:
     """Scores of one class's synthetic images.
@@ -428,6 +430,23 @@ class ClassScores:
     clip_score: np.ndarray | None = None
     nearest_real_index: np.ndarray | None = None
     nearest_test_index: np.ndarray | None = None
+
+
+@record("scored_class")
+@dataclass
+class ScoredClass:
+    """One class's scores as ``synthetic_scores`` hands them on. A class that could not be scored has
+    ``scores=None`` and the reason in ``error``; ``summary`` holds the class-level numbers either way."""
+
+    class_id: str
+    class_index: int
+    scores: ClassScores | None
+    summary: dict[str, Any]
+    error: str | None = None
+
+    @property
+    def duplicate_threshold(self) -> float | None:
+        return self.summary.get("duplicate_threshold")
 
 
 def _check_probs(probs: Any) -> np.ndarray:

@@ -54,6 +54,9 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from synthaug_pipeline.lib.faults import failpoint
+from synthaug_pipeline.lib.records import record
+from synthaug_pipeline.lib.redaction import redact_url
+from synthaug_pipeline.lib.storage import TEMP_PREFIX, put_atomic
 
 SHARD_CONTRACT = "synthaug-shard/2"
 CONTRACT_METADATA_KEY = b"synthaug_shard_contract"
@@ -96,7 +99,7 @@ REQUIRED_COLUMNS: tuple[str, ...] = tuple(f.name for f in SHARD_SCHEMA if not f.
 
 _SHARD_PREFIX = "shard-"
 _SHARD_SUFFIX = ".parquet"
-_TEMP_PREFIX = ".tmp-"
+_TEMP_PREFIX = TEMP_PREFIX
 MANIFEST_NAME = "manifest.json"
 MANIFEST_CONTRACT = "synthaug-shard-manifest/1"
 # A temp file older than this is left by a killed writer; younger ones may be a live writer's.
@@ -308,6 +311,35 @@ class ShardInfo:
     num_bytes: int
 
 
+@record("shard_ref")
+@dataclass(frozen=True)
+class ShardRef:
+    """A class's written shard as ``synthetic_shards`` hands it on: where, which bytes, what it holds, and
+    the outcome of its blocking checks (``checks``: name -> passed), so training refuses a failed shard
+    even when the check ran in an earlier run."""
+
+    class_id: str
+    uri: str
+    sha256: str
+    num_rows: int
+    num_accepted: int
+    filter_version: str
+    filter_policy: str
+    generator_version: str
+    run_id: str
+    checks: dict[str, bool]
+    error: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return all(self.checks.values())
+
+    def lineage(self) -> dict[str, Any]:
+        """What a model's lineage records of this shard."""
+        keys = ("class_id", "uri", "sha256", "num_accepted", "filter_version", "generator_version", "run_id")
+        return {key: getattr(self, key) for key in keys}
+
+
 def _serialize(table: pa.Table) -> bytes:
     """Parquet bytes of ``table``; identical tables give identical bytes."""
     others = [name for name in table.column_names if name != "image"]
@@ -328,52 +360,9 @@ def _serialize(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def _write_local_atomic(folder: str, final_path: str, data: bytes, suffix: str) -> None:
-    """Write ``data`` to a hidden temp file in ``folder`` and rename it into place.
-
-    The rename is atomic on POSIX and Windows (``os.replace``) because both
-    names are in the same folder (same filesystem), so readers see either the
-    old state or the complete new file, never a partial one.
-    """
-    tmp_path = os.path.join(folder, f"{_TEMP_PREFIX}{uuid.uuid4().hex}{suffix}")
-    try:
-        with open(tmp_path, "xb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())  # data on disk before the rename makes it visible
-        failpoint("shard_write")  # a kill here leaves a hidden temp file and the previous manifest
-        os.replace(tmp_path, final_path)
-    except BaseException:
-        try:
-            os.remove(tmp_path)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder: str) -> None:
-    # Makes the rename itself durable on POSIX; not supported on Windows.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _put_atomic(loc: _ClassLocation, name: str, data: bytes, suffix: str) -> None:
     """Make ``<folder>/name`` hold exactly ``data``, all or nothing, for every reader."""
-    path = f"{loc.folder}/{name}"
-    if isinstance(loc.fs, LocalFileSystem):
-        _write_local_atomic(loc.folder, path, data, suffix)
-    else:
-        # One PUT of a whole object is atomic on object stores (and memory://).
-        loc.fs.pipe_file(path, data)
+    put_atomic(loc.fs, f"{loc.folder}/{name}", data, suffix, point="shard_write")
 
 
 def file_age_seconds(fs: fsspec.AbstractFileSystem, path: str, now: _dt.datetime) -> float | None:
@@ -611,3 +600,18 @@ def decode_shard_images(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
             raise ValueError(f"row {i}: decoded image has shape {decoded.shape}, row says {(height, width, channels)}")
         images[i] = decoded
     return images, labels
+
+
+def read_verified_shards(refs: Sequence[ShardRef], accepted_only: bool = True) -> pa.Table:
+    """The rows of ``refs``' shards, after checking each file is the exact bytes its scoring run wrote.
+
+    Raises ``ValueError`` naming the class when a shard's sha256 changed (re-materialize its
+    ``synthetic_shards`` partition) and ``FileNotFoundError`` when one is gone.
+    """
+    for ref in refs:
+        if file_sha256(ref.uri) != ref.sha256:
+            raise ValueError(
+                f"shard {redact_url(ref.uri)} changed since it was written (sha256 mismatch): "
+                f"re-materialize synthetic_shards[{ref.class_id}]"
+            )
+    return read_shards([ref.uri for ref in refs], accepted_only=accepted_only)

@@ -24,6 +24,7 @@ import fsspec.config
 from fsspec.implementations.local import LocalFileSystem
 
 from synthaug_pipeline.lib.config import OutputConfig, Profile
+from synthaug_pipeline.lib.faults import failpoint
 from synthaug_pipeline.lib.redaction import redact_url
 
 S3_PROTOCOL = "s3"  # the key fsspec.config.conf uses for s3:// and s3a://
@@ -127,3 +128,49 @@ def check_output_writable(profile: Profile) -> None:
         fs.rm_file(probe)
     except Exception as exc:  # noqa: BLE001 - every failure becomes one line naming the cause
         raise OutputNotWritableError(_describe_failure(exc, url, profile.output)) from None
+
+
+TEMP_PREFIX = ".tmp-"  # hidden temp files of atomic writes; `synthaug gc` and shard writers sweep stale ones
+
+
+def put_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes, suffix: str = "", point: str | None = None) -> None:
+    """Make ``path`` hold exactly ``data``, all or nothing, for every reader.
+
+    Local: a hidden temp file in the same folder, fsynced, then renamed into place (``os.replace`` is
+    atomic within a filesystem), then the folder fsynced. Object stores (and ``memory://``): one PUT of a
+    whole object is atomic. ``point`` names a failpoint between a local write and its rename (kill tests).
+    """
+    if not isinstance(fs, LocalFileSystem):
+        fs.pipe_file(path, data)
+        return
+    folder = os.path.dirname(path)
+    tmp_path = os.path.join(folder, f"{TEMP_PREFIX}{uuid.uuid4().hex}{suffix}")
+    try:
+        with open(tmp_path, "xb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())  # data on disk before the rename makes it visible
+        if point:
+            failpoint(point)
+        os.replace(tmp_path, path)
+    except BaseException:
+        try:
+            os.remove(tmp_path)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: str) -> None:
+    # Makes the rename itself durable on POSIX; not supported on Windows.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

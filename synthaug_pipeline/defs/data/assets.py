@@ -5,13 +5,15 @@ import time
 import dagster as dg
 import numpy as np
 
-from synthaug_pipeline.defs.resources import SynthaugSettings, log_warning
+from synthaug_pipeline.defs.io_managers import PerPartition
+from synthaug_pipeline.defs.resources import SynthaugSettings, add_partition_metadata, log_warning
+from synthaug_pipeline.lib.datasets import RealClass
 from synthaug_pipeline.lib.images import grid_markdown
 from synthaug_pipeline.lib.config import ProfileError
 from synthaug_pipeline.lib.preflight import check_before_training, check_experiment_grid
 
 
-def build_data_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
+def build_data_assets(partitions: dg.PartitionsDefinition, backfill_policy: dg.BackfillPolicy | None = None) -> list[dg.AssetsDefinition]:
     @dg.asset(group_name="data", kinds={"python"})
     def class_catalog(context: dg.AssetExecutionContext, settings: SynthaugSettings) -> dict:
         """Class ids, names and real-image counts of the active profile's dataset."""
@@ -65,36 +67,27 @@ def build_data_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
         )
         return catalog
 
-    @dg.asset(partitions_def=partitions, group_name="data", kinds={"numpy"})
-    def real_images(context: dg.AssetExecutionContext, settings: SynthaugSettings, class_catalog: dict) -> dict:
-        """The real train and test images of one class."""
-        started = time.perf_counter()
-        class_id = context.partition_key
-        class_index = class_catalog["class_ids"].index(class_id)
+    @dg.asset(partitions_def=partitions, group_name="data", kinds={"numpy"}, backfill_policy=backfill_policy)
+    def real_images(context: dg.AssetExecutionContext, settings: SynthaugSettings, class_catalog: dict) -> PerPartition:
+        """The real train and test images of each class of the step."""
         dataset = settings.dataset()
-        train, test = dataset.train.of_class(class_index), dataset.test.of_class(class_index)
-        context.add_output_metadata(
-            {
-                "train_images": len(train),
-                "test_images": len(test),
-                "preview": dg.MetadataValue.md(grid_markdown(train, f"real {class_id} ({class_catalog['class_names'][class_index]})")),
-                "seconds": round(time.perf_counter() - started, 2),
-            }
-        )
-        return {
-            "class_id": class_id,
-            "class_index": class_index,
-            "class_name": class_catalog["class_names"][class_index],
-            "train": train,
-            "test": test,
-        }
+        values = PerPartition()
+        for class_id in context.partition_keys:
+            started = time.perf_counter()
+            class_index = class_catalog["class_ids"].index(class_id)
+            train, test = dataset.train.of_class(class_index), dataset.test.of_class(class_index)
+            name = class_catalog["class_names"][class_index]
+            values[class_id] = RealClass(class_id=class_id, class_index=class_index, class_name=name, train=train, test=test)
+            add_partition_metadata(
+                context,
+                class_id,
+                {
+                    "train_images": len(train),
+                    "test_images": len(test),
+                    "preview": dg.MetadataValue.md(grid_markdown(train, f"real {class_id} ({name})")),
+                    "seconds": round(time.perf_counter() - started, 2),
+                },
+            )
+        return values
 
     return [class_catalog, real_images]
-
-
-def stack_real(real_images: dict[str, dict], split: str) -> tuple[np.ndarray, np.ndarray]:
-    """All classes' images of one split, with their class indices, in class order."""
-    parts = sorted(real_images.values(), key=lambda part: part["class_index"])
-    images = np.concatenate([part[split] for part in parts])
-    labels = np.concatenate([np.full(len(part[split]), part["class_index"], dtype=np.int64) for part in parts])
-    return images, labels

@@ -1,14 +1,17 @@
 """Evaluation and the report: baseline vs augmented, in-domain and under distribution shift."""
 
 import json
+from dataclasses import asdict
 
 import dagster as dg
 import fsspec
 
-from synthaug_pipeline.defs.data.assets import stack_real
-from synthaug_pipeline.defs.resources import SynthaugSettings, cached_classifier, log_progress
+from synthaug_pipeline.lib.datasets import stack_classes
+from synthaug_pipeline.defs.io_managers import Partitions
+from synthaug_pipeline.defs.resources import ModelsResource, SynthaugSettings, log_progress
 from synthaug_pipeline.lib.evaluation import compare, evaluate_under_shift, load_shift_set
 from synthaug_pipeline.lib.redaction import redact_settings, redact_url, redact_urls
+from synthaug_pipeline.lib.model_store import ModelRef
 from synthaug_pipeline.lib.report import render_report_markdown
 
 
@@ -17,16 +20,17 @@ def build_evaluation_assets() -> list[dg.AssetsDefinition]:
     def evaluation(
         context: dg.AssetExecutionContext,
         settings: SynthaugSettings,
+        models: ModelsResource,
         class_catalog: dict,
-        real_images: dict[str, dict],
-        classifier_baseline: dict,
-        classifier_augmented: dict,
+        real_images: Partitions,
+        classifier_baseline: ModelRef,
+        classifier_augmented: ModelRef,
     ) -> dict:
         """Both classifiers on the test split (top-1, top-5 with more than 10 classes, per class), on corrupted
         copies of it and on the extra shifted test sets; the augmented-minus-baseline deltas of all of them."""
         cfg = settings.load().evaluation
         class_ids = class_catalog["class_ids"]
-        images, labels = stack_real(real_images, "test")
+        images, labels = stack_classes(real_images, "test")
         shift_sets = {
             name: load_shift_set(name, url, class_ids, class_catalog["image_shape"], cfg.shift_folder_labels.get(name, "class_id"))
             for name, url in cfg.shift_folders.items()
@@ -35,11 +39,11 @@ def build_evaluation_assets() -> list[dg.AssetsDefinition]:
         for record in (classifier_baseline, classifier_augmented):
             log_progress(
                 context,
-                f"evaluating {record['name']} on {len(images)} test images, in-domain and under "
+                f"evaluating {record.role} on {len(images)} test images, in-domain and under "
                 f"{len(cfg.corruptions) * len(cfg.severities)} corruptions{f' and {len(shift_sets)} shift sets' if shift_sets else ''}",
             )
-            model = cached_classifier(record["url"], record["version"]).model
-            results[record["name"]] = evaluate_under_shift(
+            model = models.classifier(record).model
+            results[record.role] = evaluate_under_shift(
                 model, images, labels, class_ids, cfg.corruptions, cfg.severities, shift_sets=shift_sets
             )
         base, aug = results["classifier_baseline"], results["classifier_augmented"]
@@ -73,11 +77,11 @@ def build_evaluation_assets() -> list[dg.AssetsDefinition]:
         context: dg.AssetExecutionContext,
         settings: SynthaugSettings,
         class_catalog: dict,
-        judge: dict,
-        synthetic_shards: dict[str, dict],
-        synthetic_scores: dict[str, dict],
-        classifier_baseline: dict,
-        classifier_augmented: dict,
+        judge: ModelRef,
+        synthetic_shards: Partitions,
+        synthetic_scores: Partitions,
+        classifier_baseline: ModelRef,
+        classifier_augmented: ModelRef,
         evaluation: dict,
     ) -> dict:
         """report.json and report.md in the output folder: what was generated, kept, and what it changed."""
@@ -85,10 +89,10 @@ def build_evaluation_assets() -> list[dg.AssetsDefinition]:
         payload = {
             "profile": redact_settings(profile.model_dump(mode="json")),
             "dataset": {k: class_catalog[k] for k in ("dataset", "source", "class_ids", "image_shape")},
-            "judge": judge,
-            "per_class": {c: synthetic_scores[c]["summary"] for c in class_catalog["class_ids"] if c in synthetic_scores},
-            "shards": [synthetic_shards[c] for c in class_catalog["class_ids"] if c in synthetic_shards],
-            "models": {"baseline": classifier_baseline, "augmented": classifier_augmented},
+            "judge": asdict(judge),
+            "per_class": {c: synthetic_scores[c].summary for c in class_catalog["class_ids"] if c in synthetic_scores},
+            "shards": [asdict(synthetic_shards[c]) for c in class_catalog["class_ids"] if c in synthetic_shards],
+            "models": {"baseline": asdict(classifier_baseline), "augmented": asdict(classifier_augmented)},
             "evaluation": evaluation,
             "run_id": context.run_id,
         }

@@ -15,11 +15,12 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 
-from synthaug_pipeline.defs.data.assets import stack_real
+from synthaug_pipeline.defs.io_managers import Partitions
 from synthaug_pipeline.defs.resources import SynthaugSettings, default_device, model_url, training_progress
 from synthaug_pipeline.defs.training.assets import upstream_materializations
 from synthaug_pipeline.lib.classifier import save_classifier, train_classifier, train_classifier_synthetic_only
 from synthaug_pipeline.lib.config import ExperimentsConfig
+from synthaug_pipeline.lib.datasets import stack_classes
 from synthaug_pipeline.lib.evaluation import evaluate_under_shift, load_shift_set
 from synthaug_pipeline.lib.experiments import (
     experiment_keys,
@@ -33,9 +34,8 @@ from synthaug_pipeline.lib.lineage import write_lineage
 from synthaug_pipeline.lib.redaction import redact_url, redact_urls
 from synthaug_pipeline.lib.plots import line_chart_markdown
 from synthaug_pipeline.lib.preflight import check_experiment_grid, check_shards_passed
-from synthaug_pipeline.lib.shards import decode_shard_images, file_sha256, read_shards
+from synthaug_pipeline.lib.shards import ShardRef, decode_shard_images, read_shards, read_verified_shards
 
-SHARD_LINEAGE_FIELDS = ("class_id", "uri", "sha256", "num_accepted", "filter_version", "generator_version", "run_id")
 RESULT_FILE = "result.json"
 
 
@@ -43,14 +43,9 @@ def experiment_partitions(experiments: ExperimentsConfig) -> dg.StaticPartitions
     return dg.StaticPartitionsDefinition(experiment_keys(experiments))
 
 
-def accepted_synthetic_rows(shards: list[dict]) -> pa.Table:
+def accepted_synthetic_rows(shards: list[ShardRef]) -> pa.Table:
     """The accepted rows of ``shards`` (``synthetic_shards`` outputs), after checking each file is the one scoring wrote."""
-    for shard in shards:
-        if file_sha256(shard["uri"]) != shard["sha256"]:
-            raise ValueError(
-                f"shard {shard['uri']} changed since it was written (sha256 mismatch): re-materialize synthetic_shards[{shard['class_id']}]"
-            )
-    return read_shards([s["uri"] for s in shards], accepted_only=True)
+    return read_verified_shards(shards)
 
 
 def build_experiment_assets(experiments: ExperimentsConfig) -> list[dg.AssetsDefinition]:
@@ -68,8 +63,8 @@ def build_experiment_assets(experiments: ExperimentsConfig) -> list[dg.AssetsDef
         context: dg.AssetExecutionContext,
         settings: SynthaugSettings,
         class_catalog: dict,
-        real_images: dict[str, dict],
-        synthetic_shards: dict[str, dict],
+        real_images: Partitions,
+        synthetic_shards: Partitions,
     ) -> dict:
         """One experiment of the grid: train on its real subset + synthetic share, evaluate, save with lineage."""
         profile = settings.load()
@@ -78,8 +73,8 @@ def build_experiment_assets(experiments: ExperimentsConfig) -> list[dg.AssetsDef
         shards = [synthetic_shards[c] for c in class_ids if c in synthetic_shards]
         if spec.uses_synthetic:
             check_shards_passed(shards, f"experiment {spec.key}")
-        check_experiment_grid(profile, class_ids, [len(real_images[c]["train"]) for c in class_ids])  # before any training
-        images, labels = stack_real(real_images, "train")
+        check_experiment_grid(profile, class_ids, [len(real_images[c].train) for c in class_ids])  # before any training
+        images, labels = stack_classes(real_images, "train")
         shift_sets = {  # read (and class-checked) before training, like everything else this run needs
             name: load_shift_set(
                 name, url, class_ids, class_catalog["image_shape"], profile.evaluation.shift_folder_labels.get(name, "class_id")
@@ -108,7 +103,7 @@ def build_experiment_assets(experiments: ExperimentsConfig) -> list[dg.AssetsDef
                 device=default_device(),
                 aux_bn=spec.aux_bn,
             )
-        test_images, test_labels = stack_real(real_images, "test")
+        test_images, test_labels = stack_classes(real_images, "test")
         evaluation = evaluate_under_shift(
             trained.model.to(default_device()),
             test_images,
@@ -122,7 +117,7 @@ def build_experiment_assets(experiments: ExperimentsConfig) -> list[dg.AssetsDef
         name = f"experiment-{spec.key}"
         url = model_url(profile.output_url, name, context.run_id)
         version = save_classifier(trained, url)
-        fingerprint = setup_fingerprint(spec, profile, [s["sha256"] for s in shards])
+        fingerprint = setup_fingerprint(spec, profile, [s.sha256 for s in shards])
         used = shards if spec.uses_synthetic else []
         lineage = {
             "name": name,
@@ -137,9 +132,9 @@ def build_experiment_assets(experiments: ExperimentsConfig) -> list[dg.AssetsDef
                 "per_class": plan.real_per_class,
             },
             "synthetic_ratio": spec.ratio,
-            "shards": [{**{k: s[k] for k in SHARD_LINEAGE_FIELDS}, "images_used": plan.synthetic_per_class[s["class_id"]]} for s in used],
-            "filter_versions": sorted({s["filter_version"] for s in used}),
-            "generator_versions": sorted({s["generator_version"] for s in used}),
+            "shards": [{**s.lineage(), "images_used": plan.synthetic_per_class[s.class_id]} for s in used],
+            "filter_versions": sorted({s.filter_version for s in used}),
+            "generator_versions": sorted({s.generator_version for s in used}),
             "aux_bn": spec.aux_bn,
             "upstream": upstream_materializations(context, class_ids, ("real_images", "synthetic_shards") if used else ("real_images",)),
             "setup_fingerprint": fingerprint,
@@ -200,8 +195,8 @@ def build_experiment_assets(experiments: ExperimentsConfig) -> list[dg.AssetsDef
     def experiment_summary(
         context: dg.AssetExecutionContext,
         settings: SynthaugSettings,
-        synthetic_shards: dict[str, dict],
-        experiment_run: dict[str, dict],
+        synthetic_shards: Partitions,
+        experiment_run: Partitions,
     ) -> dict:
         """Mean ± std over seeds per experiment group, from whichever experiment_run partitions exist.
 
@@ -211,7 +206,7 @@ def build_experiment_assets(experiments: ExperimentsConfig) -> list[dg.AssetsDef
         """
         profile = settings.load()
         keys = partitions.get_partition_keys()
-        shard_hashes = [s["sha256"] for s in synthetic_shards.values()]
+        shard_hashes = [s.sha256 for s in synthetic_shards.values()]
         fingerprints = {key: setup_fingerprint(parse_experiment_key(key), profile, shard_hashes) for key in keys}
         summary = summarize_experiments(experiment_run, keys, fingerprints)
         markdown = redact_url(render_experiments_markdown(summary))

@@ -11,11 +11,20 @@ import dagster as dg
 import numpy as np
 from pydantic import Field
 
-from synthaug_pipeline.defs.data.assets import stack_real
-from synthaug_pipeline.defs.resources import SynthaugSettings, cached_generator, log_progress, log_warning, model_url
+from synthaug_pipeline.defs.io_managers import PerPartition, Partitions
+from synthaug_pipeline.defs.resources import (
+    ModelsResource,
+    SynthaugSettings,
+    add_partition_metadata,
+    log_progress,
+    log_warning,
+    model_url,
+)
 from synthaug_pipeline.lib.conditioning import conditioning_images, pixel_ids
 from synthaug_pipeline.lib.config import GeneratorConfig, Profile
+from synthaug_pipeline.lib.datasets import RealClass, stack_classes
 from synthaug_pipeline.lib.diffusion import (
+    SyntheticClass,
     image_seed,
     load_generator,
     resolve_device,
@@ -32,12 +41,12 @@ from synthaug_pipeline.lib.pretrained import (
     dit_class_indices,
     dit_num_labels,
     generate_images,
-    load_pretrained,
     make_pretrained_scheduler,
     per_image,
     pipeline_kind,
     validate_settings,
 )
+from synthaug_pipeline.lib.model_store import ModelRef
 from synthaug_pipeline.lib.redaction import redact_url, redact_urls
 
 
@@ -56,12 +65,14 @@ def load_init_generator(cfg: GeneratorConfig, class_ids: list[str]):
     return previous
 
 
-def train_ddpm_generator(context: dg.AssetExecutionContext, profile: Profile, class_ids: list[str], real_images: dict[str, dict]) -> dict:
+def train_ddpm_generator(
+    context: dg.AssetExecutionContext, profile: Profile, class_ids: list[str], real_images: Partitions
+) -> ModelRef:
     """Train (or, with ``generator.init_from``, fine-tune) the class-conditional DDPM on every class's real
     training images and save it under the run's id."""
     cfg = profile.generator
     init_from = load_init_generator(cfg, class_ids) if cfg.init_from else None  # fail before reading images
-    images, labels = stack_real(real_images, "train")
+    images, labels = stack_classes(real_images, "train")
 
     eta = Eta(cfg.train_steps)
 
@@ -92,13 +103,22 @@ def train_ddpm_generator(context: dg.AssetExecutionContext, profile: Profile, cl
             "loss_curve": dg.MetadataValue.md(line_chart_markdown(trained.losses, "training loss")),
         }
     )
-    return {"url": url, "version": version, "backend": "ddpm", "num_parameters": trained.num_parameters, **lineage}
+    return ModelRef(
+        role="generator",
+        url=url,
+        version=version,
+        model="ddpm",
+        num_parameters=trained.num_parameters,
+        details={"backend": "ddpm", "kind": "ddpm", **lineage},
+    )
 
 
-def load_pretrained_generator(context: dg.AssetExecutionContext, cfg: GeneratorConfig, class_ids: list[str]) -> dict:
+def load_pretrained_generator(
+    context: dg.AssetExecutionContext, models: ModelsResource, cfg: GeneratorConfig, class_ids: list[str]
+) -> ModelRef:
     """Load ``generator.model`` and check, before any class is sampled, that the settings and every class work."""
     kind = pipeline_kind(cfg)
-    loaded = load_pretrained(kind, cfg.model, cfg.dtype, cfg.device, cfg.compile)
+    loaded = models.pretrained(kind, cfg.model, cfg.dtype, cfg.device, cfg.compile)
     validate_settings(loaded, SamplingSettings.from_config(cfg))
     class_indices = dit_class_indices(class_ids, dit_num_labels(loaded), cfg.class_index_map) if kind == "dit" else None
     scheduler = make_pretrained_scheduler(cfg.sampler, loaded.scheduler_config)
@@ -112,34 +132,34 @@ def load_pretrained_generator(context: dg.AssetExecutionContext, cfg: GeneratorC
             **({"class_indices": dg.MetadataValue.json(class_indices)} if class_indices else {}),
         }
     )
-    return {
-        "url": cfg.model,
-        "version": loaded.version,
-        "backend": cfg.backend,
-        "kind": kind,
-        "dtype": cfg.dtype,
-        "num_parameters": loaded.num_parameters,
-        "class_indices": class_indices,
-    }
+    return ModelRef(
+        role="generator",
+        url=str(cfg.model),
+        version=loaded.version,
+        model=cfg.backend,
+        num_parameters=loaded.num_parameters,
+        details={"backend": cfg.backend, "kind": kind, "dtype": cfg.dtype, "class_indices": class_indices},
+    )
 
 
 def sample_pretrained(
     context: dg.AssetExecutionContext,
+    models: ModelsResource,
     cfg: GeneratorConfig,
-    generator: dict,
+    generator: ModelRef,
     class_id: str,
     seeds: list[int],
     image_shape: list[int],
     class_prompts: dict,
-    real_images: dict,
+    real: RealClass,
 ) -> dict:
     """One class from a pretrained pipeline, with each image's prompt and conditioning image id for the shard."""
-    kind = generator["kind"]
-    loaded = load_pretrained(kind, generator["url"], generator["dtype"], cfg.device, cfg.compile)
-    if loaded.version != generator["version"]:
+    kind = generator.get("kind")
+    loaded = models.pretrained(kind, generator.url, generator.get("dtype"), cfg.device, cfg.compile)
+    if loaded.version != generator.version:
         raise ValueError(
-            f"generator.model {generator['url']!r} changed since the generator asset loaded it "
-            f"(version {generator['version']} -> {loaded.version}): re-materialize generator"
+            f"generator.model {generator.url!r} changed since the generator asset loaded it "
+            f"(version {generator.version} -> {loaded.version}): re-materialize generator"
         )
     n = len(seeds)
     prompts = per_image([p["text"] for p in class_prompts["prompts"]], n) if kind in ("text2img", "img2img") else None
@@ -147,11 +167,11 @@ def sample_pretrained(
     if kind in ("img2img", "image_variation"):
         # Provenance names the real image stably: the data asset's ids when it has them, else a pixel hash
         # (a position in the class array shifts when data.train_per_class changes).
-        image_ids = real_images.get("train_ids")
+        image_ids = real.train_ids
         if image_ids is None:
-            image_ids = pixel_ids(real_images["train"], "train")
+            image_ids = pixel_ids(real.train, "train")
         conditioning = conditioning_images(
-            real_images["train"], class_id, n, cfg.seed, cfg.conditioning_augmentations, image_ids=list(image_ids)
+            real.train, class_id, n, cfg.seed, cfg.conditioning_augmentations, image_ids=list(image_ids)
         )
     images = generate_images(
         loaded,
@@ -159,7 +179,7 @@ def sample_pretrained(
         seeds,
         SamplingSettings.from_config(cfg),
         image_shape,
-        class_index=generator["class_indices"][class_id] if kind == "dit" else None,
+        class_index=generator.get("class_indices")[class_id] if kind == "dit" else None,
         prompts=prompts,
         conditioning=[c.image for c in conditioning] if conditioning else None,
         progress=lambda done, total: context.log.info(f"class {class_id}: {done}/{total} images"),
@@ -184,87 +204,124 @@ class SamplingRunConfig(dg.Config):
     )
 
 
-def build_generation_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
+def _sample_ddpm(context: dg.AssetExecutionContext, models: ModelsResource, cfg: GeneratorConfig, generator: ModelRef,
+                 class_id: str, class_index: int, seeds: list[int]) -> dict:
+    trained = models.generator(generator)
+    timesteps = trained.config["num_train_timesteps"]
+    if cfg.sample_steps > timesteps:  # before any sampling: the generator may predate the current settings
+        raise ValueError(
+            f"generator.sample_steps {cfg.sample_steps} exceeds the num_train_timesteps {timesteps} the generator "
+            f"{generator.url} was trained with: set generator.sample_steps <= {timesteps}"
+        )
+    images = sample_images(
+        trained,
+        class_index,
+        seeds,
+        sampler=cfg.sampler,
+        steps=cfg.sample_steps,
+        guidance_scale=cfg.guidance_scale,
+        batch_size=cfg.sample_batch_size,
+        progress=lambda done, total: context.log.info(f"class {class_id}: {done}/{total} images"),
+        device=cfg.device,
+        dtype=cfg.dtype,
+        compile=cfg.compile,
+        class_id=class_id,
+    )
+    return {"images": images, "prompts": None, "negative_prompts": None, "conditioning_image_ids": None}
+
+
+def build_generation_assets(
+    partitions: dg.PartitionsDefinition, backfill_policy: dg.BackfillPolicy | None = None
+) -> list[dg.AssetsDefinition]:
     @dg.asset(group_name="generation", pool="gpu", kinds={"pytorch", "diffusers"})
-    def generator(context: dg.AssetExecutionContext, settings: SynthaugSettings, class_catalog: dict, real_images: dict[str, dict]) -> dict:
+    def generator(
+        context: dg.AssetExecutionContext,
+        settings: SynthaugSettings,
+        models: ModelsResource,
+        class_catalog: dict,
+        real_images: Partitions,  # of RealClass: read only by the ddpm backend
+    ) -> ModelRef:
         """The generator: a class-conditional DDPM trained on the real images (backend ddpm), or a pretrained
         DiT / Stable Diffusion pipeline loaded from generator.model (backends dit, text2img, img2img)."""
         profile = settings.load()
         if profile.generator.backend == "ddpm":
             return train_ddpm_generator(context, profile, class_catalog["class_ids"], real_images)
-        return load_pretrained_generator(context, profile.generator, class_catalog["class_ids"])
+        return load_pretrained_generator(context, models, profile.generator, class_catalog["class_ids"])
 
-    @dg.asset(partitions_def=partitions, group_name="generation", pool="gpu", kinds={"pytorch", "diffusers"})
+    @dg.asset(
+        partitions_def=partitions,
+        group_name="generation",
+        pool="gpu",
+        kinds={"pytorch", "diffusers"},
+        backfill_policy=backfill_policy,
+    )
     def synthetic_images(
         context: dg.AssetExecutionContext,
         config: SamplingRunConfig,
         settings: SynthaugSettings,
+        models: ModelsResource,
         class_catalog: dict,
-        generator: dict,
-        class_prompts: dict,
-        real_images: dict,
-    ) -> dict:
-        """Sampled images of one class, each with a seed derived from (class, index, generator version);
+        generator: ModelRef,
+        class_prompts: Partitions,
+        real_images: Partitions,
+    ) -> PerPartition:
+        """Sampled images of each class, each with a seed derived from (class, index, generator version);
         text backends use the class's prompts, img2img augmented real images of the class."""
         cfg = settings.load().generator
-        class_id = context.partition_key
-        class_index = class_catalog["class_ids"].index(class_id)
         round_ = config.regeneration_round
-        seeds = [image_seed(class_id, i, generator["version"], round_) for i in range(cfg.images_per_class)]
-        started = time.perf_counter()
-        if generator["backend"] == "ddpm":
-            trained = cached_generator(generator["url"], generator["version"])
-            timesteps = trained.config["num_train_timesteps"]
-            if cfg.sample_steps > timesteps:  # before any sampling: the generator may predate the current settings
-                raise ValueError(
-                    f"generator.sample_steps {cfg.sample_steps} exceeds the num_train_timesteps {timesteps} the generator "
-                    f"{generator['url']} was trained with: set generator.sample_steps <= {timesteps}"
+        values = PerPartition()
+        for class_id in context.partition_keys:
+            class_index = class_catalog["class_ids"].index(class_id)
+            seeds = [image_seed(class_id, i, generator.version, round_) for i in range(cfg.images_per_class)]
+            started = time.perf_counter()
+            if generator.get("backend") == "ddpm":
+                provenance = _sample_ddpm(context, models, cfg, generator, class_id, class_index, seeds)
+            else:
+                provenance = sample_pretrained(
+                    context,
+                    models,
+                    cfg,
+                    generator,
+                    class_id,
+                    seeds,
+                    class_catalog["image_shape"],
+                    class_prompts[class_id],
+                    real_images[class_id],
                 )
-            images = sample_images(
-                trained,
-                class_index,
-                seeds,
+            images = provenance["images"]
+            failpoint("synthetic_images")
+            seconds = time.perf_counter() - started
+            add_partition_metadata(
+                context,
+                class_id,
+                {
+                    "backend": generator.get("backend"),
+                    "images": len(images),
+                    "seconds": round(seconds, 2),
+                    "images_per_second": round(len(images) / max(seconds, 1e-9), 1),
+                    "sampler": f"{cfg.sampler} {cfg.sample_steps} steps, guidance {cfg.guidance_scale}",
+                    "regeneration_round": round_,
+                    **({"first_prompt": provenance["prompts"][0]} if provenance["prompts"] else {}),
+                    "preview": dg.MetadataValue.md(grid_markdown(images, f"synthetic {class_id}")),
+                },
+            )
+            values[class_id] = SyntheticClass(
+                class_id=class_id,
+                class_index=class_index,
+                images=images,
+                seeds=seeds,
+                backend=generator.get("backend"),
+                generator_id=generator.url,
+                generator_version=generator.version,
                 sampler=cfg.sampler,
                 steps=cfg.sample_steps,
                 guidance_scale=cfg.guidance_scale,
-                batch_size=cfg.sample_batch_size,
-                progress=lambda done, total: context.log.info(f"class {class_id}: {done}/{total} images"),
-                device=cfg.device,
-                dtype=cfg.dtype,
-                compile=cfg.compile,
-                class_id=class_id,
+                regeneration_round=round_,
+                prompts=provenance["prompts"],
+                negative_prompts=provenance["negative_prompts"],
+                conditioning_image_ids=provenance["conditioning_image_ids"],
+                seconds=seconds,
             )
-            provenance = {"images": images, "prompts": None, "negative_prompts": None, "conditioning_image_ids": None}
-        else:
-            provenance = sample_pretrained(
-                context, cfg, generator, class_id, seeds, class_catalog["image_shape"], class_prompts, real_images
-            )
-            images = provenance["images"]
-        failpoint("synthetic_images")
-        seconds = time.perf_counter() - started
-        context.add_output_metadata(
-            {
-                "backend": generator["backend"],
-                "images": len(images),
-                "seconds": round(seconds, 2),
-                "images_per_second": round(len(images) / max(seconds, 1e-9), 1),
-                "sampler": f"{cfg.sampler} {cfg.sample_steps} steps, guidance {cfg.guidance_scale}",
-                "regeneration_round": round_,
-                **({"first_prompt": provenance["prompts"][0]} if provenance["prompts"] else {}),
-                "preview": dg.MetadataValue.md(grid_markdown(images, f"synthetic {class_id}")),
-            }
-        )
-        return {
-            **provenance,
-            "class_id": class_id,
-            "class_index": class_index,
-            "seeds": seeds,
-            "generator_id": generator["url"],
-            "generator_version": generator["version"],
-            "sampler": cfg.sampler,
-            "steps": cfg.sample_steps,
-            "guidance_scale": cfg.guidance_scale,
-            "regeneration_round": round_,
-        }
+        return values
 
     return [generator, synthetic_images]

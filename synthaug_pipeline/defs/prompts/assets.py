@@ -1,11 +1,10 @@
 """Prompts: each class's unambiguous name and its diversified text prompts."""
 
-import functools
-
 import dagster as dg
 
-from synthaug_pipeline.defs.resources import SynthaugSettings, default_device
-from synthaug_pipeline.lib.prompts import Prompt, TextGenerator, build_class_prompts, describe_class, load_text_generator
+from synthaug_pipeline.defs.io_managers import PerPartition
+from synthaug_pipeline.defs.resources import ModelsResource, SynthaugSettings, add_partition_metadata
+from synthaug_pipeline.lib.prompts import Prompt, build_class_prompts, describe_class
 
 
 def prompts_markdown(prompts: list[Prompt]) -> str:
@@ -20,40 +19,42 @@ def prompts_markdown(prompts: list[Prompt]) -> str:
     return "| # | prompt | template | context | style | source |\n|---|---|---|---|---|---|\n" + "\n".join(rows)
 
 
-@functools.lru_cache(maxsize=1)
-def cached_text_generator(model: str, seed: int) -> TextGenerator:
-    # one language-model load per process serves every class partition of a run
-    return load_text_generator(model, seed=seed, device=default_device())
-
-
-def build_prompt_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
-    @dg.asset(partitions_def=partitions, group_name="prompts", kinds={"python"})
-    def class_prompts(context: dg.AssetExecutionContext, settings: SynthaugSettings, class_catalog: dict) -> dict:
-        """One class's disambiguated name (WordNet gloss for ImageNet wnids) and prompts from templates x contexts x styles."""
+def build_prompt_assets(partitions: dg.PartitionsDefinition, backfill_policy: dg.BackfillPolicy | None = None) -> list[dg.AssetsDefinition]:
+    @dg.asset(partitions_def=partitions, group_name="prompts", kinds={"python"}, backfill_policy=backfill_policy)
+    def class_prompts(
+        context: dg.AssetExecutionContext, settings: SynthaugSettings, models: ModelsResource, class_catalog: dict
+    ) -> PerPartition:
+        """Each class's disambiguated name (WordNet gloss for ImageNet wnids) and prompts from templates x contexts x styles."""
         profile = settings.load()
         cfg = profile.prompts
-        class_id = context.partition_key
-        class_index = class_catalog["class_ids"].index(class_id)
-        description = describe_class(class_id, class_catalog["class_names"][class_index], profile.data.source, use_glosses=cfg.use_glosses)
-        generate = cached_text_generator(cfg.llm, cfg.seed) if cfg.llm else None
-        prompts = build_class_prompts(description, cfg, generate)
-        context.add_output_metadata(
-            {
-                "disambiguated_name": description.disambiguated_name,
-                "gloss": description.gloss or "",
-                "name_source": description.name_source,
-                "num_prompts": len(prompts),
-                "unique_prompts": len({p.text for p in prompts}),
-                "llm_rewritten": sum(p.source != "template" for p in prompts),
-                "prompts": dg.MetadataValue.md(prompts_markdown(prompts)),
+        generate = models.text_generator(cfg.llm, cfg.seed) if cfg.llm else None
+        values = PerPartition()
+        for class_id in context.partition_keys:
+            class_index = class_catalog["class_ids"].index(class_id)
+            description = describe_class(
+                class_id, class_catalog["class_names"][class_index], profile.data.source, use_glosses=cfg.use_glosses
+            )
+            prompts = build_class_prompts(description, cfg, generate)
+            add_partition_metadata(
+                context,
+                class_id,
+                {
+                    "disambiguated_name": description.disambiguated_name,
+                    "gloss": description.gloss or "",
+                    "name_source": description.name_source,
+                    "num_prompts": len(prompts),
+                    "unique_prompts": len({p.text for p in prompts}),
+                    "llm_rewritten": sum(p.source != "template" for p in prompts),
+                    "prompts": dg.MetadataValue.md(prompts_markdown(prompts)),
+                },
+            )
+            values[class_id] = {
+                **description.as_dict(),
+                "class_index": class_index,
+                "prompts": [p.as_dict() for p in prompts],
+                "seed": cfg.seed,
+                "llm": cfg.llm,
             }
-        )
-        return {
-            **description.as_dict(),
-            "class_index": class_index,
-            "prompts": [p.as_dict() for p in prompts],
-            "seed": cfg.seed,
-            "llm": cfg.llm,
-        }
+        return values
 
     return [class_prompts]

@@ -33,10 +33,11 @@ import time
 import dagster as dg
 import numpy as np
 
-from synthaug_pipeline.defs.data.assets import stack_real
+from synthaug_pipeline.defs.io_managers import Partitions, PerPartition
 from synthaug_pipeline.defs.resources import (
+    ModelsResource,
     SynthaugSettings,
-    cached_classifier,
+    add_partition_metadata,
     default_device,
     log_progress,
     log_warning,
@@ -44,12 +45,15 @@ from synthaug_pipeline.defs.resources import (
     training_progress,
 )
 from synthaug_pipeline.lib.classifier import save_classifier, train_classifier, untrained_classifier
-from synthaug_pipeline.lib.clip_score import ClipModelError, load_clip_scorer
+from synthaug_pipeline.lib.clip_score import ClipModelError
 from synthaug_pipeline.lib.config import Profile
 from synthaug_pipeline.lib.evaluation import evaluate
 from synthaug_pipeline.lib.faults import failpoint
+from synthaug_pipeline.lib.datasets import RealClass, stack_classes
+from synthaug_pipeline.lib.diffusion import SyntheticClass
 from synthaug_pipeline.lib.features import (
     FeatureExtractor,
+    RealFeatures,
     FeatureExtractorError,
     build_feature_extractor,
     judge_name,
@@ -58,8 +62,9 @@ from synthaug_pipeline.lib.features import (
 from synthaug_pipeline.lib.images import encode_image, grid_markdown
 from synthaug_pipeline.lib.plots import histogram_markdown
 from synthaug_pipeline.lib.redaction import redact_url
-from synthaug_pipeline.lib.scoring import ClassScores, filter_policy, filter_version, score_class, shard_accept
-from synthaug_pipeline.lib.shards import SHARD_SCHEMA, build_shard_table, read_shards, write_class_shard
+from synthaug_pipeline.lib.model_store import ModelRef
+from synthaug_pipeline.lib.scoring import ClassScores, ScoredClass, filter_policy, filter_version, score_class, shard_accept
+from synthaug_pipeline.lib.shards import SHARD_SCHEMA, ShardRef, build_shard_table, read_shards, write_class_shard
 
 SHARD_CHECKS = ("has_accepted_images", "no_test_leaks_accepted", "scores_finite", "metrics_computed", "schema_matches_contract")
 SCORING_ERRORS = (FeatureExtractorError, ClipModelError, ValueError)  # bad input or setting of one class
@@ -211,47 +216,44 @@ def near_duplicates_markdown(scores: ClassScores | None) -> str:
     return "\n".join(lines)
 
 
-def _extractor(profile: Profile, judge: dict) -> FeatureExtractor:
-    model = cached_classifier(judge["url"], judge["version"]).model
-    name = judge_name(judge["model"], judge["version"])
+def _extractor(profile: Profile, models: ModelsResource, judge: ModelRef) -> FeatureExtractor:
+    model = models.classifier(judge).model
+    name = judge_name(judge.model, judge.version)
     return build_feature_extractor(profile.scoring, judge_model=model, judge_features_name=name, device=default_device())
 
 
-def _prompts(profile: Profile, synthetic_images: dict, class_name: str) -> list[str]:
+def _prompts(profile: Profile, synthetic: SyntheticClass, class_name: str) -> list[str]:
     """Each image's prompt; images generated without one get the profile's template for the class."""
     fallback = profile.generator.prompt_template.replace("{name}", class_name)
-    given = synthetic_images.get("prompts") or [None] * len(synthetic_images["images"])
+    given = synthetic.prompts or [None] * len(synthetic.images)
     return [prompt or fallback for prompt in given]
 
 
-def _per_row(synthetic_images: dict, key: str, rows: np.ndarray) -> list:
-    """``synthetic_images[key]`` (one value per image; None or absent: none) at ``rows``."""
-    values = synthetic_images.get(key)
+def _per_row(values: list | None, rows: np.ndarray) -> list:
+    """``values`` (one per image; None: none) at ``rows``."""
     return [None] * len(rows) if values is None else [values[i] for i in rows]
 
 
-def _score(profile: Profile, judge: dict, synthetic_images: dict, real_features: dict) -> ClassScores:
+def _score(profile: Profile, models: ModelsResource, judge: ModelRef, synthetic: SyntheticClass, real: RealFeatures) -> ClassScores:
     cfg = profile.scoring
-    images = synthetic_images["images"]
-    extractor = _extractor(profile, judge)
-    if extractor.name != real_features["extractor"]:
-        raise ValueError(
-            f"real features come from {real_features['extractor']} but scoring uses {extractor.name}: re-materialize real_features"
-        )
-    judge_model = cached_classifier(judge["url"], judge["version"]).model
+    images = synthetic.images
+    extractor = _extractor(profile, models, judge)
+    if extractor.name != real.extractor:
+        raise ValueError(f"real features come from {real.extractor} but scoring uses {extractor.name}: re-materialize real_features")
+    judge_model = models.classifier(judge).model
     probs, features = judge_probs_and_features(judge_model, extractor, images, device=default_device())
     clip_scores, clip_name = None, None
     if cfg.clip_model:
-        clip = load_clip_scorer(cfg.clip_model, cfg.clip_pretrained, cfg.batch_size, default_device())
-        clip_scores, clip_name = clip.score(images, _prompts(profile, synthetic_images, real_features["class_name"])), clip.name
+        clip = models.clip(cfg.clip_model, cfg.clip_pretrained, cfg.batch_size, default_device())
+        clip_scores, clip_name = clip.score(images, _prompts(profile, synthetic, real.class_name)), clip.name
     return score_class(
         probs,
         features,
-        synthetic_images["class_index"],
-        real_features["train"],
+        synthetic.class_index,
+        real.train,
         extractor.name,
         kid_subset_size=cfg.kid_subset_size,
-        test_features=real_features["test"],
+        test_features=real.test,
         duplicate_fraction=cfg.duplicate_fraction,
         prdc_k=cfg.prdc_k,
         clip_score=clip_scores,
@@ -259,13 +261,185 @@ def _score(profile: Profile, judge: dict, synthetic_images: dict, real_features:
     )
 
 
-def build_scoring_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
+def _features(context: dg.AssetExecutionContext, profile: Profile, models: ModelsResource, judge: ModelRef, real: RealClass) -> RealFeatures:
+    started = time.perf_counter()
+    record = RealFeatures(real.class_id, real.class_index, real.class_name, extractor=profile.scoring.feature_extractor)
+    try:
+        extractor = _extractor(profile, models, judge)
+        record.extractor, record.train, record.test = extractor.name, extractor.extract(real.train), extractor.extract(real.test)
+    except SCORING_ERRORS as exc:
+        record.error = f"class {real.class_id}: features from {record.extractor} failed: {exc}"
+        context.log.error(record.error)
+    metadata: dict = {"extractor": record.extractor}
+    if record.error:
+        metadata["error"] = record.error
+    else:
+        bad = {split: int((~np.isfinite(getattr(record, split))).any(axis=1).sum()) for split in ("train", "test")}
+        metadata.update(
+            train_images=len(record.train), test_images=len(record.test), dim=int(record.train.shape[1]), non_finite_rows=sum(bad.values())
+        )
+    metadata["seconds"] = round(time.perf_counter() - started, 2)
+    add_partition_metadata(context, real.class_id, metadata)
+    return record
+
+
+def _scores(
+    context: dg.AssetExecutionContext, profile: Profile, models: ModelsResource, judge: ModelRef, synthetic: SyntheticClass, real: RealFeatures
+) -> ScoredClass:
+    started = time.perf_counter()
+    class_id = synthetic.class_id
+    scores, error = None, real.error
+    if error is None:
+        try:
+            scores = _score(profile, models, judge, synthetic, real)
+        except SCORING_ERRORS as exc:
+            error = f"class {class_id}: scoring failed: {exc}"
+    if error:
+        context.log.error(error)
+        summary = {"n_synthetic": len(synthetic.images), "feature_extractor": real.extractor, "error": error, "warnings": [error]}
+    else:
+        summary = {**scores.summary, "error": None}
+        for warning in summary["warnings"]:
+            log_warning(context, f"class {class_id}: {warning}")
+    metadata = {k: v for k, v in summary.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+    metadata["regeneration_round"] = int(synthetic.regeneration_round)  # read back by the regenerate_worst_classes schedule
+    metadata["metrics"] = dg.MetadataValue.md(metrics_markdown(summary))
+    metadata["near_duplicates"] = dg.MetadataValue.md(near_duplicates_markdown(scores))
+    if scores is not None:
+        metadata["judge_confidence_histogram"] = dg.MetadataValue.md(histogram_markdown(scores.judge_confidence, "judge confidence"))
+        metadata["nearest_real_distance_histogram"] = dg.MetadataValue.md(
+            histogram_markdown(scores.nearest_real_distance, "nearest real distance")
+        )
+    metadata["seconds"] = round(time.perf_counter() - started, 2)
+    failpoint("synthetic_scores")
+    add_partition_metadata(context, class_id, metadata)
+    return ScoredClass(class_id=class_id, class_index=synthetic.class_index, scores=scores, summary=summary, error=error)
+
+
+def _shard(
+    context: dg.AssetExecutionContext, profile: Profile, synthetic: SyntheticClass, scored: ScoredClass
+) -> tuple[ShardRef, dict[str, tuple[bool, dict]]]:
+    """Write one class's shard; returns its reference and the blocking checks' outcomes with their metadata."""
+    started = time.perf_counter()
+    scores = scored.scores
+    class_index = scored.class_index
+    if scores is None:  # not scored: no row may be trained on (see the module docstring)
+        rows = np.zeros(0, dtype=np.int64)
+        accepted, policy_version = np.zeros(0, dtype=bool), filter_version(profile.filter)
+        policy_json = filter_policy(profile.filter)
+    else:
+        rows = np.arange(len(synthetic.images))
+        accepted, policy_version = shard_accept(scores, class_index, profile.filter)
+        policy_json = filter_policy(profile.filter, scored.duplicate_threshold)
+    images = synthetic.images[rows]
+    n = len(rows)
+    fmt = profile.output.image_format
+    table = build_shard_table(
+        {
+            "image": [encode_image(image, fmt) for image in images],
+            "image_format": [fmt] * n,
+            "height": [images.shape[1]] * n,
+            "width": [images.shape[2]] * n,
+            "channels": [images.shape[3]] * n,
+            "class_id": [synthetic.class_id] * n,
+            "class_index": [class_index] * n,
+            "prompt": _per_row(synthetic.prompts, rows),
+            "negative_prompt": _per_row(synthetic.negative_prompts, rows),
+            "conditioning_image_id": _per_row(synthetic.conditioning_image_ids, rows),
+            "generator_id": [synthetic.generator_id] * n,
+            "generator_version": [synthetic.generator_version] * n,
+            "sampler": [synthetic.sampler] * n,
+            "steps": [synthetic.steps] * n,
+            "guidance_scale": [synthetic.guidance_scale] * n,
+            "seed": [synthetic.seeds[i] for i in rows],
+            "image_index": rows.tolist(),
+            "judge_confidence": scores.judge_confidence if scores is not None else [],
+            "judge_top1": scores.judge_top1 if scores is not None else [],
+            "clip_score": scores.clip_score if scores is not None and scores.clip_score is not None else [None] * n,
+            "nearest_real_distance": scores.nearest_real_distance if scores is not None else [],
+            "accepted": accepted,
+            "filter_version": [policy_version] * n,
+            "filter_policy": [policy_json] * n,
+            "run_id": [context.run_id] * n,
+            "created_at": [dt.datetime.now(dt.timezone.utc)] * n,
+        }
+    )
+    shard = write_class_shard(
+        f"{profile.output_url.rstrip('/')}/synthetic_shards", synthetic.class_id, table, stale_temp_after_s=profile.output.stale_temp_after_s
+    )
+    written = read_shards([shard.uri], accepted_only=False)
+    error = scored.error
+    error_metadata = {"error": error} if error else {}
+
+    # The blocking checks, decided before the output so it can carry their outcome downstream.
+    minimum = profile.filter.min_accepted_per_class
+    leak_free, leak_metadata = accepted_test_leak_check(scores, accepted)
+    bad = ["not scored"] if scores is None else non_finite_scores(scores)
+    computed, computed_metadata = metrics_computed_check(synthetic.class_id, scored.summary)
+    results = {
+        "has_accepted_images": (shard.num_accepted >= minimum, {"accepted": shard.num_accepted, "required": minimum, **error_metadata}),
+        "no_test_leaks_accepted": (leak_free, leak_metadata),
+        "scores_finite": (not bad, {"non_finite": ", ".join(bad) or "none", **error_metadata}),
+        "metrics_computed": (computed, computed_metadata),
+        "schema_matches_contract": (
+            written.schema.remove_metadata().equals(SHARD_SCHEMA.remove_metadata()),
+            {"columns": len(written.schema)},
+        ),
+    }
+    assert tuple(results) == SHARD_CHECKS
+    checks = {name: bool(passed) for name, (passed, _) in results.items()}
+    if not computed:
+        log_warning(context, computed_metadata["message"])
+
+    flagged = flagged_rows(scores)
+    near_duplicates = near_duplicates_markdown(scores)
+    if len(flagged):
+        near_duplicates = grid_markdown(images[flagged], "flagged synthetic images (table order)") + "\n\n" + near_duplicates
+    metadata = {
+        "uri": redact_url(shard.uri),
+        "sha256": shard.sha256,
+        "rows": shard.num_rows,
+        "accepted": shard.num_accepted,
+        "bytes": shard.num_bytes,
+        "filter_version": policy_version,
+        "filter_policy": policy_json,
+        "duplicate_threshold": scored.duplicate_threshold,
+        "checks": ", ".join(f"{name} {'passed' if ok else 'FAILED'}" for name, ok in checks.items()),
+        "near_duplicates": dg.MetadataValue.md(near_duplicates),
+        "accepted_preview": dg.MetadataValue.md(grid_markdown(images[accepted], "accepted") if accepted.any() else "**accepted**: none"),
+        "rejected_preview": dg.MetadataValue.md(
+            grid_markdown(images[~accepted], "rejected") if (~accepted).any() else "**rejected**: none"
+        ),
+        "error": error,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    add_partition_metadata(context, synthetic.class_id, {k: v for k, v in metadata.items() if v is not None})
+    ref = ShardRef(
+        class_id=synthetic.class_id,
+        uri=shard.uri,
+        sha256=shard.sha256,
+        num_rows=shard.num_rows,
+        num_accepted=shard.num_accepted,
+        filter_version=policy_version,
+        filter_policy=policy_json,
+        generator_version=synthetic.generator_version,
+        run_id=context.run_id,
+        checks=checks,
+        error=error,
+    )
+    return ref, results
+
+
+def build_scoring_assets(partitions: dg.PartitionsDefinition, backfill_policy: dg.BackfillPolicy | None = None) -> list[dg.AssetsDefinition]:
+    per_class = {"partitions_def": partitions, "group_name": "scoring", "backfill_policy": backfill_policy}
+
     @dg.asset(group_name="scoring", pool="gpu", kinds={"pytorch", "timm"})
-    def judge(context: dg.AssetExecutionContext, settings: SynthaugSettings, class_catalog: dict, real_images: dict[str, dict]) -> dict:
+    def judge(
+        context: dg.AssetExecutionContext, settings: SynthaugSettings, class_catalog: dict, real_images: Partitions
+    ) -> ModelRef:
         """A classifier trained on the real training split; it scores synthetic images and provides features."""
         profile = settings.load()
-        images, labels = stack_real(real_images, "train")
-        test_images, test_labels = stack_real(real_images, "test")
+        images, labels = stack_classes(real_images, "train")
         num_classes = len(class_catalog["class_ids"])
         model_name = profile.judge.model
         if num_classes < 2:  # nothing to learn: confidence is 1 by definition, features come from a seeded random network
@@ -276,238 +450,70 @@ def build_scoring_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsD
             trained = train_classifier(
                 images, labels, num_classes, profile.judge, progress=training_progress(context, "judge"), device=default_device()
             )
+        del images, labels
         url = model_url(profile.output_url, "judge", context.run_id)
         version = save_classifier(trained, url)
+        test_images, test_labels = stack_classes(real_images, "test")
         accuracy = evaluate(trained.model, test_images, test_labels, class_catalog["class_ids"])["top1"]
         context.add_output_metadata(
-            {
-                "url": redact_url(url),
-                "version": version,
-                "model": model_name,
-                "test_top1": round(accuracy, 4),
-                "seconds": round(trained.seconds, 1),
-            }
+            {"url": redact_url(url), "version": version, "model": model_name, "test_top1": round(accuracy, 4), "seconds": round(trained.seconds, 1)}
         )
-        return {"url": url, "version": version, "model": model_name, "test_top1": accuracy}
+        return ModelRef(role="judge", url=url, version=version, model=model_name, details={"test_top1": accuracy})
 
-    @dg.asset(partitions_def=partitions, group_name="scoring", kinds={"numpy"})
-    def real_features(context: dg.AssetExecutionContext, settings: SynthaugSettings, judge: dict, real_images: dict) -> dict:
-        """Features of one class's real train and test images, from the profile's extractor (named), computed once."""
-        started = time.perf_counter()
+    @dg.asset(**per_class, kinds={"numpy"})
+    def real_features(
+        context: dg.AssetExecutionContext, settings: SynthaugSettings, models: ModelsResource, judge: ModelRef, real_images: Partitions
+    ) -> PerPartition:
+        """Features of each class's real train and test images, from the profile's extractor (named), computed once."""
         profile = settings.load()
-        record = {
-            "class_id": real_images["class_id"],
-            "class_index": real_images["class_index"],
-            "class_name": real_images["class_name"],
-            "extractor": profile.scoring.feature_extractor,
-            "train": None,
-            "test": None,
-            "error": None,
-        }
-        try:
-            extractor = _extractor(profile, judge)
-            record.update(
-                extractor=extractor.name, train=extractor.extract(real_images["train"]), test=extractor.extract(real_images["test"])
-            )
-        except SCORING_ERRORS as exc:
-            record["error"] = f"class {real_images['class_id']}: features from {record['extractor']} failed: {exc}"
-            context.log.error(record["error"])
-        metadata = {"extractor": record["extractor"]}
-        if record["error"]:
-            metadata["error"] = record["error"]
-        else:
-            bad = {split: int((~np.isfinite(record[split])).any(axis=1).sum()) for split in ("train", "test")}
-            metadata.update(
-                train_images=len(record["train"]),
-                test_images=len(record["test"]),
-                dim=int(record["train"].shape[1]),
-                non_finite_rows=sum(bad.values()),
-            )
-        metadata["seconds"] = round(time.perf_counter() - started, 2)
-        context.add_output_metadata(metadata)
-        return record
+        return PerPartition({c: _features(context, profile, models, judge, real_images[c]) for c in context.partition_keys})
 
-    @dg.asset(partitions_def=partitions, group_name="scoring", kinds={"numpy"})
+    @dg.asset(**per_class, kinds={"numpy"})
     def synthetic_scores(
-        context: dg.AssetExecutionContext, settings: SynthaugSettings, judge: dict, synthetic_images: dict, real_features: dict
-    ) -> dict:
+        context: dg.AssetExecutionContext,
+        settings: SynthaugSettings,
+        models: ModelsResource,
+        judge: ModelRef,
+        synthetic_images: Partitions,
+        real_features: Partitions,
+    ) -> PerPartition:
         """Judge confidence/top-1, FID, KID, PRDC, diversity, nearest real/test distances, copies/leaks, CLIP score.
 
         Scores are cached here; the filter policy is applied by ``synthetic_shards``, so a new policy
         re-materializes shards without regenerating or re-scoring any image. A class that cannot be
         scored gets ``scores=None`` and the reason in ``error`` (see the module docstring).
         """
-        started = time.perf_counter()
         profile = settings.load()
-        class_id = synthetic_images["class_id"]
-        scores, error = None, real_features.get("error")
-        if error is None:
-            try:
-                scores = _score(profile, judge, synthetic_images, real_features)
-            except SCORING_ERRORS as exc:
-                error = f"class {class_id}: scoring failed: {exc}"
-        if error:
-            context.log.error(error)
-            summary = {"n_synthetic": len(synthetic_images["images"]), "feature_extractor": real_features["extractor"], "error": error}
-            summary["warnings"] = [error]
-        else:
-            summary = {**scores.summary, "error": None}
-            for warning in summary["warnings"]:
-                log_warning(context, f"class {class_id}: {warning}")
-        metadata = {k: v for k, v in summary.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
-        # read back by the regenerate_worst_classes schedule
-        metadata["regeneration_round"] = int(synthetic_images.get("regeneration_round", 0))
-        metadata["metrics"] = dg.MetadataValue.md(metrics_markdown(summary))
-        metadata["near_duplicates"] = dg.MetadataValue.md(near_duplicates_markdown(scores))
-        if scores is not None:
-            metadata["judge_confidence_histogram"] = dg.MetadataValue.md(histogram_markdown(scores.judge_confidence, "judge confidence"))
-            metadata["nearest_real_distance_histogram"] = dg.MetadataValue.md(
-                histogram_markdown(scores.nearest_real_distance, "nearest real distance")
-            )
-        metadata["seconds"] = round(time.perf_counter() - started, 2)
-        failpoint("synthetic_scores")
-        context.add_output_metadata(metadata)
-        return {
-            "class_id": class_id,
-            "class_index": synthetic_images["class_index"],
-            "scores": scores,
-            "summary": summary,
-            # what refilter_table needs besides the shard: the threshold and the per-row test-leak flags (scores.is_test_leak)
-            "duplicate_threshold": summary.get("duplicate_threshold"),
-            "error": error,
-        }
+        return PerPartition(
+            {c: _scores(context, profile, models, judge, synthetic_images[c], real_features[c]) for c in context.partition_keys}
+        )
 
     @dg.asset(
-        partitions_def=partitions,
-        group_name="scoring",
+        **per_class,
         kinds={"parquet"},
         check_specs=[dg.AssetCheckSpec(name, asset="synthetic_shards", blocking=True) for name in SHARD_CHECKS],
     )
-    def synthetic_shards(context: dg.AssetExecutionContext, settings: SynthaugSettings, synthetic_images: dict, synthetic_scores: dict):
-        """Every scored image of one class as a Parquet shard, with provenance, the policy's accepted flag and version.
+    def synthetic_shards(context: dg.AssetExecutionContext, settings: SynthaugSettings, synthetic_images: Partitions, synthetic_scores: Partitions):
+        """Every scored image of each class as a Parquet shard, with provenance, the policy's accepted flag and version.
 
         Decisions come from :func:`~synthaug_pipeline.lib.scoring.shard_accept` (thresholds, copies, test
         leaks, top_k/quantile), so ``refilter_table`` with the cached threshold and leak flags reproduces them.
-        The output's ``checks`` maps each blocking check to whether it passed.
+        Each ``ShardRef.checks`` maps a blocking check to whether it passed for that class; a step of several
+        classes reports each check once, passed only when it passed for every class (failures name the classes).
         """
-        started = time.perf_counter()
         profile = settings.load()
-        scores = synthetic_scores["scores"]
-        class_index = synthetic_scores["class_index"]
-        if scores is None:  # not scored: no row may be trained on (see the module docstring)
-            rows = np.zeros(0, dtype=np.int64)
-            accepted, policy_version = np.zeros(0, dtype=bool), filter_version(profile.filter)
-            policy_json = filter_policy(profile.filter)
-        else:
-            rows = np.arange(len(synthetic_images["images"]))
-            accepted, policy_version = shard_accept(scores, class_index, profile.filter)
-            policy_json = filter_policy(profile.filter, scores.summary.get("duplicate_threshold"))
-        images = synthetic_images["images"][rows]
-        n = len(rows)
-        fmt = profile.output.image_format
-        table = build_shard_table(
-            {
-                "image": [encode_image(image, fmt) for image in images],
-                "image_format": [fmt] * n,
-                "height": [images.shape[1]] * n,
-                "width": [images.shape[2]] * n,
-                "channels": [images.shape[3]] * n,
-                "class_id": [synthetic_images["class_id"]] * n,
-                "class_index": [class_index] * n,
-                "prompt": _per_row(synthetic_images, "prompts", rows),
-                "negative_prompt": _per_row(synthetic_images, "negative_prompts", rows),
-                "conditioning_image_id": _per_row(synthetic_images, "conditioning_image_ids", rows),
-                "generator_id": [synthetic_images["generator_id"]] * n,
-                "generator_version": [synthetic_images["generator_version"]] * n,
-                "sampler": [synthetic_images["sampler"]] * n,
-                "steps": [synthetic_images["steps"]] * n,
-                "guidance_scale": [synthetic_images["guidance_scale"]] * n,
-                "seed": [synthetic_images["seeds"][i] for i in rows],
-                "image_index": rows.tolist(),
-                "judge_confidence": scores.judge_confidence if scores is not None else [],
-                "judge_top1": scores.judge_top1 if scores is not None else [],
-                "clip_score": scores.clip_score if scores is not None and scores.clip_score is not None else [None] * n,
-                "nearest_real_distance": scores.nearest_real_distance if scores is not None else [],
-                "accepted": accepted,
-                "filter_version": [policy_version] * n,
-                "filter_policy": [policy_json] * n,
-                "run_id": [context.run_id] * n,
-                "created_at": [dt.datetime.now(dt.timezone.utc)] * n,
-            }
-        )
-        shard = write_class_shard(
-            f"{profile.output_url.rstrip('/')}/synthetic_shards", synthetic_images["class_id"], table, stale_temp_after_s=profile.output.stale_temp_after_s
-        )
-        written = read_shards([shard.uri], accepted_only=False)
-        error = synthetic_scores.get("error")
-        error_metadata = {"error": error} if error else {}
-
-        # The blocking checks, decided before the output so it can carry their outcome downstream.
-        minimum = profile.filter.min_accepted_per_class
-        leak_free, leak_metadata = accepted_test_leak_check(scores, accepted)
-        bad = ["not scored"] if scores is None else non_finite_scores(scores)
-        computed, computed_metadata = metrics_computed_check(synthetic_images["class_id"], synthetic_scores["summary"])
-        results = {
-            "has_accepted_images": (
-                shard.num_accepted >= minimum,
-                {"accepted": shard.num_accepted, "required": minimum, **error_metadata},
-            ),
-            "no_test_leaks_accepted": (leak_free, leak_metadata),
-            "scores_finite": (not bad, {"non_finite": ", ".join(bad) or "none", **error_metadata}),
-            "metrics_computed": (computed, computed_metadata),
-            "schema_matches_contract": (
-                written.schema.remove_metadata().equals(SHARD_SCHEMA.remove_metadata()),
-                {"columns": len(written.schema)},
-            ),
-        }
-        assert tuple(results) == SHARD_CHECKS
-        checks = {name: bool(passed) for name, (passed, _) in results.items()}
-        if not computed:
-            log_warning(context, computed_metadata["message"])
-
-        flagged = flagged_rows(scores)
-        near_duplicates = near_duplicates_markdown(scores)
-        if len(flagged):
-            near_duplicates = grid_markdown(images[flagged], "flagged synthetic images (table order)") + "\n\n" + near_duplicates
-        metadata = {
-            "uri": shard.uri,
-            "sha256": shard.sha256,
-            "rows": shard.num_rows,
-            "accepted": shard.num_accepted,
-            "bytes": shard.num_bytes,
-            "filter_version": policy_version,
-            "filter_policy": policy_json,
-            "duplicate_threshold": synthetic_scores.get("duplicate_threshold"),
-            "checks": ", ".join(f"{name} {'passed' if ok else 'FAILED'}" for name, ok in checks.items()),
-            "near_duplicates": dg.MetadataValue.md(near_duplicates),
-            "accepted_preview": dg.MetadataValue.md(
-                grid_markdown(images[accepted], "accepted") if accepted.any() else "**accepted**: none"
-            ),
-            "rejected_preview": dg.MetadataValue.md(
-                grid_markdown(images[~accepted], "rejected") if (~accepted).any() else "**rejected**: none"
-            ),
-        }
-        if error:
-            metadata["error"] = error
-        metadata["seconds"] = round(time.perf_counter() - started, 2)
-        yield dg.Output(
-            {
-                "class_id": synthetic_images["class_id"],
-                "uri": shard.uri,
-                "sha256": shard.sha256,
-                "num_rows": shard.num_rows,
-                "num_accepted": shard.num_accepted,
-                "filter_version": policy_version,
-                "filter_policy": policy_json,
-                "generator_version": synthetic_images["generator_version"],
-                "run_id": context.run_id,
-                "error": error,
-                # blocking check name -> passed; training refuses shards with a failed check
-                "checks": checks,
-            },
-            metadata={k: v for k, v in metadata.items() if v is not None},
-        )
-        for name, (passed, check_metadata) in results.items():
+        refs, outcomes = PerPartition(), {}
+        for class_id in context.partition_keys:
+            refs[class_id], outcomes[class_id] = _shard(context, profile, synthetic_images[class_id], synthetic_scores[class_id])
+        yield dg.Output(refs)
+        for name in SHARD_CHECKS:
+            if len(outcomes) == 1:
+                (passed, check_metadata), = [results[name] for results in outcomes.values()]
+            else:
+                failed = sorted(c for c, results in outcomes.items() if not results[name][0])
+                passed = not failed
+                check_metadata = {"classes": len(outcomes), "failed_classes": ", ".join(failed) or "none"}
+                check_metadata.update({f"{c}: {k}": v for c in failed[:20] for k, v in outcomes[c][name][1].items()})
             yield dg.AssetCheckResult(check_name=name, passed=bool(passed), metadata=check_metadata)
 
     return [judge, real_features, synthetic_scores, synthetic_shards]

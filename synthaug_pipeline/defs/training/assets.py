@@ -9,7 +9,8 @@ has the synthetic images its ratio asks for. Lineage records the upstream materi
 import dagster as dg
 import numpy as np
 
-from synthaug_pipeline.defs.data.assets import stack_real
+from synthaug_pipeline.lib.datasets import stack_classes
+from synthaug_pipeline.defs.io_managers import Partitions
 from synthaug_pipeline.defs.resources import (
     SynthaugSettings,
     default_device,
@@ -24,7 +25,8 @@ from synthaug_pipeline.lib.lineage import write_lineage
 from synthaug_pipeline.lib.plots import line_chart_markdown
 from synthaug_pipeline.lib.preflight import check_shards_passed
 from synthaug_pipeline.lib.redaction import redact_url, redact_urls
-from synthaug_pipeline.lib.shards import decode_shard_images, file_sha256, read_shards
+from synthaug_pipeline.lib.model_store import ModelRef
+from synthaug_pipeline.lib.shards import decode_shard_images, read_verified_shards
 
 
 def _materialization(record) -> dict | None:
@@ -43,7 +45,7 @@ def upstream_materializations(
     return found
 
 
-def _model_record(context: dg.AssetExecutionContext, trained: TrainedClassifier, name: str, output_url: str, lineage: dict) -> dict:
+def _model_record(context: dg.AssetExecutionContext, trained: TrainedClassifier, name: str, output_url: str, lineage: dict) -> ModelRef:
     url = model_url(output_url, name, context.run_id)
     version = save_classifier(trained, url)
     lineage = {**lineage, "name": name, "version": version, "run_id": context.run_id, "training": trained.config}
@@ -62,18 +64,18 @@ def _model_record(context: dg.AssetExecutionContext, trained: TrainedClassifier,
             "lineage": dg.MetadataValue.json(redact_urls(lineage)),
         }
     )
-    return {"url": url, "version": version, "name": name, "lineage": lineage}
+    return ModelRef(role=name, url=url, version=version, model=trained.config.get("model", ""), details={"lineage": lineage})
 
 
 def build_training_assets() -> list[dg.AssetsDefinition]:
     @dg.asset(group_name="training", pool="gpu", kinds={"pytorch", "timm"})
     def classifier_baseline(
-        context: dg.AssetExecutionContext, settings: SynthaugSettings, class_catalog: dict, real_images: dict[str, dict]
-    ) -> dict:
+        context: dg.AssetExecutionContext, settings: SynthaugSettings, class_catalog: dict, real_images: Partitions
+    ) -> ModelRef:
         """A classifier trained on the real training images only."""
         profile = settings.load()
         check_shift_folders(profile.evaluation.shift_folders, class_catalog["class_ids"], profile.evaluation.shift_folder_labels)
-        images, labels = stack_real(real_images, "train")
+        images, labels = stack_classes(real_images, "train")
         trained = train_classifier(
             images,
             labels,
@@ -98,9 +100,9 @@ def build_training_assets() -> list[dg.AssetsDefinition]:
         context: dg.AssetExecutionContext,
         settings: SynthaugSettings,
         class_catalog: dict,
-        real_images: dict[str, dict],
-        synthetic_shards: dict[str, dict],
-    ) -> dict:
+        real_images: Partitions,
+        synthetic_shards: Partitions,
+    ) -> ModelRef:
         """A classifier trained on real images plus the accepted synthetic images, at the profile's ratio.
 
         With ``augmented.aux_bn`` the synthetic images go through auxiliary batch-norm layers during training.
@@ -111,15 +113,8 @@ def build_training_assets() -> list[dg.AssetsDefinition]:
         if profile.augmented.synthetic_ratio > 0:  # checks of a run materialized earlier count too, not only this run's
             check_shards_passed(shards, "classifier_augmented")
         check_shift_folders(profile.evaluation.shift_folders, class_ids, profile.evaluation.shift_folder_labels)
-        images, labels = stack_real(real_images, "train")
-        for shard in shards:
-            # the shard a model trains on must be the exact bytes the scoring run wrote
-            if file_sha256(shard["uri"]) != shard["sha256"]:
-                raise ValueError(
-                    f"shard {shard['uri']} changed since it was written (sha256 mismatch): "
-                    f"re-materialize synthetic_shards[{shard['class_id']}]"
-                )
-        table = read_shards([s["uri"] for s in shards], accepted_only=True)
+        images, labels = stack_classes(real_images, "train")
+        table = read_verified_shards(shards)  # the exact bytes the scoring run wrote
         synthetic, synthetic_labels = (
             decode_shard_images(table) if table.num_rows else (np.zeros((0, *images.shape[1:]), np.uint8), np.zeros(0, np.int64))
         )
@@ -157,12 +152,9 @@ def build_training_assets() -> list[dg.AssetsDefinition]:
             "synthetic_ratio": ratio,
             **({"synthetic_ratio_by_class": by_class} if by_class is not None else {}),
             "aux_bn": profile.augmented.aux_bn,
-            "shards": [
-                {k: s[k] for k in ("class_id", "uri", "sha256", "num_accepted", "filter_version", "generator_version", "run_id")}
-                for s in shards
-            ],
-            "filter_versions": sorted({s["filter_version"] for s in shards}),
-            "generator_versions": sorted({s["generator_version"] for s in shards}),
+            "shards": [s.lineage() for s in shards],
+            "filter_versions": sorted({s.filter_version for s in shards}),
+            "generator_versions": sorted({s.generator_version for s in shards}),
             "upstream": upstream_materializations(context, class_ids, ("real_images", "synthetic_shards")),
         }
         return _model_record(context, trained, "classifier_augmented", profile.output_url, lineage)
