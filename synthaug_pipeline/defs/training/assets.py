@@ -10,6 +10,7 @@ import dagster as dg
 import numpy as np
 
 from synthaug_pipeline.defs.data.assets import stack_real
+from synthaug_pipeline.defs.instance_queries import latest_materializations
 from synthaug_pipeline.defs.resources import (
     SynthaugSettings,
     default_device,
@@ -39,7 +40,8 @@ def upstream_materializations(
     instance = context.instance
     found: dict = {"class_catalog": _materialization(latest_materialization(instance, "class_catalog"))}
     for asset in per_class:
-        found[asset] = {c: _materialization(latest_materialization(instance, asset, c)) for c in class_ids}
+        records = latest_materializations(instance, asset, class_ids)  # one query per asset, not per class
+        found[asset] = {c: _materialization(records.get(c)) for c in class_ids}
     return found
 
 
