@@ -5,6 +5,7 @@ import time
 import dagster as dg
 import numpy as np
 
+from synthaug_pipeline.defs.metadata import add_metadata
 from synthaug_pipeline.defs.resources import SynthaugSettings, log_warning
 from synthaug_pipeline.lib.images import grid_markdown
 from synthaug_pipeline.lib.config import ProfileError
@@ -51,7 +52,7 @@ def build_data_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
             f"{', '.join(f'{n} {reason}' for reason, n in c['skipped'].items()) or 0} |"
             for c in counts
         )
-        context.add_output_metadata(
+        add_metadata(context,
             {
                 "num_classes": len(dataset.class_ids),
                 "image_shape": str(dataset.image_shape),
@@ -73,7 +74,7 @@ def build_data_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
         class_index = class_catalog["class_ids"].index(class_id)
         dataset = settings.dataset()
         train, test = dataset.train.of_class(class_index), dataset.test.of_class(class_index)
-        context.add_output_metadata(
+        add_metadata(context,
             {
                 "train_images": len(train),
                 "test_images": len(test),

@@ -12,6 +12,7 @@ import numpy as np
 from pydantic import Field
 
 from synthaug_pipeline.defs.data.assets import stack_real
+from synthaug_pipeline.defs.metadata import add_metadata
 from synthaug_pipeline.defs.resources import SynthaugSettings, cached_generator, log_progress, log_warning, model_url
 from synthaug_pipeline.lib.conditioning import conditioning_images, pixel_ids
 from synthaug_pipeline.lib.config import GeneratorConfig, Profile
@@ -77,7 +78,7 @@ def train_ddpm_generator(context: dg.AssetExecutionContext, profile: Profile, cl
     url = model_url(profile.output_url, "generator", context.run_id)
     version = save_generator(trained, url)
     lineage = {"init_from": cfg.init_from, "init_from_version": init_from.version if init_from is not None else None}
-    context.add_output_metadata(
+    add_metadata(context,
         {
             "backend": "ddpm",
             "url": redact_url(url),
@@ -103,7 +104,7 @@ def load_pretrained_generator(context: dg.AssetExecutionContext, cfg: GeneratorC
     class_indices = dit_class_indices(class_ids, dit_num_labels(loaded), cfg.class_index_map) if kind == "dit" else None
     scheduler = make_pretrained_scheduler(cfg.sampler, loaded.scheduler_config)
     facts = loaded.describe()
-    context.add_output_metadata(
+    add_metadata(context,
         {
             "backend": cfg.backend,
             **{k: v for k, v in facts.items() if k != "load_seconds"},
@@ -242,7 +243,7 @@ def build_generation_assets(partitions: dg.PartitionsDefinition) -> list[dg.Asse
             images = provenance["images"]
         failpoint("synthetic_images")
         seconds = time.perf_counter() - started
-        context.add_output_metadata(
+        add_metadata(context,
             {
                 "backend": generator["backend"],
                 "images": len(images),

@@ -4,6 +4,7 @@ import functools
 
 import dagster as dg
 
+from synthaug_pipeline.defs.metadata import add_metadata
 from synthaug_pipeline.defs.resources import SynthaugSettings, default_device
 from synthaug_pipeline.lib.prompts import Prompt, TextGenerator, build_class_prompts, describe_class, load_text_generator
 
@@ -37,7 +38,7 @@ def build_prompt_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDe
         description = describe_class(class_id, class_catalog["class_names"][class_index], profile.data.source, use_glosses=cfg.use_glosses)
         generate = cached_text_generator(cfg.llm, cfg.seed) if cfg.llm else None
         prompts = build_class_prompts(description, cfg, generate)
-        context.add_output_metadata(
+        add_metadata(context,
             {
                 "disambiguated_name": description.disambiguated_name,
                 "gloss": description.gloss or "",

@@ -34,6 +34,7 @@ import dagster as dg
 import numpy as np
 
 from synthaug_pipeline.defs.data.assets import stack_real
+from synthaug_pipeline.defs.metadata import add_metadata
 from synthaug_pipeline.defs.resources import (
     SynthaugSettings,
     cached_classifier,
@@ -279,7 +280,7 @@ def build_scoring_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsD
         url = model_url(profile.output_url, "judge", context.run_id)
         version = save_classifier(trained, url)
         accuracy = evaluate(trained.model, test_images, test_labels, class_catalog["class_ids"])["top1"]
-        context.add_output_metadata(
+        add_metadata(context,
             {
                 "url": redact_url(url),
                 "version": version,
@@ -324,7 +325,7 @@ def build_scoring_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsD
                 non_finite_rows=sum(bad.values()),
             )
         metadata["seconds"] = round(time.perf_counter() - started, 2)
-        context.add_output_metadata(metadata)
+        add_metadata(context, metadata)
         return record
 
     @dg.asset(partitions_def=partitions, group_name="scoring", kinds={"numpy"})
@@ -366,7 +367,7 @@ def build_scoring_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsD
             )
         metadata["seconds"] = round(time.perf_counter() - started, 2)
         failpoint("synthetic_scores")
-        context.add_output_metadata(metadata)
+        add_metadata(context, metadata)
         return {
             "class_id": class_id,
             "class_index": synthetic_images["class_index"],

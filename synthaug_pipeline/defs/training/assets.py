@@ -11,6 +11,7 @@ import numpy as np
 
 from synthaug_pipeline.defs.data.assets import stack_real
 from synthaug_pipeline.defs.instance_queries import latest_materializations
+from synthaug_pipeline.defs.metadata import add_metadata
 from synthaug_pipeline.defs.resources import (
     SynthaugSettings,
     default_device,
@@ -50,7 +51,7 @@ def _model_record(context: dg.AssetExecutionContext, trained: TrainedClassifier,
     version = save_classifier(trained, url)
     lineage = {**lineage, "name": name, "version": version, "run_id": context.run_id, "training": trained.config}
     write_lineage(url, lineage)
-    context.add_output_metadata(
+    add_metadata(context,
         {
             "url": redact_url(url),
             "version": version,
