@@ -101,8 +101,11 @@ def latest_materialization(instance: dg.DagsterInstance, asset: str, partition: 
 
 
 def add_partition_metadata(context: dg.AssetExecutionContext, partition: str, metadata: dict) -> None:
-    """Metadata of one class partition's materialization (a batched step materializes several)."""
-    context.add_asset_metadata(metadata, partition_key=partition)
+    """Metadata of one class partition's materialization (a batched step materializes several): floats rounded,
+    at most 256 KB (:func:`~synthaug_pipeline.lib.metadata.bounded_metadata`)."""
+    from synthaug_pipeline.lib.metadata import bounded_metadata
+
+    context.add_asset_metadata(bounded_metadata(metadata), partition_key=partition)
 
 
 def model_url(output_url: str, name: str, run_id: str) -> str:

@@ -134,10 +134,69 @@ def image_grid(images: np.ndarray, columns: int = 10, scale: int = 1, pad: int =
     return grid
 
 
-def grid_markdown(images: np.ndarray, title: str, columns: int = 10, max_images: int = 40) -> str:
-    """A Markdown snippet with an inline PNG grid, rendered by the Dagster UI."""
-    images = images[:max_images]
-    target = 48  # upscale tiny images (8x8 digits) so they are visible in the UI
-    scale = max(1, target // max(images.shape[1], 1))
-    png = encode_image(image_grid(images, columns=columns, scale=scale), "png")
-    return f"**{title}**\n\n![{title}](data:image/png;base64,{base64.b64encode(png).decode()})"
+# Previews in Dagster metadata: one small image per preview, whatever the dataset's resolution, so
+# the event log holds kilobytes per class, not megabytes (1000 classes x 4-5 previews per run).
+PREVIEW_TILE_PX = 64  # longest side of a tile
+PREVIEW_COLUMNS = 8
+PREVIEW_ROWS = 4
+PREVIEW_MAX_BYTES = 48 * 1024  # encoded grid; the base64 text is 4/3 of it
+_TINY_TARGET_PX = 48  # tiny images (8x8 digits) are enlarged by a whole factor toward this, to be visible
+_WEBP_QUALITIES = (80, 60, 40, 20)
+
+
+def preview_tiles(images: np.ndarray, tile_px: int = PREVIEW_TILE_PX) -> np.ndarray:
+    """``[N, H, W, C]`` -> ``[N, h, w, C]`` with ``max(h, w) <= tile_px``: large images shrunk (box filter,
+    aspect kept), tiny ones enlarged by a whole factor (sharp pixels)."""
+    if tile_px < 1:
+        raise ValueError(f"tile_px must be >= 1, got {tile_px}")
+    n, h, w, c = images.shape
+    longest = max(h, w, 1)
+    if longest <= tile_px:
+        factor = max(1, min(_TINY_TARGET_PX, tile_px) // longest)
+        return images if factor == 1 else images.repeat(factor, axis=1).repeat(factor, axis=2)
+    size = (max(1, round(w * tile_px / longest)), max(1, round(h * tile_px / longest)))  # PIL: (width, height)
+    tiles = [np.asarray(Image.fromarray(im[..., 0] if c == 1 else im).resize(size, Image.Resampling.BOX)) for im in images]
+    return np.stack(tiles).reshape(n, size[1], size[0], c)
+
+
+def _encode_preview(grid: np.ndarray, max_bytes: int) -> tuple[str, bytes] | None:
+    """PNG when it fits ``max_bytes`` (sharp digits, flat colours), else the best lossy WebP that fits."""
+    png = encode_image(grid, "png")
+    if len(png) <= max_bytes:
+        return "png", png
+    pil = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
+    for quality in _WEBP_QUALITIES:
+        buffer = io.BytesIO()
+        pil.save(buffer, format="WEBP", quality=quality, method=4)
+        if buffer.tell() <= max_bytes:
+            return "webp", buffer.getvalue()
+    return None
+
+
+def grid_markdown(
+    images: np.ndarray,
+    title: str,
+    columns: int = PREVIEW_COLUMNS,
+    max_images: int = PREVIEW_COLUMNS * PREVIEW_ROWS,
+    tile_px: int = PREVIEW_TILE_PX,
+    max_bytes: int = PREVIEW_MAX_BYTES,
+) -> str:
+    """A Markdown snippet with ONE inline image: a grid of the first ``max_images`` images as tiles of at most
+    ``tile_px`` pixels, encoded in at most ``max_bytes`` (PNG, else lossy WebP, else smaller tiles).
+
+    Its size depends on the tile count and ``tile_px``, never on the images' resolution.
+    """
+    if len(images) == 0:
+        raise ValueError("grid_markdown needs at least one image")
+    shown = images[: max(1, max_images)]
+    caption = f"**{title}**" + (f" (first {len(shown)} of {len(images)})" if len(shown) < len(images) else "")
+    while True:
+        grid = image_grid(preview_tiles(shown, tile_px), columns=columns)
+        encoded = _encode_preview(grid, max_bytes)
+        if encoded is not None:
+            break
+        if tile_px <= 4:  # max_bytes too small for even 4 px tiles: say so instead of growing past it
+            return caption + f"\n\n(preview omitted: {len(shown)} tiles do not fit in {max_bytes} bytes)"
+        tile_px //= 2  # noise-like images that no WebP quality squeezes under the budget
+    fmt, data = encoded
+    return f"{caption}\n\n![{title}](data:image/{fmt};base64,{base64.b64encode(data).decode()})"

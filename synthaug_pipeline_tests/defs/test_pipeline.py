@@ -65,6 +65,23 @@ def test_per_class_partitions_are_materialized_once_each(pipeline_run):
     assert len(records["report"]) == 1
 
 
+def test_every_materialization_keeps_its_metadata_under_the_cap(pipeline_run):
+    from dagster._serdes import serialize_value
+
+    from synthaug_pipeline.lib.metadata import METADATA_LIMIT_BYTES
+
+    _, _, _, _, instance = pipeline_run
+    sizes = {}
+    for key in instance.get_asset_keys():
+        for record in instance.fetch_materializations(key, limit=100).records:
+            materialization = record.asset_materialization
+            sizes[key.to_user_string(), materialization.partition] = len(serialize_value(materialization))
+    assert {"real_images", "synthetic_images", "synthetic_scores", "synthetic_shards"} <= {asset for asset, _ in sizes}
+    assert max(sizes.values()) <= METADATA_LIMIT_BYTES, sorted(sizes.items(), key=lambda item: -item[1])[:3]
+    # the previews are thumbnails: a class partition's images and scores stay far under the cap
+    assert max(size for (asset, partition), size in sizes.items() if partition is not None) <= 64 * 1024
+
+
 def test_shards_carry_provenance_and_feed_the_augmented_model(pipeline_run):
     output, _, _, records, _ = pipeline_run
     uris = [u for c in ("0", "1") for u in list_class_shards(f"{output}/synthetic_shards", c)]

@@ -6,6 +6,7 @@ import dagster as dg
 import numpy as np
 
 from synthaug_pipeline.defs.io_managers import PerPartition
+from synthaug_pipeline.defs.metadata import add_metadata
 from synthaug_pipeline.defs.resources import SynthaugSettings, add_partition_metadata, log_warning
 from synthaug_pipeline.lib.datasets import RealClass
 from synthaug_pipeline.lib.images import grid_markdown
@@ -53,7 +54,7 @@ def build_data_assets(partitions: dg.PartitionsDefinition, backfill_policy: dg.B
             f"{', '.join(f'{n} {reason}' for reason, n in c['skipped'].items()) or 0} |"
             for c in counts
         )
-        context.add_output_metadata(
+        add_metadata(context, 
             {
                 "num_classes": len(dataset.class_ids),
                 "image_shape": str(dataset.image_shape),

@@ -8,6 +8,7 @@ import fsspec
 
 from synthaug_pipeline.lib.datasets import stack_classes
 from synthaug_pipeline.defs.io_managers import Partitions
+from synthaug_pipeline.defs.metadata import add_metadata
 from synthaug_pipeline.defs.resources import ModelsResource, SynthaugSettings, log_progress
 from synthaug_pipeline.lib.evaluation import compare, evaluate_under_shift, load_shift_set
 from synthaug_pipeline.lib.redaction import redact_settings, redact_url, redact_urls
@@ -64,7 +65,7 @@ def build_evaluation_assets() -> list[dg.AssetsDefinition]:
             metadata.update(
                 {f"baseline_top1_{name}": base["shift_sets"][name]["top1"], f"augmented_top1_{name}": aug["shift_sets"][name]["top1"]}
             )
-        context.add_output_metadata(metadata)
+        add_metadata(context, metadata)
         return {
             "models": results,
             "delta": delta,
@@ -102,7 +103,7 @@ def build_evaluation_assets() -> list[dg.AssetsDefinition]:
         for name, text in (("report.json", json.dumps(payload, indent=2, default=float)), ("report.md", markdown)):
             with fsspec.open(f"{base}/{name}", "w") as handle:
                 handle.write(text)
-        context.add_output_metadata({"report_json": redact_url(f"{base}/report.json"), "report": dg.MetadataValue.md(markdown)})
+        add_metadata(context, {"report_json": redact_url(f"{base}/report.json"), "report": dg.MetadataValue.md(markdown)})
         return {"json": f"{base}/report.json", "markdown": f"{base}/report.md", "summary": payload["evaluation"]["delta"]}
 
     return [evaluation, report]

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from synthaug_pipeline.defs.io_managers import Partitions
+from synthaug_pipeline.defs.metadata import add_metadata
 from synthaug_pipeline.defs.resources import SynthaugSettings, default_device, model_url, training_progress
 from synthaug_pipeline.defs.training.assets import upstream_materializations
 from synthaug_pipeline.lib.classifier import save_classifier, train_classifier, train_classifier_synthetic_only
@@ -166,7 +167,7 @@ def build_experiment_assets(experiments: ExperimentsConfig) -> list[dg.AssetsDef
         per_class = "| class | top-1 |\n|---|---|\n" + "\n".join(
             f"| {c} | {'n/a' if a is None else f'{100 * a:.1f}%'} |" for c, a in in_domain["per_class"].items()
         )
-        context.add_output_metadata(
+        add_metadata(context, 
             {
                 "group": spec.group,
                 "top1": in_domain["top1"],
@@ -214,7 +215,7 @@ def build_experiment_assets(experiments: ExperimentsConfig) -> list[dg.AssetsDef
         for name, text in (("experiments.json", json.dumps(redact_urls(summary), indent=2)), ("experiments.md", markdown)):
             with fsspec.open(f"{base}/{name}", "w") as handle:
                 handle.write(text)
-        context.add_output_metadata(
+        add_metadata(context, 
             {
                 "experiments": len(keys),
                 "summarized": len(summary["materialized"]),

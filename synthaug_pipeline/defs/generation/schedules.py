@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from synthaug_pipeline.defs.resources import latest_materialization
+from synthaug_pipeline.defs.instance_queries import latest_materializations
 from synthaug_pipeline.lib.config import Profile
 from synthaug_pipeline.lib.regeneration import ClassQuality, worst_classes
 
@@ -28,8 +28,9 @@ def _metadata_value(metadata: dict, key: str):
 def latest_class_qualities(instance: dg.DagsterInstance, class_ids: list[str], metric: str) -> tuple[list[ClassQuality], list[str]]:
     """What the last ``synthetic_scores`` materialization of each class recorded, and the classes never scored."""
     qualities, never_scored = [], []
+    records = latest_materializations(instance, "synthetic_scores", class_ids)  # one query for every class
     for class_id in class_ids:
-        record = latest_materialization(instance, "synthetic_scores", class_id)
+        record = records.get(class_id)
         if record is None:
             never_scored.append(class_id)
             continue

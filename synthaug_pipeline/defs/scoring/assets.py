@@ -34,6 +34,7 @@ import dagster as dg
 import numpy as np
 
 from synthaug_pipeline.defs.io_managers import Partitions, PerPartition
+from synthaug_pipeline.defs.metadata import add_metadata
 from synthaug_pipeline.defs.resources import (
     ModelsResource,
     SynthaugSettings,
@@ -455,7 +456,7 @@ def build_scoring_assets(partitions: dg.PartitionsDefinition, backfill_policy: d
         version = save_classifier(trained, url)
         test_images, test_labels = stack_classes(real_images, "test")
         accuracy = evaluate(trained.model, test_images, test_labels, class_catalog["class_ids"])["top1"]
-        context.add_output_metadata(
+        add_metadata(context, 
             {"url": redact_url(url), "version": version, "model": model_name, "test_top1": round(accuracy, 4), "seconds": round(trained.seconds, 1)}
         )
         return ModelRef(role="judge", url=url, version=version, model=model_name, details={"test_top1": accuracy})

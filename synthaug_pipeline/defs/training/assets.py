@@ -11,6 +11,8 @@ import numpy as np
 
 from synthaug_pipeline.lib.datasets import stack_classes
 from synthaug_pipeline.defs.io_managers import Partitions
+from synthaug_pipeline.defs.instance_queries import latest_materializations
+from synthaug_pipeline.defs.metadata import add_metadata
 from synthaug_pipeline.defs.resources import (
     SynthaugSettings,
     default_device,
@@ -41,7 +43,8 @@ def upstream_materializations(
     instance = context.instance
     found: dict = {"class_catalog": _materialization(latest_materialization(instance, "class_catalog"))}
     for asset in per_class:
-        found[asset] = {c: _materialization(latest_materialization(instance, asset, c)) for c in class_ids}
+        records = latest_materializations(instance, asset, class_ids)  # one query per asset, not per class
+        found[asset] = {c: _materialization(records.get(c)) for c in class_ids}
     return found
 
 
@@ -50,7 +53,7 @@ def _model_record(context: dg.AssetExecutionContext, trained: TrainedClassifier,
     version = save_classifier(trained, url)
     lineage = {**lineage, "name": name, "version": version, "run_id": context.run_id, "training": trained.config}
     write_lineage(url, lineage)
-    context.add_output_metadata(
+    add_metadata(context, 
         {
             "url": redact_url(url),
             "version": version,
