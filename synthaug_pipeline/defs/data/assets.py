@@ -54,7 +54,7 @@ def build_data_assets(partitions: dg.PartitionsDefinition, backfill_policy: dg.B
             f"{', '.join(f'{n} {reason}' for reason, n in c['skipped'].items()) or 0} |"
             for c in counts
         )
-        add_metadata(context, 
+        add_metadata(context,
             {
                 "num_classes": len(dataset.class_ids),
                 "image_shape": str(dataset.image_shape),

@@ -167,7 +167,7 @@ def build_experiment_assets(experiments: ExperimentsConfig) -> list[dg.AssetsDef
         per_class = "| class | top-1 |\n|---|---|\n" + "\n".join(
             f"| {c} | {'n/a' if a is None else f'{100 * a:.1f}%'} |" for c, a in in_domain["per_class"].items()
         )
-        add_metadata(context, 
+        add_metadata(context,
             {
                 "group": spec.group,
                 "top1": in_domain["top1"],
@@ -215,7 +215,7 @@ def build_experiment_assets(experiments: ExperimentsConfig) -> list[dg.AssetsDef
         for name, text in (("experiments.json", json.dumps(redact_urls(summary), indent=2)), ("experiments.md", markdown)):
             with fsspec.open(f"{base}/{name}", "w") as handle:
                 handle.write(text)
-        add_metadata(context, 
+        add_metadata(context,
             {
                 "experiments": len(keys),
                 "summarized": len(summary["materialized"]),

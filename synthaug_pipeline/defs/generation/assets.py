@@ -89,7 +89,7 @@ def train_ddpm_generator(
     url = model_url(profile.output_url, "generator", context.run_id)
     version = save_generator(trained, url)
     lineage = {"init_from": cfg.init_from, "init_from_version": init_from.version if init_from is not None else None}
-    add_metadata(context, 
+    add_metadata(context,
         {
             "backend": "ddpm",
             "url": redact_url(url),
@@ -124,7 +124,7 @@ def load_pretrained_generator(
     class_indices = dit_class_indices(class_ids, dit_num_labels(loaded), cfg.class_index_map) if kind == "dit" else None
     scheduler = make_pretrained_scheduler(cfg.sampler, loaded.scheduler_config)
     facts = loaded.describe()
-    add_metadata(context, 
+    add_metadata(context,
         {
             "backend": cfg.backend,
             **{k: v for k, v in facts.items() if k != "load_seconds"},

@@ -456,7 +456,7 @@ def build_scoring_assets(partitions: dg.PartitionsDefinition, backfill_policy: d
         version = save_classifier(trained, url)
         test_images, test_labels = stack_classes(real_images, "test")
         accuracy = evaluate(trained.model, test_images, test_labels, class_catalog["class_ids"])["top1"]
-        add_metadata(context, 
+        add_metadata(context,
             {"url": redact_url(url), "version": version, "model": model_name, "test_top1": round(accuracy, 4), "seconds": round(trained.seconds, 1)}
         )
         return ModelRef(role="judge", url=url, version=version, model=model_name, details={"test_top1": accuracy})

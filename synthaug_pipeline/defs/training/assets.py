@@ -53,7 +53,7 @@ def _model_record(context: dg.AssetExecutionContext, trained: TrainedClassifier,
     version = save_classifier(trained, url)
     lineage = {**lineage, "name": name, "version": version, "run_id": context.run_id, "training": trained.config}
     write_lineage(url, lineage)
-    add_metadata(context, 
+    add_metadata(context,
         {
             "url": redact_url(url),
             "version": version,
