@@ -22,6 +22,7 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 
 from synthaug_pipeline.definitions import build_definitions
 from synthaug_pipeline.defs.resources import default_device, set_progress_listener
+from synthaug_pipeline.defs.launch import execute_named_job
 from synthaug_pipeline.defs.stages import Stage, derive_stages
 from synthaug_pipeline.defs.run_health import BlockedStepReporter, process_tags, reap_dead_runs
 from synthaug_pipeline.lib.classifier import reached_ratios, synthetic_images_needed
@@ -149,6 +150,9 @@ def run_pipeline(
     resources = dict(defs.resources or {})
     # Failures come back as one line (PipelineError) and warnings through log_warning: no traces in the terminal.
     quiet = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+    # the settings travel in each run's config: a re-execution from the UI uses them, whatever profile the UI serves
+    settings = defs.resources["settings"]
+    run_config = {**quiet, "resources": {"settings": {"config": {"profile": settings.profile, "overrides": list(settings.overrides)}}}}
     outcome = PipelineResult(profile=profile)
     planner = ReusePlanner.for_definitions(instance, profile, defs) if resume else None
 
@@ -164,15 +168,15 @@ def run_pipeline(
         tags = {"synthaug/profile": profile.name, "synthaug/stage": stage.name, **process_tags(), **fingerprint_tags(profile, selection)}
         if partitions and len(partitions) > 1:
             tags.update({ASSET_PARTITION_RANGE_START_TAG: partitions[0], ASSET_PARTITION_RANGE_END_TAG: partitions[-1]})
-        job = defs.resolve_job_def(stage.job_name)
         with BlockedStepReporter(instance, echo):
-            result = job.execute_in_process(
-                run_config=quiet,
-                instance=instance,
-                partition_key=partitions[0] if partitions and len(partitions) == 1 else None,
-                asset_selection=[dg.AssetKey(a) for a in selection],
-                raise_on_error=False,
+            result = execute_named_job(
+                defs,
+                stage.job_name,
+                instance,
+                asset_selection=selection,
+                run_config=run_config,
                 tags=tags,
+                partition_key=partitions[0] if partitions and len(partitions) == 1 else None,
             )
         outcome.run_ids.append(result.run_id)
         if not result.success and not _only_blocking_checks_failed(result):

@@ -200,3 +200,10 @@ def tiny_image_variation_pipeline(folder: str | Path, seed: int = 0) -> Path:
 
 def parameter_count(*modules: torch.nn.Module) -> int:
     return sum(p.numel() for m in modules for p in m.parameters())
+
+
+def shard_ref(class_id: str, checks: dict[str, bool], error: str | None = None):
+    """A ``synthetic_shards`` value naming no real file: for tests that must be refused before any shard is read."""
+    from synthaug_pipeline.lib.shards import ShardRef
+
+    return ShardRef(class_id, f"memory://none/{class_id}.parquet", "0" * 64, 0, 0, "v", "{}", "g", "run", checks, error)

@@ -10,6 +10,8 @@ import pytest
 
 from synthaug_pipeline.definitions import build_definitions
 from synthaug_pipeline.lib.config import ProfileError
+from synthaug_pipeline.lib.datasets import RealClass
+from synthaug_pipeline_tests.tiny_models import shard_ref
 from synthaug_pipeline.lib.lineage import models_using_shard, read_lineage
 from synthaug_pipeline.lib.shards import file_sha256, list_class_shards, read_shards
 from synthaug_pipeline.orchestration import STAGES
@@ -188,7 +190,10 @@ def test_an_infeasible_grid_is_reported_at_the_catalog_and_refused_by_experiment
         metadata = instance.fetch_materializations(dg.AssetKey("class_catalog"), limit=1).records[0].asset_materialization.metadata
         assert expected in metadata["experiment_grid"].value
     experiment_run = next(a for a in defs.assets if a.key == dg.AssetKey("experiment_run"))
-    real = {c: {"train": np.zeros((20, 8, 8, 1), np.uint8)} for c in ("0", "1")}
+    real = {
+        c: RealClass(c, i, c, train=np.zeros((20, 8, 8, 1), np.uint8), test=np.zeros((0, 8, 8, 1), np.uint8))
+        for i, c in enumerate(("0", "1"))
+    }
     context = dg.build_asset_context(partition_key="few_shot-r0-s0")
     with context, pytest.raises(ProfileError, match=re.escape(expected)) as raised:
         experiment_run(
@@ -208,8 +213,8 @@ def test_experiment_run_refuses_shards_whose_checks_failed_before_training(tmp_p
     defs = build_definitions("digits", [*tiny_overrides(str(tmp_path)), *EXPERIMENTS])
     experiment_run = next(a for a in defs.assets if a.key == dg.AssetKey("experiment_run"))
     shards = {
-        "0": {"class_id": "0", "checks": {"has_accepted_images": True, "no_test_leaks_accepted": True}, "error": None},
-        "1": {"class_id": "1", "checks": {"has_accepted_images": True, "no_test_leaks_accepted": False}, "error": None},
+        "0": shard_ref("0", {"has_accepted_images": True, "no_test_leaks_accepted": True}),
+        "1": shard_ref("1", {"has_accepted_images": True, "no_test_leaks_accepted": False}),
     }
     settings = SynthaugSettings(profile="digits", overrides=[*tiny_overrides(str(tmp_path)), *EXPERIMENTS])
     with dg.build_asset_context(partition_key="few_shot-r1-s0") as context, pytest.raises(ValueError, match=r"experiment few_shot-r1-s0 refuses 1 synthetic shard\(s\).*class '1' \(failed: no_test_leaks_accepted\)"):

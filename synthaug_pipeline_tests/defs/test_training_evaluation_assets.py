@@ -13,6 +13,7 @@ from synthaug_pipeline.lib.config import DataConfig
 from synthaug_pipeline.lib.datasets import load_dataset
 from synthaug_pipeline.orchestration import PipelineError, run_pipeline
 from synthaug_pipeline_tests.defs.test_pipeline import tiny_overrides
+from synthaug_pipeline_tests.tiny_models import shard_ref
 
 
 def write_digit_folder(root, classes: list[str], per_class: int = 8) -> str:
@@ -131,8 +132,8 @@ def test_augmented_classifier_refuses_shards_whose_checks_failed_in_an_earlier_r
 
     classifier_augmented = build_training_assets()[1]
     shards = {
-        "0": {"class_id": "0", "checks": {"has_accepted_images": False, "scores_finite": True}, "error": None},
-        "1": {"class_id": "1", "error": None},  # no recorded checks (an older shard): allowed
+        "0": shard_ref("0", {"has_accepted_images": False, "scores_finite": True}),
+        "1": shard_ref("1", {"has_accepted_images": True}),
     }
     settings = SynthaugSettings(profile="digits", overrides=tiny_overrides(str(tmp_path)))
     refused = r"classifier_augmented refuses 1 synthetic shard\(s\).*class '0' \(failed: has_accepted_images\)"

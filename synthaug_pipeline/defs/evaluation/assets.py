@@ -90,7 +90,7 @@ def build_evaluation_assets() -> list[dg.AssetsDefinition]:
         payload = {
             "profile": redact_settings(profile.model_dump(mode="json")),
             "dataset": {k: class_catalog[k] for k in ("dataset", "source", "class_ids", "image_shape")},
-            "judge": asdict(judge),
+            "judge": {**asdict(judge), "test_top1": judge.get("test_top1")},
             "per_class": {c: synthetic_scores[c].summary for c in class_catalog["class_ids"] if c in synthetic_scores},
             "shards": [asdict(synthetic_shards[c]) for c in class_catalog["class_ids"] if c in synthetic_shards],
             "models": {"baseline": asdict(classifier_baseline), "augmented": asdict(classifier_augmented)},
