@@ -97,7 +97,11 @@ def _validate(profile_name: str | None, overrides: list[str], classes: list[str]
 
         check_shift_folders(profile.evaluation.shift_folders, known, profile.evaluation.shift_folder_labels)
     if classes:
-        check_classes(profile.data, classes)
+        known = check_classes(profile.data, classes)
+    if profile.judge.pretrained or profile.classifier.pretrained:
+        from synthaug_pipeline.lib.preflight import check_pretrained_settings  # imports torch: only when needed
+
+        check_pretrained_settings(profile, known)
     return profile
 
 

@@ -8,7 +8,7 @@ import numpy as np
 from synthaug_pipeline.defs.resources import SynthaugSettings, log_warning
 from synthaug_pipeline.lib.images import grid_markdown
 from synthaug_pipeline.lib.config import ProfileError
-from synthaug_pipeline.lib.preflight import check_before_training, check_experiment_grid
+from synthaug_pipeline.lib.preflight import check_before_training, check_experiment_grid, held_out_warning
 
 
 def build_data_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
@@ -24,11 +24,15 @@ def build_data_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
                 "train": int(np.sum(dataset.train.labels == i)),
                 "test": int(np.sum(dataset.test.labels == i)),
                 "skipped": dataset.skipped.get(class_id, {}),
+                **({"available": dataset.available[class_id]} if dataset.available else {}),  # listed before per-class caps
             }
             for i, (class_id, name) in enumerate(zip(dataset.class_ids, dataset.class_names, strict=True))
         ]
         profile = settings.load()
         train_counts = [c["train"] for c in counts]
+        untested = [c["class_id"] for c in counts if not c["test"]]
+        if untested:
+            log_warning(context, held_out_warning(untested, len(counts)))
         check_before_training(profile, dataset.class_ids, train_counts)  # fail before anything trains
         try:  # the experiment grid is its own job: a point that cannot run is reported here, refused there
             check_experiment_grid(profile, dataset.class_ids, train_counts)

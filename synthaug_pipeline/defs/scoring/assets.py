@@ -57,6 +57,7 @@ from synthaug_pipeline.lib.features import (
 )
 from synthaug_pipeline.lib.images import encode_image, grid_markdown
 from synthaug_pipeline.lib.plots import histogram_markdown
+from synthaug_pipeline.lib.pretrained_classifiers import pretrained_judge
 from synthaug_pipeline.lib.redaction import redact_url
 from synthaug_pipeline.lib.scoring import ClassScores, filter_policy, filter_version, score_class, shard_accept
 from synthaug_pipeline.lib.shards import SHARD_SCHEMA, build_shard_table, read_shards, write_class_shard
@@ -268,7 +269,11 @@ def build_scoring_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsD
         test_images, test_labels = stack_real(real_images, "test")
         num_classes = len(class_catalog["class_ids"])
         model_name = profile.judge.model
-        if num_classes < 2:  # nothing to learn: confidence is 1 by definition, features come from a seeded random network
+        if profile.judge.pretrained:  # ImageNet weights used as-is: the run's classes pick their logits by wnid
+            trained = pretrained_judge(profile.judge, class_catalog["class_ids"], images)
+            model_name = f"{profile.judge.model}-pretrained"
+            log_progress(context, f"judge: {profile.judge.model} with pretrained weights {profile.judge.pretrained!r}, used as-is (not trained)")
+        elif num_classes < 2:  # nothing to learn: confidence is 1 by definition, features come from a seeded random network
             trained = untrained_classifier(images, num_classes, profile.judge)
             model_name = f"{profile.judge.model}-untrained"
             log_progress(context, "one class: the judge is an untrained network (confidence 1 for every image; random features)")
@@ -278,13 +283,14 @@ def build_scoring_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsD
             )
         url = model_url(profile.output_url, "judge", context.run_id)
         version = save_classifier(trained, url)
-        accuracy = evaluate(trained.model, test_images, test_labels, class_catalog["class_ids"])["top1"]
+        # no held-out image (one image per class): no accuracy to report
+        accuracy = evaluate(trained.model, test_images, test_labels, class_catalog["class_ids"])["top1"] if len(test_images) else None
         context.add_output_metadata(
             {
                 "url": redact_url(url),
                 "version": version,
                 "model": model_name,
-                "test_top1": round(accuracy, 4),
+                "test_top1": round(accuracy, 4) if accuracy is not None else "n/a (no test images)",
                 "seconds": round(trained.seconds, 1),
             }
         )
