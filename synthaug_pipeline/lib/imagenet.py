@@ -350,11 +350,14 @@ def check_imagenet_available(cfg: DataConfig) -> None:
 
 
 def available_counts(listing: _Listing, all_ids: list[str], class_ids: list[str]) -> dict[str, dict[str, int]]:
-    """Images listed per selected class and split, before the per-class caps: ``{wnid: {"train": n, "test": n}}``."""
-    held = listing.held_out if listing.held_out is not None else np.zeros(len(listing.refs), dtype=bool)
-    train = np.bincount(listing.labels[~held], minlength=len(all_ids))
-    test = np.bincount(listing.labels[held], minlength=len(all_ids))
+    """Images listed per selected class before the per-class caps: ``{wnid: {"train": n, "test": n}}``, or
+    ``{wnid: {"images": n}}`` when the data has no split (``data.test_fraction`` then holds some out)."""
     position = {c: i for i, c in enumerate(all_ids)}
+    if listing.held_out is None:
+        images = np.bincount(listing.labels, minlength=len(all_ids))
+        return {c: {"images": int(images[position[c]])} for c in class_ids}
+    train = np.bincount(listing.labels[~listing.held_out], minlength=len(all_ids))
+    test = np.bincount(listing.labels[listing.held_out], minlength=len(all_ids))
     return {c: {"train": int(train[position[c]]), "test": int(test[position[c]])} for c in class_ids}
 
 
