@@ -90,7 +90,9 @@ def _validate(profile_name: str | None, overrides: list[str], classes: list[str]
     from synthaug_pipeline.lib.datasets import check_classes, check_dataset_available, dataset_class_ids
 
     profile = load_profile(profile_name, overrides)
-    check_dataset_available(profile.data)  # an explicit data.path must hold the data: no Dagster run, no download
+    # an explicit data.path must hold the data (of the --classes asked for): no Dagster run, no download
+    data = profile.data.model_copy(update={"classes": check_classes(profile.data, classes)}) if classes else profile.data
+    check_dataset_available(data)
     known = dataset_class_ids(profile.data)
     if profile.evaluation.shift_folders:
         from synthaug_pipeline.lib.evaluation import check_shift_folders  # imports torch: only when needed
