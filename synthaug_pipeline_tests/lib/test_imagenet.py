@@ -240,3 +240,29 @@ def test_the_samples_parquet_serves_all_1000_classes_with_one_image_each():
     assert dataset.class_ids == list(imagenet_1k()) and len(dataset.train) == 1000 and len(dataset.test) == 0
     assert np.bincount(dataset.train.labels).tolist() == [1] * 1000
     assert dataset.available[TENCH] == {"images": 1}
+
+
+# --- shifted test sets ----------------------------------------------------------------------
+
+
+def test_shift_sets_of_wnids_or_indices_keep_the_runs_classes(tmp_path):
+    from synthaug_pipeline.lib.evaluation import check_shift_folders, load_shift_set
+
+    for folder, names in (("r", [TENCH, SHARK, "n01491361"]), ("v2", ["0", "2", "3"])):
+        for i, name in enumerate(names):
+            (tmp_path / folder / name).mkdir(parents=True)
+            (tmp_path / folder / name / "a.jpg").write_bytes(jpeg(i))
+            (tmp_path / folder / name / "b.jpg").write_bytes(jpeg(i + 10))
+    classes = [TENCH, GOLDFISH, SHARK]  # ImageNet-1k indices 0, 1, 2
+    sets = {"r": str(tmp_path / "r"), "v2": str(tmp_path / "v2")}
+    assert check_shift_folders(sets, classes, {"r": "wnid", "v2": "imagenet_index"}) == {"r": [TENCH, SHARK], "v2": [TENCH, SHARK]}
+    images, labels = load_shift_set("r", sets["r"], classes, (8, 8, 3), "wnid")
+    assert sorted(labels.tolist()) == [0, 0, 2, 2] and images.shape == (4, 8, 8, 3)  # n01491361 is not decoded
+    _, labels = load_shift_set("v2", sets["v2"], classes, (8, 8, 3), "imagenet_index")
+    assert sorted(labels.tolist()) == [0, 0, 2, 2]
+    with pytest.raises(Exception, match="set evaluation.shift_folder_labels.r=wnid"):
+        check_shift_folders(sets, classes, {"v2": "imagenet_index"})
+    with pytest.raises(Exception, match=r"\['0', '2', '3'\] are no ImageNet-1k wnids"):
+        check_shift_folders({"v2": sets["v2"]}, classes, {"v2": "wnid"})
+    with pytest.raises(Exception, match="shares no class with this profile"):
+        check_shift_folders({"r": sets["r"]}, [GOLDFISH], {"r": "wnid"})
