@@ -77,7 +77,8 @@ def main() -> int:
     print(f"`{record['command']}` on {machine_summary(record['machine'])}")
     print("| classes | images | top-1 | top-5 | mean p(true class) |\n|---|---|---|---|---|")
     for name, r in results.items():
-        print(f"| {name} ({r['classes']}) | {r['images']} | {100 * r['top1']:.1f}% | {100 * r['top5']:.1f}% | {r['mean_confidence_true_class']:.3f} |")
+        top = f"{100 * r['top1']:.1f}% | {100 * r['top5']:.1f}%"
+        print(f"| {name} ({r['classes']}) | {r['images']} | {top} | {r['mean_confidence_true_class']:.3f} |")
     return 0
 
 

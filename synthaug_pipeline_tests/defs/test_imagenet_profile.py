@@ -121,7 +121,12 @@ def materialize_imagenet(overrides, assets, instance, partition=None):
 
     defs = build_definitions("imagenet", overrides)
     return dg.materialize(
-        list(defs.assets), selection=list(assets), partition_key=partition, instance=instance, resources=dict(defs.resources), raise_on_error=False
+        list(defs.assets),
+        selection=list(assets),
+        partition_key=partition,
+        instance=instance,
+        resources=dict(defs.resources),
+        raise_on_error=False,
     )
 
 

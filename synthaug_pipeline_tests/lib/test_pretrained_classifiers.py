@@ -99,7 +99,8 @@ def test_a_classifier_fine_tunes_from_a_local_file_and_reloads(tmp_path):
     tuned = trained.model.model.state_dict()[stem]
     assert (tuned - start[stem]).abs().max() < 0.05 < (tuned - fresh[stem]).abs().max()  # started from the file, moved a little
     save_classifier(trained, str(tmp_path / "clf"))
-    np.testing.assert_allclose(predict(load_classifier(str(tmp_path / "clf")).model, images)[0], predict(trained.model, images)[0], atol=1e-6)
+    reloaded = load_classifier(str(tmp_path / "clf")).model
+    np.testing.assert_allclose(predict(reloaded, images)[0], predict(trained.model, images)[0], atol=1e-6)
 
 
 @pytest.mark.parametrize(

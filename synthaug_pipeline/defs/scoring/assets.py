@@ -272,7 +272,9 @@ def build_scoring_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsD
         if profile.judge.pretrained:  # ImageNet weights used as-is: the run's classes pick their logits by wnid
             trained = pretrained_judge(profile.judge, class_catalog["class_ids"], images)
             model_name = f"{profile.judge.model}-pretrained"
-            log_progress(context, f"judge: {profile.judge.model} with pretrained weights {profile.judge.pretrained!r}, used as-is (not trained)")
+            log_progress(
+                context, f"judge: {profile.judge.model} with pretrained weights {profile.judge.pretrained!r}, used as-is (not trained)"
+            )
         elif num_classes < 2:  # nothing to learn: confidence is 1 by definition, features come from a seeded random network
             trained = untrained_classifier(images, num_classes, profile.judge)
             model_name = f"{profile.judge.model}-untrained"
