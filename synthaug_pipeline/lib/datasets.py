@@ -57,6 +57,7 @@ class Dataset:
     source: str
     skipped_files: list[str] = field(default_factory=list)
     skipped: dict[str, dict[str, int]] = field(default_factory=dict)  # {class id: {reason: files skipped}}
+    available: dict[str, dict[str, int]] | None = None  # {class id: {"train": n, "test": n}} listed before caps (imagenet)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -97,13 +98,26 @@ def stack_classes(classes: Mapping[str, RealClass] | Sequence[RealClass], split:
 
 def dataset_class_ids(cfg: DataConfig) -> list[str]:
     """The class ids (partition keys) a data config yields, without decoding images."""
+    if cfg.source == "imagenet":
+        from synthaug_pipeline.lib.imagenet import imagenet_class_ids
+
+        return imagenet_class_ids(cfg.classes)  # the 1000 wnids (or the chosen ones), standard order: no data read
     if cfg.source == "digits":
         ids = [str(i) for i in range(10)]
     elif cfg.source == "fashion":
         ids = list(FASHION_IDS)
     else:
         ids = _folder_class_ids(_require_path(cfg))
-    return _select_classes(ids, cfg.classes)
+    return _select_classes(ids, wanted_classes(cfg))
+
+
+def wanted_classes(cfg: DataConfig) -> list[str] | None:
+    """``data.classes`` as a list: as given, or read from a text file (one class id per line, ``#`` comments)."""
+    if not isinstance(cfg.classes, str):
+        return cfg.classes
+    from synthaug_pipeline.lib.imagenet import read_class_list
+
+    return read_class_list(cfg.classes)
 
 
 def _select_classes(ids: list[str], wanted: list[str] | None) -> list[str]:
@@ -174,12 +188,16 @@ def check_dataset_available(cfg: DataConfig) -> None:
                 f"data.path {cfg.path!r} lacks the Fashion-MNIST files {missing} (gzipped or not): copy them there, "
                 f"or unset data.path to use {FASHION_DEBIAN_DIR} (apt-get install dataset-fashion-mnist)"
             )
+    elif cfg.source == "imagenet":
+        from synthaug_pipeline.lib.imagenet import check_imagenet_available
+
+        check_imagenet_available(cfg)
     elif cfg.source == "folder":
         path = _require_path(cfg)
         fs, root = fsspec.core.url_to_fs(path)
         if not fs.exists(root):
             raise DatasetError(f"data.path {path!r} does not exist: point it at an ImageFolder tree or a Parquet file")
-        class_ids = _select_classes(_folder_class_ids(path), cfg.classes)  # odd class ids, bad Parquet: refused here
+        class_ids = _select_classes(_folder_class_ids(path), wanted_classes(cfg))  # odd class ids, bad Parquet: refused here
         if _is_parquet(path):
             labels, held_out = _parquet_index(fs, root, path)
             trained = {label for label, out in zip(labels, held_out, strict=True) if not out} if held_out is not None else set(labels)
@@ -209,6 +227,10 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         dataset = _load_digits(cfg)
     elif cfg.source == "fashion":
         dataset = _load_fashion(cfg)
+    elif cfg.source == "imagenet":
+        from synthaug_pipeline.lib.imagenet import load_imagenet
+
+        return load_imagenet(cfg)  # subsets before decoding, like folder
     else:
         return _load_folder(cfg)  # subsets before decoding
     return _postprocess(dataset, cfg)
@@ -350,8 +372,11 @@ def _folder_class_ids(path: str) -> list[str]:
     return ids
 
 
-def _parquet_index(fs, root: str, path: str) -> tuple[list[str], np.ndarray | None]:
-    """Each row's class id and whether it is held out (None without a ``split`` column); reads no images."""
+def _parquet_index(fs, root: str, path: str, label_columns: tuple[str, ...] = ("label",)) -> tuple[list[str], np.ndarray | None]:
+    """Each row's class id and whether it is held out (None without a ``split`` column); reads no images.
+
+    The class id comes from the first of ``label_columns`` the file has (imagenet: ``wnid``, then ``label``).
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -359,20 +384,22 @@ def _parquet_index(fs, root: str, path: str) -> tuple[list[str], np.ndarray | No
         with fs.open(root, "rb") as handle:
             parquet = pq.ParquetFile(handle)
             names = parquet.schema_arrow.names
-            missing = [name for name in ("image", "label") if name not in names]
+            label = next((name for name in label_columns if name in names), None)
+            missing = ([] if "image" in names else ["image"]) + ([] if label else [" or ".join(label_columns)])
             if missing:
                 raise DatasetError(
                     f"Parquet file {path!r} has no column {' or '.join(repr(m) for m in missing)}: it needs 'image' "
-                    f"(encoded bytes, or a struct with 'bytes') and 'label', optionally 'split'; it has {names}"
+                    f"(encoded bytes, or a struct with 'bytes') and {' or '.join(repr(c) for c in label_columns)}, "
+                    f"optionally 'split'; it has {names}"
                 )
-            table = parquet.read(columns=[name for name in ("label", "split") if name in names])
+            table = parquet.read(columns=[name for name in (label, "split") if name in names])
     except (pa.ArrowException, OSError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DatasetError(
             f"data.path {path!r} cannot be read as Parquet ({reason}); a .parquet path must be a Parquet file "
             "with columns 'image' and 'label'"
         ) from None
-    raw_labels = table.column("label").to_pylist()
+    raw_labels = table.column(label).to_pylist()
     if None in raw_labels:
         row = raw_labels.index(None)
         count = raw_labels.count(None)
@@ -497,23 +524,33 @@ def _load_folder(cfg: DataConfig) -> Dataset:
     is set) replaced by the next candidate of the same seeded draw; with every file readable the
     selection equals :func:`_take_per_class` over the decoded dataset.
     """
-    from synthaug_pipeline.lib.images import ImageDecodeError, decode_image  # imports torch: only when pixels are read
-
     path = _require_path(cfg)
     all_ids = _folder_class_ids(path)
-    class_ids = _select_classes(all_ids, cfg.classes)
+    class_ids = _select_classes(all_ids, wanted_classes(cfg))
     fs, root = fsspec.core.url_to_fs(path)
     listing = _list_parquet(fs, root, path, all_ids) if _is_parquet(path) else _list_folder(fs, root, all_ids)
+    return load_listing(cfg, listing, all_ids, class_ids, _folder_reader(fs, root, path), name=Path(root).name, path=path)
+
+
+def load_listing(
+    cfg: DataConfig, listing: _Listing, all_ids: list[str], class_ids: list[str], read, *, name: str, path: str, class_names=None
+) -> Dataset:
+    """Split, subset, read and decode a listed dataset: only the chosen images are read (see :func:`_load_folder`).
+
+    ``listing.labels`` index ``all_ids``; the result keeps ``class_ids`` (a subset, in that order). ``read`` maps a
+    batch of ``listing.refs`` to their encoded bytes (an exception or None for one that cannot be read).
+    """
+    from synthaug_pipeline.lib.images import ImageDecodeError, decode_image  # imports torch: only when pixels are read
+
     if listing.held_out is None:
         train_idx, test_idx = _stratified_split(listing.labels, cfg.test_fraction, cfg.seed)
     else:
         train_idx, test_idx = np.flatnonzero(~listing.held_out), np.flatnonzero(listing.held_out)
     remap = np.full(len(all_ids), -1, dtype=np.int64)
     remap[[all_ids.index(c) for c in class_ids]] = np.arange(len(class_ids))
-    labels = remap[listing.labels]
+    labels = remap[listing.labels] if len(listing.labels) else listing.labels
     skipped = [entry for entry in listing.skipped if entry[1] in class_ids]
     size, channels = cfg.image_size or 32, cfg.channels or 3
-    read = _folder_reader(fs, root, path)
 
     def attempt(data) -> np.ndarray | str:
         """The fitted image, or why it is skipped."""
@@ -556,13 +593,13 @@ def _load_folder(cfg: DataConfig) -> Dataset:
                 "or leave the class out with data.classes"
             )
     return Dataset(
-        name=Path(root).name,
+        name=name,
         class_ids=class_ids,
-        class_names=list(class_ids),
+        class_names=list(class_names) if class_names is not None else list(class_ids),
         train=train,
         test=test,
         source=redact_url(path),  # recorded in the catalog, lineage and metadata: never with credentials
-        skipped_files=[name for name, _, _ in skipped],
+        skipped_files=[ref for ref, _, _ in skipped],
         skipped=counts,
     )
 
@@ -628,7 +665,7 @@ def _resize_all(images: np.ndarray, size: int) -> np.ndarray:
 
 
 def _postprocess(dataset: Dataset, cfg: DataConfig) -> Dataset:
-    class_ids = _select_classes(dataset.class_ids, cfg.classes)
+    class_ids = _select_classes(dataset.class_ids, wanted_classes(cfg))
     old_index = [dataset.class_ids.index(c) for c in class_ids]
     remap = np.full(len(dataset.class_ids), -1, dtype=np.int64)
     remap[old_index] = np.arange(len(class_ids))

@@ -93,7 +93,7 @@ def _estimate(profile, num_classes, image_shape, device, generator, judge, sampl
             total_images = gen.images_per_class * sample_classes
             estimate.parts["sampling"] = (f"{total_images} images", per_image * total_images)
     for name, cfg, runs, wanted in (
-        ("judge", profile.judge, 1, judge and num_classes >= 2),
+        ("judge", profile.judge, 1, judge and num_classes >= 2 and not profile.judge.pretrained),  # a pretrained judge is not trained
         ("classifiers", profile.classifier, 2, classifiers and num_classes >= 2),
     ):
         if wanted:

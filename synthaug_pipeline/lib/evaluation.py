@@ -34,6 +34,7 @@ from torch import nn
 from synthaug_pipeline.lib.config import DataConfig, ProfileError
 from synthaug_pipeline.lib.datasets import dataset_class_ids, load_dataset
 from synthaug_pipeline.lib.images import to_model_tensor
+from synthaug_pipeline.lib.prompts import WNID_PATTERN
 
 CORRUPTIONS = ("gaussian_noise", "gaussian_blur", "contrast", "brightness", "jpeg", "pixelate")
 SEVERITIES = (1, 2, 3, 4, 5)
@@ -285,7 +286,7 @@ def compare(baseline: dict[str, Any], augmented: dict[str, Any]) -> dict[str, An
 # --------------------------------------------------------------------------------------------------
 
 
-SHIFT_LABEL_MODES = ("class_id", "class_index")
+SHIFT_LABEL_MODES = ("class_id", "class_index", "wnid", "imagenet_index")
 _SPLIT_DIRS = ("test", "val")
 
 
@@ -325,6 +326,8 @@ def shift_label_map(name: str, url: str, labels: Sequence[str], class_ids: Seque
     """
     if mode not in SHIFT_LABEL_MODES:
         raise ProfileError(f"evaluation.shift_folder_labels.{name}={mode!r}: choose one of {', '.join(SHIFT_LABEL_MODES)}")
+    if mode in ("wnid", "imagenet_index"):
+        return _imagenet_label_map(name, url, labels, class_ids, mode)
     if mode == "class_index":
         bad = [label for label in labels if not (label.isdigit() and int(label) < len(class_ids))]
         if bad:
@@ -340,6 +343,8 @@ def shift_label_map(name: str, url: str, labels: Sequence[str], class_ids: Seque
         hint = (
             f"; its folder names look like class indices: set evaluation.shift_folder_labels.{name}=class_index"
             if all(c.isdigit() for c in labels) and not any(c.isdigit() for c in class_ids)
+            else f"; its folder names are ImageNet wnids: set evaluation.shift_folder_labels.{name}=wnid to keep the profile's classes"
+            if all(WNID_PATTERN.match(c) for c in labels)
             else ""
         )
         raise ProfileError(
@@ -348,6 +353,35 @@ def shift_label_map(name: str, url: str, labels: Sequence[str], class_ids: Seque
             f"name the class folders (or Parquet labels) by the profile's class ids{hint}"
         )
     return {c: c for c in labels}
+
+
+def _imagenet_label_map(name: str, url: str, labels: Sequence[str], class_ids: Sequence[str], mode: str) -> dict[str, str]:
+    """wnid / imagenet_index labels -> the profile's class ids; labels of ImageNet-1k classes the profile lacks are left out
+    (ImageNet-R and -A cover 200 classes, ImageNet-V2 all 1000, a run often fewer), labels outside ImageNet-1k are errors."""
+    from synthaug_pipeline.lib.imagenet import imagenet_1k, wnid_index
+
+    order, index = imagenet_1k(), wnid_index()
+    if mode == "imagenet_index":
+        bad = [label for label in labels if not (label.isdigit() and int(label) < len(order))]
+        wnids = {label: order[int(label)] for label in labels if label not in bad}
+        what = "ImageNet-1k indices 0..999 (standard order)"
+    else:
+        bad = [label for label in labels if label not in index]
+        wnids = {label: label for label in labels if label not in bad}
+        what = "ImageNet-1k wnids"
+    if bad:
+        raise ProfileError(
+            f"evaluation.shift_folders.{name} ({url!r}) is read with evaluation.shift_folder_labels.{name}={mode}, but "
+            f"{bad[:10]}{' ...' if len(bad) > 10 else ''} are no {what}"
+        )
+    known = set(class_ids)
+    mapping = {label: wnid for label, wnid in wnids.items() if wnid in known}
+    if not mapping:
+        raise ProfileError(
+            f"evaluation.shift_folders.{name} ({url!r}) shares no class with this profile's {len(class_ids)} classes "
+            f"({list(class_ids)[:5]}{' ...' if len(class_ids) > 5 else ''}): drop it or choose classes it covers"
+        )
+    return mapping
 
 
 def shift_folder_class_ids(name: str, url: str, class_ids: Sequence[str] | None = None, mode: str = "class_id") -> list[str]:
@@ -396,7 +430,13 @@ def load_shift_set(
     all_images, all_labels = [], []
     for root in shift_set_roots(url):
         try:
-            dataset = load_dataset(DataConfig(source="folder", path=root, image_size=height, channels=channels))
+            labels = dataset_class_ids(DataConfig(source="folder", path=root))
+            mapping = shift_label_map(name, url, labels, class_ids, label_mode) if label_mode in ("wnid", "imagenet_index") else None
+            # wnid / imagenet_index sets keep the profile's classes: only their images are decoded
+            wanted = [label for label in labels if label in mapping] if mapping is not None else None
+            if wanted == []:
+                continue
+            dataset = load_dataset(DataConfig(source="folder", path=root, image_size=height, channels=channels, classes=wanted))
         except ProfileError as exc:
             raise ProfileError(f"evaluation.shift_folders.{name} ({url!r}): {exc}") from None
         mapping = shift_label_map(name, url, dataset.class_ids, class_ids, label_mode)

@@ -36,6 +36,7 @@ def check_before_training(profile: Profile, class_ids: Sequence[str], train_coun
     ``generator.images_per_class`` can never be accepted.
     """
     check_shift_folders(profile.evaluation.shift_folders, class_ids, profile.evaluation.shift_folder_labels)
+    check_pretrained_settings(profile, class_ids)
     generated = profile.generator.images_per_class
     try:
         check_synthetic_supply(
@@ -48,6 +49,28 @@ def check_before_training(profile: Profile, class_ids: Sequence[str], train_coun
         )
     except ValueError as exc:
         raise ProfileError(str(exc)) from None
+
+
+def check_pretrained_settings(profile: Profile, class_ids: Sequence[str]) -> None:
+    """Pretrained judge and classifier weights that cannot work, before any model loads: an unknown model or tag, a missing
+    file or package, a judge whose known output size is not ImageNet-1k's 1000, class ids that are no ImageNet-1k wnid."""
+    from synthaug_pipeline.lib.pretrained_classifiers import check_pretrained_judge, pretrained_source
+
+    if profile.judge.pretrained:
+        check_pretrained_judge(profile.judge, list(class_ids))
+    if profile.classifier.pretrained:
+        pretrained_source(profile.classifier, "classifier")
+
+
+def held_out_warning(untested: Sequence[str], num_classes: int) -> str:
+    """What a run without test images for some classes cannot measure (one image per class: nothing to hold out)."""
+    return (
+        f"{len(untested)} of {num_classes} classes have no held-out test image ({list(untested)[:5]}"
+        f"{' ...' if len(untested) > 5 else ''}): their test accuracies (and the judge's test top-1 when no class has one) are "
+        "n/a; a class with a single image keeps it for training, has too few real images for FID/KID, and its shard fails "
+        "metrics_computed, which stops the run before the classifiers; give more images per class, a val/ split or a Parquet "
+        "split column"
+    )
 
 
 def regime_real_counts(regime: str, counts: Sequence[int], few_shot_k: int, long_tail_imbalance: float) -> list[int]:

@@ -11,7 +11,7 @@ from synthaug_pipeline.defs.resources import SynthaugSettings, add_partition_met
 from synthaug_pipeline.lib.datasets import RealClass
 from synthaug_pipeline.lib.images import grid_markdown
 from synthaug_pipeline.lib.config import ProfileError
-from synthaug_pipeline.lib.preflight import check_before_training, check_experiment_grid
+from synthaug_pipeline.lib.preflight import check_before_training, check_experiment_grid, held_out_warning
 
 
 def build_data_assets(partitions: dg.PartitionsDefinition, backfill_policy: dg.BackfillPolicy | None = None) -> list[dg.AssetsDefinition]:
@@ -27,11 +27,15 @@ def build_data_assets(partitions: dg.PartitionsDefinition, backfill_policy: dg.B
                 "train": int(np.sum(dataset.train.labels == i)),
                 "test": int(np.sum(dataset.test.labels == i)),
                 "skipped": dataset.skipped.get(class_id, {}),
+                **({"available": dataset.available[class_id]} if dataset.available else {}),  # listed before per-class caps
             }
             for i, (class_id, name) in enumerate(zip(dataset.class_ids, dataset.class_names, strict=True))
         ]
         profile = settings.load()
         train_counts = [c["train"] for c in counts]
+        untested = [c["class_id"] for c in counts if not c["test"]]
+        if untested:
+            log_warning(context, held_out_warning(untested, len(counts)))
         check_before_training(profile, dataset.class_ids, train_counts)  # fail before anything trains
         try:  # the experiment grid is its own job: a point that cannot run is reported here, refused there
             check_experiment_grid(profile, dataset.class_ids, train_counts)

@@ -62,6 +62,7 @@ from synthaug_pipeline.lib.features import (
 )
 from synthaug_pipeline.lib.images import encode_image, grid_markdown
 from synthaug_pipeline.lib.plots import histogram_markdown
+from synthaug_pipeline.lib.pretrained_classifiers import pretrained_judge
 from synthaug_pipeline.lib.redaction import redact_url
 from synthaug_pipeline.lib.model_store import ModelRef
 from synthaug_pipeline.lib.scoring import ClassScores, ScoredClass, filter_policy, filter_version, score_class, shard_accept
@@ -443,7 +444,13 @@ def build_scoring_assets(partitions: dg.PartitionsDefinition, backfill_policy: d
         images, labels = stack_classes(real_images, "train")
         num_classes = len(class_catalog["class_ids"])
         model_name = profile.judge.model
-        if num_classes < 2:  # nothing to learn: confidence is 1 by definition, features come from a seeded random network
+        if profile.judge.pretrained:  # ImageNet weights used as-is: the run's classes pick their logits by wnid
+            trained = pretrained_judge(profile.judge, class_catalog["class_ids"], images)
+            model_name = f"{profile.judge.model}-pretrained"
+            log_progress(
+                context, f"judge: {profile.judge.model} with pretrained weights {profile.judge.pretrained!r}, used as-is (not trained)"
+            )
+        elif num_classes < 2:  # nothing to learn: confidence is 1 by definition, features come from a seeded random network
             trained = untrained_classifier(images, num_classes, profile.judge)
             model_name = f"{profile.judge.model}-untrained"
             log_progress(context, "one class: the judge is an untrained network (confidence 1 for every image; random features)")
@@ -455,9 +462,17 @@ def build_scoring_assets(partitions: dg.PartitionsDefinition, backfill_policy: d
         url = model_url(profile.output_url, "judge", context.run_id)
         version = save_classifier(trained, url)
         test_images, test_labels = stack_classes(real_images, "test")
-        accuracy = evaluate(trained.model, test_images, test_labels, class_catalog["class_ids"])["top1"]
-        add_metadata(context,
-            {"url": redact_url(url), "version": version, "model": model_name, "test_top1": round(accuracy, 4), "seconds": round(trained.seconds, 1)}
+        # no held-out image (one image per class): no accuracy to report
+        accuracy = evaluate(trained.model, test_images, test_labels, class_catalog["class_ids"])["top1"] if len(test_images) else None
+        add_metadata(
+            context,
+            {
+                "url": redact_url(url),
+                "version": version,
+                "model": model_name,
+                "test_top1": round(accuracy, 4) if accuracy is not None else "n/a (no test images)",
+                "seconds": round(trained.seconds, 1),
+            },
         )
         return ModelRef(role="judge", url=url, version=version, model=model_name, details={"test_top1": accuracy})
 
