@@ -111,7 +111,7 @@ def test_the_judge_keeps_the_logits_of_the_run_classes(inputs, tmp_path):
         result = materialize_imagenet(overrides, ("judge",), instance)
         assert result.success
         record = result.output_for_node("judge")
-    judge = load_classifier(record["url"])
+    judge = load_classifier(record.url)
     assert judge.config["pretrained_adapter"]["class_indices"] == [list(imagenet_1k()).index(w) for w in WNIDS] == [0, 1, 2]
     assert judge.model.num_classes == 3 and judge.config["trained"] is False
 
