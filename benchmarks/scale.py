@@ -1,0 +1,218 @@
+"""The Dagster layer at 10, 100 and 1000 class partitions: overhead, metadata, event log, memory, model loads.
+
+    python benchmarks/scale.py --classes 10 100 1000 [--batch 20] [--out benchmarks/results/scale.json]
+    python benchmarks/scale.py --imagenet-samples PATH [--out ...]   # all 1000 wnids, the imagenet profile
+
+Default source: the digits images replicated to N classes (class c holds the digit c mod 10, with a little
+pixel noise so classes are not identical), written as an image folder and run with the ``folder`` profile at
+tiny settings (2-step models, 3 generated images per class): this measures orchestration, storage and
+memory, not image quality. ``--imagenet-samples`` runs the ``imagenet`` profile over every wnid with the
+real EfficientNet-Lite0 judge and a tiny randomly initialised DiT (the DiT-XL/2 code path, 2 images per class).
+
+Each N runs `synthaug run`'s code (``run_pipeline``) in a fresh child process on a fresh instance and
+records: wall time per stage; per run, the run's wall time minus the time its steps took (Dagster's own
+overhead) divided by the asset partitions it materialized (median and total); the largest materialization
+metadata of any asset partition (bytes, Dagster's serialization); event-log and ``$DAGSTER_HOME`` bytes per
+class; the child's peak RSS; model loads per kind (``lib.model_store``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from synthaug_pipeline.lib.machine import describe_machine, finish_machine, machine_summary  # noqa: E402
+
+TINY = [
+    "data.image_size=8",
+    "data.channels=1",
+    "data.train_per_class=null",
+    "data.test_fraction=0.34",
+    "generator.block_out_channels=[8, 16]",
+    "generator.norm_num_groups=4",
+    "generator.train_steps=2",
+    "generator.warmup_steps=1",
+    "generator.images_per_class=3",
+    "generator.sample_steps=2",
+    "judge.steps=2",
+    "classifier.steps=2",
+    "filter.min_confidence=0.0",
+    "filter.require_label_match=false",
+    "filter.min_accepted_per_class=0",
+    "augmented.synthetic_ratio=0.25",
+    "augmented.shortfall=use_available",
+    "evaluation.corruptions=[]",
+]
+
+
+def digits_folder(root: Path, classes: int, per_class: int = 6) -> Path:
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = (digits.images * 255 / 16).astype("uint8")
+    rng = __import__("numpy").random.default_rng(0)
+    for c in range(classes):
+        folder = root / f"c{c:04d}"
+        folder.mkdir(parents=True)
+        pool = images[digits.target == c % 10]
+        for i in range(per_class):
+            noisy = (pool[(c // 10 + i) % len(pool)].astype(int) + rng.integers(-8, 9, (8, 8))).clip(0, 255).astype("uint8")
+            Image.fromarray(noisy, "L").save(folder / f"{i}.png")
+    return root
+
+
+def child(args: argparse.Namespace) -> None:
+    """In a fresh process: run the pipeline and print the measurements as JSON."""
+    import dagster as dg
+    from dagster._core.storage.dagster_run import DagsterRunStatus  # noqa: F401
+    from dagster._serdes import serialize_value
+
+    from synthaug_pipeline.lib.model_store import PROCESS_STORE
+    from synthaug_pipeline.orchestration import prepare_dagster_home, run_pipeline
+
+    home = prepare_dagster_home(args.home)
+    lines: list[str] = []
+    started = time.perf_counter()
+    error = None
+    with dg.DagsterInstance.get() as instance:
+        try:
+            result = run_pipeline(args.profile, json.loads(args.overrides), instance, echo=lines.append)
+            seconds, run_ids = result.seconds, result.run_ids
+        except Exception as exc:  # noqa: BLE001 - recorded: the measurements up to the failure still count
+            error, seconds, run_ids = f"{type(exc).__name__}: {exc}", {}, [r.run_id for r in instance.get_runs()]
+        wall = time.perf_counter() - started
+        per_partition, metadata_max, asset_partitions = [], {}, 0
+        for run_id in run_ids:
+            run = instance.get_run_record_by_id(run_id)
+            stats = instance.get_run_step_stats(run_id)
+            steps = sum((s.end_time or 0) - (s.start_time or 0) for s in stats)
+            records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+            partitions = max(1, len(records))
+            asset_partitions += len(records)
+            if run.start_time and run.end_time:
+                per_partition.append(max(0.0, (run.end_time - run.start_time) - steps) / partitions)
+            for record in records:
+                materialization = record.event_log_entry.asset_materialization
+                size = len(serialize_value(materialization.metadata))
+                name = materialization.asset_key.to_user_string()
+                metadata_max[name] = max(metadata_max.get(name, 0), size)
+    history = sum(p.stat().st_size for p in (home / "history").rglob("*") if p.is_file()) if (home / "history").exists() else 0
+    total = sum(p.stat().st_size for p in home.rglob("*") if p.is_file())
+    print(
+        json.dumps(
+            {
+                "wall_s": round(wall, 1),
+                "stage_s": {k: round(v, 1) for k, v in seconds.items()},
+                "runs": len(run_ids),
+                "asset_partitions": asset_partitions,
+                "overhead_per_asset_partition_s": {
+                    "median": round(statistics.median(per_partition), 3) if per_partition else None,
+                    "max": round(max(per_partition), 3) if per_partition else None,
+                },
+                "metadata_bytes_max_per_asset_partition": metadata_max,
+                "event_log_bytes": history,
+                "dagster_home_bytes": total,
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "model_loads": dict(PROCESS_STORE.loads),
+                "error": error,
+                "lines": lines[-8:],
+            }
+        )
+    )
+
+
+def measure(profile: str, overrides: list[str], classes: int, work: Path) -> dict:
+    argv = [sys.executable, __file__, "--child", "--profile", profile, "--home", str(work / "home"), "--overrides", json.dumps(overrides)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("SYNTHAUG_PROFILE", None), env.pop("SYNTHAUG_SET", None)
+    done = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=6 * 3600)
+    if done.returncode != 0:
+        raise SystemExit(f"child failed for {classes} classes:\n{done.stderr[-3000:]}")
+    record = json.loads(done.stdout.strip().splitlines()[-1])
+    record["classes"] = classes
+    record["event_log_bytes_per_class"] = round(record["event_log_bytes"] / classes)
+    record["dagster_home_bytes_per_class"] = round(record["dagster_home_bytes"] / classes)
+    output = work / "output"
+    record["output_bytes_per_class"] = round(sum(p.stat().st_size for p in output.rglob("*") if p.is_file()) / classes)
+    return record
+
+
+def imagenet_overrides(samples: str, work: Path) -> list[str]:
+    from synthaug_pipeline_tests.tiny_models import tiny_dit_pipeline  # the tests' tiny DiT (random weights)
+
+    dit = tiny_dit_pipeline(work / "tiny-dit", num_labels=1000)
+    return [
+        f"data.path={samples}",
+        "data.image_size=32",
+        "generator.backend=dit",
+        f"generator.model={dit}",
+        "generator.images_per_class=2",
+        "generator.sample_steps=2",
+        "generator.output_size=32",
+        "filter.min_confidence=0.0",
+        "filter.require_label_match=false",
+        "filter.min_accepted_per_class=0",
+        "classifier.steps=2",
+        "classifier.model=synthaug_cnn",
+        "evaluation.corruptions=[]",
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--classes", type=int, nargs="+", default=[10, 100, 1000])
+    parser.add_argument("--batch", type=int, default=20, help="execution.classes_per_run")
+    parser.add_argument("--imagenet-samples", default=None, help="samples.parquet: run the imagenet profile over all 1000 wnids")
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "scale.json"))
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--profile", default="folder", help=argparse.SUPPRESS)
+    parser.add_argument("--home", help=argparse.SUPPRESS)
+    parser.add_argument("--overrides", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+    machine = describe_machine()
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.imagenet_samples:
+            work = Path(tmp) / "imagenet"
+            work.mkdir()
+            overrides = [*imagenet_overrides(args.imagenet_samples, work), f"execution.classes_per_run={args.batch}", f"output.url={work / 'output'}"]
+            results.append(measure("imagenet", overrides, 1000, work))
+            print(json.dumps(results[-1]), flush=True)
+        else:
+            for n in args.classes:
+                work = Path(tmp) / f"n{n}"
+                work.mkdir()
+                data = digits_folder(work / "data", n)
+                overrides = [f"data.path={data}", *TINY, f"execution.classes_per_run={args.batch}", f"output.url={work / 'output'}"]
+                results.append(measure("folder", overrides, n, work))
+                print(json.dumps({k: v for k, v in results[-1].items() if k != "lines"}), flush=True)
+    record = {
+        "command": "python benchmarks/scale.py " + " ".join(sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": finish_machine(machine),
+        "machine_summary": machine_summary(machine),
+        "batch": args.batch,
+        "results": results,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
