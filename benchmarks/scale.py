@@ -76,7 +76,6 @@ def digits_folder(root: Path, classes: int, per_class: int = 6) -> Path:
 def child(args: argparse.Namespace) -> None:
     """In a fresh process: run the pipeline and print the measurements as JSON."""
     import dagster as dg
-    from dagster._core.storage.dagster_run import DagsterRunStatus  # noqa: F401
     from dagster._serdes import serialize_value
 
     from synthaug_pipeline.lib.model_store import PROCESS_STORE

@@ -146,8 +146,6 @@ def run_pipeline(
     profile = load_profile(profile_name, overrides)
     classes = dataset_class_ids(profile.data)  # the partitions of the definitions below
     defs = build_definitions(profile_name or profile.name, overrides)
-    assets = list(defs.assets or [])
-    resources = dict(defs.resources or {})
     # Failures come back as one line (PipelineError) and warnings through log_warning: no traces in the terminal.
     quiet = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
     # the settings travel in each run's config: a re-execution from the UI uses them, whatever profile the UI serves

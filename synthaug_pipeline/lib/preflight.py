@@ -10,7 +10,7 @@ The experiment grid is checked by every experiment run before it trains (:func:`
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np

@@ -40,11 +40,9 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import os
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fsspec
 import numpy as np
@@ -54,9 +52,14 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from synthaug_pipeline.lib.faults import failpoint
+from synthaug_pipeline.lib.images import encode_image
 from synthaug_pipeline.lib.records import record
 from synthaug_pipeline.lib.redaction import redact_url
 from synthaug_pipeline.lib.storage import TEMP_PREFIX, put_atomic
+
+if TYPE_CHECKING:  # records of the producers of a shard's rows (imported for annotations only)
+    from synthaug_pipeline.lib.diffusion import SyntheticClass
+    from synthaug_pipeline.lib.scoring import ClassScores
 
 SHARD_CONTRACT = "synthaug-shard/2"
 CONTRACT_METADATA_KEY = b"synthaug_shard_contract"
@@ -615,3 +618,53 @@ def read_verified_shards(refs: Sequence[ShardRef], accepted_only: bool = True) -
                 f"re-materialize synthetic_shards[{ref.class_id}]"
             )
     return read_shards([ref.uri for ref in refs], accepted_only=accepted_only)
+
+
+def class_shard_table(
+    synthetic: SyntheticClass,
+    scores: ClassScores | None,
+    rows: np.ndarray,
+    accepted: np.ndarray,
+    policy_version: str,
+    policy_json: str,
+    fmt: str,
+    run_id: str,
+) -> pa.Table:
+    """The shard rows of one class: every image at ``rows`` with its provenance, scores and the policy's decision."""
+    images = synthetic.images[rows]
+    n = len(rows)
+    return build_shard_table(
+        {
+            "image": [encode_image(image, fmt) for image in images],
+            "image_format": [fmt] * n,
+            "height": [images.shape[1]] * n,
+            "width": [images.shape[2]] * n,
+            "channels": [images.shape[3]] * n,
+            "class_id": [synthetic.class_id] * n,
+            "class_index": [synthetic.class_index] * n,
+            "prompt": _per_row(synthetic.prompts, rows),
+            "negative_prompt": _per_row(synthetic.negative_prompts, rows),
+            "conditioning_image_id": _per_row(synthetic.conditioning_image_ids, rows),
+            "generator_id": [synthetic.generator_id] * n,
+            "generator_version": [synthetic.generator_version] * n,
+            "sampler": [synthetic.sampler] * n,
+            "steps": [synthetic.steps] * n,
+            "guidance_scale": [synthetic.guidance_scale] * n,
+            "seed": [synthetic.seeds[i] for i in rows],
+            "image_index": rows.tolist(),
+            "judge_confidence": scores.judge_confidence if scores is not None else [],
+            "judge_top1": scores.judge_top1 if scores is not None else [],
+            "clip_score": scores.clip_score if scores is not None and scores.clip_score is not None else [None] * n,
+            "nearest_real_distance": scores.nearest_real_distance if scores is not None else [],
+            "accepted": accepted,
+            "filter_version": [policy_version] * n,
+            "filter_policy": [policy_json] * n,
+            "run_id": [run_id] * n,
+            "created_at": [_dt.datetime.now(_dt.timezone.utc)] * n,
+        }
+    )
+
+
+def _per_row(values: list | None, rows: np.ndarray) -> list:
+    """``values`` (one per image; None: none) at ``rows``."""
+    return [None] * len(rows) if values is None else [values[i] for i in rows]

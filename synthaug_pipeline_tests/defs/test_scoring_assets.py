@@ -9,10 +9,10 @@ import torch
 from synthaug_pipeline.definitions import build_definitions
 from synthaug_pipeline.defs.resources import SynthaugSettings
 from synthaug_pipeline.defs.scoring import assets as scoring_assets
-from synthaug_pipeline.defs.scoring.assets import (
+from synthaug_pipeline.defs.scoring.assets import build_scoring_assets
+from synthaug_pipeline.lib.shard_checks import (
     SHARD_CHECKS,
     accepted_test_leak_check,
-    build_scoring_assets,
     metrics_computed_check,
     metrics_markdown,
     near_duplicates_markdown,
