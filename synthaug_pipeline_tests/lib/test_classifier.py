@@ -11,7 +11,8 @@ import pytest
 import timm
 import torch
 
-from synthaug_pipeline.lib import classifier as classifier_module
+from synthaug_pipeline.lib.classifier import models as classifier_models
+from synthaug_pipeline.lib.classifier import training as classifier_training
 from synthaug_pipeline.lib.aux_bn import DualBatchNorm
 from synthaug_pipeline.lib.classifier import (
     BalancedMixSampler,
@@ -330,7 +331,7 @@ def test_too_few_synthetic_images_fail_before_any_training(monkeypatch) -> None:
     def no_training(*args, **kwargs):
         raise AssertionError("training started")
 
-    monkeypatch.setattr(classifier_module, "create_classifier", no_training)
+    monkeypatch.setattr(classifier_models, "create_classifier", no_training)
     images, labels = _patterns(10, seed=0)
     with pytest.raises(ValueError, match="needs 10 synthetic images of class 0"):
         train_classifier(images, labels, 3, FAST, images[::2], labels[::2], synthetic_ratio=1.0)
@@ -352,7 +353,7 @@ def test_a_regime_that_leaves_a_class_empty_is_refused_before_training(monkeypat
     labels[labels == 2] = 1  # the training split has no image of class 2
     with pytest.raises(ValueError, match="class 2 has no images"):
         select_regime(labels, "few_shot", k=2, num_classes=3)
-    monkeypatch.setattr(classifier_module, "create_classifier", lambda *a, **k: pytest.fail("training started"))
+    monkeypatch.setattr(classifier_models, "create_classifier", lambda *a, **k: pytest.fail("training started"))
     with pytest.raises(ValueError, match=r"classes \[2\] have no real training images"):
         train_classifier(images, labels, 3, FAST)
 
@@ -387,7 +388,7 @@ def test_augment_false_never_translates(monkeypatch) -> None:
     def no_translate(*args, **kwargs):
         raise AssertionError("random_translate called with augment=False")
 
-    monkeypatch.setattr(classifier_module, "random_translate", no_translate)
+    monkeypatch.setattr(classifier_training, "random_translate", no_translate)
     plain = train_classifier(images, labels, 3, cfg, augment=False)
     assert plain.config["augment"] is False and plain.config["max_translate"] == 0
     assert not _same_weights(plain.model, augmented.model)

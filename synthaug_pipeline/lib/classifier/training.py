@@ -19,25 +19,19 @@ synthetic images (:func:`synthetic_images_needed`); a smaller pool is an error
 (:func:`check_synthetic_supply`) unless ``allow_synthetic_reuse=True`` asks for oversampling.
 """
 
+
 from __future__ import annotations
 
 import contextlib
-import difflib
-import hashlib
-import json
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import fsspec
 import numpy as np
-import safetensors.torch
-import timm
 import torch
 import torch.nn.functional as F
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.optim import create_optimizer_v2
 from torch import nn
 
@@ -45,163 +39,14 @@ from synthaug_pipeline.lib.aux_bn import convert_to_aux_bn, route_synthetic, str
 from synthaug_pipeline.lib.config import ClassifierConfig
 from synthaug_pipeline.lib.faults import failpoint
 from synthaug_pipeline.lib.images import to_model_tensor
+from synthaug_pipeline.lib.classifier.mixing import BalancedMixSampler, check_synthetic_supply, reached_ratios
+from synthaug_pipeline.lib.classifier.models import _adapter_config, _initial_model, create_classifier
 
 LABEL_SMOOTHING = 0.1
 WARMUP_FRACTION = 0.05
 SGD_MOMENTUM = 0.9  # optimizer="sgd": Nesterov momentum
 HISTORY_POINTS = 20  # how many times per run the loss is logged
-MODEL_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-
 ProgressFn = Callable[[int, int, float], None]
-
-
-# --------------------------------------------------------------------------------------------------
-# The model
-# --------------------------------------------------------------------------------------------------
-
-
-def _conv_block(in_chs: int, out_chs: int) -> nn.Sequential:
-    """Two 3x3 conv + BatchNorm + ReLU layers at one resolution."""
-    return nn.Sequential(
-        nn.Conv2d(in_chs, out_chs, 3, padding=1, bias=False),
-        nn.BatchNorm2d(out_chs),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(out_chs, out_chs, 3, padding=1, bias=False),
-        nn.BatchNorm2d(out_chs),
-        nn.ReLU(inplace=True),
-    )
-
-
-class SynthaugCNN(nn.Module):
-    """A small VGG-style CNN for tiny images (8x8 digits up to 32x32 and beyond).
-
-    ``stages`` are conv blocks whose widths come from ``widths``; every stage after the first
-    halves the resolution with a max-pool first. The head average-pools globally, then an MLP
-    (hidden Linear + ReLU = the pre-logits features) and a final Linear ``fc``.
-    """
-
-    def __init__(
-        self,
-        widths: tuple[int, ...] = (32, 64, 128),
-        num_classes: int = 1000,
-        in_chans: int = 3,
-        drop_rate: float = 0.0,
-        global_pool: str = "avg",
-    ) -> None:
-        super().__init__()
-        if global_pool != "avg":
-            raise ValueError(f"synthaug_cnn supports only global_pool='avg', got {global_pool!r}")
-        self.num_classes = num_classes
-        self.drop_rate = drop_rate
-        stages, prev = [], in_chans
-        for i, width in enumerate(widths):
-            # Pool before every stage but the first: the total stride is 2**(len(widths)-1), so an
-            # 8x8 digit still has a 2x2 map in the last stage. ceil_mode keeps odd sizes (7 -> 4)
-            # and never shrinks a 1x1 map to nothing.
-            pool = nn.MaxPool2d(2, ceil_mode=True) if i else nn.Identity()
-            stages.append(nn.Sequential(pool, _conv_block(prev, width)))
-            prev = width
-        self.stages = nn.Sequential(*stages)
-        self.feature_info = [dict(num_chs=w, reduction=2**i, module=f"stages.{i}") for i, w in enumerate(widths)]
-
-        # The MLP's hidden layer keeps the width, so pre-logits features have num_features dims
-        # (timm's head_hidden_size == num_features for this model).
-        self.num_features = self.head_hidden_size = prev
-        self.global_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
-        self.pre_logits = nn.Sequential(nn.Linear(prev, prev), nn.ReLU(inplace=True))
-        self.fc = nn.Linear(prev, num_classes) if num_classes > 0 else nn.Identity()
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Input ``[N, C, H, W]`` -> unpooled feature map ``[N, num_features, H', W']``."""
-        return self.stages(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Feature map -> logits ``[N, num_classes]``, or the MLP features ``[N, num_features]``."""
-        x = self.pre_logits(self.global_pool(x))
-        if pre_logits:
-            return x
-        x = F.dropout(x, p=self.drop_rate, training=self.training)
-        return self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self, name_only: bool = False) -> str | nn.Module:
-        """The final linear layer (timm convention), or its name."""
-        return "fc" if name_only else self.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """Replace the final layer with a fresh one for ``num_classes`` (0 -> identity, features out)."""
-        if global_pool not in (None, "avg"):
-            raise ValueError(f"synthaug_cnn supports only global_pool='avg', got {global_pool!r}")
-        device = self.pre_logits[0].weight.device
-        self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
-        self.fc.train(self.training)
-
-
-def _cfg(**kwargs: Any) -> dict[str, Any]:
-    # No url / hf_hub_id: there are no pretrained weights. Mean/std 0.5 match to_model_tensor's [-1, 1].
-    return {
-        "num_classes": 10,
-        "input_size": (1, 28, 28),
-        "pool_size": (7, 7),
-        "mean": (0.5,),
-        "std": (0.5,),
-        "interpolation": "bilinear",
-        "crop_pct": 1.0,
-        "first_conv": "stages.0.1.0",
-        "classifier": "fc",
-        "license": "apache-2.0",
-        **kwargs,
-    }
-
-
-default_cfgs = generate_default_cfgs({"synthaug_cnn": _cfg(), "synthaug_cnn_small": _cfg()})
-
-
-def _create_synthaug_cnn(variant: str, widths: tuple[int, ...], pretrained: bool, **kwargs: Any) -> SynthaugCNN:
-    if pretrained:
-        raise ValueError(f"{variant} has no pretrained weights: create it with pretrained=False")
-    return build_model_with_cfg(
-        SynthaugCNN,
-        variant,
-        pretrained=False,
-        widths=widths,
-        # features_only=True returns the output of each stage (timm's default asks for 5 stages).
-        feature_cfg=dict(flatten_sequential=True, out_indices=tuple(range(len(widths)))),
-        **kwargs,
-    )
-
-
-@register_model
-def synthaug_cnn(pretrained: bool = False, **kwargs: Any) -> SynthaugCNN:
-    """Small CNN, stage widths 32-64-128 (about 0.3 M parameters)."""
-    return _create_synthaug_cnn("synthaug_cnn", (32, 64, 128), pretrained, **kwargs)
-
-
-@register_model
-def synthaug_cnn_small(pretrained: bool = False, **kwargs: Any) -> SynthaugCNN:
-    """Tiny CNN, stage widths 16-32-64, for tests and smoke runs."""
-    return _create_synthaug_cnn("synthaug_cnn_small", (16, 32, 64), pretrained, **kwargs)
-
-
-def create_classifier(name: str, num_classes: int, in_chans: int) -> nn.Module:
-    """A freshly initialised timm model (never pretrained: nothing is downloaded).
-
-    Raises ValueError for an unknown name, suggesting close matches from ``timm.list_models()``.
-    """
-    if not timm.is_model(name):
-        matches = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
-        hint = f"; did you mean {', '.join(matches)}?" if matches else "; see timm.list_models()"
-        raise ValueError(f"unknown classifier model {name!r}{hint}")
-    return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans)
-
-
-# --------------------------------------------------------------------------------------------------
-# Training
-# --------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -216,77 +61,6 @@ class TrainedClassifier:
     num_real: int = 0
     num_synthetic: int = 0
     version: str = ""  # sha256 prefix of the saved weights; set by save_classifier / load_classifier
-
-
-class BalancedMixSampler:
-    """Draws the sample indices of each training batch.
-
-    A share ``synthetic_ratio / (1 + synthetic_ratio)`` of every batch comes from the synthetic pool
-    (stochastically rounded, so the share is exact on average), the rest from the real pool. Both
-    pools are class-balanced: pick a class uniformly (among the classes the pool has), then an image
-    of that class uniformly.
-
-    ``class_ratios`` (one ratio per class) replaces the single ratio where classes differ (a class with
-    fewer accepted images than the ratio needs trains at the ratio its pool reaches): the synthetic share
-    is then ``m / (1 + m)`` for the mean ratio ``m`` over the real classes, and a synthetic class is picked
-    with probability proportional to its ratio, so class ``c`` still gets ``r_c`` synthetic draws per real one.
-    """
-
-    def __init__(
-        self,
-        real_labels: np.ndarray,
-        num_classes: int,
-        synthetic_labels: np.ndarray | None = None,
-        synthetic_ratio: float = 0.0,
-        rng: np.random.Generator | None = None,
-        class_ratios: np.ndarray | None = None,
-    ) -> None:
-        self.rng = rng if rng is not None else np.random.default_rng(0)
-        self._real = _ClassPools(real_labels, num_classes)
-        use_synthetic = synthetic_ratio > 0 and synthetic_labels is not None and len(synthetic_labels) > 0
-        self._synthetic = _ClassPools(synthetic_labels, num_classes) if use_synthetic else None
-        self.synthetic_share = synthetic_ratio / (1.0 + synthetic_ratio) if use_synthetic else 0.0
-        if use_synthetic and class_ratios is not None:
-            ratios = np.asarray(class_ratios, dtype=np.float64)
-            mean = float(ratios[np.bincount(real_labels, minlength=num_classes) > 0].mean())
-            self.synthetic_share = mean / (1.0 + mean)
-            if mean > 0:
-                self._synthetic.set_weights(ratios)
-
-    def draw(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        """Indices into the real pool and into the synthetic pool (int64 arrays) for one batch."""
-        expected = batch_size * self.synthetic_share
-        num_synthetic = int(expected) + int(self.rng.random() < expected - int(expected))
-        real = self._real.draw(batch_size - num_synthetic, self.rng)
-        synthetic = self._synthetic.draw(num_synthetic, self.rng) if self._synthetic else np.zeros(0, np.int64)
-        return real, synthetic
-
-
-class _ClassPools:
-    """Indices grouped by class, for vectorised class-balanced draws."""
-
-    def __init__(self, labels: np.ndarray, num_classes: int) -> None:
-        self.order = np.argsort(labels, kind="stable")
-        counts = np.bincount(labels, minlength=num_classes)
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        present = counts > 0
-        self.counts, self.starts = counts[present], starts[present]
-
-        self.present = np.flatnonzero(present)
-        self.probabilities: np.ndarray | None = None
-
-    def set_weights(self, weights: np.ndarray) -> None:
-        """Pick class ``c`` with probability proportional to ``weights[c]`` instead of uniformly."""
-        kept = np.asarray(weights, dtype=np.float64)[self.present]
-        self.probabilities = kept / kept.sum()
-
-    def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        if self.probabilities is None:
-            classes = rng.integers(len(self.counts), size=n)
-        else:
-            classes = rng.choice(len(self.counts), size=n, p=self.probabilities)
-        within = (rng.random(n) * self.counts[classes]).astype(np.int64)
-        return self.order[self.starts[classes] + within].astype(np.int64)
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
@@ -598,22 +372,6 @@ def _fit(
     return _Run(model=model, config=config, history=history, seconds=seconds)
 
 
-def _initial_model(cfg: ClassifierConfig, num_classes: int, in_chans: int) -> nn.Module:
-    """``cfg.model`` freshly initialised, or with ``cfg.pretrained`` weights and a new head (fine-tuning)."""
-    if not cfg.pretrained:
-        return create_classifier(cfg.model, num_classes, in_chans)
-    from synthaug_pipeline.lib.pretrained_classifiers import pretrained_classifier
-
-    return pretrained_classifier(cfg, num_classes)
-
-
-def _adapter_config(model: nn.Module) -> dict[str, Any]:
-    from synthaug_pipeline.lib.pretrained_classifiers import CONFIG_KEY, adapter_facts
-
-    facts = adapter_facts(model)
-    return {CONFIG_KEY: facts} if facts is not None else {}
-
-
 def make_optimizer(model: nn.Module, cfg: ClassifierConfig) -> torch.optim.Optimizer:
     """``cfg.optimizer`` over ``model``: AdamW, or SGD with Nesterov momentum 0.9; no decay on biases and norms."""
     if cfg.optimizer == "sgd":
@@ -631,66 +389,6 @@ def autocast_dtype(device: str | torch.device) -> torch.dtype | None:
         return None
     with torch.cuda.device(device):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-
-
-def synthetic_images_needed(real_counts: Any, ratio: float) -> np.ndarray:
-    """Distinct synthetic images each class needs at ``ratio``: ``ceil(ratio * n_c)`` for ``n_c`` real images.
-
-    ``real_counts`` holds ``n_c`` per class (int64 array out, same length; all 0 for ratio 0). A hair
-    of tolerance keeps float error from asking one image too many (0.1 * 30 is 3.0000000000000004).
-    """
-    counts = np.asarray(real_counts, dtype=np.float64)
-    if not ratio >= 0 or not math.isfinite(ratio):
-        raise ValueError(f"synthetic_ratio must be a finite number >= 0, got {ratio}")
-    if ratio == 0:
-        return np.zeros(len(counts), np.int64)
-    return np.ceil(ratio * counts - 1e-9).astype(np.int64)
-
-
-def reached_ratios(real_counts: Any, synthetic_counts: Any, ratio: float) -> np.ndarray | None:
-    """Per class, the ratio its synthetic pool supports without drawing a synthetic image more often than a real one:
-    ``ratio`` where ``ceil(ratio * n_c)`` images exist, else ``a_c / n_c``. None when every class reaches ``ratio``."""
-    real_counts = np.asarray(real_counts, dtype=np.float64)
-    synthetic_counts = np.asarray(synthetic_counts, dtype=np.float64)
-    short = synthetic_images_needed(real_counts, ratio) > synthetic_counts
-    if not short.any():
-        return None
-    supported = np.where(real_counts > 0, synthetic_counts / np.maximum(real_counts, 1), 0.0)
-    return np.where(short, np.minimum(supported, ratio), ratio)
-
-
-def check_synthetic_supply(
-    real_counts: Any,
-    synthetic_counts: Any,
-    synthetic_ratio: float,
-    *,
-    class_ids: list[str] | None = None,
-    available: str = "are available",
-    hint: str = "lower the ratio, generate more synthetic images or loosen the filter",
-) -> None:
-    """Raise ValueError unless every class ``c`` has ``ceil(synthetic_ratio * real_counts[c])`` synthetic images.
-
-    ``real_counts`` / ``synthetic_counts``: images per class (same length). The message names the
-    first class that falls short (``class_ids[c]`` when given), what it needs and has ("only m
-    {available}"), the largest ratio the pool supports, and ``hint``.
-    """
-    real_counts = np.asarray(real_counts, dtype=np.int64)
-    synthetic_counts = np.asarray(synthetic_counts, dtype=np.int64)
-    if real_counts.shape != synthetic_counts.shape:
-        raise ValueError(f"{len(real_counts)} real class counts but {len(synthetic_counts)} synthetic ones")
-    needed = synthetic_images_needed(real_counts, synthetic_ratio)
-    short = np.flatnonzero(needed > synthetic_counts)
-    if not len(short):
-        return
-    c = int(short[0])
-    name = repr(class_ids[c]) if class_ids is not None else str(c)
-    with_real = real_counts > 0
-    supported = math.floor(float((synthetic_counts[with_real] / real_counts[with_real]).min()) * 1000) / 1000 if with_real.any() else 0.0
-    raise ValueError(
-        f"synthetic ratio {synthetic_ratio:g} needs {needed[c]} synthetic images of class {name} "
-        f"({synthetic_ratio:g} x {real_counts[c]} real) but only {synthetic_counts[c]} {available} "
-        f"({len(short)} of {len(real_counts)} classes fall short; a ratio up to {supported:g} would fit): {hint}"
-    )
 
 
 def _check_labels(labels: Any, num_images: int, num_classes: int, what: str) -> np.ndarray:
@@ -749,108 +447,3 @@ def _check_training_data(
 # --------------------------------------------------------------------------------------------------
 # Inference
 # --------------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def predict(
-    model: nn.Module, images: np.ndarray, batch_size: int = 512, device: str | torch.device = "cpu"
-) -> tuple[np.ndarray, np.ndarray]:
-    """Softmax probabilities ``[N, K]`` and pre-logits features ``[N, D]`` (both float32).
-
-    The model needs timm's ``forward_features`` / ``forward_head(pre_logits=True)``. It runs in eval
-    mode on ``device`` without gradients; its original device and train/eval mode are restored.
-    """
-    _check_images(images, "predict")
-    if len(images) == 0:
-        features_dim = getattr(model, "head_hidden_size", None) or model.num_features
-        return np.zeros((0, model.num_classes), np.float32), np.zeros((0, features_dim), np.float32)
-    original_device = next(model.parameters()).device
-    was_training = model.training
-    model.eval().to(device)
-    try:
-        probabilities, features = [], []
-        for start in range(0, len(images), batch_size):
-            x = to_model_tensor(images[start : start + batch_size]).to(device)
-            feature_map = model.forward_features(x)
-            # forward_head twice (cheap next to the backbone) rather than applying the classifier to
-            # the pre-logits ourselves: that stays right for any timm head layout.
-            features.append(model.forward_head(feature_map, pre_logits=True).float().cpu())
-            probabilities.append(model.forward_head(feature_map).float().softmax(dim=1).cpu())
-    finally:
-        model.to(original_device).train(was_training)
-    return torch.cat(probabilities).numpy(), torch.cat(features).numpy()
-
-
-# --------------------------------------------------------------------------------------------------
-# Storage
-# --------------------------------------------------------------------------------------------------
-
-
-def _join(root: str, name: str) -> str:
-    return f"{root.rstrip('/')}/{name}"
-
-
-def _weights_version(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()[:16]
-
-
-def save_classifier(trained: TrainedClassifier, url: str) -> str:
-    """Write ``<url>/model.safetensors`` and ``<url>/config.json`` (any fsspec URL or local path).
-
-    Returns the version (first 16 hex digits of the weights' sha256), also set on ``trained``.
-    """
-    state = {name: tensor.detach().cpu().contiguous() for name, tensor in trained.model.state_dict().items()}
-    data = safetensors.torch.save(state)
-    version = _weights_version(data)
-    record = {
-        "config": trained.config,
-        "history": trained.history,
-        "seconds": trained.seconds,
-        "num_parameters": trained.num_parameters,
-        "num_real": trained.num_real,
-        "num_synthetic": trained.num_synthetic,
-        "version": version,
-    }
-    fs, root = fsspec.core.url_to_fs(url)
-    fs.makedirs(root, exist_ok=True)
-    # Weights first, config last: a config.json whose version matches the weights marks a complete save.
-    fs.pipe_file(_join(root, MODEL_FILE), data)
-    fs.pipe_file(_join(root, CONFIG_FILE), json.dumps(record, indent=2).encode())
-    trained.version = version
-    return version
-
-
-def load_classifier(url: str) -> TrainedClassifier:
-    """Rebuild a classifier written by :func:`save_classifier` (eval mode, on CPU)."""
-    fs, root = fsspec.core.url_to_fs(url)
-    model_path, config_path = _join(root, MODEL_FILE), _join(root, CONFIG_FILE)
-    if not fs.exists(model_path) or not fs.exists(config_path):
-        raise FileNotFoundError(
-            f"no saved classifier at {url!r}: expected {MODEL_FILE} and {CONFIG_FILE} there (written by save_classifier)"
-        )
-    data = fs.cat_file(model_path)
-    record = json.loads(fs.cat_file(config_path))
-    version = _weights_version(data)
-    if record.get("version") not in (None, "", version):
-        raise ValueError(
-            f"{model_path} (version {version}) does not match {config_path} (version {record['version']}): "
-            "the save was interrupted or the files come from different runs; save the classifier again"
-        )
-    config = record["config"]
-    if "pretrained_adapter" in config:  # a pretrained judge or a fine-tuned model (lib.pretrained_classifiers)
-        from synthaug_pipeline.lib.pretrained_classifiers import rebuild
-
-        model = rebuild(config)
-    else:
-        model = create_classifier(config["model"], config["num_classes"], config["in_chans"])
-    model.load_state_dict(safetensors.torch.load(data))
-    return TrainedClassifier(
-        model=model.eval(),
-        config=config,
-        history=record.get("history", []),
-        seconds=record.get("seconds", 0.0),
-        num_parameters=record.get("num_parameters", sum(p.numel() for p in model.parameters())),
-        num_real=record.get("num_real", 0),
-        num_synthetic=record.get("num_synthetic", 0),
-        version=version,
-    )
