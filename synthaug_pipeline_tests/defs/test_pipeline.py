@@ -48,7 +48,7 @@ def test_every_stage_runs_and_reports(pipeline_run):
     output, result, lines, records, _ = pipeline_run
     assert set(result.seconds) == {"catalog", "real images", "models", "synthetic", "classifiers"}
     assert result.failed_checks == []
-    assert any("class 1" in line for line in lines)
+    assert any("classes 0..1 (2)" in line for line in lines)  # both classes in one run (execution.classes_per_run)
     for model in ("classifier_baseline", "classifier_augmented"):
         top1 = result.evaluation["models"][model]["in_domain"]["top1"]
         assert 0.0 <= top1 <= 1.0

@@ -7,7 +7,7 @@ from PIL import Image
 from synthaug_pipeline.defs.data.assets import build_data_assets
 from synthaug_pipeline.defs.partitions import class_partitions
 from synthaug_pipeline.defs.prompts.assets import build_prompt_assets, prompts_markdown
-from synthaug_pipeline.defs.resources import SynthaugSettings
+from synthaug_pipeline.defs.resources import ModelsResource, SynthaugSettings
 from synthaug_pipeline.lib.prompts import Prompt
 
 PROMPT_KEYS = {"text", "template", "context", "style", "source"}
@@ -20,10 +20,10 @@ def materialize_prompts(profile: str, overrides: list[str], class_ids: list[str]
     result = dg.materialize(
         [class_catalog, class_prompts],
         partition_key=partition,
-        resources={"settings": SynthaugSettings(profile=profile, overrides=overrides)},
+        resources={"settings": SynthaugSettings(profile=profile, overrides=overrides), "models": ModelsResource()},
     )
     assert result.success
-    output = result.output_for_node("class_prompts")
+    output = result.output_for_node("class_prompts")[partition]
     metadata = result.asset_materializations_for_node("class_prompts")[0].metadata
     return output, metadata
 

@@ -1,5 +1,8 @@
 """Scoring through Dagster on two digit classes at tiny sizes: features, scores, filtered shards, checks, bad input."""
 
+import dataclasses
+import shutil
+
 import dagster as dg
 import numpy as np
 import pyarrow as pa
@@ -10,6 +13,8 @@ from synthaug_pipeline.definitions import build_definitions
 from synthaug_pipeline.defs.resources import SynthaugSettings
 from synthaug_pipeline.defs.scoring import assets as scoring_assets
 from synthaug_pipeline.defs.scoring.assets import build_scoring_assets
+from synthaug_pipeline.lib.diffusion import SyntheticClass
+from synthaug_pipeline.lib.scoring import ScoredClass
 from synthaug_pipeline.lib.shard_checks import (
     SHARD_CHECKS,
     accepted_test_leak_check,
@@ -93,7 +98,14 @@ def scored(tmp_path_factory):
 
 
 def _value(scored, asset: str, partition: str):
-    return scored["results"][("synthetic", partition)].output_for_node(asset)
+    return scored["results"][("synthetic", partition)].output_for_node(asset)[partition]
+
+
+def _variant(scored, name: str, *extra: str) -> dg.Definitions:
+    """Definitions writing to a fresh output folder that starts with the module run's stored values."""
+    output = scored["root"] / name
+    shutil.copytree(scored["root"] / "output" / "assets", output / "assets")
+    return build_definitions("digits", [*scored["overrides"], f"output.url={output}", *extra])
 
 
 def _metadata(scored, asset: str, partition: str) -> dict:
@@ -110,20 +122,20 @@ def _metadata(scored, asset: str, partition: str) -> dict:
 def test_real_features_hold_train_and_test_features_with_the_extractor_name(scored):
     for class_id in CLASSES:
         features = _value(scored, "real_features", class_id)
-        assert features["error"] is None
-        assert features["extractor"].startswith("judge:synthaug_cnn_small@") and features["extractor"].endswith("/penultimate")
-        assert features["train"].shape[0] == 20 and features["test"].shape[0] == 10
-        assert features["train"].shape[1] == features["test"].shape[1] == 64
-        assert np.isfinite(features["train"]).all() and np.isfinite(features["test"]).all()
-        assert _metadata(scored, "real_features", class_id)["extractor"].value == features["extractor"]
+        assert features.error is None
+        assert features.extractor.startswith("judge:synthaug_cnn_small@") and features.extractor.endswith("/penultimate")
+        assert features.train.shape[0] == 20 and features.test.shape[0] == 10
+        assert features.train.shape[1] == features.test.shape[1] == 64
+        assert np.isfinite(features.train).all() and np.isfinite(features.test).all()
+        assert _metadata(scored, "real_features", class_id)["extractor"].value == features.extractor
 
 
 def test_synthetic_scores_record_every_metric_with_profile_settings(scored):
     for class_id in CLASSES:
         record = _value(scored, "synthetic_scores", class_id)
-        summary, scores = record["summary"], record["scores"]
-        assert record["error"] is None and summary["error"] is None
-        assert summary["feature_extractor"] == _value(scored, "real_features", class_id)["extractor"]
+        summary, scores = record.summary, record.scores
+        assert record.error is None and summary["error"] is None
+        assert summary["feature_extractor"] == _value(scored, "real_features", class_id).extractor
         assert summary["n_synthetic"] == 10 and summary["n_real"] == 20 and summary["n_test"] == 10
         for key in ("fid", "kid_mean", "kid_std", "diversity", "real_diversity", "diversity_ratio", "precision", "recall", "density"):
             assert isinstance(summary[key], float) and np.isfinite(summary[key]), key
@@ -153,14 +165,14 @@ def test_shards_apply_the_full_policy_and_refiltering_reproduces_them(scored):
     for class_id in CLASSES:
         shard = _value(scored, "synthetic_shards", class_id)
         record = _value(scored, "synthetic_scores", class_id)
-        scores = record["scores"]
-        table = read_shards([shard["uri"]], accepted_only=False)
-        assert table.num_rows == 10 and shard["error"] is None
-        version = filter_version(profile.filter, duplicate_threshold=record["duplicate_threshold"])
-        assert set(table.column("filter_version").to_pylist()) == {version} == {shard["filter_version"]}
+        scores = record.scores
+        table = read_shards([shard.uri], accepted_only=False)
+        assert table.num_rows == 10 and shard.error is None
+        version = filter_version(profile.filter, duplicate_threshold=record.duplicate_threshold)
+        assert set(table.column("filter_version").to_pylist()) == {version} == {shard.filter_version}
         # Every row carries the policy itself: the canonical JSON its version is the hash of.
-        policy_json = filter_policy(profile.filter, duplicate_threshold=record["duplicate_threshold"])
-        assert set(table.column("filter_policy").to_pylist()) == {policy_json} == {shard["filter_policy"]}
+        policy_json = filter_policy(profile.filter, duplicate_threshold=record.duplicate_threshold)
+        assert set(table.column("filter_policy").to_pylist()) == {policy_json} == {shard.filter_policy}
         assert policy_json_version(policy_json) == version and '"min_confidence":0.0' in policy_json
         accepted = np.asarray(table.column("accepted"))
         # The default policy drops training copies and test leaks.
@@ -169,7 +181,7 @@ def test_shards_apply_the_full_policy_and_refiltering_reproduces_them(scored):
         # What the cached scores keep is enough to re-filter the shard exactly.
         policy = vars(FilterPolicy.from_config(profile.filter))
         again = refilter_table(
-            table, record["class_index"], duplicate_threshold=record["duplicate_threshold"], test_leak=scores.is_test_leak, **policy
+            table, record.class_index, duplicate_threshold=record.duplicate_threshold, test_leak=scores.is_test_leak, **policy
         )
         assert again.equals(table)
 
@@ -181,7 +193,7 @@ def test_every_class_gets_blocking_checks_that_pass_on_good_data(scored):
     for class_id in CLASSES:
         assert _checks(scored["results"][("synthetic", class_id)]) == {name: True for name in SHARD_CHECKS}
         # The outcome travels with the shard, for training to refuse failed ones.
-        assert _value(scored, "synthetic_shards", class_id)["checks"] == {name: True for name in SHARD_CHECKS}
+        assert _value(scored, "synthetic_shards", class_id).checks == {name: True for name in SHARD_CHECKS}
         metadata = _metadata(scored, "synthetic_shards", class_id)
         assert "accepted_preview" in metadata and "rejected_preview" in metadata and "near_duplicates" in metadata
         assert metadata["seconds"].value >= 0
@@ -191,19 +203,18 @@ def test_every_class_gets_blocking_checks_that_pass_on_good_data(scored):
 
 def test_top_k_policy_and_accepted_leaks_fail_the_leak_check(scored):
     """Re-materialize shards only (cached scores) with a top-k policy that keeps test leaks."""
-    output = scored["root"] / "topk"
-    defs = build_definitions("digits", [*scored["overrides"], f"output.url={output}", "filter.top_k=3", "filter.drop_test_leaks=false"])
+    defs = _variant(scored, "topk", "filter.top_k=3", "filter.drop_test_leaks=false")
     result = _materialize(defs, ["synthetic_shards"], "0", scored["instance"], strict=False)
-    shard = result.output_for_node("synthetic_shards")
-    scores = _value(scored, "synthetic_scores", "0")["scores"]
-    table = read_shards([shard["uri"]], accepted_only=False)
+    shard = result.output_for_node("synthetic_shards")["0"]
+    scores = _value(scored, "synthetic_scores", "0").scores
+    table = read_shards([shard.uri], accepted_only=False)
     accepted = np.asarray(table.column("accepted"))
     clean = ~scores.is_train_copy
     assert accepted.sum() == min(3, int(clean.sum()))
     assert not (accepted & scores.is_train_copy).any()
     leaks = int((accepted & scores.is_test_leak).sum())
     checks = _checks(result)
-    assert checks["no_test_leaks_accepted"] is (leaks == 0) and shard["checks"] == checks
+    assert checks["no_test_leaks_accepted"] is (leaks == 0) and shard.checks == checks
     # Whatever this data holds, the outcome travels with the shard; the failing path on a known leak is below.
 
 
@@ -213,22 +224,22 @@ def _leaky_run(scored, tmp_path, drop_test_leaks: bool) -> dg.ExecuteInProcessRe
     defs = build_definitions("digits", [*scored["overrides"], f"output.url={tmp_path}", *extra])
     partitions = defs.get_assets_def("synthetic_scores").partitions_def
     judge_value = scored["results"][("models", None)].output_for_node("judge")
-    real = scored["results"][("real images", "0")].output_for_node("real_images")
-    synthetic = dict(_value(scored, "synthetic_images", "0"))
-    synthetic["images"] = synthetic["images"].copy()
-    assert synthetic["images"].shape[1:] == real["test"].shape[1:] and synthetic["images"].dtype == real["test"].dtype
-    synthetic["images"][0] = real["test"][4]  # a generator that reproduced a held-out test image
+    real = scored["results"][("real images", "0")].output_for_node("real_images")["0"]
+    original = _value(scored, "synthetic_images", "0")
+    synthetic = dataclasses.replace(original, images=original.images.copy())
+    assert synthetic.images.shape[1:] == real.test.shape[1:] and synthetic.images.dtype == real.test.dtype
+    synthetic.images[0] = real.test[4]  # a generator that reproduced a held-out test image
 
     @dg.asset(name="judge")
-    def judge_stub() -> dict:
+    def judge_stub():
         return judge_value
 
     @dg.asset(name="real_images", partitions_def=partitions)
-    def real_images_stub() -> dict:
+    def real_images_stub():
         return real
 
     @dg.asset(name="synthetic_images", partitions_def=partitions)
-    def synthetic_images_stub() -> dict:
+    def synthetic_images_stub():
         return synthetic
 
     scoring = [defs.get_assets_def(key) for key in ("real_features", "synthetic_scores", "synthetic_shards")]
@@ -247,13 +258,13 @@ def _leaky_run(scored, tmp_path, drop_test_leaks: bool) -> dg.ExecuteInProcessRe
 @pytest.mark.parametrize("drop_test_leaks", [False, True])
 def test_a_copy_of_a_test_image_fails_the_leak_check_unless_dropped(scored, tmp_path, drop_test_leaks):
     result = _leaky_run(scored, tmp_path, drop_test_leaks)
-    scores = result.output_for_node("synthetic_scores")["scores"]
+    scores = result.output_for_node("synthetic_scores")["0"].scores
     assert scores.is_test_leak[0] and scores.nearest_test_index[0] == 4
     assert scores.nearest_test_distance[0] == pytest.approx(0.0, abs=1e-4)
-    shard = result.output_for_node("synthetic_shards")
-    accepted = np.asarray(read_shards([shard["uri"]], accepted_only=False).column("accepted"))
+    shard = result.output_for_node("synthetic_shards")["0"]
+    accepted = np.asarray(read_shards([shard.uri], accepted_only=False).column("accepted"))
     checks = _checks(result)
-    assert shard["checks"] == checks
+    assert shard.checks == checks
     if drop_test_leaks:
         assert not accepted[0] and checks == {name: True for name in SHARD_CHECKS}
     else:
@@ -280,16 +291,15 @@ def test_a_copy_of_a_test_image_fails_the_leak_check_unless_dropped(scored, tmp_
 def test_missing_extractor_fails_that_class_with_a_clear_message(scored):
     # Without weights (and, where the imagenet extra is not installed, without torch-fidelity) the
     # Inception extractor cannot be built; either way the message names what to set or install.
-    output = scored["root"] / "inception"
-    defs = build_definitions("digits", [*scored["overrides"], f"output.url={output}", "scoring.feature_extractor=inception"])
+    defs = _variant(scored, "inception", "scoring.feature_extractor=inception")
     result = _materialize(defs, ["real_features", "synthetic_scores", "synthetic_shards"], "1", scored["instance"], strict=False)
     # Nothing raised: the class is scored as "not scored", its shard is written, and only its blocking checks fail.
     assert not result.success and _only_blocking_checks_failed(result)
-    record = result.output_for_node("synthetic_scores")
-    assert record["scores"] is None and record["error"].startswith("class 1: features from inception failed:")
-    assert "scoring.feature_extractor=inception needs" in record["error"]
-    shard = result.output_for_node("synthetic_shards")
-    assert shard["num_rows"] == 0 and shard["error"] == record["error"]
+    record = result.output_for_node("synthetic_scores")["1"]
+    assert record.scores is None and record.error.startswith("class 1: features from inception failed:")
+    assert "scoring.feature_extractor=inception needs" in record.error
+    shard = result.output_for_node("synthetic_shards")["1"]
+    assert shard.num_rows == 0 and shard.error == record.error
     checks = _checks(result)
     assert checks["scores_finite"] is False and checks["has_accepted_images"] is False and checks["schema_matches_contract"] is True
 
@@ -304,12 +314,11 @@ def test_nan_features_fail_only_that_class(scored, monkeypatch):
         return real_score_class(probs, features, class_index, *args, **kwargs)
 
     monkeypatch.setattr(scoring_assets, "score_class", nan_features_in_class_1)
-    output = scored["root"] / "nan"
-    defs = build_definitions("digits", [*scored["overrides"], f"output.url={output}"])
+    defs = _variant(scored, "nan")
     outcome = {}
     for class_id in CLASSES:
         result = _materialize(defs, ["real_features", "synthetic_scores", "synthetic_shards"], class_id, scored["instance"], strict=False)
-        outcome[class_id] = (result.output_for_node("synthetic_scores")["error"], _checks(result))
+        outcome[class_id] = (result.output_for_node("synthetic_scores")[class_id].error, _checks(result))
     error, checks = outcome["1"]
     assert error.startswith("class 1: scoring failed:") and "features has 1 of 10 rows with NaN or inf values" in error
     assert checks["scores_finite"] is False
@@ -317,18 +326,17 @@ def test_nan_features_fail_only_that_class(scored, monkeypatch):
 
 
 def test_one_image_class_is_scored_with_warnings(scored):
-    output = scored["root"] / "one"
-    defs = build_definitions("digits", [*scored["overrides"], f"output.url={output}", "generator.images_per_class=1"])
+    defs = _variant(scored, "one", "generator.images_per_class=1")
     result = _materialize(defs, ["synthetic_images", "synthetic_scores", "synthetic_shards"], "0", scored["instance"], strict=False)
-    summary = result.output_for_node("synthetic_scores")["summary"]
+    summary = result.output_for_node("synthetic_scores")["0"].summary
     assert summary["error"] is None and summary["n_synthetic"] == 1
     assert summary["fid"] is None and summary["kid_mean"] is None and summary["diversity"] is None
     assert any("fid/kid need at least 2" in w for w in summary["warnings"])
     checks = _checks(result)
     assert checks["scores_finite"] is True and checks["schema_matches_contract"] is True
-    assert result.output_for_node("synthetic_shards")["num_rows"] == 1
+    assert result.output_for_node("synthetic_shards")["0"].num_rows == 1
     # Unranked: FID and KID are missing, so the blocking metrics check fails, naming the class and why.
-    assert checks["metrics_computed"] is False and result.output_for_node("synthetic_shards")["checks"] == checks
+    assert checks["metrics_computed"] is False and result.output_for_node("synthetic_shards")["0"].checks == checks
     evaluation = next(e for e in result.get_asset_check_evaluations() if e.check_name == "metrics_computed")
     message = evaluation.metadata["message"].value
     assert message.startswith("class 0: FID and KID could not be computed: fid/kid need at least 2 synthetic")
@@ -339,25 +347,15 @@ def test_empty_class_by_direct_invocation(tmp_path):
     _, _, scores_def, shards_def = build_scoring_assets(dg.StaticPartitionsDefinition(CLASSES))
     settings = SynthaugSettings(profile="digits", overrides=[f"output.url={tmp_path}", "filter.min_accepted_per_class=1"])
     images = np.zeros((0, 8, 8, 1), np.uint8)
-    synthetic = {
-        "class_id": "0",
-        "class_index": 0,
-        "images": images,
-        "seeds": [],
-        "generator_id": "g",
-        "generator_version": "v",
-        "sampler": "ddim",
-        "steps": 2,
-        "guidance_scale": 1.0,
-    }
+    synthetic = SyntheticClass("0", 0, images, [], "ddpm", "g", "v", "ddim", 2, 1.0)
     scores = score_class(
         np.zeros((0, 10)), np.zeros((0, 4)), 0, np.random.default_rng(0).normal(size=(6, 4)), "x", test_features=np.ones((2, 4))
     )
-    record = {"class_id": "0", "class_index": 0, "scores": scores, "summary": scores.summary, "duplicate_threshold": None, "error": None}
+    record = ScoredClass("0", 0, scores, scores.summary)
     with dg.build_asset_context(partition_key="0", resources={"settings": settings}) as context:
-        events = list(shards_def(context, synthetic_images=synthetic, synthetic_scores=record))
-    output, checks = events[0].value, {e.check_name: e.passed for e in events[1:]}
-    assert output["num_rows"] == 0 and read_shards([output["uri"]], accepted_only=False).num_rows == 0
+        events = list(shards_def(context, synthetic_images={"0": synthetic}, synthetic_scores={"0": record}))
+    output, checks = events[0].value["0"], {e.check_name: e.passed for e in events[1:]}
+    assert output.num_rows == 0 and read_shards([output.uri], accepted_only=False).num_rows == 0
     assert checks == {
         "has_accepted_images": False,
         "no_test_leaks_accepted": True,
@@ -365,7 +363,7 @@ def test_empty_class_by_direct_invocation(tmp_path):
         "metrics_computed": False,
         "schema_matches_contract": True,
     }
-    assert output["checks"] == checks
+    assert output.checks == checks
 
 
 def test_pipeline_with_a_missing_extractor_scores_every_class_then_refuses_to_train(tmp_path):
