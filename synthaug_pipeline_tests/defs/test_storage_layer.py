@@ -173,3 +173,25 @@ def test_a_cli_run_is_re_executed_from_the_ui(tmp_path, monkeypatch):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_the_io_manager_stores_at_a_memory_url_and_reads_lazily(tmp_path):
+    """Through Dagster with output.url=memory://: values round-trip, and a fan-in reader gets a lazy mapping."""
+    import fsspec
+
+    from synthaug_pipeline.defs.io_managers import Partitions
+
+    output = "memory://synthaug-io-test/out"
+    defs = build_definitions("digits", ["data.classes=['0', '1', '2']", f"output.url={output}"])
+    with dg.instance_for_test() as instance:
+        assets = list(defs.assets)
+        assert dg.materialize(assets, selection=["class_catalog"], instance=instance, resources=dict(defs.resources)).success
+        tags = {"dagster/asset_partition_range_start": "0", "dagster/asset_partition_range_end": "2"}
+        assert dg.materialize(assets, selection=["real_images"], instance=instance, resources=dict(defs.resources), tags=tags).success
+        value = defs.load_asset_value("real_images", instance=instance, partition_key="1")
+    assert isinstance(value, Partitions) and list(value) == ["1"] and repr(value) == "Partitions(real_images, 1 partitions)"
+    real = value["1"]
+    assert isinstance(real, RealClass) and real.class_index == 1 and len(real.train) > 0
+    fs = fsspec.filesystem("memory")
+    assert fs.exists("/synthaug-io-test/out/assets/real_images/2/value.json")
+    assert not [p for p in fs.find("/synthaug-io-test/out/assets") if p.endswith((".pkl", ".pickle"))]
