@@ -141,7 +141,7 @@ def test_synthetic_scores_record_every_metric_with_profile_settings(scored):
             assert isinstance(summary[key], float) and np.isfinite(summary[key]), key
         assert summary["ranking_metric"] == "kid_mean" and summary["kid_subset_size"] is None and summary["kid_num_subsets"] == 1
         assert summary["prdc_k"] == 5 and summary["duplicate_threshold_rule"].startswith("0.5 x median")
-        assert record["duplicate_threshold"] == summary["duplicate_threshold"] > 0
+        assert record.duplicate_threshold == summary["duplicate_threshold"] > 0
         assert scores.nearest_test_distance.shape == (10,) and scores.is_test_leak.shape == (10,)
         assert summary["train_copies"] == int(scores.is_train_copy.sum()) and summary["test_leaks"] == int(scores.is_test_leak.sum())
         # CLIP score with the configured model, one per image, against the class prompt.

@@ -340,11 +340,13 @@ def test_preflight_passes_a_grid_that_just_fits_and_refuses_a_class_without_imag
 def test_shards_whose_blocking_checks_failed_are_refused():
     from synthaug_pipeline.lib.preflight import check_shards_passed
 
-    ok = {"class_id": "0", "checks": {"has_accepted_images": True, "scores_finite": True}, "error": None}
-    legacy = {"class_id": "1", "error": None}  # written before checks were recorded: unknown, allowed
+    from synthaug_pipeline_tests.tiny_models import shard_ref
+
+    ok = shard_ref("0", {"has_accepted_images": True, "scores_finite": True})
+    legacy = shard_ref("1", {})  # no check recorded: nothing failed
     check_shards_passed([ok, legacy], "classifier_augmented")
-    bad = {"class_id": "2", "checks": {"has_accepted_images": False, "no_test_leaks_accepted": False, "scores_finite": True}, "error": None}
-    broken = {"class_id": "3", "checks": {"scores_finite": False}, "error": "class 3: scoring failed: NaN"}
+    bad = shard_ref("2", {"has_accepted_images": False, "no_test_leaks_accepted": False, "scores_finite": True})
+    broken = shard_ref("3", {"scores_finite": False}, error="class 3: scoring failed: NaN")
     with pytest.raises(
         ValueError,
         match=r"classifier_augmented refuses 2 synthetic shard\(s\) .*class '2' \(failed: has_accepted_images, no_test_leaks_accepted\); "

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from synthaug_pipeline.lib import shards
+from synthaug_pipeline.lib import shards, storage
 from synthaug_pipeline.lib.images import encode_image
 from synthaug_pipeline.lib.shards import (
     SHARD_CONTRACT,
@@ -257,7 +257,7 @@ def test_crash_during_rename_keeps_previous_shard(tmp_path, monkeypatch):
     def boom(src, dst):
         raise OSError("simulated crash during rename")
 
-    monkeypatch.setattr(shards.os, "replace", boom)
+    monkeypatch.setattr(storage.os, "replace", boom)
     with pytest.raises(OSError, match="simulated crash"):
         write_class_shard(str(tmp_path), "3", make_table(seed=2))
     monkeypatch.undo()
