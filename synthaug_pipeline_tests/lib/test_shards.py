@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from synthaug_pipeline.lib import shards, storage
+from synthaug_pipeline.lib import storage
 from synthaug_pipeline.lib.images import encode_image
 from synthaug_pipeline.lib.shards import (
     SHARD_CONTRACT,
