@@ -6,8 +6,11 @@ installed) and returns a :class:`ClassDescription` whose ``disambiguated_name`` 
 to put in a prompt ("crane bird", or "crane, a large long-necked wading bird").
 ``diversified_prompts`` crosses templates x contexts x styles into ``prompts_per_class``
 prompts, deterministic for (seed, class), each recording what produced it.
-``rewrite_prompts`` lets a local text-generation model rewrite them, and ``rank_names``
-picks the candidate name a text-image scorer (e.g. CLIP) matches best to real images.
+:func:`name_candidates` lists the ways to name a class (WordNet lemmas, lemma + genus term
+of the gloss, lemma + gloss head, an LLM's name) and :func:`choose_name` picks one: the
+WordNet rule, or with CLIP scores from :func:`rank_names` the best unambiguous candidate,
+recording every candidate's score and why the winner won. LLM-written descriptions and
+variations come from :mod:`synthaug_pipeline.lib.prompt_llm`.
 """
 
 from __future__ import annotations
@@ -319,85 +322,138 @@ def diversified_prompts(
     return [distinct[i % len(distinct)] for i in range(count)]
 
 
-# --- optional rewriting by a local language model ----------------------------------------
+def clip_prompt(templates: Sequence[str], name: str) -> str:
+    """The text CLIP compares a prompt-less image with (ddpm, DiT): the first template filled with the class's name."""
+    template = next(iter(templates), "a photo of a {name}")
+    return render_prompt(template, name)
 
-TextGenerator = Callable[[list[str]], list[str]]
-REWRITE_INSTRUCTION = "Rewrite this image caption with more visual detail, in one short sentence.\nCaption: {prompt}\nRewritten caption:"
 
+def build_class_prompts(description: ClassDescription, cfg: PromptsConfig, llm_prompts: Sequence[Prompt] = ()) -> list[Prompt]:
+    """The prompts of one class for a profile's ``prompts`` section.
 
-def load_text_generator(model: str, *, seed: int = 0, max_new_tokens: int = 40, device: str = "cpu", batch_size: int = 16) -> TextGenerator:
-    """A seeded sampler over a local transformers causal LM (path or hub id): instructions in, continuations out.
-
-    Outputs are reproducible for the same (model, seed, batch_size, instructions).
+    ``llm_prompts`` (accepted variations written by ``prompts.llm``, see :mod:`~synthaug_pipeline.lib.prompt_llm`)
+    come first; template prompts fill the rest up to ``prompts_per_class``.
     """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    lm = AutoModelForCausalLM.from_pretrained(model).to(device).eval()
-
-    def generate(instructions: list[str]) -> list[str]:
-        outputs: list[str] = []
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
-            torch.manual_seed(seed)
-            for start in range(0, len(instructions), batch_size):
-                batch = tokenizer(instructions[start : start + batch_size], return_tensors="pt", padding=True).to(device)
-                tokens = lm.generate(
-                    **batch,
-                    do_sample=True,
-                    top_p=0.9,
-                    temperature=0.8,
-                    max_new_tokens=max_new_tokens,
-                    pad_token_id=tokenizer.pad_token_id,
-                )
-                outputs += tokenizer.batch_decode(tokens[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-        return outputs
-
-    return generate
+    templated = diversified_prompts(description, cfg.templates, cfg.contexts, cfg.styles, count=cfg.prompts_per_class, seed=cfg.seed)
+    if not llm_prompts:
+        return templated
+    unique = list({p.text.lower(): p for p in llm_prompts}.values())
+    seen = {p.text.lower() for p in unique}
+    filler = [p for p in dict.fromkeys(templated) if p.text.lower() not in seen]
+    distinct = unique + filler
+    return [distinct[i % len(distinct)] for i in range(cfg.prompts_per_class)]
 
 
-def sanitize_generated(text: str, max_words: int = 40) -> str:
-    """First line of a model's output as a plain caption: no quotes, odd symbols or runaway length."""
-    line = next((part for part in text.strip().splitlines() if part.strip()), "")
-    line = re.sub(r"[^\w\s,.;:'()/&-]", " ", line)
-    line = " ".join(line.split()[:max_words])
-    return tidy(line.strip(" '\"")).rstrip(".")
+# --- candidate names -------------------------------------------------------------------------
+
+_GENUS_OF = re.compile(r"\b(?:variety|breed|kind|type|species|genus|form|member|any|male|female|young)\s+of\s+(.*)")
 
 
-def rewrite_prompts(
-    prompts: Sequence[Prompt], generate: TextGenerator, *, keep_terms: Sequence[str], model_name: str, max_words: int = 40
-) -> list[Prompt]:
-    """Let ``generate`` rewrite each prompt; keep a rewrite only if it is a clean, new caption that still names the class.
-
-    Any rejected rewrite (empty, too short, no ``keep_terms`` word, a duplicate) falls back to the template prompt.
-    """
-    outputs = generate([REWRITE_INSTRUCTION.format(prompt=p.text) for p in prompts])
-    if len(outputs) != len(prompts):
-        raise PromptError(f"text generator returned {len(outputs)} texts for {len(prompts)} prompts")
-    terms = [t.lower() for t in keep_terms if t.strip()]
-    seen = {p.text.lower() for p in prompts}
-    rewritten = []
-    for prompt, output in zip(prompts, outputs):
-        text = sanitize_generated(output, max_words)
-        names_class = any(re.search(rf"(?<!\w){re.escape(term)}(?!\w)", text.lower()) for term in terms)
-        if len(text.split()) >= 3 and names_class and text.lower() not in seen:
-            seen.add(text.lower())
-            rewritten.append(Prompt(text, prompt.template, prompt.context, prompt.style, source=f"llm:{model_name}"))
-        else:
-            rewritten.append(prompt)
-    return rewritten
+def gloss_genus(gloss: str | None) -> str | None:
+    """The genus term of a WordNet gloss (what the class is a kind of): 'large long-necked wading bird ...' -> 'bird',
+    'slightly bowlegged variety of corgi ...' -> 'corgi'. Glosses are written genus + differentia."""
+    if not gloss:
+        return None
+    clause = gloss.split(";")[0].split("(")[0]
+    match = _GENUS_OF.search(clause)
+    words = (match.group(1) if match else clause).replace(",", " ").split()
+    if len(words) > 1 and words[1].lower() == "and":  # a verb-headed gloss ('lifts and moves heavy objects') names no genus
+        return None
+    cut = next((i for i, w in enumerate(words) if i >= 1 and w.lower() in _GLOSS_BREAKS), len(words))
+    if not words[:cut]:
+        return None
+    word = words[:cut][-1].strip(",.").lower()
+    return word if word.isalpha() and word not in _GLOSS_BREAKS and word not in _DETERMINERS and len(word) > 2 else None
 
 
-def build_class_prompts(description: ClassDescription, cfg: PromptsConfig, generate: TextGenerator | None = None) -> list[Prompt]:
-    """The prompts of one class for a profile's ``prompts`` section; ``generate`` (from ``cfg.llm``) rewrites them."""
-    prompts = diversified_prompts(description, cfg.templates, cfg.contexts, cfg.styles, count=cfg.prompts_per_class, seed=cfg.seed)
-    if generate is None:
-        return prompts
-    keep = [description.disambiguated_name.split(",")[0], *description.lemmas]
-    return rewrite_prompts(prompts, generate, keep_terms=keep, model_name=cfg.llm or "custom")
+@dataclass(frozen=True)
+class NameCandidate:
+    """One way to name a class in prompts, where it came from, and whether it also names something else."""
+
+    name: str
+    origin: str  # wordnet-rule | lemma | lemma+genus | lemma+gloss | llm | curated
+    ambiguous: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def name_candidates(description: ClassDescription, llm_name: str | None = None) -> list[NameCandidate]:
+    """Candidate prompt names of a class: the WordNet rule's choice, each lemma, lemma + genus term, lemma + gloss head,
+    and the LLM's name when one was written. Ambiguous ones (a lemma of another synset, or an everyday second sense)
+    are listed but never chosen."""
+    tables = imagenet_wordnet()
+    wnid = next((c for c in (description.class_id, description.class_name) if is_wnid(c)), None)
+
+    def shared(name: str) -> bool:
+        lower = name.lower()
+        return lower in EVERYDAY_AMBIGUOUS or bool(tables.lemma_index.get(lower, frozenset()) - {wnid})
+
+    out: dict[str, NameCandidate] = {}
+
+    def add(name: str | None, origin: str, ambiguous: bool | None = None) -> None:
+        name = tidy(name or "")
+        if name and name.lower() not in {k.lower() for k in out}:
+            out[name] = NameCandidate(name, origin, shared(name) if ambiguous is None else ambiguous)
+
+    add(description.disambiguated_name, "wordnet-rule")
+    genus = gloss_genus(description.gloss)
+    for lemma in description.lemmas:
+        add(lemma, "lemma")
+    for lemma in description.lemmas:
+        if genus and genus not in lemma.lower().split():
+            add(f"{lemma} {genus}", "lemma+genus", ambiguous=False)
+    if description.gloss:
+        for lemma in description.lemmas[:1]:
+            add(f"{lemma}, {with_article(short_gloss(description.gloss))}", "lemma+gloss", ambiguous=False)
+    if llm_name:
+        add(llm_name, "llm", ambiguous=shared(llm_name))
+    return list(out.values())
+
+
+@dataclass(frozen=True)
+class NameChoice:
+    """The name that goes into prompts, every candidate's score and why the winner won."""
+
+    name: str
+    reason: str
+    candidates: tuple[NameCandidate, ...]
+    scores: dict[str, float] | None = None  # candidate -> mean CLIP similarity over the class's real images
+    scorer: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "reason": self.reason,
+            "scorer": self.scorer,
+            "candidates": [{**c.as_dict(), "score": None if self.scores is None else self.scores.get(c.name)} for c in self.candidates],
+        }
+
+
+def choose_name(
+    description: ClassDescription, candidates: Sequence[NameCandidate], ranked: Sequence[RankedName] | None = None, scorer: str | None = None
+) -> NameChoice:
+    """The WordNet rule's name, or with ``ranked`` (CLIP scores of the candidates) the best-scoring unambiguous one."""
+    candidates = tuple(candidates)
+    if not ranked:
+        rule = description.disambiguated_name
+        why = (
+            "WordNet rule: the plain name is unambiguous"
+            if not description.ambiguous
+            else "WordNet rule: the plain name has other senses, so the first lemma no other synset uses, else the name with its gloss"
+        )
+        return NameChoice(rule, why + " (no CLIP model set to rank candidates against real images)", candidates)
+    scores = {r.name: r.score for r in ranked}
+    eligible = [r for r in ranked if not next((c.ambiguous for c in candidates if c.name == r.name), True)]
+    if not eligible:
+        return NameChoice(description.disambiguated_name, "every ranked candidate is ambiguous: WordNet rule", candidates, scores, scorer)
+    best = eligible[0]
+    runner_up = eligible[1] if len(eligible) > 1 else None
+    margin = f", {best.score - runner_up.score:+.4f} over {runner_up.name!r}" if runner_up else ", the only unambiguous candidate"
+    skipped = [r.name for r in ranked if r not in eligible and r.score > best.score]
+    note = f"; higher but ambiguous (not chosen): {', '.join(map(repr, skipped))}" if skipped else ""
+    reason = f"highest mean CLIP similarity to the class's real images among unambiguous candidates ({best.score:.4f}{margin}){note}"
+    return NameChoice(best.name, reason, candidates, scores, scorer)
 
 
 # --- choosing a name by how well it matches real images -----------------------------------

@@ -31,7 +31,7 @@ from synthaug_pipeline.lib.pretrained import (
     SamplingSettings,
     dit_class_indices,
     dit_num_labels,
-    generate_images,
+    generate_class,
     load_pretrained,
     make_pretrained_scheduler,
     per_image,
@@ -98,16 +98,18 @@ def train_ddpm_generator(context: dg.AssetExecutionContext, profile: Profile, cl
 def load_pretrained_generator(context: dg.AssetExecutionContext, cfg: GeneratorConfig, class_ids: list[str]) -> dict:
     """Load ``generator.model`` and check, before any class is sampled, that the settings and every class work."""
     kind = pipeline_kind(cfg)
-    loaded = load_pretrained(kind, cfg.model, cfg.dtype, cfg.device, cfg.compile)
-    validate_settings(loaded, SamplingSettings.from_config(cfg))
+    loaded = load_pretrained(kind, cfg.model, cfg.dtype, cfg.device, cfg.compile, revision=cfg.revision, safety_checker=cfg.safety_checker)
+    settings = SamplingSettings.from_config(cfg, loaded.family)
+    validate_settings(loaded, settings)
     class_indices = dit_class_indices(class_ids, dit_num_labels(loaded), cfg.class_index_map) if kind == "dit" else None
-    scheduler = make_pretrained_scheduler(cfg.sampler, loaded.scheduler_config)
+    scheduler = make_pretrained_scheduler(settings.sampler, loaded.scheduler_config)
     facts = loaded.describe()
     context.add_output_metadata(
         {
             "backend": cfg.backend,
-            **{k: v for k, v in facts.items() if k != "load_seconds"},
-            "scheduler": f"{cfg.sampler} ({type(scheduler).__name__}, from the model's scheduler config)",
+            **{k: v for k, v in facts.items() if k != "load_seconds" and v is not None},
+            "scheduler": f"{settings.sampler} ({type(scheduler).__name__}, from the model's scheduler config)",
+            "sampling": dg.MetadataValue.json(settings.describe()),
             "load_seconds": round(loaded.load_seconds, 2),
             **({"class_indices": dg.MetadataValue.json(class_indices)} if class_indices else {}),
         }
@@ -115,12 +117,29 @@ def load_pretrained_generator(context: dg.AssetExecutionContext, cfg: GeneratorC
     return {
         "url": cfg.model,
         "version": loaded.version,
+        "revision": loaded.revision,
         "backend": cfg.backend,
         "kind": kind,
         "dtype": cfg.dtype,
+        "family": loaded.family,
         "num_parameters": loaded.num_parameters,
         "class_indices": class_indices,
     }
+
+
+PER_IMAGE_KEYS = ("images", "seeds", "prompts", "negative_prompts", "conditioning_image_ids", "batch_sizes", "safety_flagged")
+
+
+def drop_flagged(record: dict, flagged: np.ndarray) -> dict:
+    """``record`` without the images the safety checker flagged (generator.safety_checker=drop); their seeds are kept aside."""
+    keep = np.flatnonzero(~np.asarray(flagged, dtype=bool))
+    out = dict(record)
+    for key in PER_IMAGE_KEYS:
+        values = record.get(key)
+        if values is not None:
+            out[key] = values[keep] if isinstance(values, np.ndarray) else [values[i] for i in keep]
+    out["safety_dropped_seeds"] = [int(record["seeds"][i]) for i in np.flatnonzero(flagged)]
+    return out
 
 
 def sample_pretrained(
@@ -133,14 +152,18 @@ def sample_pretrained(
     class_prompts: dict,
     real_images: dict,
 ) -> dict:
-    """One class from a pretrained pipeline, with each image's prompt and conditioning image id for the shard."""
+    """One class from a pretrained pipeline, with each image's prompt, conditioning image id, batch size and
+    safety flag for the shard, and the sampling values used (unset ones from the model family's defaults)."""
     kind = generator["kind"]
-    loaded = load_pretrained(kind, generator["url"], generator["dtype"], cfg.device, cfg.compile)
+    loaded = load_pretrained(
+        kind, generator["url"], generator["dtype"], cfg.device, cfg.compile, revision=cfg.revision, safety_checker=cfg.safety_checker
+    )
     if loaded.version != generator["version"]:
         raise ValueError(
             f"generator.model {generator['url']!r} changed since the generator asset loaded it "
             f"(version {generator['version']} -> {loaded.version}): re-materialize generator"
         )
+    settings = SamplingSettings.from_config(cfg, loaded.family)
     n = len(seeds)
     prompts = per_image([p["text"] for p in class_prompts["prompts"]], n) if kind in ("text2img", "img2img") else None
     conditioning = None
@@ -153,11 +176,11 @@ def sample_pretrained(
         conditioning = conditioning_images(
             real_images["train"], class_id, n, cfg.seed, cfg.conditioning_augmentations, image_ids=list(image_ids)
         )
-    images = generate_images(
+    generated = generate_class(
         loaded,
         class_id,
         seeds,
-        SamplingSettings.from_config(cfg),
+        settings,
         image_shape,
         class_index=generator["class_indices"][class_id] if kind == "dit" else None,
         prompts=prompts,
@@ -165,12 +188,22 @@ def sample_pretrained(
         progress=lambda done, total: context.log.info(f"class {class_id}: {done}/{total} images"),
         log=lambda message: log_warning(context, message),
     )
-    return {
-        "images": images,
+    record = {
+        "images": generated.images,
+        "seeds": list(seeds),
         "prompts": prompts,
-        "negative_prompts": [cfg.negative_prompt] * n if prompts else None,
+        "negative_prompts": [settings.negative_prompt] * n if prompts else None,
         "conditioning_image_ids": [c.provenance for c in conditioning] if conditioning else None,
+        "batch_sizes": generated.batch_sizes,
+        "safety_flagged": generated.safety_flagged.tolist() if generated.safety_flagged is not None else None,
+        "safety_dropped_seeds": [],
+        "oom_retries": generated.oom_retries,
+        "sampling": settings.describe(),
     }
+    if cfg.safety_checker == "drop" and generated.safety_flagged is not None and generated.safety_flagged.any():
+        record = drop_flagged(record, generated.safety_flagged)
+        log_warning(context, f"class {class_id}: the safety checker flagged {len(record['safety_dropped_seeds'])} images; dropped them")
+    return record
 
 
 class SamplingRunConfig(dg.Config):
@@ -234,23 +267,29 @@ def build_generation_assets(partitions: dg.PartitionsDefinition) -> list[dg.Asse
                 compile=cfg.compile,
                 class_id=class_id,
             )
-            provenance = {"images": images, "prompts": None, "negative_prompts": None, "conditioning_image_ids": None}
+            provenance = {"images": images, "seeds": seeds, "prompts": None, "negative_prompts": None, "conditioning_image_ids": None}
+            sampling = {"sampler": cfg.sampler, "steps": cfg.sample_steps, "guidance_scale": cfg.guidance_scale}
         else:
             provenance = sample_pretrained(
                 context, cfg, generator, class_id, seeds, class_catalog["image_shape"], class_prompts, real_images
             )
-            images = provenance["images"]
+            images, sampling = provenance["images"], provenance.pop("sampling")
         failpoint("synthetic_images")
         seconds = time.perf_counter() - started
+        flagged = provenance.get("safety_flagged")
         context.add_output_metadata(
             {
                 "backend": generator["backend"],
                 "images": len(images),
                 "seconds": round(seconds, 2),
                 "images_per_second": round(len(images) / max(seconds, 1e-9), 1),
-                "sampler": f"{cfg.sampler} {cfg.sample_steps} steps, guidance {cfg.guidance_scale}",
+                "sampler": f"{sampling['sampler']} {sampling['steps']} steps, guidance {sampling['guidance_scale']}",
+                **({"sampling": dg.MetadataValue.json(sampling)} if "family" in sampling else {}),
                 "regeneration_round": round_,
                 **({"first_prompt": provenance["prompts"][0]} if provenance["prompts"] else {}),
+                **({"safety_flagged": int(sum(flagged))} if flagged is not None else {}),
+                **({"safety_dropped_seeds": provenance["safety_dropped_seeds"]} if provenance.get("safety_dropped_seeds") else {}),
+                **({"oom_retries": provenance["oom_retries"]} if provenance.get("oom_retries") else {}),
                 "preview": dg.MetadataValue.md(grid_markdown(images, f"synthetic {class_id}")),
             }
         )
@@ -258,12 +297,15 @@ def build_generation_assets(partitions: dg.PartitionsDefinition) -> list[dg.Asse
             **provenance,
             "class_id": class_id,
             "class_index": class_index,
-            "seeds": seeds,
             "generator_id": generator["url"],
             "generator_version": generator["version"],
-            "sampler": cfg.sampler,
-            "steps": cfg.sample_steps,
-            "guidance_scale": cfg.guidance_scale,
+            "generator_revision": generator.get("revision"),
+            "generator_dtype": generator.get("dtype", cfg.dtype),
+            # the text CLIP compares images with when they had no prompt (ddpm, DiT): the class's disambiguated name
+            "clip_prompt": class_prompts.get("clip_prompt"),
+            "sampler": sampling["sampler"],
+            "steps": sampling["steps"],
+            "guidance_scale": sampling["guidance_scale"],
             "regeneration_round": round_,
         }
 

@@ -57,6 +57,7 @@ from synthaug_pipeline.lib.features import (
 )
 from synthaug_pipeline.lib.images import encode_image, grid_markdown
 from synthaug_pipeline.lib.plots import histogram_markdown
+from synthaug_pipeline.lib.prompts import clip_prompt
 from synthaug_pipeline.lib.redaction import redact_url
 from synthaug_pipeline.lib.scoring import ClassScores, filter_policy, filter_version, score_class, shard_accept
 from synthaug_pipeline.lib.shards import SHARD_SCHEMA, build_shard_table, read_shards, write_class_shard
@@ -218,8 +219,9 @@ def _extractor(profile: Profile, judge: dict) -> FeatureExtractor:
 
 
 def _prompts(profile: Profile, synthetic_images: dict, class_name: str) -> list[str]:
-    """Each image's prompt; images generated without one get the profile's template for the class."""
-    fallback = profile.generator.prompt_template.replace("{name}", class_name)
+    """Each image's prompt; images generated without one (ddpm, DiT) get the class's CLIP prompt: the first
+    prompts.templates entry filled with the disambiguated name (class_prompts' ``clip_prompt``)."""
+    fallback = synthetic_images.get("clip_prompt") or clip_prompt(profile.prompts.templates, class_name)
     given = synthetic_images.get("prompts") or [None] * len(synthetic_images["images"])
     return [prompt or fallback for prompt in given]
 
@@ -256,6 +258,7 @@ def _score(profile: Profile, judge: dict, synthetic_images: dict, real_features:
         prdc_k=cfg.prdc_k,
         clip_score=clip_scores,
         clip_model=clip_name,
+        safety_flagged=np.asarray(synthetic_images["safety_flagged"], dtype=bool) if synthetic_images.get("safety_flagged") is not None else None,
     )
 
 
@@ -401,7 +404,9 @@ def build_scoring_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsD
         else:
             rows = np.arange(len(synthetic_images["images"]))
             accepted, policy_version = shard_accept(scores, class_index, profile.filter)
-            policy_json = filter_policy(profile.filter, scores.summary.get("duplicate_threshold"))
+            policy_json = filter_policy(
+                profile.filter, scores.summary.get("duplicate_threshold"), safety_checked=scores.safety_flagged is not None
+            )
         images = synthetic_images["images"][rows]
         n = len(rows)
         fmt = profile.output.image_format
@@ -419,6 +424,9 @@ def build_scoring_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsD
                 "conditioning_image_id": _per_row(synthetic_images, "conditioning_image_ids", rows),
                 "generator_id": [synthetic_images["generator_id"]] * n,
                 "generator_version": [synthetic_images["generator_version"]] * n,
+                "generator_revision": [synthetic_images.get("generator_revision")] * n,
+                "generator_dtype": [synthetic_images.get("generator_dtype")] * n,
+                "generation_batch": _per_row(synthetic_images, "batch_sizes", rows),
                 "sampler": [synthetic_images["sampler"]] * n,
                 "steps": [synthetic_images["steps"]] * n,
                 "guidance_scale": [synthetic_images["guidance_scale"]] * n,
@@ -428,6 +436,7 @@ def build_scoring_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsD
                 "judge_top1": scores.judge_top1 if scores is not None else [],
                 "clip_score": scores.clip_score if scores is not None and scores.clip_score is not None else [None] * n,
                 "nearest_real_distance": scores.nearest_real_distance if scores is not None else [],
+                "safety_flagged": _per_row(synthetic_images, "safety_flagged", rows),
                 "accepted": accepted,
                 "filter_version": [policy_version] * n,
                 "filter_policy": [policy_json] * n,
