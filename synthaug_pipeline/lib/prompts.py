@@ -337,8 +337,10 @@ def build_class_prompts(description: ClassDescription, cfg: PromptsConfig, llm_p
     templated = diversified_prompts(description, cfg.templates, cfg.contexts, cfg.styles, count=cfg.prompts_per_class, seed=cfg.seed)
     if not llm_prompts:
         return templated
-    unique = list({p.text.lower(): p for p in llm_prompts}.values())
-    seen = {p.text.lower() for p in unique}
+    first: dict[str, Prompt] = {}
+    for prompt in llm_prompts:
+        first.setdefault(prompt.text.lower(), prompt)
+    unique, seen = list(first.values()), set(first)
     filler = [p for p in dict.fromkeys(templated) if p.text.lower() not in seen]
     distinct = unique + filler
     return [distinct[i % len(distinct)] for i in range(cfg.prompts_per_class)]
