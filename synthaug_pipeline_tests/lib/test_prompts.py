@@ -251,7 +251,7 @@ def test_the_full_wordnet_index_reveals_everyday_senses_imagenet_lacks(tmp_path,
     (tmp_path / "index.noun").write_text(
         "  1 This software and database is being provided\n"
         "kite n 2 2 @ ~ 2 0 03621473 01608432  \n"  # WordNet 3.0 line: the toy is the more frequent sense
-        "cleaver n 1 2 @ + 1 0 03041632  \n"
+        "sax n 1 2 @ + 1 0 04141076  \n"
     )
     monkeypatch.setenv("WNSEARCHDIR", str(tmp_path))
     from synthaug_pipeline.lib import prompts
@@ -263,6 +263,6 @@ def test_the_full_wordnet_index_reveals_everyday_senses_imagenet_lacks(tmp_path,
         assert kite.ambiguous and kite.disambiguated_name.startswith("kite, ") and "hawk" in kite.disambiguated_name
         plain = describe_class(kite_bird, kite_bird, "folder", curated_names=False, full_wordnet=False)
         assert plain.disambiguated_name == "kite" and not plain.ambiguous
-        assert describe_class("n03041632", "n03041632", "folder", curated_names=False).disambiguated_name == "cleaver"
+        assert describe_class("n04141076", "n04141076", "folder", curated_names=False).disambiguated_name == "sax"  # its own first sense
     finally:
         prompts.wordnet_noun_senses.cache_clear()
