@@ -1,14 +1,29 @@
 """Pretrained diffusion generators: DiT class labels, Stable Diffusion text-to-image, img2img and image variation.
 
-:func:`load_pretrained` loads a diffusers pipeline with ``from_pretrained(local folder or hub id)`` once per
-process (cached by pipeline kind, model, dtype, device and compile flag, and reloaded when the folder's
-content version changes); :func:`generate_images` samples
-one class with it and returns uint8 ``[N, H, W, C]`` images at the profile's size and channel count, the
-format of the DDPM backend's :func:`~.diffusion.sample_images`.
+:func:`load_pretrained` loads a diffusers pipeline with ``from_pretrained(local folder or hub id)``:
+
+* weights in ``generator.dtype`` (diffusers' ``dtype`` keyword, and checked after loading: a diffusers that
+  ignored it must not leave float32 weights labelled float16), from the ``fp16``/``bf16`` weight variant
+  when the folder or hub repo has one (:func:`~.model_files.weight_variant`), then moved to the device;
+* hub ids at ``generator.revision``; the snapshot's commit, the content hash (cached beside the folder,
+  :func:`~.model_files.model_version`) and the id travel with every image (:meth:`PretrainedGenerator.identity`);
+* the checkpoint's safety checker detached from the pipeline (which would black out flagged images and,
+  with tensor output, drop the flags) and run by :func:`generate_class` on the real pixels when
+  ``generator.safety_checker`` is record or drop; ``off`` does not load it;
+* the model family (:mod:`~.pretrained_defaults`) whose card's sampler, steps, guidance and size fill the
+  settings left unset.
+
+One pipeline per (kind, model, revision, dtype, device, compile, checker) stays in a small per-process
+cache (reloaded when the folder's content changes); a model-store resource can call :func:`load_pretrained`
+once instead. :func:`generate_class` samples one class and returns uint8 ``[N, H, W, C]`` images at the
+profile's size and channel count, the format of the DDPM backend's :func:`~.diffusion.sample_images`, with
+each image's batch size and safety flag.
 
 Reproducibility: image ``i`` draws all its randomness (initial latents, img2img's VAE posterior sample and
 added noise, ancestral scheduler noise) from its own CPU ``torch.Generator`` seeded with ``seeds[i]`` (the
-callers use :func:`~.diffusion.image_seed`), so the same settings reproduce the same pixels on CPU.
+callers use :func:`~.diffusion.image_seed`), so on a CPU the same settings reproduce the same pixels at any
+batch size. On CUDA, kernels may reduce in another order at another batch size (after an out-of-memory
+retry, say): each image's batch size is returned and recorded on its shard row.
 
 Speed: attention runs through PyTorch's fused ``scaled_dot_product_attention`` (diffusers' default
 ``AttnProcessor2_0`` on torch 2; :attr:`PretrainedGenerator.attention` reports it), the denoiser and the VAE
