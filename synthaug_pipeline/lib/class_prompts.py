@@ -27,6 +27,7 @@ from synthaug_pipeline.lib.prompts import (
     clip_prompt,
     name_candidates,
     rank_names,
+    wordnet_noun_senses,
 )
 
 
@@ -53,6 +54,8 @@ class ClassPrompts:
             "clip_prompt": self.clip_prompt,
             "name_choice": self.choice.as_dict(),
             "llm_exchange": self.llm,
+            # the full WordNet noun index (Debian wordnet-base) changes which names count as ambiguous
+            "wordnet_full_index": wordnet_noun_senses() is not None,
             "llm_fallback": self.llm_fallback,
         }
 

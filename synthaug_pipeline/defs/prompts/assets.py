@@ -65,6 +65,7 @@ def build_prompt_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDe
                 "gloss": description.gloss or "",
                 "name_source": description.name_source,
                 "clip_prompt": made.clip_prompt,
+                "wordnet_full_index": made.record()["wordnet_full_index"],
                 "num_prompts": len(prompts),
                 "unique_prompts": len({p.text for p in prompts}),
                 "llm_prompts": sum(p.source != "template" for p in prompts),
