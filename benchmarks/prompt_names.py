@@ -36,7 +36,13 @@ AMBIGUOUS = [
     ("n03710721", "maillot", "the swimsuit", "also dancers' tights (n03710637)", ["tank suit", "bathing suit", "swimsuit"]),
     ("n02113186", "Cardigan", "the corgi breed", "also the knitted sweater (n02963159)", ["corgi", "dog"]),
     ("n02963159", "cardigan", "the sweater", "also the corgi breed (n02113186)", ["jacket", "sweater", "knitted"]),
-    ("n03782006", "monitor", "the display/electronic monitor", "also the monitor lizard, and a person who monitors", ["electronic", "display", "screen", "computer"]),
+    (
+        "n03782006",
+        "monitor",
+        "the display/electronic monitor",
+        "also the monitor lizard, and a person who monitors",
+        ["electronic", "display", "screen", "computer"],
+    ),
     ("n01847000", "drake", "the male duck", "also a dragon, a cannon, a surname (Sir Francis Drake)", ["duck"]),
     ("n04008634", "projectile", "the projectile/missile weapon", "'missile' is also the guided rocket (n03773504)", ["weapon", "thrown"]),
     ("n03773504", "missile", "the guided rocket", "'missile' is also any projectile (n04008634)", ["rocket", "warhead"]),
@@ -95,7 +101,11 @@ def main(argv: list[str] | None = None) -> dict:
                 continue
             described = describe_class(wnid, wnid, "folder", curated_names=False, full_wordnet=full)
             chosen = described.disambiguated_name
-            row[rule] = {"name": chosen, "flagged_ambiguous": described.ambiguous, "passes": any(m.lower() in chosen.lower() for m in markers)}
+            row[rule] = {
+                "name": chosen,
+                "flagged_ambiguous": described.ambiguous,
+                "passes": any(m.lower() in chosen.lower() for m in markers),
+            }
         row["candidates"] = [c.as_dict() for c in name_candidates(describe_class(wnid, wnid, "folder", curated_names=False))]
         rows.append(row)
 

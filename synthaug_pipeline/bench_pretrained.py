@@ -33,14 +33,22 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from synthaug_pipeline.lib.machine import describe_machine, finish_machine, machine_summary
 from synthaug_pipeline.lib.pretrained import PretrainedGenerator, SamplingSettings, generate_class
 
 # Dense (no sparsity) bf16 tensor-core peaks from the vendors' data sheets, TFLOP/s, by a name fragment.
-BF16_PEAK_TFLOPS = {"H200": 989.4, "H100 SXM": 989.4, "H100 PCIe": 756.0, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "L4": 121.0, "A10": 125.0}
+BF16_PEAK_TFLOPS = {
+    "H200": 989.4,
+    "H100 SXM": 989.4,
+    "H100 PCIe": 756.0,
+    "H100": 989.4,
+    "A100": 312.0,
+    "L40S": 362.1,
+    "L4": 121.0,
+    "A10": 125.0,
+}
 PROMPTS = ["a photo of a crane, a large long-necked wading bird", "a photo of a tank suit", "a photo of a Cardigan Welsh corgi"]
 
 
@@ -63,13 +71,23 @@ def _vae(tiny: bool):
 
     if tiny:
         return AutoencoderKL(
-            down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8),
-            layers_per_block=1, latent_channels=4, norm_num_groups=4, sample_size=16,
+            down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2,
+            block_out_channels=(8, 8),
+            layers_per_block=1,
+            latent_channels=4,
+            norm_num_groups=4,
+            sample_size=16,
         )
     # stabilityai/sd-vae-ft-ema (DiT) and SD 1.5's VAE share this config
     return AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512),
-        layers_per_block=2, latent_channels=4, sample_size=512, scaling_factor=0.18215,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=512,
+        scaling_factor=0.18215,
     )
 
 
@@ -83,25 +101,49 @@ def build_text2img(tiny: bool, folder: Path):
     width = 16 if tiny else 768
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
-            vocab_size=len(tokenizer) if tiny else 49408, hidden_size=width, intermediate_size=4 * width, num_hidden_layers=1 if tiny else 12,
-            num_attention_heads=2 if tiny else 12, max_position_embeddings=max_length, hidden_act="quick_gelu",
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            vocab_size=len(tokenizer) if tiny else 49408,
+            hidden_size=width,
+            intermediate_size=4 * width,
+            num_hidden_layers=1 if tiny else 12,
+            num_attention_heads=2 if tiny else 12,
+            max_position_embeddings=max_length,
+            hidden_act="quick_gelu",
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
         )
     )
     if tiny:
         unet = UNet2DConditionModel(
-            sample_size=8, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4, cross_attention_dim=width, attention_head_dim=2,
+            sample_size=8,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            block_out_channels=(8, 16),
+            layers_per_block=1,
+            norm_num_groups=4,
+            cross_attention_dim=width,
+            attention_head_dim=2,
         )
     else:  # runwayml/stable-diffusion-v1-5 unet/config.json
         unet = UNet2DConditionModel(
-            sample_size=64, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=768, attention_head_dim=8,
-            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",), up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            sample_size=64,
+            block_out_channels=(320, 640, 1280, 1280),
+            layers_per_block=2,
+            cross_attention_dim=768,
+            attention_head_dim=8,
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
         )
     scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True, steps_offset=1)
     return StableDiffusionPipeline(
-        vae=_vae(tiny), text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        vae=_vae(tiny),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
 
 
@@ -111,12 +153,24 @@ def build_dit(tiny: bool, folder: Path):
 
     if tiny:
         transformer = DiTTransformer2DModel(
-            num_attention_heads=2, attention_head_dim=4, in_channels=4, out_channels=8, num_layers=1, sample_size=8, patch_size=2,
+            num_attention_heads=2,
+            attention_head_dim=4,
+            in_channels=4,
+            out_channels=8,
+            num_layers=1,
+            sample_size=8,
+            patch_size=2,
             num_embeds_ada_norm=1000,
         )
     else:  # facebook/DiT-XL-2-256 transformer/config.json
         transformer = DiTTransformer2DModel(
-            num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=28, sample_size=32, patch_size=2,
+            num_attention_heads=16,
+            attention_head_dim=72,
+            in_channels=4,
+            out_channels=8,
+            num_layers=28,
+            sample_size=32,
+            patch_size=2,
             num_embeds_ada_norm=1000,
         )
     return DiTPipeline(transformer=transformer, vae=_vae(tiny), scheduler=DDIMScheduler(beta_schedule="linear", clip_sample=False))
@@ -129,14 +183,20 @@ def denoiser_forward_flops(pipeline, backend: str, device: str, dtype: torch.dty
     if backend == "dit":
         model = pipeline.transformer
         c = model.config
-        inputs = {"hidden_states": torch.randn(1, c.in_channels, c.sample_size, c.sample_size), "timestep": torch.tensor([500]),
-                  "class_labels": torch.tensor([1])}
+        inputs = {
+            "hidden_states": torch.randn(1, c.in_channels, c.sample_size, c.sample_size),
+            "timestep": torch.tensor([500]),
+            "class_labels": torch.tensor([1]),
+        }
     else:
         model = pipeline.unet
         c = model.config
         length = pipeline.tokenizer.model_max_length
-        inputs = {"sample": torch.randn(1, c.in_channels, c.sample_size, c.sample_size), "timestep": torch.tensor([500]),
-                  "encoder_hidden_states": torch.randn(1, length, c.cross_attention_dim)}
+        inputs = {
+            "sample": torch.randn(1, c.in_channels, c.sample_size, c.sample_size),
+            "timestep": torch.tensor([500]),
+            "encoder_hidden_states": torch.randn(1, length, c.cross_attention_dim),
+        }
     inputs = {k: v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device) for k, v in inputs.items()}
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
@@ -161,8 +221,16 @@ def time_stock(pipeline, backend: str, images: int, device: str) -> dict:
     _sync(device)
     seconds = time.perf_counter() - started
     steps = 50
-    return {"images": images, "seconds": seconds, "images_per_second": images / seconds, "dtype": "float32", "steps": steps,
-            "scheduler": type(pipeline.scheduler).__name__, "batch": 1, "guidance_scale": 4.0 if backend == "dit" else 7.5}
+    return {
+        "images": images,
+        "seconds": seconds,
+        "images_per_second": images / seconds,
+        "dtype": "float32",
+        "steps": steps,
+        "scheduler": type(pipeline.scheduler).__name__,
+        "batch": 1,
+        "guidance_scale": 4.0 if backend == "dit" else 7.5,
+    }
 
 
 def time_ours(pipeline, backend: str, images: int, batch: int, steps: int, dtype: str, compile: bool, device: str) -> tuple[dict, int]:
@@ -175,9 +243,18 @@ def time_ours(pipeline, backend: str, images: int, batch: int, steps: int, dtype
         setattr(pipeline, denoiser_name, torch.compile(getattr(pipeline, denoiser_name)))
     pipeline.set_progress_bar_config(disable=True)
     generator = PretrainedGenerator(
-        pipeline=pipeline, kind=backend, model=f"random {backend} architecture", path="(in memory)", version="random", dtype=dtype,
-        device=device, num_parameters=sum(p.numel() for m in pipeline.components.values() if isinstance(m, torch.nn.Module) for p in m.parameters()),
-        load_seconds=0.0, compiled=compile, scheduler_config=dict(pipeline.scheduler.config), family="dit" if backend == "dit" else "sd1",
+        pipeline=pipeline,
+        kind=backend,
+        model=f"random {backend} architecture",
+        path="(in memory)",
+        version="random",
+        dtype=dtype,
+        device=device,
+        num_parameters=sum(p.numel() for m in pipeline.components.values() if isinstance(m, torch.nn.Module) for p in m.parameters()),
+        load_seconds=0.0,
+        compiled=compile,
+        scheduler_config=dict(pipeline.scheduler.config),
+        family="dit" if backend == "dit" else "sd1",
     )
     guidance = 4.0 if backend == "dit" else 7.5
     settings = SamplingSettings(sampler="dpmsolver++", steps=steps, guidance_scale=guidance, batch_size=batch)
@@ -190,9 +267,20 @@ def time_ours(pipeline, backend: str, images: int, batch: int, steps: int, dtype
     result = generate_class(generator, "bench", list(range(images)), settings, (size, size, 3), **inputs)
     _sync(device)
     seconds = time.perf_counter() - started
-    facts = {"images": images, "seconds": seconds, "images_per_second": images / seconds, "dtype": dtype, "steps": steps,
-             "scheduler": "DPMSolverMultistepScheduler (dpmsolver++)", "batch": batch, "guidance_scale": guidance, "compiled": compile,
-             "attention": generator.attention, "channels_last": True, "batch_sizes_used": sorted(set(result.batch_sizes))}
+    facts = {
+        "images": images,
+        "seconds": seconds,
+        "images_per_second": images / seconds,
+        "dtype": dtype,
+        "steps": steps,
+        "scheduler": "DPMSolverMultistepScheduler (dpmsolver++)",
+        "batch": batch,
+        "guidance_scale": guidance,
+        "compiled": compile,
+        "attention": generator.attention,
+        "channels_last": True,
+        "batch_sizes_used": sorted(set(result.batch_sizes)),
+    }
     return facts, size
 
 
@@ -221,7 +309,10 @@ def main(argv: list[str] | None = None) -> int:
         print("synthaug bench generation: error: --device cuda but torch sees no CUDA device", file=sys.stderr)
         return 2
     if not args.tiny and not device.startswith("cuda"):
-        print("synthaug bench generation: error: the full-size benchmark needs a CUDA GPU; use --tiny to run the code on a CPU", file=sys.stderr)
+        print(
+            "synthaug bench generation: error: the full-size benchmark needs a CUDA GPU; use --tiny to run the code on a CPU",
+            file=sys.stderr,
+        )
         return 2
     images = args.images or (4 if args.tiny else 64)
     batch = args.batch or (2 if args.tiny else 32 if args.backend == "dit" else 16)
@@ -255,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.date.today().isoformat(),
         "machine": finish_machine(info),
         "backend": args.backend,
-        "architecture": ("toy " if args.tiny else "") + ("DiT-XL/2 + SD VAE" if args.backend == "dit" else "Stable Diffusion 1.5 (UNet, VAE, CLIP ViT-L/14 text)"),
+        "architecture": ("toy " if args.tiny else "")
+        + ("DiT-XL/2 + SD VAE" if args.backend == "dit" else "Stable Diffusion 1.5 (UNet, VAE, CLIP ViT-L/14 text)"),
         "image_size": size,
         "num_parameters": num_parameters,
         "denoiser_forward_flops_batch1": flops,

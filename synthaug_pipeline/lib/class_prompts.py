@@ -94,7 +94,9 @@ def make_class_prompts(
     if clip is not None and real_images is not None and len(real_images):
         images = real_images[: cfg.rank_images]
         ranked = rank_names(
-            [c.name for c in candidates], images, lambda names, batch: clip.similarity_matrix([clip_prompt(cfg.templates, n) for n in names], batch)
+            [c.name for c in candidates],
+            images,
+            lambda names, batch: clip.similarity_matrix([clip_prompt(cfg.templates, n) for n in names], batch),
         )
         scorer = f"{clip.name} on {len(images)} real images, text '{cfg.templates[0]}'"
     choice = choose_name(description, candidates, ranked, scorer)

@@ -101,7 +101,8 @@ class ClipScorer:
             reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
             raise ClipModelError(
                 f"{section}.clip_model={model_name!r}: its tokenizer cannot be loaded ({type(exc).__name__}: {reason}); "
-                f"put the tokenizer files beside the model (open_clip_config.json text_cfg.hf_tokenizer_name) or set {section}.clip_model=null"
+                "put the tokenizer files beside the model (open_clip_config.json text_cfg.hf_tokenizer_name) "
+                f"or set {section}.clip_model=null"
             ) from None
         name = f"open_clip:{model_name}" + (f"/{pretrained}" if pretrained else "")
         return cls(model, tokenizer, name, batch_size=batch_size, device=device)
@@ -158,6 +159,8 @@ class ClipScorer:
 
 
 @functools.lru_cache(maxsize=2)
-def load_clip_scorer(model_name: str, pretrained: str | None, batch_size: int = 256, device: str = "cpu", section: str = "scoring") -> ClipScorer:
+def load_clip_scorer(
+    model_name: str, pretrained: str | None, batch_size: int = 256, device: str = "cpu", section: str = "scoring"
+) -> ClipScorer:
     """:meth:`ClipScorer.load`, once per process (one model serves every class partition)."""
     return ClipScorer.load(model_name, pretrained, batch_size=batch_size, device=device, section=section)

@@ -239,9 +239,15 @@ class PromptsConfig(_Section):
     llm_url: str | None = Field(
         None, description="Base URL of an OpenAI-compatible chat endpoint (e.g. http://127.0.0.1:8000/v1); None: prompts.llm runs locally."
     )
-    llm_api_key_env: str | None = Field(None, description="Name of the environment variable holding the endpoint's API key (never the key).")
-    llm_timeout_s: Float = Field(60.0, gt=0, description="Seconds to wait for the endpoint; a timeout keeps the WordNet prompts (said in the metadata).")
-    llm_prompts: int = Field(8, ge=1, le=64, description="Prompt variations the LLM writes per class; templates fill up to prompts_per_class.")
+    llm_api_key_env: str | None = Field(
+        None, description="Name of the environment variable holding the endpoint's API key (never the key)."
+    )
+    llm_timeout_s: Float = Field(
+        60.0, gt=0, description="Seconds to wait for the endpoint; a timeout keeps the WordNet prompts (said in the metadata)."
+    )
+    llm_prompts: int = Field(
+        8, ge=1, le=64, description="Prompt variations the LLM writes per class; templates fill up to prompts_per_class."
+    )
     llm_cache: str | None = Field(
         None, description="Folder or fsspec URL caching each class's LLM reply per prompt version; None: <output.url>/prompt_cache."
     )
@@ -290,7 +296,9 @@ class FilterConfig(_Section):
     drop_train_copies: bool = Field(True, description="Drop near-copies of real training images (memorization).")
     drop_test_leaks: bool = Field(True, description="Drop near-copies of test images (they would leak the test set).")
     drop_safety_flagged: bool = Field(
-        True, description="Reject images the generator's safety checker flagged (generator.safety_checker=record); they stay in the shard, flagged."
+        True,
+        description="Reject images the generator's safety checker flagged (generator.safety_checker=record); "
+        "they stay in the shard, flagged.",
     )
     min_accepted_per_class: int = Field(1, ge=0, description="Asset check: fewer accepted images than this fails the class.")
 

@@ -358,7 +358,9 @@ def shard_decisions(
     if safety_flagged is not None:
         flagged = np.asarray(safety_flagged)
         if flagged.shape != (n,) or flagged.dtype != np.bool_:
-            raise ValueError(f"safety_flagged must be a bool array with one flag per row ({n}), got dtype {flagged.dtype} shape {flagged.shape}")
+            raise ValueError(
+                f"safety_flagged must be a bool array with one flag per row ({n}), got dtype {flagged.dtype} shape {flagged.shape}"
+            )
     accepted = policy.decide(confidence, judge_top1, class_index, train_copy, leak, flagged)
     version = policy_json_version(
         shard_policy(policy, duplicate_threshold=duplicate_threshold, extra=extra, safety_checked=flagged is not None)

@@ -39,7 +39,9 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
 
 
-def resolve_model_path(model: str | None, *, revision: str | None = None, variant: str | None = None, setting: str = "generator.model") -> Path:
+def resolve_model_path(
+    model: str | None, *, revision: str | None = None, variant: str | None = None, setting: str = "generator.model"
+) -> Path:
     """The local folder of ``model``: the folder itself, or the hub id's snapshot (downloaded when the hub is reachable)."""
     if not model:
         raise ModelFilesError(f"{setting} is not set: give a local diffusers folder or a hub id (e.g. facebook/DiT-XL-2-256)")
@@ -51,7 +53,9 @@ def resolve_model_path(model: str | None, *, revision: str | None = None, varian
                 "(a folder written by DiffusionPipeline.save_pretrained, or a hub id)"
             )
         if revision is not None:
-            raise ModelFilesError(f"generator.revision {revision!r} applies to hub ids, but {setting} {model!r} is a local folder: unset it")
+            raise ModelFilesError(
+                f"generator.revision {revision!r} applies to hub ids, but {setting} {model!r} is a local folder: unset it"
+            )
         return path
     if not _HUB_ID.match(model):
         raise ModelFilesError(f"{setting} {model!r} does not exist (not a folder, and not a hub id like org/name)")

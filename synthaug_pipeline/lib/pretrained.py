@@ -48,7 +48,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import __version__ as diffusers_version
 from diffusers import (
     AutoPipelineForImage2Image,
     AutoPipelineForText2Image,
@@ -60,6 +59,7 @@ from diffusers import (
     EulerDiscreteScheduler,
     StableDiffusionImageVariationPipeline,
 )
+from diffusers import __version__ as diffusers_version
 from packaging.version import Version
 from PIL import Image
 
@@ -472,7 +472,9 @@ class SamplingSettings:
 def validate_settings(generator: PretrainedGenerator, settings: SamplingSettings) -> None:
     """Raise :class:`GeneratorSettingError` naming the setting when sampling could not work."""
     if settings.safety_checker not in SAFETY_MODES:
-        raise GeneratorSettingError(f"generator.safety_checker {settings.safety_checker!r} is unknown: choose one of {', '.join(SAFETY_MODES)}")
+        raise GeneratorSettingError(
+            f"generator.safety_checker {settings.safety_checker!r} is unknown: choose one of {', '.join(SAFETY_MODES)}"
+        )
     make_pretrained_scheduler(settings.sampler, generator.scheduler_config)
     train_steps = int(generator.scheduler_config.get("num_train_timesteps", 1000))
     steps = settings.steps

@@ -7,11 +7,11 @@ the values used and which of them came from the family, for the metadata.
 
 | family | detected by | sampler | steps | guidance | size | source |
 |---|---|---|---|---|---|---|
-| dit | DiT transformer | dpmsolver++ | 25 | 4.0 | native (256/512) | facebook/DiT-XL-2-256 card: DPM-Solver 25 steps; DiTPipeline guidance 4.0 |
-| sd1 | UNet cross-attention 768 | dpmsolver++ | 25 | 7.5 | native (512) | SD 1.5 card: guidance 7.5; diffusers docs: DPM-Solver++ 20-25 steps ~ PNDM 50 |
-| sd2 | UNet cross-attention 1024 | dpmsolver++ | 25 | 7.5 | native (768 for 2.1, 512 for -base) | SD 2.1 card: DPMSolverMultistepScheduler |
+| dit | DiT transformer | dpmsolver++ | 25 | 4.0 | native (256/512) | DiT-XL-2-256 card (DPM-Solver, 25 steps), DiTPipeline |
+| sd1 | UNet cross-attention 768 | dpmsolver++ | 25 | 7.5 | native (512) | SD 1.5 card (7.5); DPM-Solver++ 25 ~ PNDM 50 |
+| sd2 | UNet cross-attention 1024 | dpmsolver++ | 25 | 7.5 | native (768; -base 512) | SD 2.1 card (DPM-Solver) |
 | sdxl | UNet ``addition_embed_type: text_time`` | euler | 50 | 5.0 | native (1024) | SDXL base card: StableDiffusionXLPipeline defaults |
-| sd-turbo / sdxl-turbo | ``turbo`` in the model id | euler | 1 (img2img 2) | 0.0 | 512 | SD-Turbo / SDXL-Turbo cards: one step, no guidance |
+| sd-turbo / sdxl-turbo | ``turbo`` in the model id | euler | 1 (img2img 2) | 0.0 | 512 | SD-Turbo / SDXL-Turbo cards |
 | image-variation | image-variation pipeline | dpmsolver++ | 50 | 3.0 | native | lambdalabs sd-image-variations card |
 """
 

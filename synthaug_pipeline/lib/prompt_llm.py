@@ -295,7 +295,9 @@ def ask_llm(
             fs, fs_path = fsspec.core.url_to_fs(path)
             fs.makedirs(fs_path.rsplit("/", 1)[0], exist_ok=True)
             with fs.open(fs_path, "w") as handle:
-                json.dump({"reply": reply, "prompt_version": LLM_PROMPT_VERSION, "source": source, "class_id": description.class_id}, handle)
+                json.dump(
+                    {"reply": reply, "prompt_version": LLM_PROMPT_VERSION, "source": source, "class_id": description.class_id}, handle
+                )
         except OSError:
             pass  # a cache that cannot be written only costs a later call
     result.prompts = [Prompt(text, template="llm", source=source) for text in result.answer.prompts]

@@ -39,7 +39,9 @@ EVERYDAY_AMBIGUOUS = frozenset({"drake", "jaguar", "puma", "mustang", "beetle", 
 FASHION_PROMPT_NAMES = {"T-shirt/top": "T-shirt or top", "Bag": "handbag", "Ankle boot": "ankle boot"}
 _GLOSS_BREAKS = frozenset({"of", "that", "with", "in", "having", "which", "from", "for", "used", "usually", "especially", "found"})
 # gloss heads that say nothing alone ('a breed', 'any of two families'): the short gloss runs on to the real genus
-_GENERIC_HEADS = frozenset({"breed", "variety", "kind", "type", "species", "genus", "family", "families", "member", "form", "any", "one", "group"})
+_GENERIC_HEADS = frozenset(
+    {"breed", "variety", "kind", "type", "species", "genus", "family", "families", "member", "form", "any", "one", "group"}
+)
 _DETERMINERS = frozenset({"a", "an", "the", "any", "one", "some", "either", "each"})
 _CONSONANT_SOUND_PREFIXES = ("uni", "use", "usu", "uti", "uro", "eu", "one", "once", "ewe")
 _VOWEL_SOUND_PREFIXES = ("hour", "honest", "honor", "honour", "heir")
@@ -214,7 +216,8 @@ def _describe_wnid(
 
 def _plural_twin(name: str, wnid: str | None, tables: WordNetTables) -> bool:
     """'sunglass' (a burning lens) vs 'sunglasses': text encoders hardly tell a singular from its plural."""
-    return any(tables.lemma_index.get(other, frozenset()) - {wnid} for other in (name + "s", name + "es", name[:-1] if name.endswith("s") else ""))
+    twins = (name + "s", name + "es", name[:-1] if name.endswith("s") else "")
+    return any(tables.lemma_index.get(other, frozenset()) - {wnid} for other in twins)
 
 
 def _looks_scientific(lemma: str, tables: WordNetTables) -> bool:
@@ -485,7 +488,10 @@ class NameChoice:
 
 
 def choose_name(
-    description: ClassDescription, candidates: Sequence[NameCandidate], ranked: Sequence[RankedName] | None = None, scorer: str | None = None
+    description: ClassDescription,
+    candidates: Sequence[NameCandidate],
+    ranked: Sequence[RankedName] | None = None,
+    scorer: str | None = None,
 ) -> NameChoice:
     """The WordNet rule's name, or with ``ranked`` (CLIP scores of the candidates) the best-scoring unambiguous one."""
     candidates = tuple(candidates)

@@ -39,7 +39,10 @@ def test_dit_sampling_loop_matches_dit_pipeline_call(dit_folder):
     stock = DiTPipeline(transformer=p.transformer, vae=p.vae, scheduler=p.scheduler.__class__.from_config(p.scheduler.config))
     stock.set_progress_bar_config(disable=True)
     reference = stock(
-        class_labels=[3, 3], guidance_scale=4.0, num_inference_steps=4, generator=[torch.Generator().manual_seed(s) for s in (5, 6)],
+        class_labels=[3, 3],
+        guidance_scale=4.0,
+        num_inference_steps=4,
+        generator=[torch.Generator().manual_seed(s) for s in (5, 6)],
         output_type="np",
     ).images
     gens = [torch.Generator().manual_seed(s) for s in (5, 6)]
@@ -224,7 +227,12 @@ class _Config:
         ("dit", "facebook/DiT-XL-2-256", _Config(), "dit"),
         ("text2img", "runwayml/stable-diffusion-v1-5", _Config(cross_attention_dim=768), "sd1"),
         ("text2img", "stabilityai/stable-diffusion-2-1", _Config(cross_attention_dim=1024), "sd2"),
-        ("text2img", "stabilityai/stable-diffusion-xl-base-1.0", _Config(cross_attention_dim=2048, addition_embed_type="text_time"), "sdxl"),
+        (
+            "text2img",
+            "stabilityai/stable-diffusion-xl-base-1.0",
+            _Config(cross_attention_dim=2048, addition_embed_type="text_time"),
+            "sdxl",
+        ),
         ("text2img", "stabilityai/sd-turbo", _Config(cross_attention_dim=1024), "sd-turbo"),
         ("img2img", "stabilityai/sdxl-turbo", _Config(addition_embed_type="text_time"), "sdxl-turbo"),
     ],

@@ -138,8 +138,14 @@ def _planted_chat_model(folder, messages: list[dict], reply: str, chat_template:
     targets = tokenizer(reply)["input_ids"] + [tokenizer.eos_token_id]
     positions = prompt_length + len(targets) + 1
     config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=positions, n_embd=positions, n_layer=1, n_head=1, tie_word_embeddings=False,
-        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        n_positions=positions,
+        n_embd=positions,
+        n_layer=1,
+        n_head=1,
+        tie_word_embeddings=False,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
     )
     model = GPT2LMHeadModel(config)
     with torch.no_grad():
@@ -214,7 +220,10 @@ def test_an_openai_compatible_endpoint_answers(crane, endpoint, monkeypatch):
     chat = http_chat(endpoint, "tiny-chat", api_key_env="TEST_LLM_KEY", timeout_s=10)
     cfg = PromptsConfig(templates=["a photo of a {name}"], prompts_per_class=2, llm="tiny-chat", llm_url=endpoint)
     made = make_class_prompts(crane, cfg, chat=chat, chat_source=f"llm:{endpoint}#tiny-chat")
-    assert [p.text for p in made.prompts] == ["a crane bird wading in a misty marsh at dawn", "a close-up photo of a crane bird preening, soft light"]
+    assert [p.text for p in made.prompts] == [
+        "a crane bird wading in a misty marsh at dawn",
+        "a close-up photo of a crane bird preening, soft light",
+    ]
     assert made.llm["error"] is None and made.llm["accepted_prompts"] == 2
     path, auth, body = _Endpoint.seen[0]
     assert path == "/v1/chat/completions" and auth == "Bearer sk-test" and body["model"] == "tiny-chat"

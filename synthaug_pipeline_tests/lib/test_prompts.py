@@ -184,7 +184,14 @@ def test_llm_prompts_come_first_and_templates_fill_the_rest():
 
 @pytest.mark.parametrize(
     ("wnid", "genus"),
-    [(CRANE_BIRD, "bird"), (CRANE_MACHINE, None), (DRAKE, "duck"), ("n02113186", "corgi"), ("n02963159", "jacket"), (MAILLOT_SWIMSUIT, "suit")],
+    [
+        (CRANE_BIRD, "bird"),
+        (CRANE_MACHINE, None),
+        (DRAKE, "duck"),
+        ("n02113186", "corgi"),
+        ("n02963159", "jacket"),
+        (MAILLOT_SWIMSUIT, "suit"),
+    ],
 )
 def test_the_genus_term_of_a_gloss(wnid, genus):
     assert gloss_genus(imagenet_wordnet().glosses[wnid]) == genus

@@ -26,7 +26,6 @@ from synthaug_pipeline.lib.diffusion import (
 from synthaug_pipeline.lib.faults import failpoint
 from synthaug_pipeline.lib.images import grid_markdown
 from synthaug_pipeline.lib.plots import line_chart_markdown
-from synthaug_pipeline.lib.progress import Eta
 from synthaug_pipeline.lib.pretrained import (
     SamplingSettings,
     dit_class_indices,
@@ -38,6 +37,7 @@ from synthaug_pipeline.lib.pretrained import (
     pipeline_kind,
     validate_settings,
 )
+from synthaug_pipeline.lib.progress import Eta
 from synthaug_pipeline.lib.redaction import redact_url, redact_urls
 
 

@@ -41,7 +41,9 @@ def build_prompt_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDe
         class_id = context.partition_key
         class_index = class_catalog["class_ids"].index(class_id)
         description = describe_class(class_id, class_catalog["class_names"][class_index], profile.data.source, use_glosses=cfg.use_glosses)
-        chat, source = cached_chat(cfg.llm, cfg.llm_url, cfg.llm_api_key_env, cfg.llm_timeout_s, cfg.seed) if (cfg.llm or cfg.llm_url) else (None, None)
+        chat, source = None, None
+        if cfg.llm or cfg.llm_url:
+            chat, source = cached_chat(cfg.llm, cfg.llm_url, cfg.llm_api_key_env, cfg.llm_timeout_s, cfg.seed)
         clip = None
         if cfg.clip_model:
             clip = load_clip_scorer(cfg.clip_model, cfg.clip_pretrained, 256, default_device(), section="prompts")

@@ -258,7 +258,7 @@ def _score(profile: Profile, judge: dict, synthetic_images: dict, real_features:
         prdc_k=cfg.prdc_k,
         clip_score=clip_scores,
         clip_model=clip_name,
-        safety_flagged=np.asarray(synthetic_images["safety_flagged"], dtype=bool) if synthetic_images.get("safety_flagged") is not None else None,
+        safety_flagged=None if synthetic_images.get("safety_flagged") is None else np.asarray(synthetic_images["safety_flagged"], bool),
     )
 
 
