@@ -2,6 +2,7 @@
 
     python -m synthaug_pipeline.bench_generation [--profile digits] [--set key=value ...]
         [--images-per-class 20] [--generator DIR] [--judge DIR] [--save-models DIR] [--out FILE]
+    synthaug bench generation --backend text2img|dit [...]   # pretrained architectures: see bench_pretrained
 
 *Fast path*: :func:`sample_images` with the profile's sampler, step count, guidance scale and batch
 size (DDIM 20 steps by default, guidance as one batched forward on ``[x, x]``).
@@ -116,7 +117,16 @@ def markdown(record: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="synthaug bench generation", description=__doc__.split("\n")[0])
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a == "--backend" or a.startswith("--backend=") for a in argv):  # pretrained architectures on a GPU: its own benchmark
+        from synthaug_pipeline.bench_pretrained import main as bench_pretrained
+
+        return bench_pretrained(argv)
+    parser = argparse.ArgumentParser(
+        prog="synthaug bench generation",
+        description=__doc__.split("\n")[0],
+        epilog="With --backend text2img|dit: the pretrained-architecture GPU benchmark (synthaug bench generation --backend dit --help).",
+    )
     parser.add_argument("--profile", default="digits", help="profile name or YAML path (default digits)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a profile field")
     parser.add_argument("--images-per-class", type=int, default=20, help="images per class and path (default 20: the baseline is slow)")

@@ -109,3 +109,25 @@ def test_diversity_ratio_sees_samples_that_are_all_alike():
     real = {0: predict(judge, varied)[1]}
     ratios = {name: quality({0: batch}, judge, real, ["0"])["mean_diversity_ratio"] for name, batch in (("varied", varied), ("alike", alike))}
     assert ratios["varied"] == pytest.approx(1.0) and ratios["alike"] < 0.05
+
+
+@pytest.mark.parametrize("backend", ["dit", "text2img"])
+def test_pretrained_architecture_bench_runs_at_toy_size(tmp_path, capsys, backend):
+    out = tmp_path / f"{backend}.json"
+    args = ["--backend", backend, "--tiny", "--images", "3", "--batch", "2", "--steps", "2", "--stock-images", "1", "--device", "cpu"]
+    assert main([*args, "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["backend"] == backend and record["architecture"].startswith("toy ")
+    assert record["stock"]["steps"] == 50 and record["stock"]["dtype"] == "float32" and record["stock"]["batch"] == 1
+    assert record["ours"]["dtype"] == "bfloat16" and record["ours"]["batch_sizes_used"] == [1, 2]  # 3 images in batches of 2
+    assert record["denoiser_forward_flops_batch1"] > 0
+    assert record["denoiser_flops_per_image"]["ours"] == record["denoiser_forward_flops_batch1"] * 2 * 2  # guided x 2 steps
+    assert record["bf16_peak_tflops"] is None and record["utilisation"]["ours"]["share_of_bf16_peak"] is None  # a CPU has no entry
+    assert record["speedup"] > 0 and "| ours | bfloat16 |" in capsys.readouterr().out
+
+
+def test_the_full_size_pretrained_bench_needs_a_gpu(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert main(["--backend", "text2img"]) == 2
+    assert "needs a CUDA GPU; use --tiny" in capsys.readouterr().err

@@ -21,7 +21,9 @@ from diffusers import (
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
+from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
 from transformers import (
+    CLIPConfig,
     CLIPImageProcessor,
     CLIPTextConfig,
     CLIPTextModel,
@@ -133,8 +135,32 @@ def tiny_dit_pipeline(folder: str | Path, num_labels: int = 1000, seed: int = 0,
     return folder
 
 
-def tiny_stable_diffusion_pipeline(folder: str | Path, seed: int = 0, nan: bool = False) -> Path:
-    """A Stable Diffusion 1.x-shaped pipeline (UNet, VAE, CLIP text encoder + tokenizer, DDIM), no safety checker."""
+def tiny_safety_checker() -> tuple[StableDiffusionSafetyChecker, CLIPImageProcessor]:
+    """Stable Diffusion's NSFW checker on a tiny CLIP vision tower, and its feature extractor. Its concept
+    thresholds are 1.0 (a cosine never exceeds it): nothing is flagged until a test plants a concept."""
+    config = CLIPConfig(
+        text_config={"hidden_size": EMBED_DIM, "intermediate_size": 2 * EMBED_DIM, "num_hidden_layers": 1, "num_attention_heads": 2},
+        vision_config={
+            "hidden_size": EMBED_DIM,
+            "intermediate_size": 2 * EMBED_DIM,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": IMAGE_SIZE,
+            "patch_size": 8,
+        },
+        projection_dim=EMBED_DIM,
+    )
+    checker = StableDiffusionSafetyChecker(config).eval()
+    with torch.no_grad():
+        checker.concept_embeds_weights.fill_(1.0)
+        checker.special_care_embeds_weights.fill_(1.0)
+    extractor = CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    return checker, extractor
+
+
+def tiny_stable_diffusion_pipeline(folder: str | Path, seed: int = 0, nan: bool = False, safety_checker: bool = False) -> Path:
+    """A Stable Diffusion 1.x-shaped pipeline (UNet, VAE, CLIP text encoder + tokenizer, DDIM); with
+    ``safety_checker`` it carries the NSFW checker and feature extractor, as hub checkpoints do."""
     folder = Path(folder)
     _seeded(seed)
     vocab_size = write_clip_tokenizer_files(folder / "tokenizer")
@@ -155,15 +181,16 @@ def tiny_stable_diffusion_pipeline(folder: str | Path, seed: int = 0, nan: bool 
     unet = _unet(EMBED_DIM)
     if nan:
         _poison(unet)
+    checker, extractor = tiny_safety_checker() if safety_checker else (None, None)
     pipeline = StableDiffusionPipeline(
         vae=_vae(),
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
         scheduler=_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+        safety_checker=checker,
+        feature_extractor=extractor,
+        requires_safety_checker=safety_checker,
     )
     pipeline.save_pretrained(folder)
     return folder

@@ -80,16 +80,23 @@ class ModelsResource(dg.ConfigurableResource):
         key = (kind, model, dtype, device, bool(compile))
         return PROCESS_STORE.get("pretrained_generator", key, lambda: load_pretrained(kind, model, dtype, device, compile))
 
-    def clip(self, model: str, pretrained: str | None, batch_size: int, device: str):
+    def clip(self, model: str, pretrained: str | None, batch_size: int, device: str, section: str = "scoring"):
+        """An open_clip scorer (``section`` names the settings in errors: scoring.clip_model or prompts.clip_model)."""
         from synthaug_pipeline.lib.clip_score import load_clip_scorer
 
         key = (model, pretrained, batch_size, device)
-        return PROCESS_STORE.get("clip", key, lambda: load_clip_scorer(model, pretrained, batch_size, device))
+        return PROCESS_STORE.get("clip", key, lambda: load_clip_scorer(model, pretrained, batch_size, device, section=section))
 
-    def text_generator(self, model: str, seed: int):
-        from synthaug_pipeline.lib.prompts import load_text_generator
+    def chat(self, model: str | None, url: str | None, api_key_env: str | None, timeout_s: float, seed: int):
+        """``(chat function, source name)``: an OpenAI-compatible endpoint when ``url`` is set, else a local chat model."""
+        from synthaug_pipeline.lib.prompt_llm import http_chat, local_chat
 
-        return PROCESS_STORE.get("llm", (model, seed), lambda: load_text_generator(model, seed=seed, device=default_device()))
+        def load():
+            if url:
+                return http_chat(url, model, api_key_env=api_key_env, timeout_s=timeout_s, seed=seed), f"llm:{url}#{model or 'default'}"
+            return local_chat(model, seed=seed, device=default_device()), f"llm:{model}"
+
+        return PROCESS_STORE.get("llm", (model, url, api_key_env, timeout_s, seed), load)
 
 
 def latest_materialization(instance: dg.DagsterInstance, asset: str, partition: str | None = None):

@@ -78,19 +78,31 @@ class ClipScorer:
         self.fill = float(fill) / 255.0 if isinstance(fill, (int, float)) else 0.0
 
     @classmethod
-    def load(cls, model_name: str, pretrained: str | None = None, *, batch_size: int = 256, device: str = "cpu") -> ClipScorer:
-        """Load ``model_name`` (+ ``pretrained`` tag or path) with open_clip; weights are required."""
+    def load(
+        cls, model_name: str, pretrained: str | None = None, *, batch_size: int = 256, device: str = "cpu", section: str = "scoring"
+    ) -> ClipScorer:
+        """Load ``model_name`` (+ ``pretrained`` tag or path) with open_clip; weights are required.
+        Errors name ``<section>.clip_model`` (scoring, or prompts for name ranking)."""
         import open_clip
 
         try:
             model = open_clip.create_model(model_name, pretrained=pretrained, device=device, require_pretrained=True)
-            tokenizer = open_clip.get_tokenizer(model_name)
         except (RuntimeError, ValueError, OSError) as exc:
             reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
             raise ClipModelError(
-                f"scoring.clip_model={model_name!r} with scoring.clip_pretrained={pretrained!r} cannot be loaded with weights "
+                f"{section}.clip_model={model_name!r} with {section}.clip_pretrained={pretrained!r} cannot be loaded with weights "
                 f"({reason}); point clip_pretrained at a local checkpoint or use clip_model='local-dir:/path', "
-                "or set scoring.clip_model=null to skip CLIP scores"
+                f"or set {section}.clip_model=null to skip CLIP scores"
+            ) from None
+        try:
+            tokenizer = open_clip.get_tokenizer(model_name)
+            tokenizer(["a photo"])  # some tokenizers load their files lazily
+        except Exception as exc:  # noqa: BLE001 - HF tokenizers raise OSError, ValueError, EnvironmentError, ...
+            reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            raise ClipModelError(
+                f"{section}.clip_model={model_name!r}: its tokenizer cannot be loaded ({type(exc).__name__}: {reason}); "
+                "put the tokenizer files beside the model (open_clip_config.json text_cfg.hf_tokenizer_name) "
+                f"or set {section}.clip_model=null"
             ) from None
         name = f"open_clip:{model_name}" + (f"/{pretrained}" if pretrained else "")
         return cls(model, tokenizer, name, batch_size=batch_size, device=device)
@@ -120,6 +132,12 @@ class ClipScorer:
         ]
         return torch.cat(parts)
 
+    def similarity_matrix(self, texts: Sequence[str], images: np.ndarray) -> np.ndarray:
+        """Cosine similarity ``[len(texts), N]`` (float64) of every text with every image (ranking candidate names)."""
+        if len(texts) == 0 or len(images) == 0:
+            return np.zeros((len(texts), len(images)), dtype=np.float64)
+        return (self.text_embeddings(list(texts)) @ self.image_embeddings(images).T).double().cpu().numpy()
+
     def score(self, images: np.ndarray, prompts: Sequence[str]) -> np.ndarray:
         """Cosine similarity ``[N]`` (float64) of each image with its prompt (one prompt per image)."""
         if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
@@ -141,6 +159,8 @@ class ClipScorer:
 
 
 @functools.lru_cache(maxsize=2)
-def load_clip_scorer(model_name: str, pretrained: str | None, batch_size: int = 256, device: str = "cpu") -> ClipScorer:
+def load_clip_scorer(
+    model_name: str, pretrained: str | None, batch_size: int = 256, device: str = "cpu", section: str = "scoring"
+) -> ClipScorer:
     """:meth:`ClipScorer.load`, once per process (one model serves every class partition)."""
-    return ClipScorer.load(model_name, pretrained, batch_size=batch_size, device=device)
+    return ClipScorer.load(model_name, pretrained, batch_size=batch_size, device=device, section=section)

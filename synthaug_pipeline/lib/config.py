@@ -99,6 +99,9 @@ class DataConfig(_Section):
         return value
 
 
+DDPM_SAMPLING_DEFAULTS = {"sampler": "ddim", "sample_steps": 20, "guidance_scale": 2.5}
+
+
 class GeneratorConfig(_Section):
     backend: Literal["ddpm", "dit", "text2img", "img2img"] = Field(
         "ddpm",
@@ -106,12 +109,20 @@ class GeneratorConfig(_Section):
         "text2img: Stable Diffusion family from prompts; img2img: prompts + augmented real images.",
     )
     model: str | None = Field(None, description="dit/text2img/img2img: a local diffusers folder or a hub id.")
+    revision: str | None = Field(
+        None, description="Hub ids: the branch, tag or commit to load (None: main); recorded with the snapshot's commit on every shard row."
+    )
+    safety_checker: Literal["record", "drop", "off"] = Field(
+        "record",
+        description="Stable Diffusion checkpoints that carry a safety checker: record runs it on the real pixels (never "
+        "blacked out) and flags each image in its scores and shard row, and filter.drop_safety_flagged rejects them; drop "
+        "removes flagged images before scoring (their seeds are listed in the metadata); off does not run it.",
+    )
     dtype: Literal["float32", "float16", "bfloat16"] = Field(
         "float32",
         description="Pretrained backends: weights dtype (fp16/bf16 on GPU). ddpm: autocast dtype of CUDA sampling "
         "(weights stay float32); CPU sampling is always float32.",
     )
-    prompt_template: str = Field("a photo of a {name}", description="text2img/img2img prompt; {name} is the class name.")
     negative_prompt: str | None = Field(None, description="text2img/img2img negative prompt.")
     strength: Float = Field(0.6, gt=0, le=1, description="img2img: how far from the conditioning image (1 = ignore it).")
     output_size: int | None = Field(None, ge=8, description="Pretrained backends: generated image size before resizing to data.image_size.")
@@ -141,11 +152,13 @@ class GeneratorConfig(_Section):
     ema_decay: Float = Field(0.999, ge=0, lt=1)
     num_train_timesteps: int = Field(1000, ge=2)
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
-    sampler: Literal["ddim", "ddpm", "dpmsolver++", "sde-dpmsolver++", "euler"] = Field(
-        "ddim", description="Scheduler used for sampling (swappable)."
+    sampler: Literal["ddim", "ddpm", "dpmsolver++", "sde-dpmsolver++", "euler"] | None = Field(
+        None, description="Scheduler used for sampling (swappable); None: the backend's default (README: backend table)."
     )
-    sample_steps: int = Field(20, ge=1, le=1000)
-    guidance_scale: Float = Field(2.5, ge=0, le=50)
+    sample_steps: int | None = Field(None, ge=1, le=1000, description="Denoising steps; None: the backend's default.")
+    guidance_scale: Float | None = Field(
+        None, ge=0, le=50, description="Classifier-free guidance (<= 1: none); None: the backend's default (ddpm 2.5, DiT 4, SD 7.5)."
+    )
     images_per_class: int = Field(100, ge=1)
     sample_batch_size: int = Field(256, ge=1, description="ddpm: images per sampling batch (pretrained backends: pretrained_batch_size).")
     pretrained_batch_size: int | None = Field(
@@ -155,6 +168,18 @@ class GeneratorConfig(_Section):
         "(8 at 512 px). On CUDA out-of-memory the batch is halved and retried; images do not depend on it.",
     )
     seed: Seed = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ddpm_defaults(cls, data: Any) -> Any:
+        # the ddpm backend's defaults are known before anything loads (CALIBRATION.md); pretrained backends
+        # resolve None from the loaded model's family (lib/pretrained_defaults.py)
+        if isinstance(data, dict) and data.get("backend", "ddpm") == "ddpm":
+            data = dict(data)
+            for key, value in DDPM_SAMPLING_DEFAULTS.items():
+                if data.get(key) is None:
+                    data[key] = value
+        return data
 
     @field_validator("block_out_channels")
     @classmethod
@@ -167,7 +192,7 @@ class GeneratorConfig(_Section):
     def _ddpm_settings(self) -> GeneratorConfig:
         if self.init_from is not None and self.backend != "ddpm":
             raise ValueError(f"generator.init_from fine-tunes the ddpm backend; unset it for backend {self.backend!r}")
-        if self.backend == "ddpm" and self.sample_steps > self.num_train_timesteps:
+        if self.backend == "ddpm" and self.sample_steps is not None and self.sample_steps > self.num_train_timesteps:
             raise ValueError(
                 f"generator.sample_steps {self.sample_steps} exceeds generator.num_train_timesteps {self.num_train_timesteps}: "
                 "lower sample_steps (or train with more timesteps)"
@@ -230,9 +255,42 @@ class PromptsConfig(_Section):
     prompts_per_class: int = Field(8, ge=1, le=10000)
     use_glosses: bool = Field(True, description="Disambiguate names with WordNet glosses (ImageNet wnids) when known.")
     llm: str | None = Field(
-        None, description="Local text-generation model (path or hub id) that rewrites prompts; None: templates only."
+        None,
+        description="LLM that names each class unambiguously and writes prompt variations: a local transformers chat model "
+        "(path or hub id, prompted through its chat template), or with prompts.llm_url the model name sent to that endpoint. "
+        "None: WordNet names and templates only.",
     )
+    llm_url: str | None = Field(
+        None, description="Base URL of an OpenAI-compatible chat endpoint (e.g. http://127.0.0.1:8000/v1); None: prompts.llm runs locally."
+    )
+    llm_api_key_env: str | None = Field(
+        None, description="Name of the environment variable holding the endpoint's API key (never the key)."
+    )
+    llm_timeout_s: Float = Field(
+        60.0, gt=0, description="Seconds to wait for the endpoint; a timeout keeps the WordNet prompts (said in the metadata)."
+    )
+    llm_prompts: int = Field(
+        8, ge=1, le=64, description="Prompt variations the LLM writes per class; templates fill up to prompts_per_class."
+    )
+    llm_cache: str | None = Field(
+        None, description="Folder or fsspec URL caching each class's LLM reply per prompt version; None: <output.url>/prompt_cache."
+    )
+    clip_model: str | None = Field(
+        None,
+        description="open_clip model (as scoring.clip_model, usually the same) that chooses each class's name among the candidates "
+        "by similarity to its real images; None: the WordNet rule chooses.",
+    )
+    clip_pretrained: str | None = Field(None, description="open_clip pretrained tag or checkpoint path of prompts.clip_model.")
+    rank_images: int = Field(16, ge=1, le=1024, description="Real training images per class that candidate names are ranked against.")
     seed: Seed = 0
+
+    @model_validator(mode="after")
+    def _endpoint_needs_http(self) -> PromptsConfig:
+        if self.llm_url is not None and not self.llm_url.startswith(("http://", "https://")):
+            raise ValueError(f"prompts.llm_url must start with http:// or https://, got {self.llm_url!r}")
+        if self.llm_api_key_env is not None and self.llm_url is None:
+            raise ValueError("prompts.llm_api_key_env applies to prompts.llm_url: set the endpoint or unset the key variable")
+        return self
 
 
 class ScoringConfig(_Section):
@@ -261,6 +319,11 @@ class FilterConfig(_Section):
     quantile: Float | None = Field(None, gt=0, le=1, description="Keep this top share of the survivors per class (instead of top_k).")
     drop_train_copies: bool = Field(True, description="Drop near-copies of real training images (memorization).")
     drop_test_leaks: bool = Field(True, description="Drop near-copies of test images (they would leak the test set).")
+    drop_safety_flagged: bool = Field(
+        True,
+        description="Reject images the generator's safety checker flagged (generator.safety_checker=record); "
+        "they stay in the shard, flagged.",
+    )
     min_accepted_per_class: int = Field(1, ge=0, description="Asset check: fewer accepted images than this fails the class.")
 
     @model_validator(mode="after")

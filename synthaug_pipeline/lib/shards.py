@@ -28,8 +28,13 @@ of the class once older than ``stale_temp_after_s``; younger ones may belong to
 a live writer. A class folder written before manifests existed (no manifest,
 exactly one shard) is still read.
 
-Contract ``synthaug-shard/2`` (the ``synthaug_shard_contract`` schema
-metadata) added the required ``filter_policy`` column to ``synthaug-shard/1``.
+Contract ``synthaug-shard/3`` (the ``synthaug_shard_contract`` schema
+metadata) added to ``synthaug-shard/2`` the generator's identity beyond id and
+content hash (``generator_revision``: the hub commit; ``generator_dtype``), the
+batch each image was sampled in (``generation_batch``: CUDA kernels may round
+differently at another batch size) and the safety checker's verdict
+(``safety_flagged``: null when none ran). ``synthaug-shard/2`` added the
+required ``filter_policy`` column to ``synthaug-shard/1``.
 :func:`read_shards` refuses files of any other contract with a message saying
 to re-materialize ``synthetic_shards`` (cheap: scores are cached, nothing is
 regenerated).
@@ -61,7 +66,7 @@ if TYPE_CHECKING:  # records of the producers of a shard's rows (imported for an
     from synthaug_pipeline.lib.diffusion import SyntheticClass
     from synthaug_pipeline.lib.scoring import ClassScores
 
-SHARD_CONTRACT = "synthaug-shard/2"
+SHARD_CONTRACT = "synthaug-shard/3"
 CONTRACT_METADATA_KEY = b"synthaug_shard_contract"
 
 SHARD_SCHEMA = pa.schema(
@@ -78,14 +83,18 @@ SHARD_SCHEMA = pa.schema(
         pa.field("conditioning_image_id", pa.string(), nullable=True),
         pa.field("generator_id", pa.string(), nullable=False),
         pa.field("generator_version", pa.string(), nullable=False),
+        pa.field("generator_revision", pa.string(), nullable=True),  # hub commit of the weights; null for a local folder
+        pa.field("generator_dtype", pa.string(), nullable=True),
         pa.field("sampler", pa.string(), nullable=False),
         pa.field("steps", pa.int32(), nullable=False),
         pa.field("guidance_scale", pa.float32(), nullable=False),
         pa.field("seed", pa.int64(), nullable=False),
         pa.field("image_index", pa.int32(), nullable=False),
+        pa.field("generation_batch", pa.int32(), nullable=True),  # images per sampling call that made this one
         pa.field("judge_confidence", pa.float32(), nullable=False),
         pa.field("judge_top1", pa.int32(), nullable=False),
         pa.field("clip_score", pa.float32(), nullable=True),
+        pa.field("safety_flagged", pa.bool_(), nullable=True),  # the checkpoint's safety checker; null when none ran
         pa.field("nearest_real_distance", pa.float32(), nullable=False),
         pa.field("accepted", pa.bool_(), nullable=False),
         pa.field("filter_version", pa.string(), nullable=False),
@@ -522,7 +531,7 @@ def read_shards(uris: Sequence[str], accepted_only: bool = True, columns: Sequen
 
     Raises ``FileNotFoundError`` naming a missing URI, and ``ValueError`` for
     unknown column names or a file that is not a :data:`SHARD_CONTRACT`
-    (``synthaug-shard/2``) shard, e.g. one written before ``filter_policy``
+    (``synthaug-shard/3``) shard, e.g. one written before ``filter_policy``
     existed (the message says so; re-materialize its ``synthetic_shards``).
     """
     if isinstance(uris, str):
@@ -647,6 +656,9 @@ def class_shard_table(
             "conditioning_image_id": _per_row(synthetic.conditioning_image_ids, rows),
             "generator_id": [synthetic.generator_id] * n,
             "generator_version": [synthetic.generator_version] * n,
+            "generator_revision": [synthetic.generator_revision] * n,
+            "generator_dtype": [synthetic.generator_dtype] * n,
+            "generation_batch": _per_row(synthetic.batch_sizes, rows),
             "sampler": [synthetic.sampler] * n,
             "steps": [synthetic.steps] * n,
             "guidance_scale": [synthetic.guidance_scale] * n,
@@ -656,6 +668,7 @@ def class_shard_table(
             "judge_top1": scores.judge_top1 if scores is not None else [],
             "clip_score": scores.clip_score if scores is not None and scores.clip_score is not None else [None] * n,
             "nearest_real_distance": scores.nearest_real_distance if scores is not None else [],
+            "safety_flagged": _per_row(synthetic.safety_flagged, rows),
             "accepted": accepted,
             "filter_version": [policy_version] * n,
             "filter_policy": [policy_json] * n,

@@ -32,6 +32,7 @@ def tiny_models(tmp_path_factory):
     return {
         "dit": str(tiny_dit_pipeline(root / "dit", num_labels=10)),
         "sd": str(tiny_stable_diffusion_pipeline(root / "sd")),
+        "sd_checked": str(tiny_stable_diffusion_pipeline(root / "sd_checked", safety_checker=True)),
         "variation": str(tiny_image_variation_pipeline(root / "variation")),
         "sd_nan": str(tiny_stable_diffusion_pipeline(root / "sd_nan", nan=True)),
         "class_map": str(class_map),
@@ -66,7 +67,7 @@ def backend_overrides(output: str, backend: str, model: str, *extra: str) -> lis
 
 BACKENDS = {  # name -> (generator.backend, model key, extra overrides)
     "dit": ("dit", "dit", lambda m: [f"generator.class_index_map={m['class_map']}"]),
-    "text2img": ("text2img", "sd", lambda m: []),
+    "text2img": ("text2img", "sd_checked", lambda m: []),  # a checkpoint with a safety checker, as hub SD models have
     "img2img": ("img2img", "sd", lambda m: ["generator.strength=0.5", "generator.conditioning_augmentations=['flip']"]),
     "image_variation": ("img2img", "variation", lambda m: ["generator.image_variation=true"]),
 }
@@ -132,6 +133,10 @@ def test_backend_writes_both_classes_with_provenance(backend_run):
         rows = read_shards(uris, accepted_only=False).to_pylist()
         assert len(rows) == IMAGES_PER_CLASS
         assert {r["generator_id"] for r in rows} == {model} and {r["generator_version"] for r in rows} == {model_version(model)}
+        assert {r["generator_revision"] for r in rows} == {None} and {r["generator_dtype"] for r in rows} == {"float32"}  # a local folder
+        assert [r["generation_batch"] for r in rows] == [2, 2, 1]  # generator.pretrained_batch_size=2
+        # the checker ran on the real pixels and flagged nothing; models without one record null
+        assert {r["safety_flagged"] for r in rows} == ({False} if name == "text2img" else {None})
         assert all(decode_image(r["image"], 1).shape == (8, 8, 1) for r in rows)  # resized to the profile's 8x8 grayscale
         assert len({r["seed"] for r in rows}) == IMAGES_PER_CLASS
         prompts = [r["prompt"] for r in rows]

@@ -12,7 +12,7 @@ from synthaug_pipeline.orchestration import DEFAULT_DAGSTER_YAML, STAGES
 
 EXPECTED_DEPS = {
     "class_catalog": set(),
-    "class_prompts": {"class_catalog"},
+    "class_prompts": {"class_catalog", "real_images"},  # real images rank candidate names with CLIP
     "real_images": {"class_catalog"},
     "judge": {"class_catalog", "real_images"},
     "generator": {"class_catalog", "real_images"},

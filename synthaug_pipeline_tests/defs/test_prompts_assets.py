@@ -15,10 +15,10 @@ PROMPT_KEYS = {"text", "template", "context", "style", "source"}
 
 def materialize_prompts(profile: str, overrides: list[str], class_ids: list[str], partition: str) -> tuple[dict, dict]:
     partitions = class_partitions(class_ids)
-    class_catalog, _ = build_data_assets(partitions)
+    class_catalog, real_images = build_data_assets(partitions)
     (class_prompts,) = build_prompt_assets(partitions)
     result = dg.materialize(
-        [class_catalog, class_prompts],
+        [class_catalog, real_images, class_prompts],
         partition_key=partition,
         resources={"settings": SynthaugSettings(profile=profile, overrides=overrides), "models": ModelsResource()},
     )
@@ -46,6 +46,8 @@ def test_digit_prompts_with_contexts_and_styles():
     table = metadata["prompts"].value
     assert table.count("\n") == 5 and output["prompts"][0]["text"] in table
     assert metadata["num_prompts"].value == 4 and metadata["unique_prompts"].value == 4
+    assert output["clip_prompt"] == "a photo of a handwritten digit 3"  # what CLIP compares the DDPM's prompt-less images with
+    assert "no CLIP model" in metadata["name_reason"].value and output["llm_fallback"] is None
 
 
 def test_imagenet_wnid_folders_get_disambiguated_names(tmp_path):
@@ -68,3 +70,28 @@ def test_imagenet_wnid_folders_get_disambiguated_names(tmp_path):
 def test_prompts_markdown_escapes_cells():
     table = prompts_markdown([Prompt("a | b", "{name} | x", None, "ink")])
     assert table.splitlines()[2] == "| 0 | a \\| b | {name} \\| x |  | ink | template |"
+
+
+def test_an_llm_endpoint_that_fails_leaves_wordnet_prompts_and_says_so(tmp_path):
+    import http.server
+    import threading
+
+    class Broken(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            self.send_response(500)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Broken)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        overrides = [f"prompts.llm_url=http://127.0.0.1:{server.server_address[1]}/v1", "prompts.llm=tiny", f"output.url={tmp_path}"]
+        output, metadata = materialize_prompts("digits", overrides, [str(i) for i in range(10)], "3")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert all(p["source"] == "template" for p in output["prompts"])
+    assert metadata["llm_fallback"].value.startswith("LLM failed, WordNet prompts kept: prompts.llm_url")
+    assert output["llm_exchange"]["error"] and output["llm_exchange"]["prompt_version"]

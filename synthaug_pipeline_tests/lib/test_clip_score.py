@@ -101,3 +101,14 @@ def test_clip_model_without_weights_is_refused(tmp_path):
         ClipScorer.load(random_only)
     with pytest.raises(ClipModelError, match="scoring.clip_pretrained='/no/such/clip.pt'"):
         ClipScorer.load("ViT-B-32", "/no/such/clip.pt")
+
+
+def test_clip_model_whose_tokenizer_is_missing_names_the_setting(tmp_path):
+    folder = tmp_path / "no_tokenizer"
+    model = write_tiny_clip(folder)
+    config = json.loads((folder / "open_clip_config.json").read_text())
+    config["model_cfg"]["text_cfg"]["hf_tokenizer_name"] = str(tmp_path / "missing_tokenizer")
+    (folder / "open_clip_config.json").write_text(json.dumps(config))
+    with pytest.raises(ClipModelError, match=r"^prompts.clip_model='local-dir:.*': its tokenizer cannot be loaded") as error:
+        ClipScorer.load(model, section="prompts")
+    assert "\n" not in str(error.value)

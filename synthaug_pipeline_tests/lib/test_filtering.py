@@ -394,3 +394,34 @@ def test_refilter_table_rejects_wrong_class_and_missing_columns():
         refilter_table(_shard_table().drop_columns(["filter_policy"]), 2, **NO_DUPLICATES)
     with pytest.raises(TypeError):
         refilter_table(_shard_table(), 2, min_confidance=0.7)
+
+
+# --------------------------------------------------------------------------- #
+# Safety-checker flags
+# --------------------------------------------------------------------------- #
+
+
+def test_safety_flagged_rows_are_rejected_recorded_and_refiltered_alike():
+    flagged = np.array([True, False, False, False, False, True, False])
+    scores = _scores()
+    scores.safety_flagged = flagged
+    cfg = FilterConfig(**NO_DUPLICATES)
+    accepted, version = shard_accept(scores, 2, cfg)
+    unflagged, plain_version = shard_accept(_scores(), 2, cfg)
+    assert _kept(unflagged) == [0, 1, 2, 3, 5] and _kept(accepted) == [1, 2, 3]  # rows 0 and 5 pass, but were flagged
+    assert version != plain_version  # rows a checker looked at name the rule in their policy
+    assert json.loads(filter_policy(cfg, safety_checked=True))["drop_safety_flagged"] is True
+    assert "drop_safety_flagged" not in filter_policy(cfg)  # no checker ran: the identifiers of earlier shards stay
+    assert policy_json_version(filter_policy(cfg, safety_checked=True)) == version
+
+    keep_flagged = FilterConfig(**NO_DUPLICATES, drop_safety_flagged=False)
+    accepted_all, kept_version = shard_accept(scores, 2, keep_flagged)
+    assert _kept(accepted_all) == _kept(unflagged) and kept_version not in (version, plain_version)
+
+    # A shard keeps the flags, so re-filtering reproduces the pipeline's decisions and version.
+    table = _shard_table(cfg=cfg)
+    index = table.schema.get_field_index("safety_flagged")
+    table = table.set_column(index, table.schema.field(index), pa.array(flagged))
+    again = refilter_table(table, 2, **vars(FilterPolicy.from_config(cfg)))
+    assert _kept(again.column("accepted").to_numpy(zero_copy_only=False)) == [1, 2, 3]
+    assert set(again.column("filter_version").to_pylist()) == {version}

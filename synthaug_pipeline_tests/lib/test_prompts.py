@@ -1,24 +1,25 @@
-"""Class-name disambiguation, diversified prompts, LLM rewriting and name ranking."""
+"""Class-name disambiguation, candidate names, diversified prompts and name ranking (LLMs: test_prompt_llm.py)."""
 
 import numpy as np
 import pytest
 
 from synthaug_pipeline.lib.config import PromptsConfig
 from synthaug_pipeline.lib.prompts import (
-    REWRITE_INSTRUCTION,
     ClassDescription,
     Prompt,
     PromptError,
+    RankedName,
     build_class_prompts,
     check_template,
+    choose_name,
+    clip_prompt,
     describe_class,
     diversified_prompts,
+    gloss_genus,
     imagenet_wordnet,
-    load_text_generator,
+    name_candidates,
     rank_names,
     render_prompt,
-    rewrite_prompts,
-    sanitize_generated,
     short_gloss,
     with_article,
 )
@@ -168,77 +169,52 @@ def test_build_class_prompts_follows_the_profile_section():
     ]
 
 
-# --- LLM rewriting -----------------------------------------------------------------------------
-
-
-def test_sanitize_generated_keeps_one_clean_line():
-    assert sanitize_generated('  "A crane wading in reeds, at dawn."  \nsecond line') == "A crane wading in reeds, at dawn"
-    assert sanitize_generated("a crane <|endoftext|> ### ~~ in   fog") == "a crane endoftext in fog"
-    assert sanitize_generated("one two three four five", max_words=3) == "one two three"
-    assert sanitize_generated("\n\n") == ""
-
-
-def test_rewrite_keeps_good_rewrites_and_falls_back_otherwise():
-    prompts = diversified_prompts(
-        elephant(), ["a photo of a {name}", "a drawing of a {name}"], ["in a zoo", "at a river", "in snow"], count=5
-    )
-    replies = {
-        0: "An African elephant bathing in muddy water, golden light.\nignored",
-        1: "",  # empty
-        2: "a grey animal in a field",  # lost the class name
-        3: "An African elephant bathing in muddy water, golden light",  # duplicate of reply 0
-        4: prompts[0].text,  # just the input again
-    }
-
-    def fake_generate(instructions: list[str]) -> list[str]:
-        assert instructions[0] == REWRITE_INSTRUCTION.format(prompt=prompts[0].text)
-        return [replies[i] for i in range(len(instructions))]
-
-    rewritten = rewrite_prompts(prompts, fake_generate, keep_terms=["African elephant"], model_name="tiny")
-    assert rewritten[0] == Prompt(
-        "An African elephant bathing in muddy water, golden light", prompts[0].template, prompts[0].context, prompts[0].style, "llm:tiny"
-    )
-    assert rewritten[1:] == prompts[1:]
-    with pytest.raises(PromptError, match="returned 1 texts for 5"):
-        rewrite_prompts(prompts, lambda texts: ["x"], keep_terms=["African elephant"], model_name="tiny")
-
-
-def _tiny_gpt2(path):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator(["a photo of a crane in a marsh", "rewrite this image caption with more visual detail"], trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
-    tokenizer.save_pretrained(path)
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=256, n_embd=16, n_layer=1, n_head=2, eos_token_id=0, bos_token_id=0)
-    GPT2LMHeadModel(config).save_pretrained(path)
-
-
-def test_a_local_transformers_model_rewrites_deterministically(tmp_path):
-    _tiny_gpt2(tmp_path)
-    generate = load_text_generator(str(tmp_path), seed=0, max_new_tokens=6, batch_size=2)
-    instructions = [REWRITE_INSTRUCTION.format(prompt=f"a photo of a crane {where}") for where in ("in a marsh", "at dawn", "in fog")]
-    outputs = generate(instructions)
-    assert len(outputs) == 3 and all(isinstance(o, str) for o in outputs)
-    assert outputs == load_text_generator(str(tmp_path), seed=0, max_new_tokens=6, batch_size=2)(instructions)
-
-    cfg = PromptsConfig(
-        templates=["a photo of a {name}"], contexts=["in a marsh", "at dawn", "in fog"], prompts_per_class=3, llm=str(tmp_path)
-    )
+def test_llm_prompts_come_first_and_templates_fill_the_rest():
+    cfg = PromptsConfig(templates=["a photo of a {name}"], contexts=["in a marsh", "in a field"], prompts_per_class=3, seed=1)
     crane = describe_class(CRANE_BIRD, CRANE_BIRD, "folder", curated_names=False)
-    prompts = build_class_prompts(crane, cfg, generate)
-    templates_only = build_class_prompts(crane, cfg)
-    assert len({p.text for p in prompts}) == 3
-    for prompt, original in zip(prompts, templates_only):
-        assert (prompt.template, prompt.context, prompt.style) == (original.template, original.context, original.style)
-        if prompt.source == "template":  # a random tiny model rarely names the class: the template prompt stays
-            assert prompt == original
-        else:
-            assert prompt.source == f"llm:{tmp_path}" and "crane" in prompt.text.lower() and prompt.text == sanitize_generated(prompt.text)
+    written = [Prompt("a crane bird at dawn", "llm", source="llm:m"), Prompt("A crane bird at dawn", "llm", source="llm:m")]
+    prompts = build_class_prompts(crane, cfg, written)
+    assert [p.source for p in prompts] == ["llm:m", "template", "template"] and prompts[0].text == "a crane bird at dawn"
+    assert clip_prompt(cfg.templates, "crane bird") == "a photo of a crane bird"
+    assert clip_prompt(["an {name} on a table"], "apple") == "an apple on a table"
+
+
+# --- candidate names and the choice --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("wnid", "genus"),
+    [
+        (CRANE_BIRD, "bird"),
+        (CRANE_MACHINE, None),
+        (DRAKE, "duck"),
+        ("n02113186", "corgi"),
+        ("n02963159", "jacket"),
+        (MAILLOT_SWIMSUIT, "suit"),
+    ],
+)
+def test_the_genus_term_of_a_gloss(wnid, genus):
+    assert gloss_genus(imagenet_wordnet().glosses[wnid]) == genus
+
+
+def test_candidates_mark_the_names_other_senses_share():
+    crane = describe_class(CRANE_BIRD, CRANE_BIRD, "folder", curated_names=False)
+    candidates = {c.name: c for c in name_candidates(crane, llm_name="common crane")}
+    assert candidates["crane"].ambiguous and candidates["crane"].origin == "lemma"
+    assert not candidates["crane bird"].ambiguous and candidates["crane bird"].origin == "lemma+genus"
+    assert candidates["crane, a large long-necked wading bird"].origin == "wordnet-rule"
+    assert candidates["common crane"].origin == "llm"
+
+
+def test_the_choice_without_scores_is_the_wordnet_rule_and_with_scores_the_best_unambiguous_name():
+    crane = describe_class(CRANE_BIRD, CRANE_BIRD, "folder", curated_names=False)
+    candidates = name_candidates(crane)
+    rule = choose_name(crane, candidates)
+    assert rule.name == crane.disambiguated_name and "no CLIP model" in rule.reason and rule.scores is None
+    ranked = [RankedName("crane", 0.31), RankedName("crane bird", 0.30), RankedName(crane.disambiguated_name, 0.25)]
+    chosen = choose_name(crane, candidates, ranked, scorer="clip")
+    assert chosen.name == "crane bird" and "+0.0500 over" in chosen.reason and "'crane'" in chosen.reason
+    assert {c["name"]: c["score"] for c in chosen.as_dict()["candidates"]}["crane"] == 0.31
 
 
 # --- ranking names against real images ------------------------------------------------------
@@ -275,3 +251,25 @@ def test_candidates_come_from_the_description():
     crane = describe_class(CRANE_BIRD, CRANE_BIRD, "folder", curated_names=False)
     assert crane.candidates == ["crane, a large long-necked wading bird", "crane"]
     assert crane.as_dict()["lemmas"] == ["crane"]
+
+
+def test_the_full_wordnet_index_reveals_everyday_senses_imagenet_lacks(tmp_path, monkeypatch):
+    kite_bird = "n01608432"  # ImageNet-21k has no toy kite, so its tables call 'kite' unambiguous
+    (tmp_path / "index.noun").write_text(
+        "  1 This software and database is being provided\n"
+        "kite n 2 2 @ ~ 2 0 03621473 01608432  \n"  # WordNet 3.0 line: the toy is the more frequent sense
+        "sax n 1 2 @ + 1 0 04141076  \n"
+    )
+    monkeypatch.setenv("WNSEARCHDIR", str(tmp_path))
+    from synthaug_pipeline.lib import prompts
+
+    prompts.wordnet_noun_senses.cache_clear()
+    try:
+        assert prompts.wordnet_noun_senses()["kite"] == ("03621473", "01608432")
+        kite = describe_class(kite_bird, kite_bird, "folder", curated_names=False)
+        assert kite.ambiguous and kite.disambiguated_name.startswith("kite, ") and "hawk" in kite.disambiguated_name
+        plain = describe_class(kite_bird, kite_bird, "folder", curated_names=False, full_wordnet=False)
+        assert plain.disambiguated_name == "kite" and not plain.ambiguous
+        assert describe_class("n04141076", "n04141076", "folder", curated_names=False).disambiguated_name == "sax"  # its own first sense
+    finally:
+        prompts.wordnet_noun_senses.cache_clear()

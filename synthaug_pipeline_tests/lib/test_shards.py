@@ -90,11 +90,15 @@ def memory_url():
 def test_schema_has_contract_and_nullability():
     assert SHARD_SCHEMA.metadata[b"synthaug_shard_contract"] == SHARD_CONTRACT.encode()
     nullable = {f.name for f in SHARD_SCHEMA if f.nullable}
-    assert nullable == {"prompt", "negative_prompt", "conditioning_image_id", "clip_score", "run_id"}
+    assert nullable == {
+        "prompt", "negative_prompt", "conditioning_image_id", "clip_score", "run_id",
+        # contract 3: null where the generator has no hub revision, no dtype (old records), no batch or no safety checker
+        "generator_revision", "generator_dtype", "generation_batch", "safety_flagged",
+    }
     assert SHARD_SCHEMA.field("created_at").type == pa.timestamp("us", tz="UTC")
     assert SHARD_SCHEMA.field("seed").type == pa.int64()
     assert SHARD_SCHEMA.field("guidance_scale").type == pa.float32()
-    assert SHARD_CONTRACT == "synthaug-shard/2"
+    assert SHARD_CONTRACT == "synthaug-shard/3"
     assert SHARD_SCHEMA.field("filter_policy").type == pa.string() and not SHARD_SCHEMA.field("filter_policy").nullable
 
 
@@ -350,7 +354,7 @@ def test_read_rejects_non_contract_parquet(tmp_path):
 
     path = tmp_path / "other.parquet"
     pq.write_table(pa.table({"accepted": [True]}), path)
-    with pytest.raises(ValueError, match="is not a synthaug-shard/2 shard \\(contract metadata: none\\)$"):
+    with pytest.raises(ValueError, match="is not a synthaug-shard/3 shard \\(contract metadata: none\\)$"):
         read_shards([str(path)], columns=["accepted"])
 
 

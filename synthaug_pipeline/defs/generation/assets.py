@@ -36,18 +36,18 @@ from synthaug_pipeline.lib.diffusion import (
 from synthaug_pipeline.lib.faults import failpoint
 from synthaug_pipeline.lib.images import grid_markdown
 from synthaug_pipeline.lib.plots import line_chart_markdown
-from synthaug_pipeline.lib.progress import Eta
 from synthaug_pipeline.lib.pretrained import (
     SamplingSettings,
     dit_class_indices,
     dit_num_labels,
-    generate_images,
+    generate_class,
     make_pretrained_scheduler,
     per_image,
     pipeline_kind,
     validate_settings,
 )
 from synthaug_pipeline.lib.model_store import ModelRef
+from synthaug_pipeline.lib.progress import Eta
 from synthaug_pipeline.lib.redaction import redact_url, redact_urls
 
 
@@ -119,16 +119,18 @@ def load_pretrained_generator(
 ) -> ModelRef:
     """Load ``generator.model`` and check, before any class is sampled, that the settings and every class work."""
     kind = pipeline_kind(cfg)
-    loaded = models.pretrained(kind, cfg.model, cfg.dtype, cfg.device, cfg.compile)
-    validate_settings(loaded, SamplingSettings.from_config(cfg))
+    loaded = models.pretrained(kind, cfg.model, cfg.dtype, cfg.device, cfg.compile, revision=cfg.revision, safety_checker=cfg.safety_checker)
+    settings = SamplingSettings.from_config(cfg, loaded.family)
+    validate_settings(loaded, settings)
     class_indices = dit_class_indices(class_ids, dit_num_labels(loaded), cfg.class_index_map) if kind == "dit" else None
-    scheduler = make_pretrained_scheduler(cfg.sampler, loaded.scheduler_config)
+    scheduler = make_pretrained_scheduler(settings.sampler, loaded.scheduler_config)
     facts = loaded.describe()
     add_metadata(context,
         {
             "backend": cfg.backend,
-            **{k: v for k, v in facts.items() if k != "load_seconds"},
-            "scheduler": f"{cfg.sampler} ({type(scheduler).__name__}, from the model's scheduler config)",
+            **{k: v for k, v in facts.items() if k != "load_seconds" and v is not None},
+            "scheduler": f"{settings.sampler} ({type(scheduler).__name__}, from the model's scheduler config)",
+            "sampling": dg.MetadataValue.json(settings.describe()),
             "load_seconds": round(loaded.load_seconds, 2),
             **({"class_indices": dg.MetadataValue.json(class_indices)} if class_indices else {}),
         }
@@ -139,8 +141,30 @@ def load_pretrained_generator(
         version=loaded.version,
         model=cfg.backend,
         num_parameters=loaded.num_parameters,
-        details={"backend": cfg.backend, "kind": kind, "dtype": cfg.dtype, "class_indices": class_indices},
+        details={
+            "backend": cfg.backend,
+            "kind": kind,
+            "dtype": cfg.dtype,
+            "revision": loaded.revision,
+            "family": loaded.family,
+            "class_indices": class_indices,
+        },
     )
+
+
+PER_IMAGE_KEYS = ("images", "seeds", "prompts", "negative_prompts", "conditioning_image_ids", "batch_sizes", "safety_flagged")
+
+
+def drop_flagged(record: dict, flagged: np.ndarray) -> dict:
+    """``record`` without the images the safety checker flagged (generator.safety_checker=drop); their seeds are kept aside."""
+    keep = np.flatnonzero(~np.asarray(flagged, dtype=bool))
+    out = dict(record)
+    for key in PER_IMAGE_KEYS:
+        values = record.get(key)
+        if values is not None:
+            out[key] = values[keep] if isinstance(values, np.ndarray) else [values[i] for i in keep]
+    out["safety_dropped_seeds"] = [int(record["seeds"][i]) for i in np.flatnonzero(flagged)]
+    return out
 
 
 def sample_pretrained(
@@ -154,14 +178,18 @@ def sample_pretrained(
     class_prompts: dict,
     real: RealClass,
 ) -> dict:
-    """One class from a pretrained pipeline, with each image's prompt and conditioning image id for the shard."""
+    """One class from a pretrained pipeline, with each image's prompt, conditioning image id, batch size and
+    safety flag for the shard, and the sampling values used (unset ones from the model family's defaults)."""
     kind = generator.get("kind")
-    loaded = models.pretrained(kind, generator.url, generator.get("dtype"), cfg.device, cfg.compile)
+    loaded = models.pretrained(
+        kind, generator.url, generator.get("dtype"), cfg.device, cfg.compile, revision=cfg.revision, safety_checker=cfg.safety_checker
+    )
     if loaded.version != generator.version:
         raise ValueError(
             f"generator.model {generator.url!r} changed since the generator asset loaded it "
             f"(version {generator.version} -> {loaded.version}): re-materialize generator"
         )
+    settings = SamplingSettings.from_config(cfg, loaded.family)
     n = len(seeds)
     prompts = per_image([p["text"] for p in class_prompts["prompts"]], n) if kind in ("text2img", "img2img") else None
     conditioning = None
@@ -174,11 +202,11 @@ def sample_pretrained(
         conditioning = conditioning_images(
             real.train, class_id, n, cfg.seed, cfg.conditioning_augmentations, image_ids=list(image_ids)
         )
-    images = generate_images(
+    generated = generate_class(
         loaded,
         class_id,
         seeds,
-        SamplingSettings.from_config(cfg),
+        settings,
         image_shape,
         class_index=generator.get("class_indices")[class_id] if kind == "dit" else None,
         prompts=prompts,
@@ -186,12 +214,22 @@ def sample_pretrained(
         progress=lambda done, total: context.log.info(f"class {class_id}: {done}/{total} images"),
         log=lambda message: log_warning(context, message),
     )
-    return {
-        "images": images,
+    record = {
+        "images": generated.images,
+        "seeds": list(seeds),
         "prompts": prompts,
-        "negative_prompts": [cfg.negative_prompt] * n if prompts else None,
+        "negative_prompts": [settings.negative_prompt] * n if prompts else None,
         "conditioning_image_ids": [c.provenance for c in conditioning] if conditioning else None,
+        "batch_sizes": generated.batch_sizes,
+        "safety_flagged": generated.safety_flagged.tolist() if generated.safety_flagged is not None else None,
+        "safety_dropped_seeds": [],
+        "oom_retries": generated.oom_retries,
+        "sampling": settings.describe(),
     }
+    if cfg.safety_checker == "drop" and generated.safety_flagged is not None and generated.safety_flagged.any():
+        record = drop_flagged(record, generated.safety_flagged)
+        log_warning(context, f"class {class_id}: the safety checker flagged {len(record['safety_dropped_seeds'])} images; dropped them")
+    return record
 
 
 class SamplingRunConfig(dg.Config):
@@ -228,7 +266,14 @@ def _sample_ddpm(context: dg.AssetExecutionContext, models: ModelsResource, cfg:
         compile=cfg.compile,
         class_id=class_id,
     )
-    return {"images": images, "prompts": None, "negative_prompts": None, "conditioning_image_ids": None}
+    return {
+        "images": images,
+        "seeds": list(seeds),
+        "prompts": None,
+        "negative_prompts": None,
+        "conditioning_image_ids": None,
+        "sampling": {"sampler": cfg.sampler, "steps": cfg.sample_steps, "guidance_scale": cfg.guidance_scale},
+    }
 
 
 def build_generation_assets(
@@ -289,9 +334,10 @@ def build_generation_assets(
                     class_prompts[class_id],
                     real_images[class_id],
                 )
-            images = provenance["images"]
+            images, sampling = provenance["images"], provenance["sampling"]
             failpoint("synthetic_images")
             seconds = time.perf_counter() - started
+            flagged = provenance.get("safety_flagged")
             add_partition_metadata(
                 context,
                 class_id,
@@ -300,9 +346,13 @@ def build_generation_assets(
                     "images": len(images),
                     "seconds": round(seconds, 2),
                     "images_per_second": round(len(images) / max(seconds, 1e-9), 1),
-                    "sampler": f"{cfg.sampler} {cfg.sample_steps} steps, guidance {cfg.guidance_scale}",
+                    "sampler": f"{sampling['sampler']} {sampling['steps']} steps, guidance {sampling['guidance_scale']}",
+                    **({"sampling": dg.MetadataValue.json(sampling)} if "family" in sampling else {}),
                     "regeneration_round": round_,
                     **({"first_prompt": provenance["prompts"][0]} if provenance["prompts"] else {}),
+                    **({"safety_flagged": int(sum(flagged))} if flagged is not None else {}),
+                    **({"safety_dropped_seeds": provenance["safety_dropped_seeds"]} if provenance.get("safety_dropped_seeds") else {}),
+                    **({"oom_retries": provenance["oom_retries"]} if provenance.get("oom_retries") else {}),
                     "preview": dg.MetadataValue.md(grid_markdown(images, f"synthetic {class_id}")),
                 },
             )
@@ -310,18 +360,26 @@ def build_generation_assets(
                 class_id=class_id,
                 class_index=class_index,
                 images=images,
-                seeds=seeds,
+                seeds=list(provenance["seeds"]),
                 backend=generator.get("backend"),
                 generator_id=generator.url,
                 generator_version=generator.version,
-                sampler=cfg.sampler,
-                steps=cfg.sample_steps,
-                guidance_scale=cfg.guidance_scale,
+                sampler=sampling["sampler"],
+                steps=sampling["steps"],
+                guidance_scale=sampling["guidance_scale"],
                 regeneration_round=round_,
                 prompts=provenance["prompts"],
                 negative_prompts=provenance["negative_prompts"],
                 conditioning_image_ids=provenance["conditioning_image_ids"],
                 seconds=seconds,
+                generator_revision=generator.get("revision"),
+                generator_dtype=generator.get("dtype", cfg.dtype),
+                # the text CLIP compares images with when they had no prompt (ddpm, DiT): the class's disambiguated name
+                clip_prompt=class_prompts[class_id].get("clip_prompt") if class_id in class_prompts else None,
+                batch_sizes=provenance.get("batch_sizes"),
+                safety_flagged=provenance.get("safety_flagged"),
+                safety_dropped_seeds=provenance.get("safety_dropped_seeds") or [],
+                oom_retries=provenance.get("oom_retries") or 0,
             )
         return values
 

@@ -60,6 +60,7 @@ from synthaug_pipeline.lib.features import (
 )
 from synthaug_pipeline.lib.images import grid_markdown
 from synthaug_pipeline.lib.plots import histogram_markdown
+from synthaug_pipeline.lib.prompts import clip_prompt
 from synthaug_pipeline.lib.pretrained_classifiers import pretrained_judge
 from synthaug_pipeline.lib.redaction import redact_url
 from synthaug_pipeline.lib.model_store import ModelRef
@@ -84,8 +85,9 @@ def _extractor(profile: Profile, models: ModelsResource, judge: ModelRef) -> Fea
 
 
 def _prompts(profile: Profile, synthetic: SyntheticClass, class_name: str) -> list[str]:
-    """Each image's prompt; images generated without one get the profile's template for the class."""
-    fallback = profile.generator.prompt_template.replace("{name}", class_name)
+    """Each image's prompt; images generated without one (ddpm, DiT) get the class's CLIP prompt: the first
+    prompts.templates entry filled with the disambiguated name (class_prompts' ``clip_prompt``)."""
+    fallback = synthetic.clip_prompt or clip_prompt(profile.prompts.templates, class_name)
     given = synthetic.prompts or [None] * len(synthetic.images)
     return [prompt or fallback for prompt in given]
 
@@ -114,6 +116,7 @@ def _score(profile: Profile, models: ModelsResource, judge: ModelRef, synthetic:
         prdc_k=cfg.prdc_k,
         clip_score=clip_scores,
         clip_model=clip_name,
+        safety_flagged=None if synthetic.safety_flagged is None else np.asarray(synthetic.safety_flagged, bool),
     )
 
 
@@ -186,7 +189,7 @@ def _shard(
     else:
         rows = np.arange(len(synthetic.images))
         accepted, policy_version = shard_accept(scores, class_index, profile.filter)
-        policy_json = filter_policy(profile.filter, scored.duplicate_threshold)
+        policy_json = filter_policy(profile.filter, scored.duplicate_threshold, safety_checked=scores.safety_flagged is not None)
     images = synthetic.images[rows]
     table = class_shard_table(synthetic, scores, rows, accepted, policy_version, policy_json, profile.output.image_format, context.run_id)
     shard = write_class_shard(
