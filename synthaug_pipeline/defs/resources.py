@@ -73,12 +73,17 @@ class ModelsResource(dg.ConfigurableResource):
 
         return PROCESS_STORE.versioned(ref.role, ref.url, ref.version, load_classifier)
 
-    def pretrained(self, kind: str, model: str | None, dtype: str, device: str, compile: bool):
-        """A pretrained diffusers pipeline (``generator.model``)."""
+    def pretrained(
+        self, kind: str, model: str | None, dtype: str, device: str, compile: bool, revision: str | None = None, safety_checker: str = "record"
+    ):
+        """A pretrained diffusers pipeline (``generator.model`` at ``generator.revision``). The lib loader checks the
+        folder's content version on every call (cached beside the folder), so a rewritten folder is reloaded."""
         from synthaug_pipeline.lib.pretrained import load_pretrained
 
-        key = (kind, model, dtype, device, bool(compile))
-        return PROCESS_STORE.get("pretrained_generator", key, lambda: load_pretrained(kind, model, dtype, device, compile))
+        loaded = load_pretrained(kind, model, dtype, device, compile, revision=revision, safety_checker=safety_checker)
+        # counted once per (pipeline, version): the lib keeps the loaded pipeline itself
+        PROCESS_STORE.get("pretrained_generator", (kind, model, revision, loaded.version, dtype, device, bool(compile)), lambda: loaded)
+        return loaded
 
     def clip(self, model: str, pretrained: str | None, batch_size: int, device: str, section: str = "scoring"):
         """An open_clip scorer (``section`` names the settings in errors: scoring.clip_model or prompts.clip_model)."""
@@ -112,7 +117,10 @@ def add_partition_metadata(context: dg.AssetExecutionContext, partition: str, me
     at most 256 KB (:func:`~synthaug_pipeline.lib.metadata.bounded_metadata`)."""
     from synthaug_pipeline.lib.metadata import bounded_metadata
 
-    context.add_asset_metadata(bounded_metadata(metadata), partition_key=partition)
+    if list(context.partition_keys) == [partition]:  # a one-class step (also a direct invocation in tests)
+        context.add_output_metadata(bounded_metadata(metadata))
+    else:
+        context.add_asset_metadata(bounded_metadata(metadata), partition_key=partition)
 
 
 def model_url(output_url: str, name: str, run_id: str) -> str:
