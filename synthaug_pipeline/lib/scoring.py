@@ -408,9 +408,12 @@ class ClassScores:
       training images, in their order) nearest to each image, i.e. the
       training image a flagged copy duplicates,
     * ``nearest_test_index`` int64: the same row of ``test_features``; None
-      without test features.
+      without test features,
+    * ``features`` float64 ``[N, D]``: the images' features (what the
+      ``k_center`` diversity selection of the filter covers); None in scores
+      built before it existed.
 
-    The last six default to None so hand-built scores (and scores pickled
+    The last seven default to None so hand-built scores (and scores pickled
     before they existed) stay valid; filters treat None as "not checked".
 
     ``summary`` is a JSON-serialisable dict of class-level numbers (see
@@ -428,6 +431,7 @@ class ClassScores:
     clip_score: np.ndarray | None = None
     nearest_real_index: np.ndarray | None = None
     nearest_test_index: np.ndarray | None = None
+    features: np.ndarray | None = None
 
 
 def _check_probs(probs: Any) -> np.ndarray:
@@ -671,6 +675,7 @@ def score_class(
         clip_score=clip,
         nearest_real_index=nearest_index,
         nearest_test_index=nearest_test_index,
+        features=x,
     )
 
 
@@ -756,4 +761,5 @@ def shard_accept(scores: ClassScores, class_index: int, cfg: FilterConfig) -> tu
         duplicate_threshold=scores.summary.get("duplicate_threshold"),
         test_leak=scores.is_test_leak,
         extra=_config_extra(cfg),
+        features=scores.features,
     )

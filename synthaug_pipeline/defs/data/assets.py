@@ -23,6 +23,7 @@ def build_data_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
                 "name": name,
                 "train": int(np.sum(dataset.train.labels == i)),
                 "test": int(np.sum(dataset.test.labels == i)),
+                "validation": int(np.sum(dataset.validation.labels == i)) if dataset.validation is not None else 0,
                 "skipped": dataset.skipped.get(class_id, {}),
             }
             for i, (class_id, name) in enumerate(zip(dataset.class_ids, dataset.class_names, strict=True))
@@ -43,11 +44,13 @@ def build_data_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
             "class_names": dataset.class_names,
             "image_shape": list(dataset.image_shape),
             "classes": counts,
+            # carved from the training split, stratified and seeded (data.validation_fraction, data.seed): choices are made on it
+            "validation_fraction": profile.data.validation_fraction,
             "skipped_files": len(dataset.skipped_files),
             "skipped_by_reason": dataset.skipped_by_reason,
         }
-        table = "| class | name | train | test | skipped files |\n|---|---|---|---|---|\n" + "\n".join(
-            f"| {c['class_id']} | {c['name']} | {c['train']} | {c['test']} | "
+        table = "| class | name | train | validation | test | skipped files |\n|---|---|---|---|---|---|\n" + "\n".join(
+            f"| {c['class_id']} | {c['name']} | {c['train']} | {c['validation']} | {c['test']} | "
             f"{', '.join(f'{n} {reason}' for reason, n in c['skipped'].items()) or 0} |"
             for c in counts
         )
@@ -56,6 +59,7 @@ def build_data_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
                 "num_classes": len(dataset.class_ids),
                 "image_shape": str(dataset.image_shape),
                 "source": dataset.source,
+                "validation_fraction": profile.data.validation_fraction,
                 "skipped_files": len(dataset.skipped_files),
                 "skipped_by_reason": dg.MetadataValue.json(dataset.skipped_by_reason),
                 "classes": dg.MetadataValue.md(table),
@@ -73,9 +77,11 @@ def build_data_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
         class_index = class_catalog["class_ids"].index(class_id)
         dataset = settings.dataset()
         train, test = dataset.train.of_class(class_index), dataset.test.of_class(class_index)
+        validation = dataset.validation.of_class(class_index) if dataset.validation is not None else None
         context.add_output_metadata(
             {
                 "train_images": len(train),
+                "validation_images": 0 if validation is None else len(validation),
                 "test_images": len(test),
                 "preview": dg.MetadataValue.md(grid_markdown(train, f"real {class_id} ({class_catalog['class_names'][class_index]})")),
                 "seconds": round(time.perf_counter() - started, 2),
@@ -86,6 +92,7 @@ def build_data_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefi
             "class_index": class_index,
             "class_name": class_catalog["class_names"][class_index],
             "train": train,
+            "validation": validation,  # None without data.validation_fraction; every choice is made on it, never on test
             "test": test,
         }
 
