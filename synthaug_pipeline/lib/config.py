@@ -386,6 +386,14 @@ class Profile(_Section):
             ) from None
         return self
 
+    @model_validator(mode="after")
+    def _validation_split_for_choices(self) -> Profile:
+        if self.regeneration.metric == "validation_error" and not self.data.validation_fraction:
+            raise ValueError("regeneration.metric=validation_error ranks classes on the validation split: set data.validation_fraction > 0")
+        if self.experiments.validation_per_class is not None and not self.data.validation_fraction:
+            raise ValueError("experiments.validation_per_class needs a validation split: set data.validation_fraction > 0")
+        return self
+
     @property
     def output_url(self) -> str:
         return self.output.url.format(profile=self.name)

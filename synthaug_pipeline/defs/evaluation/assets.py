@@ -7,7 +7,7 @@ import fsspec
 
 from synthaug_pipeline.defs.data.assets import stack_real
 from synthaug_pipeline.defs.resources import SynthaugSettings, cached_classifier, log_progress
-from synthaug_pipeline.lib.evaluation import compare, evaluate_under_shift, load_shift_set
+from synthaug_pipeline.lib.evaluation import compare, evaluate, evaluate_under_shift, load_shift_set
 from synthaug_pipeline.lib.redaction import redact_settings, redact_url, redact_urls
 from synthaug_pipeline.lib.report import render_report_markdown
 
@@ -60,10 +60,19 @@ def build_evaluation_assets() -> list[dg.AssetsDefinition]:
             metadata.update(
                 {f"baseline_top1_{name}": base["shift_sets"][name]["top1"], f"augmented_top1_{name}": aug["shift_sets"][name]["top1"]}
             )
+        validation_error = None
+        if all(part.get("validation") is not None for part in real_images.values()):
+            # the closed loop's signal (regeneration.metric=validation_error): which classes the augmented model still gets wrong
+            val_images, val_labels = stack_real(real_images, "validation")
+            model = cached_classifier(classifier_augmented["url"], classifier_augmented["version"]).model
+            per_class = evaluate(model, val_images, val_labels, class_ids)["per_class"]
+            validation_error = {c: None if a is None else 1.0 - a for c, a in per_class.items()}
+            metadata["augmented_validation_error"] = dg.MetadataValue.json(validation_error)
         context.add_output_metadata(metadata)
         return {
             "models": results,
             "delta": delta,
+            "augmented_validation_error": validation_error,
             "test_images": len(images),
             "shift_set_images": {name: len(set_labels) for name, (_, set_labels) in shift_sets.items()},
         }
