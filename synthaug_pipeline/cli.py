@@ -112,6 +112,10 @@ def _validate(profile_name: str | None, overrides: list[str], classes: list[str]
 def _run(args: argparse.Namespace) -> int:
     try:
         profile = _validate(args.profile, args.overrides, args.classes)
+        if profile.experiments.in_run and not args.classes:  # the run ends with the grid: check it before anything trains
+            from synthaug_pipeline.experiment_runs import check_grid_before_training
+
+            check_grid_before_training(profile)
     except ProfileError as exc:
         return _fail(str(exc))
 
@@ -131,7 +135,7 @@ def _run(args: argparse.Namespace) -> int:
         except (PipelineError, ProfileError) as exc:
             return _fail(str(exc), code=1)
     grid = None
-    if profile.experiments.in_run and result.evaluation is not None:  # the embedded default ends with its few-shot comparison
+    if profile.experiments.in_run and not args.classes and result.evaluation is not None:  # the default's few-shot comparison
         from synthaug_pipeline.experiment_runs import run_experiment_grid
 
         print("\nexperiments: the profile's grid (experiments.in_run)", flush=True)
@@ -169,6 +173,9 @@ def _print_grid(outcome) -> None:
 def _experiment(args: argparse.Namespace) -> int:
     try:
         profile = _validate(args.profile, args.overrides)
+        from synthaug_pipeline.experiment_runs import check_grid_before_training
+
+        check_grid_before_training(profile)  # class counts, pools, arms, validation split: before any Dagster run
     except ProfileError as exc:
         return _fail(str(exc))
 

@@ -404,6 +404,10 @@ def experiment_setup(spec: ExperimentSpec, profile: Profile) -> dict[str, Any]:
     }
     if spec.regime == "few_shot":
         setup["few_shot_k"] = profile.experiments.few_shot_k
+    if spec.arm != FILTERED:
+        setup["arm"] = spec.arm
+    if spec.arm == "control":
+        setup["control"] = {"train_steps": profile.experiments.control_train_steps, "images_per_class": profile.experiments.control_images_per_class}
     if profile.experiments.validation_per_class is not None:
         setup["validation_per_class"] = profile.experiments.validation_per_class
     if spec.regime == "long_tail":
