@@ -68,7 +68,7 @@ def run_experiment_grid(
     check_grid_before_training(profile)
     started = time.perf_counter()
     if not pipeline_done:
-        echo(f"experiments: the pipeline up to the shards (reused where its settings and code are unchanged)")
+        echo("experiments: the pipeline up to the shards (reused where its settings and code are unchanged)")
         run_pipeline(profile_name, overrides, instance, echo=echo, resume=resume, until="synthetic")
         outcome.seconds["pipeline"] = time.perf_counter() - started
     defs = build_definitions(profile_name or profile.name, overrides)
