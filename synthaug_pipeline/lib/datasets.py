@@ -267,8 +267,8 @@ def _fashion_from_torchvision(directory: Path) -> tuple[dict[str, np.ndarray], s
 
 
 SPLIT_FOLDERS = ("train", "test", "val", "valid", "validation")
-# The pipeline has no validation stage: a validation split is held out with the test split, never
-# trained on. The same names mean the same thing as folders (<path>/val/<class>/...) and as values
+# A dataset's own validation split is held out with the test split (ImageNet's "val" is its test set), never
+# trained on and never chosen on; the pipeline's validation split is carved from training (data.validation_fraction). The same names mean the same thing as folders (<path>/val/<class>/...) and as values
 # of a Parquet ``split`` column (case and surrounding spaces ignored).
 HELD_OUT = {"train": False, "training": False, "test": True, "testing": True, "val": True, "valid": True, "validation": True}
 READ_BATCH = 256  # files read per batch: concurrent requests on object stores, bounded memory
