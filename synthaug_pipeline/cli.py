@@ -1,6 +1,7 @@
 """`synthaug`: run the pipeline, list profiles, start the Dagster UI.
 
 synthaug run [--profile digits] [--set key=value ...]
+synthaug experiment [--profile fashion-headline] [--set key=value ...]
 synthaug profiles
 synthaug lineage MODEL_FOLDER | --shard URI
 synthaug gc [--profile digits] [--delete]
@@ -51,6 +52,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_false",
         help="redo every asset; by default materializations of an earlier run with the same settings and code are reused",
     )
+
+    experiment = sub.add_parser(
+        "experiment", help="materialize the profile's experiment grid (arms x regimes x ratios x seeds) and its summary as Dagster runs"
+    )
+    profile_args(experiment)
+    experiment.add_argument("--dagster-home", default=None, help="Dagster instance folder (default $DAGSTER_HOME or ./.dagster_home)")
+    experiment.add_argument("--no-reuse", dest="reuse", action="store_false", help="redo every asset and experiment")
 
     sub.add_parser("profiles", help="list packaged profiles")
 
@@ -110,6 +118,10 @@ def _validate(profile_name: str | None, overrides: list[str], classes: list[str]
 def _run(args: argparse.Namespace) -> int:
     try:
         profile = _validate(args.profile, args.overrides, args.classes)
+        if profile.experiments.in_run and not args.classes:  # the run ends with the grid: check it before anything trains
+            from synthaug_pipeline.experiment_runs import check_grid_before_training
+
+            check_grid_before_training(profile)
     except ProfileError as exc:
         return _fail(str(exc))
 
@@ -128,6 +140,16 @@ def _run(args: argparse.Namespace) -> int:
             result = run_pipeline(args.profile, args.overrides, instance, classes=args.classes, resume=args.reuse)
         except (PipelineError, ProfileError) as exc:
             return _fail(str(exc), code=1)
+    grid = None
+    if profile.experiments.in_run and not args.classes and result.evaluation is not None:  # the default's few-shot comparison
+        from synthaug_pipeline.experiment_runs import run_experiment_grid
+
+        print("\nexperiments: the profile's grid (experiments.in_run)", flush=True)
+        with dg.DagsterInstance.get() as instance:
+            try:
+                grid = run_experiment_grid(args.profile, args.overrides, instance, resume=args.reuse, pipeline_done=True)
+            except (PipelineError, ProfileError) as exc:
+                return _fail(str(exc), code=1)
     total = time.perf_counter() - started
     if result.evaluation is None:  # one class: shards only
         print(f"\nshards: {redact_url(profile.output_url.rstrip('/'))}/synthetic_shards (no classifier comparison with one class)")
@@ -137,7 +159,48 @@ def _run(args: argparse.Namespace) -> int:
     print(headline_table(result.evaluation))
     print()
     print(f"report: {redact_url(result.report['json'])}  {redact_url(result.report['markdown'])}")
+    if grid is not None:
+        _print_grid(grid)
     print(f"total {total:.0f}s; see every run and asset with `synthaug dev`")
+    return 0
+
+
+def _print_grid(outcome) -> None:
+    from synthaug_pipeline.lib.experiment_report import headline_lines
+
+    summary = outcome.summary
+    print()
+    print(f"experiments: {len(outcome.trained)} trained, {len(outcome.reused)} reused; {redact_url(summary['markdown'])}")
+    arms = outcome.profile.experiments.arms
+    for line in headline_lines(summary, arms) or ["no paired real-only vs synthetic result (see experiments.md)"]:
+        print(line)
+
+
+def _experiment(args: argparse.Namespace) -> int:
+    try:
+        profile = _validate(args.profile, args.overrides)
+        from synthaug_pipeline.experiment_runs import check_grid_before_training
+
+        check_grid_before_training(profile)  # class counts, pools, arms, validation split: before any Dagster run
+    except ProfileError as exc:
+        return _fail(str(exc))
+
+    import dagster as dg
+
+    from synthaug_pipeline.experiment_runs import PipelineError, run_experiment_grid
+    from synthaug_pipeline.orchestration import prepare_dagster_home
+
+    home = prepare_dagster_home(args.dagster_home)
+    print(f"synthaug: experiment grid of profile {profile.name}, output {redact_url(profile.output_url)}, Dagster instance {home}", flush=True)
+    signal.signal(signal.SIGHUP, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+    started = time.perf_counter()
+    with dg.DagsterInstance.get() as instance:
+        try:
+            outcome = run_experiment_grid(args.profile, args.overrides, instance, resume=args.reuse)
+        except (PipelineError, ProfileError) as exc:
+            return _fail(str(exc), code=1)
+    _print_grid(outcome)
+    print(f"total {time.perf_counter() - started:.0f}s; every run is in `synthaug dev` (jobs synthaug_experiment_runs, synthaug_experiment_summary)")
     return 0
 
 
@@ -220,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
         return _gc(args)
     if args.command == "bench":
         return _bench(args)
+    if args.command == "experiment":
+        return _experiment(args)
     return _run(args)
 
 

@@ -14,7 +14,7 @@ import dagster as dg
 
 from synthaug_pipeline.defs.data.assets import build_data_assets
 from synthaug_pipeline.defs.evaluation.assets import build_evaluation_assets
-from synthaug_pipeline.defs.experiments.assets import build_experiment_assets, experiments_job
+from synthaug_pipeline.defs.experiments.assets import build_experiment_assets, experiment_jobs
 from synthaug_pipeline.defs.generation.assets import build_generation_assets
 from synthaug_pipeline.defs.generation.schedules import build_regeneration_schedule
 from synthaug_pipeline.defs.io_managers import SynthaugIOManager
@@ -49,7 +49,7 @@ def build_definitions(profile_name: str | None = None, overrides: list[str] | No
     settings = SynthaugSettings(profile=profile_name or os.environ.get(PROFILE_ENV_VAR) or DEFAULT_PROFILE, overrides=sealed)
     return dg.Definitions(
         assets=assets,
-        jobs=[per_class, experiments_job, *stage_jobs(assets, partitions)],
+        jobs=[per_class, *experiment_jobs(profile.experiments), *stage_jobs(assets, partitions)],
         schedules=[build_regeneration_schedule(profile, class_ids)],
         sensors=[reap_dead_runs_sensor],
         resources={"settings": settings, "models": ModelsResource(), "io_manager": SynthaugIOManager(settings=settings)},

@@ -133,12 +133,14 @@ def run_pipeline(
     echo: Callable[[str], None] = print,
     classes: list[str] | None = None,
     resume: bool = True,
+    until: str | None = None,
 ) -> PipelineResult:
     """Materialize every stage for every class (or ``classes``) and return the evaluation.
 
     ``classes`` narrows the profile (a ``data.classes`` override), so the partitions, the data, the judge,
     the generator and the classifiers all cover exactly those classes. With ``resume`` (the default),
-    materializations left by an earlier run with the same settings and code are reused (:mod:`synthaug_pipeline.reuse`)
+    materializations left by an earlier run with the same settings and code are reused (:mod:`synthaug_pipeline.reuse`).
+    ``until`` names the last stage to run (``synthaug experiment`` stops after "synthetic")
     and the terminal says which. Runs of this instance whose process died are marked failed and their pool
     slots freed first, so they cannot block this one.
     """
@@ -184,7 +186,7 @@ def run_pipeline(
 
     set_progress_listener(lambda message: echo(f"      {_clock()} {message}"))
     try:
-        _run_stages(classes, stages_of(defs), _StageRunner(materialize, planner, echo), outcome, echo)
+        _run_stages(classes, stages_of(defs), _StageRunner(materialize, planner, echo), outcome, echo, until)
     finally:
         set_progress_listener(None)
     return outcome
@@ -269,8 +271,11 @@ def with_classes(profile_name: str | None, overrides: list[str], classes: list[s
     return [*overrides, f"data.classes={json.dumps(selected)}"]
 
 
-def _run_stages(classes, stages, runner: _StageRunner, outcome: PipelineResult, echo: Callable[[str], None]) -> None:
+def _run_stages(
+    classes, stages, runner: _StageRunner, outcome: PipelineResult, echo: Callable[[str], None], until: str | None = None
+) -> None:
     profile = outcome.profile
+    stages = stages[: [s.name for s in stages].index(until) + 1] if until else stages
     for number, stage in enumerate(stages, start=1):
         echo(
             f"[{number}/{len(stages)}] {_clock()} {stage.name}: {stage.description}"

@@ -26,6 +26,13 @@ from synthaug_pipeline_tests.defs.test_pipeline import tiny_overrides
         (["run", "--profile", "fashion", "--set", "data.path=/no/such/idx"], "is not a folder"),
         (["run", "--profile", "fashion", "--set", "data.classes=[bag]", "--classes", "coat"], "valid class ids are ['bag']"),
         (["dev", "--profile", "nope"], "unknown profile"),
+        (
+            ["experiment", "--set", "generator.backend=text2img", "--set", "generator.model=/models/sd", "--set", "experiments.arms=[retrieval]"],
+            "the retrieval arm draws real images from the generator's training pool, but generator.backend=text2img",
+        ),
+        (["experiment", "--set", "data.validation_fraction=0.001"], "data.validation_fraction=0.001 leaves class '0' with no validation image"),
+        (["run", "--set", "data.validation_fraction=0.999"], "leaves class '0' with no training image"),
+        (["experiment", "--set", "experiments.ratios=[0, 20]"], "few_shot-r20-s0: ratio 20 needs 200 accepted synthetic images of class '0'"),
     ],
 )
 def test_bad_input_is_one_clear_line_and_writes_nothing(argv, message, tmp_path, monkeypatch, capsys):

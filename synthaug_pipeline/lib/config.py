@@ -77,6 +77,14 @@ class DataConfig(_Section):
     train_per_class: int | None = Field(None, ge=1, description="Real training images per class: None for all, or a few-shot count.")
     test_per_class: int | None = Field(None, ge=1, description="Cap on test images per class; None for all.")
     test_fraction: Float = Field(0.25, gt=0, lt=1, description="Held-out share for datasets without an official split.")
+    validation_fraction: Float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Share of each class's training images held out as the validation split (stratified, seeded by data.seed, "
+        "carved before data.train_per_class). Every choice (sampler, guidance, filter) is made on it; the test split is read "
+        "only by evaluation. 0: no validation split.",
+    )
     seed: Seed = 0
 
     @field_validator("classes")
@@ -244,6 +252,25 @@ class ExperimentsConfig(_Section):
     few_shot_k: int = Field(10, ge=1, description="Real images per class in the few_shot regime.")
     long_tail_imbalance: Float = Field(10.0, ge=1, description="Largest / smallest class size in the long_tail regime.")
     synthetic_only: bool = Field(True, description="Also train on synthetic images only (Classification Accuracy Score).")
+    arms: list[Literal["filtered", "unfiltered", "retrieval", "control"]] = Field(
+        default_factory=lambda: ["filtered"],
+        description="Where the extra images of a run at ratio > 0 come from: filtered (accepted by the filter), unfiltered "
+        "(every generated image but test leaks), retrieval (REAL images of the generator's training pool the regime did not "
+        "keep; not for the full regime), control (a generator trained only on the seed's few-shot subset; few_shot only).",
+    )
+    control_train_steps: int = Field(400, ge=1, description="Training steps of the same-data control generator (control arm).")
+    control_images_per_class: int | None = Field(
+        None, ge=1, description="Images per class the control generator samples; None: generator.images_per_class."
+    )
+    validation_per_class: int | None = Field(
+        None,
+        ge=1,
+        description="Validation images per class each experiment is also evaluated on (in-domain and under the corruption "
+        "suite; a fixed seeded subset), the numbers choices are made on; None: all of them. Needs data.validation_fraction > 0.",
+    )
+    in_run: bool = Field(
+        False, description="`synthaug run` ends with this grid and its summary (the embedded default's few-shot comparison)."
+    )
 
 
 class PromptsConfig(_Section):
@@ -314,9 +341,21 @@ class ScoringConfig(_Section):
 
 class FilterConfig(_Section):
     min_confidence: Float = Field(0.5, ge=0, le=1, description="Judge confidence for the intended class needed to accept an image.")
+    max_confidence: Float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="Upper end of the confidence band: images the judge is surer of than this (class prototypes, too easy "
+        "to teach anything) are dropped. 1: no upper bound.",
+    )
     require_label_match: bool = Field(True, description="Reject images whose judge top-1 class is not the intended class.")
     top_k: int | None = Field(None, ge=1, description="Keep at most this many of the most confident survivors per class.")
     quantile: Float | None = Field(None, gt=0, le=1, description="Keep this top share of the survivors per class (instead of top_k).")
+    diversity: Literal["none", "k_center"] = Field(
+        "none",
+        description="How top_k / quantile choose among the survivors: none keeps the most confident; k_center keeps the set "
+        "that covers the class in feature space (greedy k-center), a filter that keeps variety.",
+    )
     drop_train_copies: bool = Field(True, description="Drop near-copies of real training images (memorization).")
     drop_test_leaks: bool = Field(True, description="Drop near-copies of test images (they would leak the test set).")
     drop_safety_flagged: bool = Field(
@@ -330,6 +369,10 @@ class FilterConfig(_Section):
     def _one_ranking(self) -> FilterConfig:
         if self.top_k is not None and self.quantile is not None:
             raise ValueError("set filter.top_k or filter.quantile, not both")
+        if self.diversity != "none" and self.top_k is None and self.quantile is None:
+            raise ValueError(f"filter.diversity={self.diversity} chooses filter.top_k or filter.quantile images per class: set one of them")
+        if self.max_confidence < self.min_confidence:
+            raise ValueError(f"filter.max_confidence {self.max_confidence} is below filter.min_confidence {self.min_confidence}: no image can pass")
         return self
 
 
@@ -367,8 +410,11 @@ class EvaluationConfig(_Section):
 class RegenerationConfig(_Section):
     cron: str = Field("0 3 * * *", description="When the regenerate_worst_classes schedule runs (it starts stopped; turn it on in the UI).")
     classes_per_run: int = Field(2, ge=1, description="How many of the worst classes one scheduled evaluation regenerates.")
-    metric: Literal["kid_mean", "fid", "label_match_rate", "mean_judge_confidence"] = Field(
-        "kid_mean", description="Per-class quality metric from synthetic_scores that ranks classes (KID: unbiased at small N)."
+    metric: Literal["kid_mean", "fid", "label_match_rate", "mean_judge_confidence", "validation_error"] = Field(
+        "kid_mean",
+        description="What ranks classes: a per-class quality metric from synthetic_scores (KID: unbiased at small N), or "
+        "validation_error, the augmented classifier's per-class error on the validation split (closed loop: the classes "
+        "the classifier still gets wrong get new images; needs data.validation_fraction > 0).",
     )
     max_rounds: int = Field(5, ge=1, description="A class is regenerated at most this many times; then it needs a better generator.")
 
@@ -439,6 +485,14 @@ class Profile(_Section):
             raise ValueError(
                 f"output.url {self.output.url!r} may only use the placeholder {{profile}} ({type(exc).__name__}: {exc})"
             ) from None
+        return self
+
+    @model_validator(mode="after")
+    def _validation_split_for_choices(self) -> Profile:
+        if self.regeneration.metric == "validation_error" and not self.data.validation_fraction:
+            raise ValueError("regeneration.metric=validation_error ranks classes on the validation split: set data.validation_fraction > 0")
+        if self.experiments.validation_per_class is not None and not self.data.validation_fraction:
+            raise ValueError("experiments.validation_per_class needs a validation split: set data.validation_fraction > 0")
         return self
 
     @property

@@ -58,6 +58,8 @@ class Dataset:
     skipped_files: list[str] = field(default_factory=list)
     skipped: dict[str, dict[str, int]] = field(default_factory=dict)  # {class id: {reason: files skipped}}
     available: dict[str, dict[str, int]] | None = None  # {class id: {"train": n, "test": n}} listed before caps (imagenet)
+    # carved from the training split (data.validation_fraction): every choice is made on it, never on test
+    validation: LabeledImages | None = None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -83,6 +85,7 @@ class RealClass:
     train: np.ndarray
     test: np.ndarray
     train_ids: list[str] | None = None  # stable names of the training images, when the source has them
+    validation: np.ndarray | None = None  # carved from training (data.validation_fraction); None without it
 
 
 def stack_classes(classes: Mapping[str, RealClass] | Sequence[RealClass], split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -310,8 +313,8 @@ def _fashion_from_torchvision(directory: Path) -> tuple[dict[str, np.ndarray], s
 
 
 SPLIT_FOLDERS = ("train", "test", "val", "valid", "validation")
-# The pipeline has no validation stage: a validation split is held out with the test split, never
-# trained on. The same names mean the same thing as folders (<path>/val/<class>/...) and as values
+# A dataset's own validation split is held out with the test split (ImageNet's "val" is its test set), never
+# trained on and never chosen on; the pipeline's validation split is carved from training (data.validation_fraction). The same names mean the same thing as folders (<path>/val/<class>/...) and as values
 # of a Parquet ``split`` column (case and surrounding spaces ignored).
 HELD_OUT = {"train": False, "training": False, "test": True, "testing": True, "val": True, "valid": True, "validation": True}
 READ_BATCH = 256  # files read per batch: concurrent requests on object stores, bounded memory
@@ -549,6 +552,7 @@ def load_listing(
     remap = np.full(len(all_ids), -1, dtype=np.int64)
     remap[[all_ids.index(c) for c in class_ids]] = np.arange(len(class_ids))
     labels = remap[listing.labels] if len(listing.labels) else listing.labels
+    train_idx, validation_idx = carve_validation(train_idx[labels[train_idx] >= 0], labels, cfg.validation_fraction, cfg.seed, class_ids)
     skipped = [entry for entry in listing.skipped if entry[1] in class_ids]
     size, channels = cfg.image_size or 32, cfg.channels or 3
 
@@ -579,6 +583,7 @@ def load_listing(
 
     train = read_split(train_idx, cfg.train_per_class, cfg.seed)
     test = read_split(test_idx, cfg.test_per_class, cfg.seed + 1)
+    validation = read_split(validation_idx, None, cfg.seed) if cfg.validation_fraction else None
     counts = _skip_counts(skipped)
     for index, class_id in enumerate(class_ids):
         if not np.any(train.labels == index):
@@ -601,6 +606,7 @@ def load_listing(
         source=redact_url(path),  # recorded in the catalog, lineage and metadata: never with credentials
         skipped_files=[ref for ref, _, _ in skipped],
         skipped=counts,
+        validation=validation,
     )
 
 
@@ -644,6 +650,36 @@ def _stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tu
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
+def carve_validation(
+    indices: np.ndarray, labels: np.ndarray, fraction: float, seed: int, class_ids: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split training ``indices`` into (train, validation): ``round(fraction * n_c)`` images of each class, seeded.
+
+    Stratified, so every class keeps its share; the draw is a stream of its own (``[seed, 3]``), not the
+    one the train/test split or ``train_per_class`` draw from. ``fraction`` 0 keeps everything for training.
+    Raises DatasetError, naming the class, when the fraction would leave a class with no validation image
+    or no training image.
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+    if not fraction:
+        return indices, np.zeros(0, dtype=np.int64)
+    rng = np.random.default_rng([seed, 3])
+    train, validation = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for c, class_id in enumerate(class_ids):
+        members = rng.permutation(indices[labels[indices] == c])
+        held = int(round(len(members) * fraction))
+        if held == 0 or held == len(members):
+            side = "no validation image" if held == 0 else "no training image"
+            raise DatasetError(
+                f"data.validation_fraction={fraction:g} leaves class {class_id!r} with {side} (it has {len(members)} training "
+                f"images, round({fraction:g} x {len(members)}) = {held} held out): {'raise' if held == 0 else 'lower'} the fraction, "
+                "or set it to 0 for no validation split"
+            )
+        validation.append(members[:held])
+        train.append(members[held:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(validation))
+
+
 def _take_per_class(split: LabeledImages, k: int | None, seed: int) -> LabeledImages:
     if k is None:
         return split
@@ -680,7 +716,12 @@ def _postprocess(dataset: Dataset, cfg: DataConfig) -> Dataset:
             images = np.stack([_to_channels(i, cfg.channels) for i in images]) if len(images) else images
         return LabeledImages(np.ascontiguousarray(images), new_labels[keep])
 
-    train = _take_per_class(subset(dataset.train), cfg.train_per_class, cfg.seed)
+    train = subset(dataset.train)
+    validation = None
+    if cfg.validation_fraction:
+        keep, held = carve_validation(np.arange(len(train)), train.labels, cfg.validation_fraction, cfg.seed, class_ids)
+        train, validation = LabeledImages(train.images[keep], train.labels[keep]), LabeledImages(train.images[held], train.labels[held])
+    train = _take_per_class(train, cfg.train_per_class, cfg.seed)
     test = _take_per_class(subset(dataset.test), cfg.test_per_class, cfg.seed + 1)
     empty = [class_ids[i] for i in range(len(class_ids)) if not np.any(train.labels == i)]
     if empty:
@@ -693,4 +734,5 @@ def _postprocess(dataset: Dataset, cfg: DataConfig) -> Dataset:
         test=test,
         source=dataset.source,
         skipped_files=dataset.skipped_files,
+        validation=validation,
     )

@@ -7,10 +7,19 @@ has a stable, readable key that is its Dagster partition key:
     few_shot-r3-s0-auxbn    few_shot regime, 3 synthetic images per real image, seed 0, aux BN
     full-r0-s1              every real image, no synthetic images (the real-only baseline), seed 1
     long_tail-r0.5-s2       long-tailed real set, half as many synthetic images as real ones, seed 2
+    few_shot-r3-s0-unfiltered    the same share of synthetic images, drawn from every generated image
+    few_shot-r3-s0-retrieval     the same share of REAL images, drawn from the generator's training pool
+    few_shot-r3-s0-control       the same share of images from a generator trained only on the seed's few-shot subset
     cas-s0                  synthetic images only (Classification Accuracy Score), seed 0
 
-Meaningless points are dropped: aux BN without synthetic images is the plain run, and CAS has no
-real images, hence no regime, ratio or aux BN.
+The arm (``experiments.arms``) says where the extra images come from: ``filtered`` (the default, no
+suffix: images the filter accepted), ``unfiltered`` (every generated image but test leaks),
+``retrieval`` (real images of the generator's training pool that the regime did not keep: what the
+generator could at best hand back) and ``control`` (a same-data generator: trained on exactly the
+few-shot images of that seed, so a gain it gives is diffusion as augmentation, not knowledge from
+more data). Meaningless points are dropped: aux BN or an arm without synthetic images is the plain
+run, retrieval needs a regime that leaves real images over (not ``full``), control is defined for
+``few_shot``, and CAS has no real images, hence no regime, ratio, arm or aux BN.
 
 The ratio is the size of the synthetic pool relative to the real one, class by class: a run with
 ratio ``r`` trains on ``ceil(r * n_c)`` accepted synthetic images of each class ``c`` that keeps
@@ -39,15 +48,22 @@ import numpy as np
 
 from synthaug_pipeline.lib.classifier import synthetic_images_needed
 from synthaug_pipeline.lib.config import ExperimentsConfig, Profile
+from synthaug_pipeline.lib.experiment_report import headline_sections
 from synthaug_pipeline.lib.regimes import REGIMES, select_regime
-from synthaug_pipeline.lib.stats import format_pm, summarize_seeds
+from synthaug_pipeline.lib.stats import format_pm, summarize_seeds, t_interval
 
 CAS = "cas"
 AUX_BN_SUFFIX = "auxbn"
+FILTERED = "filtered"
+ARMS = ("filtered", "unfiltered", "retrieval", "control")  # where the extra images of a run come from
+CONTROL_REGIME = "few_shot"  # the same-data control generator is trained on the few-shot subset of a seed
 METRICS = ("top1", "top5", "shifted_mean_top1", "shift_drop")  # the numbers a result carries under "metrics" (top5: >10 classes)
+VALIDATION_METRICS = ("top1", "shifted_mean_top1", "shift_drop")  # a result's "validation": what choices are made on
 TOP5_MIN_CLASSES = 11  # evaluation reports top-5 only with more than 10 classes
 
-_MIX_KEY = re.compile(r"^(?P<regime>[a-z_]+)-r(?P<ratio>[0-9]+(?:\.[0-9]+)?)-s(?P<seed>[0-9]+)(?P<aux_bn>-auxbn)?$")
+_MIX_KEY = re.compile(
+    r"^(?P<regime>[a-z_]+)-r(?P<ratio>[0-9]+(?:\.[0-9]+)?)-s(?P<seed>[0-9]+)(?:-(?P<arm>unfiltered|retrieval|control))?(?P<aux_bn>-auxbn)?$"
+)
 _CAS_KEY = re.compile(r"^cas-s(?P<seed>[0-9]+)$")
 
 
@@ -63,13 +79,16 @@ class ExperimentSpec:
     regime: str | None = None
     ratio: float | None = None
     aux_bn: bool = False
+    arm: str = FILTERED
 
     def __post_init__(self) -> None:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ExperimentError(f"experiment seeds are integers >= 0, got {self.seed!r}")
+        if self.arm not in ARMS:
+            raise ExperimentError(f"unknown experiment arm {self.arm!r}: choose one of {', '.join(ARMS)}")
         if self.synthetic_only:
-            if self.ratio is not None or self.aux_bn:
-                raise ExperimentError("a synthetic-only (CAS) run has no ratio and no aux BN")
+            if self.ratio is not None or self.aux_bn or self.arm != FILTERED:
+                raise ExperimentError("a synthetic-only (CAS) run has no ratio and no aux BN (and no arm)")
             return
         if self.regime not in REGIMES:
             raise ExperimentError(f"unknown data regime {self.regime!r}: choose one of {', '.join(REGIMES)}")
@@ -77,6 +96,12 @@ class ExperimentSpec:
             raise ExperimentError(f"synthetic ratios are finite numbers >= 0, got {self.ratio!r}")
         if self.aux_bn and self.ratio == 0:
             raise ExperimentError(f"aux BN needs synthetic images: {self.regime} with ratio 0 and aux BN is the plain run")
+        if self.arm != FILTERED and self.ratio == 0:
+            raise ExperimentError(f"arm {self.arm} adds images: {self.regime} with ratio 0 is the real-only run")
+        if self.arm == "retrieval" and self.regime == "full":
+            raise ExperimentError("the retrieval arm draws real images the regime did not keep: the full regime keeps them all")
+        if self.arm == "control" and self.regime != CONTROL_REGIME:
+            raise ExperimentError(f"the control arm's generator is trained on the {CONTROL_REGIME} subset: regime {self.regime!r} has none")
         object.__setattr__(self, "ratio", float(self.ratio))
 
     @property
@@ -85,21 +110,26 @@ class ExperimentSpec:
 
     @property
     def uses_synthetic(self) -> bool:
-        return self.synthetic_only or bool(self.ratio)
+        """Whether the run reads the synthetic shards (filtered and unfiltered arms, and CAS)."""
+        return self.synthetic_only or (bool(self.ratio) and self.arm in (FILTERED, "unfiltered"))
+
+    @property
+    def _arm_suffix(self) -> str:
+        return "" if self.arm == FILTERED else f"-{self.arm}"
 
     @property
     def group(self) -> str:
         """The key without the seed: runs of one group differ only in their seed."""
         if self.synthetic_only:
             return CAS
-        return f"{self.regime}-r{format_ratio(self.ratio)}" + (f"-{AUX_BN_SUFFIX}" if self.aux_bn else "")
+        return f"{self.regime}-r{format_ratio(self.ratio)}{self._arm_suffix}" + (f"-{AUX_BN_SUFFIX}" if self.aux_bn else "")
 
     @property
     def key(self) -> str:
         """The partition key, e.g. ``few_shot-r3-s0-auxbn`` or ``cas-s1``."""
         if self.synthetic_only:
             return f"{CAS}-s{self.seed}"
-        return f"{self.regime}-r{format_ratio(self.ratio)}-s{self.seed}" + (f"-{AUX_BN_SUFFIX}" if self.aux_bn else "")
+        return f"{self.regime}-r{format_ratio(self.ratio)}-s{self.seed}{self._arm_suffix}" + (f"-{AUX_BN_SUFFIX}" if self.aux_bn else "")
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -109,6 +139,7 @@ class ExperimentSpec:
             "ratio": self.ratio,
             "seed": self.seed,
             "aux_bn": self.aux_bn,
+            "arm": None if self.synthetic_only else self.arm,
             "synthetic_only": self.synthetic_only,
         }
 
@@ -124,9 +155,11 @@ def experiment_grid(cfg: ExperimentsConfig) -> list[ExperimentSpec]:
     Raises ExperimentError for an invalid value (negative seed or ratio) or a grid with no experiment at all.
     """
     specs = [
-        ExperimentSpec(seed=seed, regime=regime, ratio=ratio, aux_bn=aux_bn and ratio != 0)
+        ExperimentSpec(seed=seed, regime=regime, ratio=ratio, aux_bn=aux_bn and ratio != 0, arm=arm if ratio != 0 else FILTERED)
         for regime in cfg.regimes
         for ratio in regime_ratios(cfg, regime)
+        for arm in cfg.arms
+        if arm_applies(arm, regime)
         for aux_bn in cfg.aux_bn
         for seed in cfg.seeds
     ]
@@ -139,6 +172,21 @@ def experiment_grid(cfg: ExperimentsConfig) -> list[ExperimentSpec]:
             "(or experiments.synthetic_only=true)"
         )
     return unique
+
+
+def arm_applies(arm: str, regime: str) -> bool:
+    """Whether ``arm`` is defined for ``regime`` (retrieval needs real images the regime left over; control the few-shot subset)."""
+    return not (arm == "retrieval" and regime == "full") and not (arm == "control" and regime != CONTROL_REGIME)
+
+
+def control_partition(seed: int) -> str:
+    """The partition key of the same-data control generator of a seed (``few_shot-s0``)."""
+    return f"{CONTROL_REGIME}-s{seed}"
+
+
+def control_seeds(cfg: ExperimentsConfig) -> list[int]:
+    """Seeds whose control generator the grid needs (none unless the control arm runs on few_shot at a ratio > 0)."""
+    return sorted({spec.seed for spec in experiment_grid(cfg) if spec.arm == "control"})
 
 
 def regime_ratios(cfg: ExperimentsConfig, regime: str) -> list[float]:
@@ -158,10 +206,13 @@ def parse_experiment_key(key: str) -> ExperimentSpec:
     if cas:
         spec = ExperimentSpec(seed=int(cas["seed"]))
     elif mix:
-        spec = ExperimentSpec(seed=int(mix["seed"]), regime=mix["regime"], ratio=float(mix["ratio"]), aux_bn=bool(mix["aux_bn"]))
+        spec = ExperimentSpec(
+            seed=int(mix["seed"]), regime=mix["regime"], ratio=float(mix["ratio"]), aux_bn=bool(mix["aux_bn"]), arm=mix["arm"] or FILTERED
+        )
     else:
         raise ExperimentError(
-            f"{key!r} is not an experiment key: expected <regime>-r<ratio>-s<seed>[-auxbn] (e.g. few_shot-r3-s0-auxbn) or cas-s<seed>"
+            f"{key!r} is not an experiment key: expected <regime>-r<ratio>-s<seed>[-<arm>][-auxbn] (e.g. few_shot-r3-s0-retrieval) "
+            "or cas-s<seed>"
         )
     if spec.key != key:
         raise ExperimentError(f"{key!r} is not written canonically: the key of that experiment is {spec.key!r}")
@@ -175,31 +226,51 @@ def parse_experiment_key(key: str) -> ExperimentSpec:
 
 @dataclass(frozen=True)
 class ExperimentPlan:
-    """Which real and synthetic images (indices into the given pools, sorted) one experiment trains on."""
+    """Which real and extra images (indices into the given pools, sorted) one experiment trains on.
+
+    ``synthetic_indices`` index the arm's pool: the accepted synthetic rows (filtered), every usable
+    generated row (unfiltered), the control generator's images (control) or, for the retrieval arm,
+    the real training images themselves (``extra_from_real``).
+    """
 
     spec: ExperimentSpec
     real_indices: np.ndarray
     synthetic_indices: np.ndarray
     real_per_class: dict[str, int]
     synthetic_per_class: dict[str, int]
+    extra_from_real: bool = False
+
+
+POOL_NAMES = {
+    FILTERED: "its shard holds only {have} accepted",
+    "unfiltered": "its shard holds only {have} usable generated images",
+    "control": "the control generator made only {have}",
+}
+POOL_FIXES = {
+    FILTERED: "generate more (generator.images_per_class), loosen the filter (or raise filter.top_k), or lower experiments.ratios",
+    "unfiltered": "generate more (generator.images_per_class) or lower experiments.ratios",
+    "control": "raise experiments.control_images_per_class or lower experiments.ratios",
+}
 
 
 def plan_experiment(
     spec: ExperimentSpec,
     cfg: ExperimentsConfig,
     real_labels: np.ndarray,
-    synthetic_labels: np.ndarray,
+    synthetic_labels: np.ndarray | None,
     class_ids: Sequence[str],
 ) -> ExperimentPlan:
-    """Select the real images (regime) and synthetic images (ratio) of ``spec``, or explain why it cannot run.
+    """Select the real images (regime) and extra images (ratio, from the arm's pool) of ``spec``, or explain why it cannot run.
 
-    ``real_labels`` / ``synthetic_labels``: class index of every real training image and every accepted
-    synthetic image. Raises ExperimentError naming the experiment and the first class that has no real
-    images, fewer than the regime keeps, or fewer accepted synthetic images than the ratio needs.
+    ``real_labels``: class index of every real training image; ``synthetic_labels``: class index of every
+    image of the arm's pool (ignored by the retrieval arm, whose pool is the real images the regime did not
+    keep). Every arm draws the same ``ceil(ratio x n_c)`` images per class, so arms differ in which images,
+    not how many. Raises ExperimentError naming the experiment and the first class that has no real
+    images, fewer than the regime keeps, or fewer pool images than the ratio needs.
     """
     num_classes = len(class_ids)
     real_labels = _class_indices(real_labels, num_classes, "real")
-    synthetic_labels = _class_indices(synthetic_labels, num_classes, "synthetic")
+    synthetic_labels = _class_indices(synthetic_labels if synthetic_labels is not None else np.zeros(0, np.int64), num_classes, "synthetic")
     real_counts = np.bincount(real_labels, minlength=num_classes)
     synthetic_counts = np.bincount(synthetic_labels, minlength=num_classes)
 
@@ -222,12 +293,33 @@ def plan_experiment(
     real_indices = _select_real(spec, cfg, real_labels, real_counts, class_ids)
     kept = np.bincount(real_labels[real_indices], minlength=num_classes)
     needed = synthetic_images_needed(kept, spec.ratio).tolist()
+    if spec.arm == "retrieval":
+        left = np.ones(len(real_labels), dtype=bool)
+        left[real_indices] = False
+        pool = np.flatnonzero(left)
+        pool_labels = real_labels[pool]
+        have = np.bincount(pool_labels, minlength=num_classes)
+        for c, need in enumerate(needed):
+            if need > have[c]:
+                raise ExperimentError(
+                    f"experiment {spec.key}: the retrieval arm needs {need} more real images of class {class_ids[c]!r} "
+                    f"({format_ratio(spec.ratio)} x {kept[c]} real) but the generator's training pool has only {have[c]} "
+                    "beyond the ones the regime keeps: lower experiments.ratios or drop retrieval from experiments.arms"
+                )
+        chosen = pool[_select_per_class(pool_labels, needed, seed=spec.seed)]
+        return ExperimentPlan(
+            spec,
+            real_indices,
+            np.sort(chosen),
+            {c: int(n) for c, n in zip(class_ids, kept)},
+            {c: int(n) for c, n in zip(class_ids, needed)},
+            extra_from_real=True,
+        )
     for c, (need, have) in enumerate(zip(needed, synthetic_counts)):
         if need > have:
             raise ExperimentError(
                 f"experiment {spec.key}: ratio {format_ratio(spec.ratio)} needs {need} synthetic images of class {class_ids[c]!r} "
-                f"({format_ratio(spec.ratio)} x {kept[c]} real) but its shard holds only {have} accepted; "
-                "generate more (generator.images_per_class), loosen the filter, or lower experiments.ratios"
+                f"({format_ratio(spec.ratio)} x {kept[c]} real) but {POOL_NAMES[spec.arm].format(have=have)}; {POOL_FIXES[spec.arm]}"
             )
     synthetic_indices = _select_per_class(synthetic_labels, needed, seed=spec.seed)
     return ExperimentPlan(
@@ -255,10 +347,25 @@ def _select_real(
                 f"experiment {spec.key}: few_shot keeps {cfg.few_shot_k} real images per class (experiments.few_shot_k) "
                 f"but class {class_ids[c]!r} has only {counts[c]} training images"
             )
-        return select_regime(labels, "few_shot", k=cfg.few_shot_k, seed=spec.seed, num_classes=len(class_ids))
+        return few_shot_subset(labels, cfg, spec.seed, len(class_ids))
     if spec.regime == "long_tail":
         return select_regime(labels, "long_tail", imbalance=cfg.long_tail_imbalance, seed=spec.seed, num_classes=len(class_ids))
     return select_regime(labels, "full", seed=spec.seed, num_classes=len(class_ids))
+
+
+def few_shot_subset(labels: np.ndarray, cfg: ExperimentsConfig, seed: int, num_classes: int) -> np.ndarray:
+    """The few-shot real images of ``seed`` (sorted indices): every arm of the seed, and its control generator, see exactly these."""
+    return select_regime(labels, "few_shot", k=cfg.few_shot_k, seed=seed, num_classes=num_classes)
+
+
+def validation_subset(labels: np.ndarray, per_class: int | None) -> np.ndarray:
+    """Rows of the validation split every experiment is evaluated on: all, or a fixed seeded ``per_class`` of each class."""
+    labels = np.asarray(labels, dtype=np.int64)
+    if per_class is None:
+        return np.arange(len(labels), dtype=np.int64)
+    rng = np.random.default_rng([0, 4])  # fixed: every experiment is compared on the same images
+    kept = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)]
+    return np.sort(np.concatenate(kept)).astype(np.int64) if kept else np.zeros(0, np.int64)
 
 
 def _select_per_class(labels: np.ndarray, wanted: Sequence[int], seed: int) -> np.ndarray:
@@ -297,14 +404,23 @@ def experiment_setup(spec: ExperimentSpec, profile: Profile) -> dict[str, Any]:
     }
     if spec.regime == "few_shot":
         setup["few_shot_k"] = profile.experiments.few_shot_k
+    if spec.arm != FILTERED:
+        setup["arm"] = spec.arm
+    if spec.arm == "control":
+        setup["control"] = {"train_steps": profile.experiments.control_train_steps, "images_per_class": profile.experiments.control_images_per_class}
+    if profile.experiments.validation_per_class is not None:
+        setup["validation_per_class"] = profile.experiments.validation_per_class
     if spec.regime == "long_tail":
         setup["long_tail_imbalance"] = profile.experiments.long_tail_imbalance
     return setup
 
 
-def setup_fingerprint(spec: ExperimentSpec, profile: Profile, shard_sha256s: Sequence[str]) -> str:
-    """A hash of :func:`experiment_setup` and, for runs that use synthetic images, of the shards' content."""
+def setup_fingerprint(spec: ExperimentSpec, profile: Profile, shard_sha256s: Sequence[str], control_version: str | None = None) -> str:
+    """A hash of :func:`experiment_setup` and, for runs that use synthetic images, of the shards' content
+    (for the control arm: the version of the control generator whose samples it trained on)."""
     payload = {"setup": experiment_setup(spec, profile), "shards": sorted(shard_sha256s) if spec.uses_synthetic else []}
+    if spec.arm == "control" and spec.ratio:
+        payload["control"] = control_version
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -358,6 +474,9 @@ def summarize_experiments(
                 "synthetic_images": summarize_seeds(runs, ["synthetic_images"])["synthetic_images"],
                 "vs_real_only": _paired_gain(runs, by_group.get(baseline, []), baseline) if baseline else None,
                 "per_class_vs_real_only": _paired_per_class(runs, by_group.get(baseline, []), class_ids) if baseline else None,
+                "validation": _validation(runs),
+                "validation_vs_real_only": _paired_gain(runs, by_group.get(baseline, []), baseline, "validation") if baseline else None,
+                "seconds": summarize_seeds(runs, ["seconds", "eval_seconds"]),
             }
         )
     return {
@@ -377,14 +496,29 @@ def _over_seeds(runs: Sequence[Mapping[str, Any]], field: str, name: str) -> dic
 GAIN_METRICS = ("top1", "top5", "shifted_mean_top1", "shift_drop")
 
 
-def _paired_gain(runs: Sequence[Mapping[str, Any]], baseline_runs: Sequence[Mapping[str, Any]], baseline: str) -> dict[str, Any]:
-    by_seed = {r["spec"]["seed"]: r for r in baseline_runs}
-    deltas = [
-        {m: _difference(r["metrics"].get(m), by_seed[r["spec"]["seed"]]["metrics"].get(m)) for m in GAIN_METRICS}
-        for r in runs
-        if r["spec"]["seed"] in by_seed
-    ]
-    gains = summarize_seeds(deltas, list(GAIN_METRICS)) if deltas else {}
+def _validation(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """Mean ± std over seeds of the validation-split numbers (None when the runs had no validation split)."""
+    scored = [r["validation"] for r in runs if r.get("validation")]
+    return summarize_seeds(scored, list(VALIDATION_METRICS)) if scored else None
+
+
+def _paired_gain(
+    runs: Sequence[Mapping[str, Any]], baseline_runs: Sequence[Mapping[str, Any]], baseline: str, field: str = "metrics"
+) -> dict[str, Any] | None:
+    """Per-seed differences against the real-only runs of the same seeds: mean ± std and a 95% t-interval per metric.
+
+    ``field``: ``metrics`` (test split) or ``validation``; None for validation when the runs had none.
+    """
+    by_seed = {r["spec"]["seed"]: r for r in baseline_runs if r.get(field)}
+    paired = [(r, by_seed[r["spec"]["seed"]]) for r in runs if r.get(field) and r["spec"]["seed"] in by_seed]
+    if field != "metrics" and not paired:
+        return None
+    metrics = GAIN_METRICS if field == "metrics" else VALIDATION_METRICS
+    deltas = [{m: _difference(r[field].get(m), b[field].get(m)) for m in metrics} for r, b in paired]
+    gains = summarize_seeds(deltas, list(metrics)) if deltas else {}
+    for m, stat in gains.items():
+        interval = t_interval([d[m] for d in deltas if d[m] is not None])
+        stat["ci95"] = list(interval) if interval else None
     return {"baseline": baseline, "paired_seeds": len(deltas), **gains}
 
 
@@ -442,6 +576,7 @@ def render_experiments_markdown(summary: Mapping[str, Any], classes_shown: int =
     per_class = _per_class_markdown(groups, classes_shown)
     if per_class:
         notes.append(per_class)
+    notes += headline_sections(summary)
     if summary["missing"]:
         notes.append(f"Missing (not materialized, or failed): {', '.join(summary['missing'])}.")
     if summary["stale"]:

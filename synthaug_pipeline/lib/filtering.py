@@ -4,7 +4,9 @@ A policy is applied in this order, on per-image scores already computed by
 :func:`synthaug_pipeline.lib.scoring.score_class` (or cached in a shard):
 
 1. thresholds: judge confidence for the intended class ``>= min_confidence``
-   and, with ``require_label_match``, judge top-1 == the intended class;
+   (and ``<= max_confidence``: a confidence band that drops the images the
+   judge finds too easy, the class prototypes) and, with
+   ``require_label_match``, judge top-1 == the intended class;
 2. near-duplicates: with ``drop_train_copies`` images flagged as copies of a
    training image (memorization) are dropped, with ``drop_test_leaks`` copies
    of a test image (they would leak the test set into training); with
@@ -12,7 +14,10 @@ A policy is applied in this order, on per-image scores already computed by
 3. ranking among the survivors: keep the ``top_k`` most confident, or the top
    ``quantile`` share of them (``ceil(quantile * survivors)`` images). Equal
    confidences are ordered by row index (lower first), so results are
-   deterministic.
+   deterministic. With ``diversity="k_center"`` the same number is chosen to
+   cover the class instead (:func:`select_k_center`, greedy k-center on the
+   images' features): a filter that keeps variety rather than only the
+   images the judge finds most typical.
 
 Duplicates are dropped before ranking, so ``top_k=100`` yields 100 clean
 images when that many survive the thresholds.
@@ -82,11 +87,18 @@ class FilterPolicy:
     drop_train_copies: bool = True
     drop_test_leaks: bool = True
     drop_safety_flagged: bool = True
+    max_confidence: float = 1.0
+    diversity: str = "none"
 
     def __post_init__(self) -> None:
         if not _is_real(self.min_confidence) or not 0.0 <= float(self.min_confidence) <= 1.0:
             raise ValueError(f"min_confidence must be a probability in [0, 1], got {self.min_confidence!r}")
         object.__setattr__(self, "min_confidence", float(self.min_confidence))
+        if not _is_real(self.max_confidence) or not self.min_confidence <= float(self.max_confidence) <= 1.0:
+            raise ValueError(f"max_confidence must lie in [min_confidence, 1] = [{self.min_confidence}, 1], got {self.max_confidence!r}")
+        object.__setattr__(self, "max_confidence", float(self.max_confidence))
+        if self.diversity not in DIVERSITY_SELECTIONS:
+            raise ValueError(f"diversity must be one of {', '.join(DIVERSITY_SELECTIONS)}, got {self.diversity!r}")
         object.__setattr__(self, "require_label_match", _as_bool(self.require_label_match, "require_label_match"))
         object.__setattr__(self, "drop_train_copies", _as_bool(self.drop_train_copies, "drop_train_copies"))
         object.__setattr__(self, "drop_test_leaks", _as_bool(self.drop_test_leaks, "drop_test_leaks"))
@@ -117,6 +129,8 @@ class FilterPolicy:
             drop_train_copies=cfg.drop_train_copies,
             drop_test_leaks=cfg.drop_test_leaks,
             drop_safety_flagged=getattr(cfg, "drop_safety_flagged", True),
+            max_confidence=cfg.max_confidence,
+            diversity=cfg.diversity,
         )
 
     def canonical(self) -> dict[str, Any]:
@@ -139,6 +153,10 @@ class FilterPolicy:
             out["drop_train_copies"] = True
         if self.drop_test_leaks:
             out["drop_test_leaks"] = True
+        if self.max_confidence < 1.0:
+            out["max_confidence"] = self.max_confidence
+        if self.diversity != "none":
+            out["diversity"] = self.diversity
         return out
 
     def canonical_json(self, extra: dict[str, Any] | None = None) -> str:
@@ -174,8 +192,10 @@ class FilterPolicy:
         train_copy: np.ndarray | None = None,
         test_leak: np.ndarray | None = None,
         safety_flagged: np.ndarray | None = None,
+        features: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Accept mask from per-image arrays (``None`` flags: not checked)."""
+        """Accept mask from per-image arrays (``None`` flags: not checked; ``features`` ``[N, D]``: needed by
+        ``diversity="k_center"`` when it has to choose)."""
         conf = np.asarray(confidence, dtype=np.float64)
         if conf.ndim != 1:
             raise ValueError(f"judge_confidence must be 1-D, got shape {conf.shape}")
@@ -194,6 +214,8 @@ class FilterPolicy:
             raise ValueError(f"class_index must be an integer, got {class_index!r}")
 
         mask = conf >= self.min_confidence  # NaN confidence is never accepted
+        if self.max_confidence < 1.0:
+            mask &= conf <= self.max_confidence
         if self.require_label_match:
             mask &= checked["judge_top1"].astype(np.int64) == int(class_index)
         if self.drop_train_copies and checked["is_train_copy"] is not None:
@@ -205,7 +227,18 @@ class FilterPolicy:
 
         survivors = np.flatnonzero(mask)
         keep = self.keep_count(survivors.size)
-        if keep < survivors.size:
+        if keep < survivors.size and self.diversity == "k_center":
+            if features is None:
+                raise ValueError(
+                    "diversity=k_center needs the images' features to choose among the survivors; these scores have none "
+                    "(re-materialize synthetic_scores)"
+                )
+            feats = np.asarray(features, dtype=np.float64)
+            if feats.ndim != 2 or feats.shape[0] != n:
+                raise ValueError(f"features must be [N, D] with N = {n} images, got shape {feats.shape}")
+            mask = np.zeros(n, dtype=bool)
+            mask[select_k_center(feats, survivors, keep, conf)] = True
+        elif keep < survivors.size:
             # Stable sort of survivors (ascending index) by descending confidence:
             # ties keep the lower index first.
             order = np.argsort(-conf[survivors], kind="stable")
@@ -222,7 +255,44 @@ class FilterPolicy:
             getattr(scores, "is_train_copy", None),
             getattr(scores, "is_test_leak", None),
             getattr(scores, "safety_flagged", None),
+            getattr(scores, "features", None),
         )
+
+
+DIVERSITY_SELECTIONS = ("none", "k_center")
+
+
+def select_k_center(features: np.ndarray, candidates: np.ndarray, keep: int, confidence: np.ndarray | None = None) -> np.ndarray:
+    """``keep`` of ``candidates`` (row indices) that cover their feature cloud: greedy k-center (farthest point).
+
+    Starts from the most confident candidate (the lowest row on ties; the first row without
+    ``confidence``), then repeatedly adds the candidate farthest from every image chosen so far (ties:
+    lowest row). Each prefix of the order is a 2-approximation of the best covering of that size, so
+    the chosen set spans the class's modes instead of piling up where the judge is surest.
+    Deterministic; returns the chosen rows sorted. Pure NumPy, O(keep x candidates x D).
+    """
+    candidates = np.asarray(candidates, dtype=np.int64)
+    if not _is_int(keep) or keep < 0:
+        raise ValueError(f"keep must be an integer >= 0, got {keep!r}")
+    if keep >= candidates.size:
+        return np.sort(candidates)
+    if keep == 0:
+        return np.zeros(0, dtype=np.int64)
+    points = np.asarray(features, dtype=np.float64)[candidates]
+    if confidence is None:
+        first = 0
+    else:
+        conf = np.asarray(confidence, dtype=np.float64)[candidates]
+        first = int(np.argmax(np.where(np.isfinite(conf), conf, -np.inf)))  # argmax: lowest position on ties
+    chosen = [first]
+    distance = np.sum((points - points[first]) ** 2, axis=1)
+    for _ in range(keep - 1):
+        distance[chosen[-1]] = -1.0  # never pick a chosen point again (distances are >= 0)
+        nxt = int(np.argmax(distance))
+        chosen.append(nxt)
+        distance = np.minimum(distance, np.sum((points - points[nxt]) ** 2, axis=1))
+        distance[chosen] = -1.0
+    return np.sort(candidates[chosen])
 
 
 def policy_json_version(policy_json: str) -> str:
@@ -241,6 +311,8 @@ def apply_policy(
     quantile: float | None = None,
     drop_train_copies: bool = True,
     drop_test_leaks: bool = True,
+    max_confidence: float = 1.0,
+    diversity: str = "none",
 ) -> np.ndarray:
     """Boolean accept mask (length N, aligned with ``scores``) of one policy.
 
@@ -260,6 +332,8 @@ def apply_policy(
         quantile=quantile,
         drop_train_copies=drop_train_copies,
         drop_test_leaks=drop_test_leaks,
+        max_confidence=max_confidence,
+        diversity=diversity,
     )
     return policy.apply(scores, class_index)
 
@@ -279,6 +353,8 @@ def policy_version(
     drop_train_copies: bool = True,
     drop_test_leaks: bool = True,
     duplicate_threshold: float | None = None,
+    max_confidence: float = 1.0,
+    diversity: str = "none",
 ) -> str:
     """Stable identifier ``"v1-" + 12 hex`` of a policy (same arguments and
     defaults as :func:`apply_policy`).
@@ -298,6 +374,8 @@ def policy_version(
         quantile=quantile,
         drop_train_copies=drop_train_copies,
         drop_test_leaks=drop_test_leaks,
+        max_confidence=max_confidence,
+        diversity=diversity,
     )
     _check_threshold(duplicate_threshold)
     return policy.version(extra=_duplicate_extra(policy, duplicate_threshold))
@@ -324,6 +402,7 @@ def shard_decisions(
     test_leak: np.ndarray | None,
     extra: dict[str, Any] | None = None,
     safety_flagged: np.ndarray | None = None,
+    features: np.ndarray | None = None,
 ) -> tuple[np.ndarray, str]:
     """The ``accepted`` flags and the ``filter_version`` of one class's shard rows.
 
@@ -361,7 +440,7 @@ def shard_decisions(
             raise ValueError(
                 f"safety_flagged must be a bool array with one flag per row ({n}), got dtype {flagged.dtype} shape {flagged.shape}"
             )
-    accepted = policy.decide(confidence, judge_top1, class_index, train_copy, leak, flagged)
+    accepted = policy.decide(confidence, judge_top1, class_index, train_copy, leak, flagged, features)
     version = policy_json_version(
         shard_policy(policy, duplicate_threshold=duplicate_threshold, extra=extra, safety_checked=flagged is not None)
     )
@@ -397,6 +476,7 @@ def refilter_table(
     *,
     duplicate_threshold: float | None = None,
     test_leak: np.ndarray | None = None,
+    features: np.ndarray | None = None,
     **policy: Any,
 ) -> pa.Table:
     """Re-apply a policy to one class's shard table from its cached scores.
@@ -464,6 +544,7 @@ def refilter_table(
         duplicate_threshold=duplicate_threshold,
         test_leak=test_leak if rules.drop_test_leaks else None,
         safety_flagged=flagged,
+        features=features,
     )
     policy_json = shard_policy(rules, duplicate_threshold=duplicate_threshold, safety_checked=flagged is not None)
     n = table.num_rows

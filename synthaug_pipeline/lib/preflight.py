@@ -96,12 +96,23 @@ def check_experiment_grid(profile: Profile, class_ids: Sequence[str], train_coun
     counts = [int(n) for n in train_counts]
     if len(counts) != len(class_ids):
         raise ValueError(f"{len(class_ids)} class ids but {len(counts)} training counts")
-    generated = profile.generator.images_per_class
+    grid = experiment_grid(cfg)
+    arms = {spec.arm for spec in grid if spec.ratio}
+    backend = profile.generator.backend
+    if backend != "ddpm" and arms & {"retrieval", "control"}:
+        arm = "retrieval" if "retrieval" in arms else "control"
+        what = "draws real images from the generator's training pool" if arm == "retrieval" else "trains a same-data DDPM"
+        raise ProfileError(
+            f"experiments.arms: the {arm} arm {what}, but generator.backend={backend} is a pretrained model whose training pool "
+            "is unknown: drop retrieval/control from experiments.arms"
+        )
+    if cfg.validation_per_class is not None and not profile.data.validation_fraction:
+        raise ProfileError("experiments.validation_per_class needs a validation split: set data.validation_fraction > 0")
     failures: list[str] = []
-    for spec in experiment_grid(cfg):
+    for spec in grid:
         if spec.synthetic_only:
             continue  # CAS needs one accepted image per class; generator.images_per_class >= 1 always allows it
-        problem = _grid_point_problem(spec.key, spec.regime, spec.ratio, counts, class_ids, cfg, generated)
+        problem = _grid_point_problem(spec.key, spec.regime, spec.ratio, counts, class_ids, cfg, *_pool_capacity(profile, spec.arm))
         if problem:
             failures.append(problem)
     if failures:
@@ -109,8 +120,23 @@ def check_experiment_grid(profile: Profile, class_ids: Sequence[str], train_coun
         raise ProfileError(f"experiment grid point {failures[0]}{more}")
 
 
+def _pool_capacity(profile: Profile, arm: str) -> tuple[int | None, str]:
+    """The most images per class the arm's pool can ever hold (None: retrieval, sized by the real data), and the setting bounding it."""
+    generated = profile.generator.images_per_class
+    if arm == "retrieval":
+        return None, ""
+    if arm == "control":
+        control = profile.experiments.control_images_per_class
+        return (control, "experiments.control_images_per_class") if control else (generated, "generator.images_per_class")
+    if arm == "filtered" and profile.filter.top_k is not None and profile.filter.top_k < generated:
+        return profile.filter.top_k, "filter.top_k"
+    if arm == "filtered" and profile.filter.quantile is not None:
+        return math.ceil(round(profile.filter.quantile * generated, 9)), f"filter.quantile x generator.images_per_class={generated}"
+    return generated, "generator.images_per_class"
+
+
 def _grid_point_problem(
-    key: str, regime: str, ratio: float, counts: list[int], class_ids: Sequence[str], cfg: Any, generated: int
+    key: str, regime: str, ratio: float, counts: list[int], class_ids: Sequence[str], cfg: Any, generated: int | None, bound: str
 ) -> str | None:
     empty = [c for c, n in enumerate(counts) if n == 0]
     if empty:
@@ -129,6 +155,17 @@ def _grid_point_problem(
             )
     kept = regime_real_counts(regime, counts, cfg.few_shot_k, cfg.long_tail_imbalance)
     needed = synthetic_images_needed(np.asarray(kept, dtype=np.int64), ratio).tolist()
+    if generated is None:  # retrieval: the real images the regime leaves over
+        left = [n - k for n, k in zip(counts, kept)]
+        short = [c for c, need in enumerate(needed) if need > left[c]]
+        if not short:
+            return None
+        c = short[0]
+        return (
+            f"{key}: the retrieval arm needs {needed[c]} more real images of class {class_ids[c]!r} ({format_ratio(ratio)} x "
+            f"{kept[c]}) but only {left[c]} are left in the generator's training pool beyond the {kept[c]} {regime} keeps: "
+            "lower the ratio or drop retrieval from experiments.arms"
+        )
     short = [c for c, need in enumerate(needed) if need > generated]
     if not short:
         return None
@@ -137,9 +174,9 @@ def _grid_point_problem(
     setting = f"experiments.ratios_by_regime.{regime}" if regime in cfg.ratios_by_regime else "experiments.ratios"
     return (
         f"{key}: ratio {format_ratio(ratio)} needs {needed[c]} accepted synthetic images of class {class_ids[c]!r} "
-        f"({format_ratio(ratio)} x {kept[c]} real kept by {regime}) but at most generator.images_per_class={generated} are generated: "
+        f"({format_ratio(ratio)} x {kept[c]} real kept by {regime}) but at most {bound}={generated} {'can be accepted' if bound.startswith('filter.') else 'are generated'}: "
         f"lower the ratio in {setting} (up to {fits:g} fits for {regime}; e.g. experiments.ratios_by_regime={{{regime}: [0, {fits:g}]}}), "
-        f"drop {regime} from experiments.regimes, or raise generator.images_per_class to at least {needed[c]} "
+        f"drop {regime} from experiments.regimes, or raise {bound.split(' x ')[0].split('=')[0]} to at least {needed[c]} "
         "(the filter rejects some, so leave a margin)"
     )
 

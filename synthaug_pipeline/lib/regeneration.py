@@ -12,7 +12,9 @@ import math
 from dataclasses import dataclass
 
 # Metrics where a larger value is worse (distances); the others are shares where smaller is worse.
-LOWER_IS_BETTER = {"kid_mean": True, "fid": True, "label_match_rate": False, "mean_judge_confidence": False}
+LOWER_IS_BETTER = {"kid_mean": True, "fid": True, "label_match_rate": False, "mean_judge_confidence": False, "validation_error": True}
+# Metrics read from the last ``evaluation`` (the augmented classifier on the validation split), not from ``synthetic_scores``.
+CLASSIFIER_METRICS = ("validation_error",)
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,10 @@ def worst_classes(
     """The ``count`` classes most in need of new images, and why the others were passed over.
 
     Order: classes that failed scoring first, then classes without a value for ``metric``, then the
-    worst by ``metric`` (largest KID/FID, smallest label-match rate or confidence); ties by class id.
+    worst by ``metric`` (largest KID/FID or validation error, smallest label-match rate or confidence);
+    ties by class id. ``validation_error`` closes the loop: the augmented classifier's per-class error on
+    the validation split, so new images go where the classifier is still wrong, not where the images look
+    least like the real ones.
     A class already regenerated ``max_rounds`` times is passed over: more draws from the same
     generator will not fix it.
     """

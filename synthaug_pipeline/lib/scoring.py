@@ -410,9 +410,12 @@ class ClassScores:
       training images, in their order) nearest to each image, i.e. the
       training image a flagged copy duplicates,
     * ``nearest_test_index`` int64: the same row of ``test_features``; None
-      without test features.
+      without test features,
+    * ``features`` float64 ``[N, D]``: the images' features (what the
+      ``k_center`` diversity selection of the filter covers); None in scores
+      built before it existed.
 
-    The last six default to None so hand-built scores (and scores pickled
+    The last seven default to None so hand-built scores (and scores pickled
     before they existed) stay valid; filters treat None as "not checked".
 
     ``summary`` is a JSON-serialisable dict of class-level numbers (see
@@ -431,6 +434,7 @@ class ClassScores:
     nearest_real_index: np.ndarray | None = None
     nearest_test_index: np.ndarray | None = None
     safety_flagged: np.ndarray | None = None  # bool [N]: the generator's safety checker flagged it; None when none ran
+    features: np.ndarray | None = None
 
 
 @record("scored_class")
@@ -703,6 +707,7 @@ def score_class(
         nearest_real_index=nearest_index,
         nearest_test_index=nearest_test_index,
         safety_flagged=flagged,
+        features=x,
     )
 
 
@@ -789,4 +794,5 @@ def shard_accept(scores: ClassScores, class_index: int, cfg: FilterConfig) -> tu
         test_leak=scores.is_test_leak,
         extra=_config_extra(cfg),
         safety_flagged=getattr(scores, "safety_flagged", None),
+        features=scores.features,
     )

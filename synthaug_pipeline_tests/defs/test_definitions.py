@@ -32,7 +32,7 @@ EXPECTED_DEPS = {
         "classifier_augmented",
         "evaluation",
     },
-    "experiment_run": {"class_catalog", "real_images", "synthetic_shards"},
+    "experiment_run": {"class_catalog", "real_images", "synthetic_shards", "synthetic_scores"},  # scores: the unfiltered arm drops test leaks
     "experiment_summary": {"experiment_run", "synthetic_shards"},
 }
 PER_CLASS = {"real_images", "class_prompts", "real_features", "synthetic_images", "synthetic_scores", "synthetic_shards"}
@@ -88,3 +88,23 @@ def test_cli_stages_cover_every_asset_once():
 def test_project_dagster_yaml_matches_the_built_in_default():
     with open(Path(__file__).parents[2] / "dagster.yaml") as handle:
         assert yaml.safe_load(handle) == yaml.safe_load(DEFAULT_DAGSTER_YAML)
+
+
+def test_the_headline_profile_adds_the_control_generator_and_named_experiment_jobs():
+    headline = build_definitions("fashion-headline", [])
+    graph = headline.resolve_asset_graph()
+    control = graph.get(dg.AssetKey("control_samples"))
+    assert control.partitions_def.get_partition_keys() == ["few_shot-s0", "few_shot-s1", "few_shot-s2"]
+    assert {p.to_user_string() for p in graph.get(dg.AssetKey("experiment_run")).parent_keys} == {
+        "class_catalog", "real_images", "synthetic_shards", "synthetic_scores", "control_samples"
+    }
+    keys = graph.get(dg.AssetKey("experiment_run")).partitions_def.get_partition_keys()
+    assert "few_shot-r3-s2-retrieval" in keys and "few_shot-r3-s0-control" in keys and "few_shot-r0-s1" in keys
+
+    def selected(name: str) -> set[str]:
+        return {key.to_user_string() for key in headline.resolve_job_def(name).asset_layer.selected_asset_keys}
+
+    assert selected("synthaug_experiment_runs") == {"experiment_run"}
+    assert selected("synthaug_control_samples") == {"control_samples"}
+    assert selected("synthaug_experiment_summary") == {"experiment_summary"}
+    assert "control_samples" not in {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}  # digits: no control arm

@@ -23,6 +23,7 @@ EXPERIMENTS = [
     "experiments.seeds=[0, 1]",
     "experiments.few_shot_k=5",
     "experiments.aux_bn=[false]",
+    "experiments.synthetic_only=true",  # the digits profile's own grid (its default run's few-shot comparison) has no CAS
     "augmented.synthetic_ratio=0",  # the grid does not train classifier_augmented: no supply check for it
 ]
 GRID = [f"few_shot-r{r}-s{s}" for r in (0, 1, 2) for s in (0, 1)] + ["cas-s0", "cas-s1"]
@@ -202,6 +203,7 @@ def test_an_infeasible_grid_is_reported_at_the_catalog_and_refused_by_experiment
             class_catalog={"class_ids": ["0", "1"]},
             real_images=real,
             synthetic_shards={},
+            synthetic_scores={},
         )
     assert "generator.images_per_class=12" in str(raised.value) and "experiments.ratios" in str(raised.value)
     assert not (tmp_path / "output" / "models").exists()
@@ -218,5 +220,7 @@ def test_experiment_run_refuses_shards_whose_checks_failed_before_training(tmp_p
     }
     settings = SynthaugSettings(profile="digits", overrides=[*tiny_overrides(str(tmp_path)), *EXPERIMENTS])
     with dg.build_asset_context(partition_key="few_shot-r1-s0") as context, pytest.raises(ValueError, match=r"experiment few_shot-r1-s0 refuses 1 synthetic shard\(s\).*class '1' \(failed: no_test_leaks_accepted\)"):
-        experiment_run(context, settings=settings, class_catalog={"class_ids": ["0", "1"]}, real_images={}, synthetic_shards=shards)
+        experiment_run(
+            context, settings=settings, class_catalog={"class_ids": ["0", "1"]}, real_images={}, synthetic_shards=shards, synthetic_scores={}
+        )
     assert not (tmp_path / "models").exists()

@@ -283,3 +283,36 @@ def test_validation_folders_are_held_out_as_test(tmp_path, held_out):
     _tree(tmp_path / held_out, {"a": 2, "b": 1})
     data = load_dataset(DataConfig(source="folder", path=str(tmp_path), image_size=8))
     assert np.bincount(data.train.labels).tolist() == [3, 3] and np.bincount(data.test.labels).tolist() == [2, 1]
+
+
+def test_validation_split_is_carved_from_training_stratified_seeded_and_recorded():
+    whole = load_dataset(DataConfig(source="digits", test_fraction=0.3))
+    carved = load_dataset(DataConfig(source="digits", test_fraction=0.3, validation_fraction=0.2))
+    assert whole.validation is None
+    np.testing.assert_array_equal(carved.test.labels, whole.test.labels)  # the test split is untouched
+    assert len(carved.train) + len(carved.validation) == len(whole.train)
+    for c in range(10):
+        n = int((whole.train.labels == c).sum())
+        assert int((carved.validation.labels == c).sum()) == round(0.2 * n)  # every class keeps its share
+    # disjoint: no validation image is also a training image (rows of the whole training split)
+    train_rows = {image.tobytes() + bytes([label]) for image, label in zip(carved.train.images, carved.train.labels)}
+    overlap = sum(image.tobytes() + bytes([label]) in train_rows for image, label in zip(carved.validation.images, carved.validation.labels))
+    assert overlap <= 2  # sklearn digits holds a few exact duplicate images; rows themselves are disjoint by construction
+    again = load_dataset(DataConfig(source="digits", test_fraction=0.3, validation_fraction=0.2))
+    np.testing.assert_array_equal(again.validation.images, carved.validation.images)
+    other = load_dataset(DataConfig(source="digits", test_fraction=0.3, validation_fraction=0.2, seed=1))
+    assert not np.array_equal(other.validation.images, carved.validation.images)
+    few = load_dataset(DataConfig(source="digits", test_fraction=0.3, validation_fraction=0.2, train_per_class=5))
+    np.testing.assert_array_equal(few.validation.images, carved.validation.images)  # carved before train_per_class
+
+
+def test_validation_fraction_that_leaves_a_class_without_images_is_one_line():
+    from synthaug_pipeline.lib.datasets import DatasetError, carve_validation
+
+    labels = np.array([0] * 20 + [1] * 3)
+    with pytest.raises(DatasetError, match=r"data.validation_fraction=0.1 leaves class 'b' with no validation image \(it has 3"):
+        carve_validation(np.arange(len(labels)), labels, 0.1, 0, ["a", "b"])
+    with pytest.raises(DatasetError, match="leaves class 'b' with no training image"):
+        carve_validation(np.arange(len(labels)), labels, 0.9, 0, ["a", "b"])
+    train, validation = carve_validation(np.arange(len(labels)), labels, 0.34, 0, ["a", "b"])
+    assert sorted(np.bincount(labels[validation]).tolist()) == [1, 7] and not set(train) & set(validation)

@@ -353,3 +353,106 @@ def test_shards_whose_blocking_checks_failed_are_refused():
         r"class '3' \(failed: scores_finite; error: class 3: scoring failed: NaN\)",
     ):
         check_shards_passed([ok, bad, legacy, broken], "classifier_augmented")
+
+
+# --------------------------------------------------------------------------------------------------
+# Arms: unfiltered, retrieval control, same-data control generator
+# --------------------------------------------------------------------------------------------------
+
+
+def test_arms_add_readable_keys_only_where_they_mean_something():
+    cfg = ExperimentsConfig(
+        regimes=["few_shot", "full"], ratios=[0, 3], ratios_by_regime={"full": [0, 0.1]}, seeds=[0, 1],
+        arms=["filtered", "unfiltered", "retrieval", "control"], synthetic_only=False,
+    )
+    keys = experiment_keys(cfg)
+    assert keys[:10] == [
+        "few_shot-r0-s0", "few_shot-r0-s1",  # real only: one run per seed, whatever the arms
+        "few_shot-r3-s0", "few_shot-r3-s1",
+        "few_shot-r3-s0-unfiltered", "few_shot-r3-s1-unfiltered",
+        "few_shot-r3-s0-retrieval", "few_shot-r3-s1-retrieval",
+        "few_shot-r3-s0-control", "few_shot-r3-s1-control",
+    ]
+    assert keys[10:] == ["full-r0-s0", "full-r0-s1", "full-r0.1-s0", "full-r0.1-s1", "full-r0.1-s0-unfiltered", "full-r0.1-s1-unfiltered"]
+    for key in keys:
+        assert parse_experiment_key(key).key == key
+    spec = parse_experiment_key("few_shot-r3-s1-retrieval")
+    assert (spec.arm, spec.seed, spec.group, spec.uses_synthetic) == ("retrieval", 1, "few_shot-r3-retrieval", False)
+    assert parse_experiment_key("few_shot-r3-s0-unfiltered-auxbn").aux_bn
+    from synthaug_pipeline.lib.experiments import control_seeds
+
+    assert control_seeds(cfg) == [0, 1]
+    for bad, message in (
+        (dict(regime="full", ratio=1.0, arm="retrieval"), "full regime keeps them all"),
+        (dict(regime="long_tail", ratio=1.0, arm="control"), "trained on the few_shot subset"),
+        (dict(regime="few_shot", ratio=0.0, arm="unfiltered"), "ratio 0 is the real-only run"),
+        (dict(regime="few_shot", ratio=1.0, arm="magic"), "unknown experiment arm"),
+    ):
+        with pytest.raises(ExperimentError, match=message):
+            ExperimentSpec(seed=0, **bad)
+
+
+def test_retrieval_draws_as_many_extra_real_images_from_outside_the_seeds_subset():
+    labels = np.repeat([0, 1], 20)
+    cfg = ExperimentsConfig(few_shot_k=4)
+    retrieval = plan_experiment(parse_experiment_key("few_shot-r2-s0-retrieval"), cfg, labels, None, CLASSES)
+    filtered = plan_experiment(parse_experiment_key("few_shot-r2-s0"), cfg, labels, np.repeat([0, 1], 10), CLASSES)
+    assert retrieval.extra_from_real and not filtered.extra_from_real
+    np.testing.assert_array_equal(retrieval.real_indices, filtered.real_indices)  # the same real subset in every arm of a seed
+    assert retrieval.synthetic_per_class == filtered.synthetic_per_class == {"a": 8, "b": 8}  # same N as the synthetic arm
+    assert not set(retrieval.synthetic_indices) & set(retrieval.real_indices)
+    assert np.bincount(labels[retrieval.synthetic_indices]).tolist() == [8, 8]
+    with pytest.raises(ExperimentError, match=r"retrieval arm needs 20 more real images of class 'a' \(5 x 4 real\) but the generator's training pool has only 16"):
+        plan_experiment(parse_experiment_key("few_shot-r5-s0-retrieval"), cfg, labels, None, CLASSES)
+
+
+def test_few_shot_subsets_vary_with_the_seed_and_the_control_generator_sees_the_same_one():
+    from synthaug_pipeline.lib.experiments import few_shot_subset
+
+    labels = np.repeat([0, 1], 50)
+    cfg = ExperimentsConfig(few_shot_k=5)
+    by_seed = {s: plan_experiment(parse_experiment_key(f"few_shot-r0-s{s}"), cfg, labels, None, CLASSES).real_indices for s in (0, 1)}
+    assert not np.array_equal(by_seed[0], by_seed[1])
+    for seed in (0, 1):
+        np.testing.assert_array_equal(few_shot_subset(labels, cfg, seed, 2), by_seed[seed])
+        control = plan_experiment(parse_experiment_key(f"few_shot-r1-s{seed}-control"), cfg, labels, np.repeat([0, 1], 6), CLASSES)
+        np.testing.assert_array_equal(control.real_indices, by_seed[seed])
+    with pytest.raises(ExperimentError, match="the control generator made only 3; raise experiments.control_images_per_class"):
+        plan_experiment(parse_experiment_key("few_shot-r1-s0-control"), cfg, labels, np.repeat([0, 1], 3), CLASSES)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["generator.backend=text2img", "generator.model=/models/sd", "experiments.arms=[filtered, retrieval]"],
+            "the retrieval arm draws real images from the generator's training pool, but generator.backend=text2img is a pretrained "
+            "model whose training pool is unknown",
+        ),
+        (
+            ["filter.top_k=20", "experiments.ratios=[0, 3]"],
+            r"ratio 3 needs 30 accepted synthetic images of class '0' \(3 x 10 real kept by few_shot\) but at most filter.top_k=20 can be accepted",
+        ),
+        (
+            ["experiments.arms=[retrieval]", "experiments.few_shot_k=60", "experiments.ratios=[0, 1]"],
+            r"few_shot-r1-s0-retrieval: the retrieval arm needs 60 more real images of class '0'",
+        ),
+        (["data.validation_fraction=0", "experiments.validation_per_class=10"], "experiments.validation_per_class needs a validation split"),
+    ],
+)
+def test_preflight_refuses_arms_and_pools_that_cannot_exist_in_one_line(overrides, message):
+    from synthaug_pipeline.lib.preflight import check_experiment_grid
+
+    with pytest.raises(ProfileError, match=message) as raised:
+        profile = load_profile("digits", ["experiments.seeds=[0]", *overrides])
+        check_experiment_grid(profile, [str(i) for i in range(10)], [100] * 10)
+    assert "\n" not in str(raised.value)
+
+
+def test_fingerprint_of_a_control_run_follows_its_generator_and_retrieval_ignores_shards():
+    profile = load_profile("digits", [])
+    control = parse_experiment_key("few_shot-r3-s0-control")
+    assert setup_fingerprint(control, profile, ["a"], "v1") != setup_fingerprint(control, profile, ["a"], "v2")
+    retrieval = parse_experiment_key("few_shot-r3-s0-retrieval")
+    assert setup_fingerprint(retrieval, profile, ["a"]) == setup_fingerprint(retrieval, profile, ["b"])
+    assert setup_fingerprint(retrieval, profile, []) != setup_fingerprint(parse_experiment_key("few_shot-r3-s0"), profile, [])

@@ -425,3 +425,75 @@ def test_safety_flagged_rows_are_rejected_recorded_and_refiltered_alike():
     again = refilter_table(table, 2, **vars(FilterPolicy.from_config(cfg)))
     assert _kept(again.column("accepted").to_numpy(zero_copy_only=False)) == [1, 2, 3]
     assert set(again.column("filter_version").to_pylist()) == {version}
+
+
+# --- a filter that keeps variety: confidence band and k-center selection ------------------------------------
+
+
+def _clustered(n_per_cluster: int = 10, clusters: int = 3, seed: int = 0):
+    """Features in ``clusters`` tight, far-apart clusters; the judge is surest of the first cluster."""
+    rng = np.random.default_rng(seed)
+    centres = np.eye(clusters, 8) * 10.0
+    features = np.concatenate([c + 0.1 * rng.standard_normal((n_per_cluster, 8)) for c in centres])
+    confidence = np.concatenate([np.full(n_per_cluster, 0.99 - 0.1 * k) for k in range(clusters)]) - 0.001 * rng.random(n_per_cluster * clusters)
+    return features, confidence
+
+
+def test_k_center_keeps_one_image_of_every_mode_where_confidence_keeps_the_easiest():
+    from synthaug_pipeline.lib.filtering import select_k_center
+
+    features, confidence = _clustered()
+    top1 = np.zeros(len(confidence), dtype=np.int64)
+    by_confidence = FilterPolicy(min_confidence=0.5, top_k=3).decide(confidence, top1, 0)
+    diverse = FilterPolicy(min_confidence=0.5, top_k=3, diversity="k_center").decide(confidence, top1, 0, features=features)
+    assert sorted(set(np.flatnonzero(by_confidence) // 10)) == [0]  # all three from the cluster the judge likes best
+    assert sorted(set(np.flatnonzero(diverse) // 10)) == [0, 1, 2]  # one per cluster
+    assert diverse.sum() == 3
+    # the most confident image is where k-center starts; the result is deterministic
+    chosen = select_k_center(features, np.arange(30), 3, confidence)
+    assert int(np.argmax(confidence)) in chosen
+    np.testing.assert_array_equal(chosen, select_k_center(features, np.arange(30), 3, confidence))
+    np.testing.assert_array_equal(select_k_center(features, np.arange(5), 10), np.arange(5))  # asks for more than there are
+
+
+def test_confidence_band_drops_images_the_judge_finds_too_easy():
+    confidence = np.array([0.3, 0.6, 0.9, 0.999])
+    accepted = FilterPolicy(min_confidence=0.5, max_confidence=0.95, require_label_match=False).decide(confidence, np.zeros(4, np.int64), 0)
+    assert accepted.tolist() == [False, True, True, False]
+    with pytest.raises(ValueError, match="max_confidence must lie in"):
+        FilterPolicy(min_confidence=0.5, max_confidence=0.4)
+
+
+def test_new_rules_at_their_default_keep_every_existing_policy_version():
+    assert FilterPolicy(drop_train_copies=False, drop_test_leaks=False).version() == "v1-e7d13883f612"  # as before these rules
+    assert FilterPolicy(max_confidence=1.0, diversity="none").canonical() == FilterPolicy().canonical()
+    assert FilterPolicy(top_k=3, diversity="k_center").version() != FilterPolicy(top_k=3).version()
+    assert FilterPolicy(max_confidence=0.9).canonical()["max_confidence"] == 0.9
+
+
+def test_k_center_without_features_says_to_rescore():
+    features, confidence = _clustered()
+    with pytest.raises(ValueError, match="k_center needs the images' features"):
+        FilterPolicy(top_k=3, diversity="k_center").decide(confidence, np.zeros(30, np.int64), 0)
+
+
+def test_filter_config_refuses_a_diversity_rule_with_nothing_to_choose():
+    from synthaug_pipeline.lib.config import FilterConfig, ProfileError, load_profile
+
+    with pytest.raises(ValueError, match="filter.diversity=k_center chooses filter.top_k or filter.quantile"):
+        FilterConfig(diversity="k_center")
+    with pytest.raises(ProfileError, match="filter.max_confidence 0.4 is below filter.min_confidence 0.5"):
+        load_profile("digits", ["filter.max_confidence=0.4"])
+
+
+def test_shard_accept_with_k_center_uses_the_features_scores_keep():
+    from synthaug_pipeline.lib.config import FilterConfig
+    from synthaug_pipeline.lib.scoring import score_class, shard_accept
+
+    features, confidence = _clustered()
+    probs = np.stack([confidence, 1 - confidence], axis=1)
+    scores = score_class(probs, features, 0, features[::3] + 0.5, "test-features")
+    assert scores.features.shape == features.shape
+    accepted, version = shard_accept(scores, 0, FilterConfig(min_confidence=0.5, top_k=3, diversity="k_center", drop_train_copies=False))
+    assert sorted(set(np.flatnonzero(accepted) // 10)) == [0, 1, 2]
+    assert version.startswith("v1-")

@@ -41,3 +41,17 @@ def test_regeneration_round_gives_new_reproducible_seeds():
     assert set(first).isdisjoint(second)
     with pytest.raises(ValueError, match="regeneration_round must be >= 0"):
         image_seed("cat", 0, "v1", -1)
+
+
+def test_validation_error_ranks_the_classes_the_augmented_classifier_still_gets_wrong():
+    qualities = [ClassQuality("a", 0.05), ClassQuality("b", 0.30), ClassQuality("c", 0.12), ClassQuality("d", None)]
+    picks, _ = worst_classes(qualities, "validation_error", 3, max_rounds=5)
+    assert [p.class_id for p in picks] == ["d", "b", "c"]  # no value first, then the largest error
+    assert picks[1].reason == "validation_error 0.3"
+
+
+def test_validation_error_needs_a_validation_split():
+    from synthaug_pipeline.lib.config import ProfileError, load_profile
+
+    with pytest.raises(ProfileError, match="regeneration.metric=validation_error ranks classes on the validation split"):
+        load_profile("digits", ["regeneration.metric=validation_error", "data.validation_fraction=0"])

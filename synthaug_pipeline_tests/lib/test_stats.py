@@ -78,3 +78,14 @@ def test_summarize_seeds_errors() -> None:
 )
 def test_format_pm(args: tuple, text: str) -> None:
     assert format_pm(*args) == text
+
+
+def test_t_interval_uses_students_t_and_needs_two_values():
+    from synthaug_pipeline.lib.stats import t_interval
+
+    low, high = t_interval([0.10, 0.12, 0.14])
+    # mean 0.12, std 0.02, t(0.975, 2) = 4.303: half-width 4.303 * 0.02 / sqrt(3)
+    assert low == pytest.approx(0.12 - 0.0496828, abs=1e-6) and high == pytest.approx(0.12 + 0.0496828, abs=1e-6)
+    assert t_interval([0.5]) is None
+    with pytest.raises(ValueError, match="finite"):
+        t_interval([0.1, float("nan")])

@@ -26,6 +26,7 @@ def build_data_assets(partitions: dg.PartitionsDefinition, backfill_policy: dg.B
                 "name": name,
                 "train": int(np.sum(dataset.train.labels == i)),
                 "test": int(np.sum(dataset.test.labels == i)),
+                "validation": int(np.sum(dataset.validation.labels == i)) if dataset.validation is not None else 0,
                 "skipped": dataset.skipped.get(class_id, {}),
                 **({"available": dataset.available[class_id]} if dataset.available else {}),  # listed before per-class caps
             }
@@ -50,11 +51,13 @@ def build_data_assets(partitions: dg.PartitionsDefinition, backfill_policy: dg.B
             "class_names": dataset.class_names,
             "image_shape": list(dataset.image_shape),
             "classes": counts,
+            # carved from the training split, stratified and seeded (data.validation_fraction, data.seed): choices are made on it
+            "validation_fraction": profile.data.validation_fraction,
             "skipped_files": len(dataset.skipped_files),
             "skipped_by_reason": dataset.skipped_by_reason,
         }
-        table = "| class | name | train | test | skipped files |\n|---|---|---|---|---|\n" + "\n".join(
-            f"| {c['class_id']} | {c['name']} | {c['train']} | {c['test']} | "
+        table = "| class | name | train | validation | test | skipped files |\n|---|---|---|---|---|---|\n" + "\n".join(
+            f"| {c['class_id']} | {c['name']} | {c['train']} | {c['validation']} | {c['test']} | "
             f"{', '.join(f'{n} {reason}' for reason, n in c['skipped'].items()) or 0} |"
             for c in counts
         )
@@ -63,6 +66,7 @@ def build_data_assets(partitions: dg.PartitionsDefinition, backfill_policy: dg.B
                 "num_classes": len(dataset.class_ids),
                 "image_shape": str(dataset.image_shape),
                 "source": dataset.source,
+                "validation_fraction": profile.data.validation_fraction,
                 "skipped_files": len(dataset.skipped_files),
                 "skipped_by_reason": dg.MetadataValue.json(dataset.skipped_by_reason),
                 "classes": dg.MetadataValue.md(table),
@@ -81,13 +85,16 @@ def build_data_assets(partitions: dg.PartitionsDefinition, backfill_policy: dg.B
             started = time.perf_counter()
             class_index = class_catalog["class_ids"].index(class_id)
             train, test = dataset.train.of_class(class_index), dataset.test.of_class(class_index)
+            # None without data.validation_fraction; every choice is made on it, never on test
+            validation = dataset.validation.of_class(class_index) if dataset.validation is not None else None
             name = class_catalog["class_names"][class_index]
-            values[class_id] = RealClass(class_id=class_id, class_index=class_index, class_name=name, train=train, test=test)
+            values[class_id] = RealClass(class_id, class_index, name, train=train, test=test, validation=validation)
             add_partition_metadata(
                 context,
                 class_id,
                 {
                     "train_images": len(train),
+                    "validation_images": 0 if validation is None else len(validation),
                     "test_images": len(test),
                     "preview": dg.MetadataValue.md(grid_markdown(train, f"real {class_id} ({name})")),
                     "seconds": round(time.perf_counter() - started, 2),

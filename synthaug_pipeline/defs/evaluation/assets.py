@@ -10,7 +10,7 @@ from synthaug_pipeline.lib.datasets import stack_classes
 from synthaug_pipeline.defs.io_managers import Partitions
 from synthaug_pipeline.defs.metadata import add_metadata
 from synthaug_pipeline.defs.resources import ModelsResource, SynthaugSettings, log_progress
-from synthaug_pipeline.lib.evaluation import compare, evaluate_under_shift, load_shift_set
+from synthaug_pipeline.lib.evaluation import compare, evaluate, evaluate_under_shift, load_shift_set
 from synthaug_pipeline.lib.redaction import redact_settings, redact_url, redact_urls
 from synthaug_pipeline.lib.model_store import ModelRef
 from synthaug_pipeline.lib.report import render_report_markdown
@@ -65,10 +65,20 @@ def build_evaluation_assets() -> list[dg.AssetsDefinition]:
             metadata.update(
                 {f"baseline_top1_{name}": base["shift_sets"][name]["top1"], f"augmented_top1_{name}": aug["shift_sets"][name]["top1"]}
             )
+        validation_error = None
+        validation = [real_images[c] for c in class_ids if c in real_images]
+        if validation and all(part.validation is not None for part in validation):
+            # the closed loop's signal (regeneration.metric=validation_error): which classes the augmented model still gets wrong
+            val_images, val_labels = stack_classes(real_images, "validation")
+            model = models.classifier(classifier_augmented).model
+            per_class = evaluate(model, val_images, val_labels, class_ids)["per_class"]
+            validation_error = {c: None if a is None else 1.0 - a for c, a in per_class.items()}
+            metadata["augmented_validation_error"] = dg.MetadataValue.json(validation_error)
         add_metadata(context, metadata)
         return {
             "models": results,
             "delta": delta,
+            "augmented_validation_error": validation_error,
             "test_images": len(images),
             "shift_set_images": {name: len(set_labels) for name, (_, set_labels) in shift_sets.items()},
         }

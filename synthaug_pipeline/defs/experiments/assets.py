@@ -1,14 +1,18 @@
 """Ablations as assets: one ``experiment_run`` partition per point of the profile's grid, and their summary.
 
 Partition keys come from :func:`synthaug_pipeline.lib.experiments.experiment_keys` (``few_shot-r3-s0-auxbn``,
-``full-r0-s1``, ``cas-s0``). Backfill ``experiment_run`` from the asset graph (or run the
-``synthaug_experiments`` job per partition): each partition trains one classifier for the profile's
-fixed ``classifier.steps``, evaluates it in-domain and under the corruption suite, and saves it with
-its lineage. ``experiment_summary`` reads whichever partitions exist (missing ones are listed, not
-fatal) and writes ``experiments.json`` / ``experiments.md`` to the output folder.
+``few_shot-r3-s1-retrieval``, ``full-r0-s1``, ``cas-s0``). ``synthaug experiment --profile P`` backfills them
+as runs of the ``synthaug_experiment_runs`` job (or backfill ``experiment_run`` from the asset graph): each
+partition trains one classifier for the profile's fixed ``classifier.steps``, evaluates it on the validation
+split (what choices are made on) and on the test split, in-domain and under the corruption suite, and saves
+it with its lineage. The control arm reads ``control_samples[few_shot-s<seed>]``: a generator trained only on
+that seed's few-shot images, and its samples. ``experiment_summary`` reads whichever partitions exist
+(missing ones are listed, not fatal) and writes ``experiments.json`` / ``experiments.md`` to the output folder.
 """
 
 import json
+import time
+from collections.abc import Mapping
 
 import dagster as dg
 import fsspec
@@ -17,24 +21,39 @@ import pyarrow as pa
 
 from synthaug_pipeline.defs.io_managers import Partitions
 from synthaug_pipeline.defs.metadata import add_metadata
-from synthaug_pipeline.defs.resources import SynthaugSettings, default_device, model_url, training_progress
+from synthaug_pipeline.defs.resources import (
+    SynthaugSettings,
+    default_device,
+    latest_materialization,
+    log_progress,
+    model_url,
+    training_progress,
+)
 from synthaug_pipeline.defs.training.assets import upstream_materializations
 from synthaug_pipeline.lib.classifier import save_classifier, train_classifier, train_classifier_synthetic_only
 from synthaug_pipeline.lib.config import ExperimentsConfig
 from synthaug_pipeline.lib.datasets import stack_classes
+from synthaug_pipeline.lib.control import train_control
+from synthaug_pipeline.lib.diffusion import save_generator
 from synthaug_pipeline.lib.evaluation import evaluate_under_shift, load_shift_set
 from synthaug_pipeline.lib.experiments import (
+    control_partition,
+    control_seeds,
     experiment_keys,
+    few_shot_subset,
     parse_experiment_key,
     plan_experiment,
     render_experiments_markdown,
     setup_fingerprint,
     summarize_experiments,
+    validation_subset,
 )
+from synthaug_pipeline.lib.images import grid_markdown
 from synthaug_pipeline.lib.lineage import write_lineage
 from synthaug_pipeline.lib.redaction import redact_url, redact_urls
 from synthaug_pipeline.lib.plots import line_chart_markdown
 from synthaug_pipeline.lib.preflight import check_experiment_grid, check_shards_passed
+from synthaug_pipeline.lib.scoring import ScoredClass
 from synthaug_pipeline.lib.shards import ShardRef, decode_shard_images, read_shards, read_verified_shards
 
 RESULT_FILE = "result.json"
@@ -49,25 +68,44 @@ def accepted_synthetic_rows(shards: list[ShardRef]) -> pa.Table:
     return read_verified_shards(shards)
 
 
+def usable_synthetic_rows(shards: list[ShardRef], synthetic_scores: Mapping[str, ScoredClass]) -> pa.Table:
+    """Every generated row of ``shards`` except test leaks (the unfiltered arm's pool), after the same sha256 check.
+
+    Shards keep no test distances: the leak flags come from the class's cached ``synthetic_scores``, whose rows
+    are the shard's ``image_index``. A class that was never checked for leaks is refused.
+    """
+    table = read_verified_shards(shards, accepted_only=False)
+    keep = np.ones(table.num_rows, dtype=bool)
+    class_column = np.asarray(table["class_id"].to_pylist())
+    index_column = np.asarray(table["image_index"].to_numpy(zero_copy_only=False), dtype=np.int64)
+    for shard in shards:
+        scores = synthetic_scores[shard.class_id].scores if shard.class_id in synthetic_scores else None
+        if scores is None or scores.is_test_leak is None:
+            raise ValueError(
+                f"the unfiltered arm drops test leaks, but class {shard.class_id!r} was not checked for them: "
+                "re-materialize its synthetic_scores with test images"
+            )
+        rows = np.flatnonzero(class_column == shard.class_id)
+        keep[rows] = ~np.asarray(scores.is_test_leak, dtype=bool)[index_column[rows]]
+    return table.filter(pa.array(keep))
+
+
 def build_experiment_assets(experiments: ExperimentsConfig) -> list[dg.AssetsDefinition]:
     partitions = experiment_partitions(experiments)
     every_class = dg.AssetIn(partition_mapping=dg.AllPartitionMapping())
+    control_keys = [control_partition(seed) for seed in control_seeds(experiments)]
+    control_partitions = dg.StaticPartitionsDefinition(control_keys) if control_keys else None
+    any_partition = dg.AssetIn(partition_mapping=dg.AllPartitionMapping(), metadata={"allow_missing_partitions": True})
 
-    @dg.asset(
-        partitions_def=partitions,
-        ins={"real_images": every_class, "synthetic_shards": every_class},
-        group_name="experiments",
-        pool="gpu",
-        kinds={"pytorch", "timm"},
-    )
-    def experiment_run(
+    def run_experiment(
         context: dg.AssetExecutionContext,
         settings: SynthaugSettings,
         class_catalog: dict,
         real_images: Partitions,
         synthetic_shards: Partitions,
+        synthetic_scores: Partitions,
+        control_samples: Partitions,
     ) -> dict:
-        """One experiment of the grid: train on its real subset + synthetic share, evaluate, save with lineage."""
         profile = settings.load()
         spec = parse_experiment_key(context.partition_key)
         class_ids = class_catalog["class_ids"]
@@ -82,10 +120,32 @@ def build_experiment_assets(experiments: ExperimentsConfig) -> list[dg.AssetsDef
             )
             for name, url in profile.evaluation.shift_folders.items()
         }
-        rows = accepted_synthetic_rows(shards) if spec.uses_synthetic else read_shards([])
-        synthetic_labels = np.asarray(rows["class_index"].to_numpy(zero_copy_only=False), dtype=np.int64)
-        plan = plan_experiment(spec, profile.experiments, labels, synthetic_labels, class_ids)  # raises before any training
-        synthetic, synthetic_labels = decode_shard_images(rows.take(plan.synthetic_indices)) if spec.uses_synthetic else (None, None)
+        control = None
+        if spec.arm == "control":
+            control = control_samples.get(control_partition(spec.seed))
+            if control is None:
+                raise ValueError(f"experiment {spec.key} needs control_samples[{control_partition(spec.seed)}]: materialize it first")
+            pool_labels = control["labels"]
+        elif spec.arm == "unfiltered":
+            rows = usable_synthetic_rows(shards, synthetic_scores)
+            pool_labels = np.asarray(rows["class_index"].to_numpy(zero_copy_only=False), dtype=np.int64)
+        else:
+            rows = accepted_synthetic_rows(shards) if spec.uses_synthetic else read_shards([])
+            pool_labels = np.asarray(rows["class_index"].to_numpy(zero_copy_only=False), dtype=np.int64)
+        plan = plan_experiment(spec, profile.experiments, labels, pool_labels, class_ids)  # raises before any training
+        if plan.extra_from_real:
+            synthetic, synthetic_labels = images[plan.synthetic_indices], labels[plan.synthetic_indices]
+        elif control is not None:
+            if not np.array_equal(control["real_indices"], plan.real_indices):
+                raise ValueError(
+                    f"control_samples[{control_partition(spec.seed)}] was trained on other real images than experiment {spec.key} "
+                    "keeps (the data or experiments.few_shot_k changed): re-materialize it"
+                )
+            synthetic, synthetic_labels = control["images"][plan.synthetic_indices], control["labels"][plan.synthetic_indices]
+        elif spec.uses_synthetic:
+            synthetic, synthetic_labels = decode_shard_images(rows.take(plan.synthetic_indices))
+        else:
+            synthetic, synthetic_labels = None, None
 
         cfg = profile.classifier.model_copy(update={"seed": spec.seed})  # same steps for every run: gains are not longer training
         progress = training_progress(context, f"experiment {spec.key}")
@@ -104,6 +164,26 @@ def build_experiment_assets(experiments: ExperimentsConfig) -> list[dg.AssetsDef
                 device=default_device(),
                 aux_bn=spec.aux_bn,
             )
+        evaluated_at = time.perf_counter()
+        validation = None
+        if all(part.validation is not None for part in real_images.values()):
+            val_images, val_labels = stack_classes(real_images, "validation")
+            rows_used = validation_subset(val_labels, profile.experiments.validation_per_class)
+            scores = evaluate_under_shift(
+                trained.model.to(default_device()),
+                val_images[rows_used],
+                val_labels[rows_used],
+                class_ids,
+                profile.evaluation.corruptions,
+                profile.evaluation.severities,
+            )
+            validation = {
+                "top1": scores["in_domain"]["top1"],
+                "shifted_mean_top1": scores["shifted_mean_top1"],
+                "shift_drop": scores["shift_drop"],
+                "per_class": scores["in_domain"]["per_class"],
+                "images": int(len(rows_used)),
+            }
         test_images, test_labels = stack_classes(real_images, "test")
         evaluation = evaluate_under_shift(
             trained.model.to(default_device()),
@@ -114,11 +194,12 @@ def build_experiment_assets(experiments: ExperimentsConfig) -> list[dg.AssetsDef
             profile.evaluation.severities,
             shift_sets=shift_sets,
         )
+        eval_seconds = time.perf_counter() - evaluated_at
 
         name = f"experiment-{spec.key}"
         url = model_url(profile.output_url, name, context.run_id)
         version = save_classifier(trained, url)
-        fingerprint = setup_fingerprint(spec, profile, [s.sha256 for s in shards])
+        fingerprint = setup_fingerprint(spec, profile, [s.sha256 for s in shards], control["version"] if control else None)
         used = shards if spec.uses_synthetic else []
         lineage = {
             "name": name,
@@ -133,6 +214,9 @@ def build_experiment_assets(experiments: ExperimentsConfig) -> list[dg.AssetsDef
                 "per_class": plan.real_per_class,
             },
             "synthetic_ratio": spec.ratio,
+            "arm": spec.arm,
+            **({"retrieved_real_images": plan.synthetic_per_class} if plan.extra_from_real else {}),
+            **({"control_generator": {k: control[k] for k in ("url", "version", "train_images")}} if control else {}),
             "shards": [{**s.lineage(), "images_used": plan.synthetic_per_class[s.class_id]} for s in used],
             "filter_versions": sorted({s.filter_version for s in used}),
             "generator_versions": sorted({s.generator_version for s in used}),
@@ -154,10 +238,12 @@ def build_experiment_assets(experiments: ExperimentsConfig) -> list[dg.AssetsDef
             "per_class": in_domain["per_class"],
             "shift_sets": {name: scores["top1"] for name, scores in evaluation["shift_sets"].items()},
             "evaluation": evaluation,
+            "validation": validation,  # None without data.validation_fraction
             "real_images": int(trained.num_real),
-            "synthetic_images": int(trained.num_synthetic),
+            "synthetic_images": int(trained.num_synthetic),  # the arm's extra images (real ones for retrieval)
             "steps": cfg.steps,
             "seconds": round(trained.seconds, 1),
+            "eval_seconds": round(eval_seconds, 1),
             "model": {"url": url, "version": version},
             "lineage": lineage,
             "fingerprint": fingerprint,
@@ -167,16 +253,21 @@ def build_experiment_assets(experiments: ExperimentsConfig) -> list[dg.AssetsDef
         per_class = "| class | top-1 |\n|---|---|\n" + "\n".join(
             f"| {c} | {'n/a' if a is None else f'{100 * a:.1f}%'} |" for c, a in in_domain["per_class"].items()
         )
-        add_metadata(context,
+        add_metadata(
+            context,
             {
                 "group": spec.group,
+                "arm": spec.arm,
                 "top1": in_domain["top1"],
+                **({"validation_top1": validation["top1"], "validation_shifted_mean_top1": validation["shifted_mean_top1"]} if validation else {}),
                 "shifted_mean_top1": evaluation["shifted_mean_top1"],
                 "shift_drop": evaluation["shift_drop"],
                 "real_images": result["real_images"],
                 "synthetic_images": result["synthetic_images"],
                 "steps": cfg.steps,
                 "seconds": result["seconds"],
+                "eval_seconds": result["eval_seconds"],
+                "fingerprint": fingerprint,
                 "url": redact_url(url),
                 "version": version,
                 "per_class": dg.MetadataValue.md(per_class),
@@ -187,6 +278,89 @@ def build_experiment_assets(experiments: ExperimentsConfig) -> list[dg.AssetsDef
             }
         )
         return result
+
+    run_doc = "One experiment of the grid: train on its real subset + its arm's extra images, evaluate on validation and test, save with lineage."
+    assets: list[dg.AssetsDefinition] = []
+    if control_partitions is None:
+
+        @dg.asset(
+            name="experiment_run",
+            partitions_def=partitions,
+            ins={"real_images": every_class, "synthetic_shards": every_class, "synthetic_scores": every_class},
+            group_name="experiments",
+            pool="gpu",
+            kinds={"pytorch", "timm"},
+            description=run_doc,
+        )
+        def experiment_run(context, settings: SynthaugSettings, class_catalog: dict, real_images, synthetic_shards, synthetic_scores) -> dict:
+            return run_experiment(context, settings, class_catalog, real_images, synthetic_shards, synthetic_scores, {})
+
+        assets.append(experiment_run)
+    else:
+
+        @dg.asset(
+            name="control_samples",
+            partitions_def=control_partitions,
+            ins={"real_images": every_class},
+            group_name="experiments",
+            pool="gpu",
+            kinds={"pytorch", "diffusers"},
+        )
+        def control_samples(context: dg.AssetExecutionContext, settings: SynthaugSettings, class_catalog: dict, real_images) -> dict:
+            """The same-data control: a generator trained only on one seed's few-shot images, and its (unfiltered) samples."""
+            profile = settings.load()
+            seed = int(context.partition_key.rsplit("-s", 1)[1])
+            class_ids = class_catalog["class_ids"]
+            images, labels = stack_classes(real_images, "train")
+            subset = few_shot_subset(labels, profile.experiments, seed, len(class_ids))
+            url = model_url(profile.output_url, f"control_generator-{context.partition_key}", context.run_id)
+            samples = train_control(
+                profile, images, labels, subset, class_ids, save=lambda g: save_generator(g, url), progress=lambda m: log_progress(context, m)
+            )
+            add_metadata(
+                context,
+                {
+                    "url": redact_url(url),
+                    "version": samples.generator.version,
+                    "train_images": len(subset),
+                    "train_steps": profile.experiments.control_train_steps,
+                    "images": len(samples.images),
+                    "train_seconds": round(samples.train_seconds, 1),
+                    "sample_seconds": round(samples.sample_seconds, 1),
+                    "seconds": round(samples.train_seconds + samples.sample_seconds, 1),
+                    "preview": dg.MetadataValue.md(grid_markdown(samples.images[:: max(1, len(samples.images) // 40)], "control samples")),
+                }
+            )
+            return {
+                "images": samples.images,
+                "labels": samples.labels,
+                "real_indices": samples.real_indices,
+                "url": url,
+                "version": samples.generator.version,
+                "train_images": int(len(subset)),
+                "seconds": round(samples.train_seconds + samples.sample_seconds, 1),
+            }
+
+        @dg.asset(
+            name="experiment_run",
+            partitions_def=partitions,
+            ins={
+                "real_images": every_class,
+                "synthetic_shards": every_class,
+                "synthetic_scores": every_class,
+                "control_samples": any_partition,
+            },
+            group_name="experiments",
+            pool="gpu",
+            kinds={"pytorch", "timm"},
+            description=run_doc,
+        )
+        def experiment_run_with_control(
+            context, settings: SynthaugSettings, class_catalog: dict, real_images, synthetic_shards, synthetic_scores, control_samples
+        ) -> dict:
+            return run_experiment(context, settings, class_catalog, real_images, synthetic_shards, synthetic_scores, control_samples)
+
+        assets += [control_samples, experiment_run_with_control]
 
     @dg.asset(
         ins={"experiment_run": dg.AssetIn(partition_mapping=dg.AllPartitionMapping(), metadata={"allow_missing_partitions": True})},
@@ -208,14 +382,23 @@ def build_experiment_assets(experiments: ExperimentsConfig) -> list[dg.AssetsDef
         profile = settings.load()
         keys = partitions.get_partition_keys()
         shard_hashes = [s.sha256 for s in synthetic_shards.values()]
-        fingerprints = {key: setup_fingerprint(parse_experiment_key(key), profile, shard_hashes) for key in keys}
+        controls = {}
+        for seed in control_seeds(profile.experiments):
+            record = latest_materialization(context.instance, "control_samples", control_partition(seed))
+            controls[seed] = _metadata(record, "version")
+        fingerprints = {
+            key: setup_fingerprint(parse_experiment_key(key), profile, shard_hashes, controls.get(parse_experiment_key(key).seed))
+            for key in keys
+        }
         summary = summarize_experiments(experiment_run, keys, fingerprints)
+        summary["costs"] = shared_costs(context.instance, synthetic_shards, list(controls))
         markdown = redact_url(render_experiments_markdown(summary))
         base = profile.output_url.rstrip("/")
         for name, text in (("experiments.json", json.dumps(redact_urls(summary), indent=2)), ("experiments.md", markdown)):
             with fsspec.open(f"{base}/{name}", "w") as handle:
                 handle.write(text)
-        add_metadata(context,
+        add_metadata(
+            context,
             {
                 "experiments": len(keys),
                 "summarized": len(summary["materialized"]),
@@ -227,11 +410,60 @@ def build_experiment_assets(experiments: ExperimentsConfig) -> list[dg.AssetsDef
         )
         return {**summary, "json": f"{base}/experiments.json", "markdown": f"{base}/experiments.md"}
 
-    return [experiment_run, experiment_summary]
+    return [*assets, experiment_summary]
+
+
+def _metadata(record, key: str):
+    if record is None:
+        return None
+    entry = record.asset_materialization.metadata.get(key)
+    return None if entry is None else getattr(entry, "value", entry)
+
+
+def shared_costs(instance: dg.DagsterInstance, synthetic_shards: Mapping[str, ShardRef], control_seed_list: list[int]) -> dict[str, float | None]:
+    """Seconds the arms draw on, from the last materializations: judge, generator, sampling and scoring, control generators."""
+    def seconds(asset: str, partition: str | None = None) -> float | None:
+        value = _metadata(latest_materialization(instance, asset, partition), "seconds")
+        return float(value) if isinstance(value, (int, float)) else None
+
+    def total(asset: str) -> float | None:
+        values = [seconds(asset, c) for c in synthetic_shards]
+        return sum(values) if values and all(v is not None for v in values) else None
+
+    costs = {
+        "judge": seconds("judge"),
+        "generator": seconds("generator"),
+        "sampling (all classes)": total("synthetic_images"),
+        "scoring (all classes)": total("synthetic_scores"),
+    }
+    for seed in control_seed_list:
+        costs[f"control generator {control_partition(seed)} (train + sample)"] = seconds("control_samples", control_partition(seed))
+    return costs
+
+
+def experiment_jobs(experiments: ExperimentsConfig) -> list:
+    """The named jobs `synthaug experiment` launches (runs the UI lists under their names), plus the whole-grid job."""
+    jobs = [experiments_job, experiment_runs_job, experiment_summary_job]
+    return jobs + [control_samples_job] if control_seeds(experiments) else jobs
 
 
 experiments_job = dg.define_asset_job(
     "synthaug_experiments",
     selection=dg.AssetSelection.assets("experiment_run", "experiment_summary"),
     description="The ablation grid: one experiment_run per partition (backfill them all from the asset graph), then experiment_summary.",
+)
+experiment_runs_job = dg.define_asset_job(
+    "synthaug_experiment_runs",
+    selection=dg.AssetSelection.assets("experiment_run"),
+    description="One point of the experiment grid per run (the partition key names it); `synthaug experiment` launches these.",
+)
+control_samples_job = dg.define_asset_job(
+    "synthaug_control_samples",
+    selection=dg.AssetSelection.assets("control_samples"),
+    description="The same-data control generator of one seed (partition few_shot-s<seed>) and its samples.",
+)
+experiment_summary_job = dg.define_asset_job(
+    "synthaug_experiment_summary",
+    selection=dg.AssetSelection.assets("experiment_summary"),
+    description="Mean ± std, paired gains and 95% intervals over whatever experiment_run partitions exist.",
 )

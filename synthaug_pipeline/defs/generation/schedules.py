@@ -14,8 +14,9 @@ from __future__ import annotations
 import dagster as dg
 
 from synthaug_pipeline.defs.instance_queries import latest_materializations
+from synthaug_pipeline.defs.resources import latest_materialization
 from synthaug_pipeline.lib.config import Profile
-from synthaug_pipeline.lib.regeneration import ClassQuality, worst_classes
+from synthaug_pipeline.lib.regeneration import CLASSIFIER_METRICS, ClassQuality, worst_classes
 
 REGENERATED_ASSETS = ("synthetic_images", "synthetic_scores", "synthetic_shards")
 
@@ -26,16 +27,25 @@ def _metadata_value(metadata: dict, key: str):
 
 
 def latest_class_qualities(instance: dg.DagsterInstance, class_ids: list[str], metric: str) -> tuple[list[ClassQuality], list[str]]:
-    """What the last ``synthetic_scores`` materialization of each class recorded, and the classes never scored."""
+    """What the last ``synthetic_scores`` materialization of each class recorded, and the classes never scored.
+
+    For a classifier metric (``validation_error``) the value comes from the last ``evaluation`` instead: the
+    augmented classifier's per-class error on the validation split (None for every class until it exists).
+    """
     qualities, never_scored = [], []
     records = latest_materializations(instance, "synthetic_scores", class_ids)  # one query for every class
+    classifier_metric: dict = {}
+    if metric in CLASSIFIER_METRICS:
+        evaluation = latest_materialization(instance, "evaluation")
+        if evaluation is not None:
+            classifier_metric = _metadata_value(evaluation.asset_materialization.metadata, "augmented_" + metric) or {}
     for class_id in class_ids:
         record = records.get(class_id)
         if record is None:
             never_scored.append(class_id)
             continue
         metadata = record.asset_materialization.metadata
-        value = _metadata_value(metadata, metric)
+        value = classifier_metric.get(class_id) if metric in CLASSIFIER_METRICS else _metadata_value(metadata, metric)
         qualities.append(
             ClassQuality(
                 class_id=class_id,

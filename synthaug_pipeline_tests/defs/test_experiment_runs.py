@@ -1,0 +1,101 @@
+"""`synthaug experiment` through Dagster: every arm of a tiny grid as runs of named jobs, reused on the second call."""
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from synthaug_pipeline.experiment_runs import run_experiment_grid
+from synthaug_pipeline.lib.config import ProfileError
+from synthaug_pipeline.lib.lineage import read_lineage
+from synthaug_pipeline_tests.defs.test_pipeline import tiny_overrides
+
+GRID = [
+    "data.validation_fraction=0.2",
+    "experiments.regimes=['few_shot']",
+    "experiments.ratios=[0, 1]",
+    "experiments.seeds=[0, 1]",
+    "experiments.few_shot_k=5",
+    "experiments.arms=[filtered, unfiltered, retrieval, control]",
+    "experiments.control_train_steps=5",
+    "experiments.control_images_per_class=6",
+    "experiments.synthetic_only=false",
+    "experiments.validation_per_class=5",
+    "evaluation.corruptions=[gaussian_noise]",  # one corruption keeps 10 runs x 2 splits cheap; the suite is tested elsewhere
+]
+KEYS = [
+    "few_shot-r0-s0", "few_shot-r0-s1", "few_shot-r1-s0", "few_shot-r1-s1", "few_shot-r1-s0-unfiltered", "few_shot-r1-s1-unfiltered",
+    "few_shot-r1-s0-retrieval", "few_shot-r1-s1-retrieval", "few_shot-r1-s0-control", "few_shot-r1-s1-control",
+]
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    output = str(tmp_path_factory.mktemp("output"))
+    overrides = tiny_overrides(output) + GRID
+    with dg.instance_for_test() as instance:
+        lines: list[str] = []
+        first = run_experiment_grid("digits", overrides, instance, echo=lines.append)
+        second = run_experiment_grid("digits", overrides, instance, echo=lines.append)
+        runs = [run.job_name for run in instance.get_runs()]
+        from synthaug_pipeline.definitions import build_definitions
+
+        defs = build_definitions("digits", overrides)
+        values = {key: defs.load_asset_value(dg.AssetKey("experiment_run"), instance=instance, partition_key=key) for key in KEYS}
+        control_version = (
+            instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey("control_samples"), asset_partitions=["few_shot-s0"]), limit=1)
+            .records[0].asset_materialization.metadata["version"].value
+        )
+        too_many = None
+        try:
+            run_experiment_grid("digits", [*overrides, "experiments.ratios=[0, 3]"], instance, echo=lines.append)
+        except ProfileError as exc:
+            too_many = str(exc)
+        runs_after_refusal = len(instance.get_runs())
+        yield {
+            "output": output, "first": first, "second": second, "runs": runs, "values": values, "lines": lines,
+            "control_version": control_version, "too_many": too_many, "runs_after_refusal": runs_after_refusal,
+        }
+
+
+def test_every_grid_point_is_a_run_of_a_named_job_and_a_second_call_reuses_them(grid):
+    assert grid["first"].trained == KEYS and grid["first"].reused == []
+    assert grid["second"].trained == [] and grid["second"].reused == KEYS
+    assert grid["runs"].count("synthaug_experiment_runs") == len(KEYS)  # named jobs: listed and re-executable in the UI
+    assert grid["runs"].count("synthaug_control_samples") == 2  # one control generator per seed, trained once
+    assert grid["runs"].count("synthaug_experiment_summary") == 2
+    assert any("few_shot-r1-s0-retrieval: reused (same settings, code and shards)" in line for line in grid["lines"])
+
+
+def test_arms_draw_the_same_number_of_extra_images_from_their_own_pools(grid):
+    values = grid["values"]
+    for key in KEYS[2:]:
+        assert (values[key]["real_images"], values[key]["synthetic_images"]) == (10, 10), key  # 5 real + 5 extra per class
+        assert values[key]["validation"]["images"] == 10  # 5 validation images per class, the same for every run
+    retrieval = read_lineage(values["few_shot-r1-s0-retrieval"]["model"]["url"])
+    assert retrieval["arm"] == "retrieval" and retrieval["retrieved_real_images"] == {"0": 5, "1": 5} and retrieval["shards"] == []
+    control = read_lineage(values["few_shot-r1-s0-control"]["model"]["url"])
+    assert control["control_generator"]["version"] == grid["control_version"] and control["control_generator"]["train_images"] == 10
+    assert read_lineage(values["few_shot-r1-s0-unfiltered"]["model"]["url"])["arm"] == "unfiltered"
+
+
+def test_the_summary_reports_intervals_retrieval_share_validation_and_costs(grid):
+    summary = grid["second"].summary
+    assert summary["materialized"] == KEYS and summary["stale"] == []
+    groups = {g["group"]: g for g in summary["groups"]}
+    assert set(groups) == {"few_shot-r0", "few_shot-r1", "few_shot-r1-unfiltered", "few_shot-r1-retrieval", "few_shot-r1-control"}
+    assert groups["few_shot-r1-retrieval"]["vs_real_only"]["paired_seeds"] == 2
+    assert "ci95" in groups["few_shot-r1"]["vs_real_only"]["top1"]
+    assert groups["few_shot-r1"]["validation"]["top1"]["n"] == 2
+    assert any(name.startswith("control generator few_shot-s1") for name in summary["costs"])
+    markdown = Path(summary["markdown"]).read_text()
+    for section in ("Paired gains vs real-only", "Validation split", "Wall time per run", "Shared costs the arms draw on"):
+        assert section in markdown
+    assert json.loads(Path(summary["json"]).read_text())["materialized"] == KEYS
+
+
+def test_a_grid_asking_for_more_images_than_can_exist_is_refused_before_any_run(grid):
+    assert grid["too_many"] is not None and "\n" not in grid["too_many"]
+    assert "few_shot-r3-s0: ratio 3 needs 15 accepted synthetic images of class '0'" in grid["too_many"]
+    assert grid["runs_after_refusal"] == len(grid["runs"])
