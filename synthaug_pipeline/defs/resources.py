@@ -118,7 +118,7 @@ def add_partition_metadata(context: dg.AssetExecutionContext, partition: str, me
     from synthaug_pipeline.lib.metadata import bounded_metadata
 
     if list(context.partition_keys) == [partition]:  # a one-class step (also a direct invocation in tests)
-        context.add_output_metadata(bounded_metadata(metadata))
+        context.add_output_metadata(bounded_metadata(metadata), output_name="result")  # "result": an asset's one output
     else:
         context.add_asset_metadata(bounded_metadata(metadata), partition_key=partition)
 
