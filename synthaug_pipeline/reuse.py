@@ -21,6 +21,7 @@ import dagster as dg
 from dagster._core.execution.stats import StepEventStatus
 
 import synthaug_pipeline
+from synthaug_pipeline.defs.instance_queries import latest_materializations
 from synthaug_pipeline.defs.io_managers import asset_folder
 from synthaug_pipeline.defs.resources import latest_materialization
 from synthaug_pipeline.lib.config import Profile
@@ -85,6 +86,9 @@ class ReusePlanner:
     _step_status: dict[str, dict[str, StepEventStatus]] = field(default_factory=dict)
     # what the instance says of each asset partition, looked up once (the estimate asks before the stage does)
     _recorded: dict[tuple[str, str | None], str | None] = field(default_factory=dict)
+    # the latest materialization of every partition of a partitioned asset: one query per asset, not per class
+    _latest: dict[str, dict[str, object]] = field(default_factory=dict)
+    _runs: dict[str, object] = field(default_factory=dict)
 
     @classmethod
     def for_definitions(cls, instance: dg.DagsterInstance, profile: Profile, defs: dg.Definitions) -> ReusePlanner:
@@ -108,20 +112,30 @@ class ReusePlanner:
 
     def _valid_materialization(self, asset: str, partition: str | None) -> str | None:
         """The run of the latest materialization if it is complete and made with today's fingerprint."""
-        record = latest_materialization(self.instance, asset, partition)
+        record = self._latest_record(asset, partition)
         if record is None:
             return None
         run_id = record.event_log_entry.run_id
-        run = self.instance.get_run_by_id(run_id)
+        if run_id not in self._runs:
+            self._runs[run_id] = self.instance.get_run_by_id(run_id)
+        run = self._runs[run_id]
         if run is None or run.tags.get(FINGERPRINT_TAG + asset) != asset_fingerprint(self.profile, asset):
             return None
         if self._step_succeeded(run_id, asset) and self._stored(asset, partition):
             return run_id
         return None
 
+    def _latest_record(self, asset: str, partition: str | None):
+        if partition is None or asset not in self.partitioned:
+            return latest_materialization(self.instance, asset, partition)
+        if asset not in self._latest:
+            self._latest[asset] = latest_materializations(self.instance, asset)
+        return self._latest[asset].get(partition)
+
     def mark_redone(self, asset: str, partition: str | None) -> None:
         self.redone.add((asset, partition))
         self._recorded.pop((asset, partition), None)  # its latest materialization is now this run's
+        self._latest.pop(asset, None)  # looked up again (once) if asked
 
     def _upstream_redone(self, asset: str, partition: str | None) -> bool:
         for parent in self.upstream.get(asset, ()):
