@@ -36,7 +36,7 @@ from synthaug_pipeline.lib.config import ProfileError, load_profile
 from synthaug_pipeline.lib.datasets import load_dataset
 from synthaug_pipeline.lib.diffusion import image_seed, load_generator, sample_images, sample_images_naive, save_generator, train_generator
 from synthaug_pipeline.lib.machine import describe_machine, finish_machine, machine_summary
-from synthaug_pipeline.lib.scoring import frechet_distance, mean_pairwise_distance
+from synthaug_pipeline.lib.metrics import frechet_distance, mean_pairwise_distance
 
 TARGET_SPEEDUP = 30.0  # fast images/s over baseline images/s
 TARGET_SHARE_POINTS = 2.0  # judged-correct share may fall at most this many points below the baseline's

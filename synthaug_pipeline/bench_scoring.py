@@ -38,7 +38,8 @@ from synthaug_pipeline.lib.config import ProfileError, load_profile
 from synthaug_pipeline.lib.datasets import load_dataset
 from synthaug_pipeline.lib.features import FeatureExtractorError, build_feature_extractor, judge_name, judge_probs_and_features
 from synthaug_pipeline.lib.machine import describe_machine, finish_machine, machine_summary
-from synthaug_pipeline.lib.scoring import frechet_distance, kernel_inception_distance, manifold_metrics, score_class
+from synthaug_pipeline.lib.metrics import frechet_distance, kernel_inception_distance, manifold_metrics
+from synthaug_pipeline.lib.scoring import score_class
 
 
 def _ints(text: str) -> list[int]:

@@ -45,10 +45,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-if TYPE_CHECKING:  # scoring imports this module; avoid the import cycle at runtime
+from synthaug_pipeline.lib.config import FilterConfig
+
+if TYPE_CHECKING:  # only for annotations: scoring computes the scores, this module decides on them
     from synthaug_pipeline.lib.scoring import ClassScores
 
 VERSION_PREFIX = "v1-"
+
+# FilterConfig fields that do NOT decide whether a single row is accepted.
+# They are left out of filter_version so that changing, e.g., the asset-check
+# threshold does not make identical accept decisions look like a new policy.
+# Any field added to FilterConfig later is included by default (safer: a new
+# row-level rule must change the version).
+_NON_ROW_POLICY_FIELDS = frozenset({"min_accepted_per_class"})
 
 # Shard columns refilter_table reads and writes.
 SCORE_COLUMNS = ("judge_confidence", "judge_top1", "nearest_real_distance")
@@ -553,3 +562,90 @@ def refilter_table(
         target = table.schema.field(index)
         table = table.set_column(index, target, pa.array(values, type=target.type))
     return table
+
+
+# --------------------------------------------------------------------------- #
+# The policy of a profile (FilterConfig): the one door the pipeline decides shard rows through
+# --------------------------------------------------------------------------- #
+
+
+def _config_extra(cfg: FilterConfig) -> dict[str, Any]:
+    """FilterConfig fields beyond :class:`FilterPolicy` that still decide rows (e.g. a subclass's new rule)."""
+    dumped = cfg.model_dump(mode="json")
+    return {k: v for k, v in dumped.items() if k not in _NON_ROW_POLICY_FIELDS and k not in FilterPolicy.field_names()}
+
+
+def filter_policy(cfg: FilterConfig, duplicate_threshold: float | None = None, safety_checked: bool = False) -> str:
+    """The row-acceptance policy of ``cfg`` as canonical JSON (sorted keys, no whitespace).
+
+    The exact string :func:`filter_version` hashes (see there for what it
+    contains), stored per shard row in the ``filter_policy`` column so a
+    shard says which rules accepted its rows, not only their hash:
+    ``policy_json_version(filter_policy(cfg, t)) == filter_version(cfg, t)``.
+    """
+    policy = FilterPolicy.from_config(cfg)
+    extra = _config_extra(cfg)
+    if duplicate_threshold is not None and (policy.drop_train_copies or policy.drop_test_leaks):
+        if isinstance(duplicate_threshold, bool) or not np.isfinite(duplicate_threshold) or duplicate_threshold < 0:
+            raise ValueError(f"duplicate_threshold must be a finite distance >= 0 or None, got {duplicate_threshold!r}")
+        extra["duplicate_threshold"] = float(duplicate_threshold)
+    return policy.canonical_json(extra={**extra, **safety_extra(policy, safety_checked)})
+
+
+def filter_version(cfg: FilterConfig, duplicate_threshold: float | None = None, safety_checked: bool = False) -> str:
+    """Identifier of the row-acceptance policy: ``"v1-"`` + 12 hex of a sha256.
+
+    Hashes the canonical JSON (sorted keys, no whitespace; :func:`filter_policy`) of the policy that
+    :func:`accept` applies for ``cfg`` (see
+    :meth:`~synthaug_pipeline.lib.filtering.FilterPolicy.canonical`), plus
+    ``duplicate_threshold`` (the class's near-duplicate distance,
+    ``summary["duplicate_threshold"]``) when a duplicate rule is on, so every
+    shard row records which policy accepted it and a policy change is visible
+    in the data. It equals
+    :func:`~synthaug_pipeline.lib.filtering.policy_version` of the same
+    settings. Rules at their no-op value (no top_k/quantile, duplicates kept)
+    are left out, so a two-threshold policy keeps the identifier it had before
+    the other rules existed. Any other FilterConfig field is included as
+    dumped (a new row-level rule must change the version), except
+    ``min_accepted_per_class``: it gates a whole class in an asset check and
+    never changes a row's accepted flag.
+    """
+    return policy_json_version(filter_policy(cfg, duplicate_threshold, safety_checked))
+
+
+def accept(scores: ClassScores, class_index: int, cfg: FilterConfig) -> np.ndarray:
+    """Boolean accept mask of ``cfg``'s policy on in-memory float64 scores (see
+    :func:`synthaug_pipeline.lib.filtering.apply_policy`): ``confidence >=
+    min_confidence`` and, if ``require_label_match``, judge top-1 equals
+    ``class_index``; then ``scores.is_train_copy`` / ``scores.is_test_leak``
+    dropped if ``drop_train_copies`` / ``drop_test_leaks`` (flags that are None
+    were not computed and drop nothing); then ``top_k`` or ``quantile``.
+    Shards are written with :func:`shard_accept`, which makes the same
+    decisions on the float32 values a shard stores."""
+    return FilterPolicy.from_config(cfg).apply(scores, class_index)
+
+
+def shard_accept(scores: ClassScores, class_index: int, cfg: FilterConfig) -> tuple[np.ndarray, str]:
+    """``(accepted, filter_version)`` of the shard rows of ``scores`` under ``cfg``.
+
+    The decisions of :func:`accept`, taken on the values as a shard stores them
+    (float32, see :func:`~synthaug_pipeline.lib.filtering.shard_decisions`):
+    training copies are rows with ``nearest_real_distance <=
+    summary["duplicate_threshold"]``, test leaks come from
+    ``scores.is_test_leak``. :func:`~synthaug_pipeline.lib.filtering.refilter_table`
+    given the same policy, that ``duplicate_threshold`` and
+    ``test_leak=scores.is_test_leak`` reproduces both columns exactly. The
+    version is :func:`filter_version` of ``cfg`` and the threshold.
+    """
+    return shard_decisions(
+        FilterPolicy.from_config(cfg),
+        class_index,
+        scores.judge_confidence,
+        scores.judge_top1,
+        scores.nearest_real_distance,
+        duplicate_threshold=scores.summary.get("duplicate_threshold"),
+        test_leak=scores.is_test_leak,
+        extra=_config_extra(cfg),
+        safety_flagged=getattr(scores, "safety_flagged", None),
+        features=scores.features,
+    )

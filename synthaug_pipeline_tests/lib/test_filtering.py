@@ -20,7 +20,8 @@ from synthaug_pipeline.lib.filtering import (
     shard_decisions,
     shard_policy,
 )
-from synthaug_pipeline.lib.scoring import ClassScores, accept, filter_policy, filter_version, shard_accept
+from synthaug_pipeline.lib.filtering import accept, filter_policy, filter_version, shard_accept
+from synthaug_pipeline.lib.scoring import ClassScores
 from synthaug_pipeline.lib.shards import build_shard_table, read_shards, write_class_shard
 
 # Six images of class 2. Confidence ties at 0.9 (rows 0, 2, 5); row 4 fails the
@@ -488,7 +489,7 @@ def test_filter_config_refuses_a_diversity_rule_with_nothing_to_choose():
 
 def test_shard_accept_with_k_center_uses_the_features_scores_keep():
     from synthaug_pipeline.lib.config import FilterConfig
-    from synthaug_pipeline.lib.scoring import score_class, shard_accept
+    from synthaug_pipeline.lib.scoring import score_class
 
     features, confidence = _clustered()
     probs = np.stack([confidence, 1 - confidence], axis=1)

@@ -11,17 +11,15 @@ import pytest
 import scipy.linalg
 from scipy.spatial.distance import cdist, pdist
 
-from synthaug_pipeline.lib import scoring
+from synthaug_pipeline.lib import metrics
 from synthaug_pipeline.lib.config import FilterConfig
+from synthaug_pipeline.lib.filtering import accept, filter_version, shard_accept
 from synthaug_pipeline.lib.scoring import (
     ClassScores,
-    accept,
-    filter_version,
     frechet_distance,
     kernel_inception_distance,
     manifold_metrics,
     score_class,
-    shard_accept,
 )
 
 
@@ -146,8 +144,8 @@ def test_frechet_gram_and_covariance_routes_agree(shape_a, shape_b):
     rng = np.random.default_rng(14)
     a = rng.normal(size=shape_a) @ rng.normal(size=(shape_a[1], shape_a[1]))
     b = rng.normal(loc=0.2, size=shape_b) @ rng.normal(size=(shape_b[1], shape_b[1]))
-    gram = scoring._fid_traces_gram(a - a.mean(0), b - b.mean(0))
-    cov = scoring._fid_traces_cov(a, b)
+    gram = metrics._fid_traces_gram(a - a.mean(0), b - b.mean(0))
+    cov = metrics._fid_traces_cov(a, b)
     np.testing.assert_allclose(gram, cov, rtol=1e-7)
     diff = a.mean(0) - b.mean(0)
     via_gram = float(diff @ diff + gram[0] + gram[1] - 2 * gram[2])
@@ -293,7 +291,7 @@ def test_score_class_hand_made_values():
 def test_score_class_matches_cdist_across_chunks(monkeypatch):
     # Small chunk size so the chunked paths (several blocks, self-exclusion
     # offsets) are exercised on small data.
-    monkeypatch.setattr(scoring, "_CHUNK_ROWS", 4)
+    monkeypatch.setattr(metrics, "_CHUNK_ROWS", 4)
     rng = np.random.default_rng(9)
     syn = rng.normal(size=(11, 5))
     real = rng.normal(size=(13, 5))
@@ -457,7 +455,7 @@ def _prdc_reference(real: np.ndarray, fake: np.ndarray, k: int) -> dict:
 
 @pytest.mark.parametrize("k", [1, 3, 5])
 def test_manifold_metrics_match_reference_across_chunks(monkeypatch, k):
-    monkeypatch.setattr(scoring, "_CHUNK_ROWS", 7)  # several blocks, self-exclusion offsets
+    monkeypatch.setattr(metrics, "_CHUNK_ROWS", 7)  # several blocks, self-exclusion offsets
     rng = np.random.default_rng(10 + k)
     real = rng.normal(size=(40, 6)) + 5.0  # offset: exercises the centring
     fake = rng.normal(loc=0.4, scale=1.3, size=(33, 6)) + 5.0
