@@ -42,7 +42,7 @@ def grid(tmp_path_factory):
         from synthaug_pipeline.definitions import build_definitions
 
         defs = build_definitions("digits", overrides)
-        values = {key: defs.load_asset_value(dg.AssetKey("experiment_run"), instance=instance, partition_key=key) for key in KEYS}
+        values = {key: defs.load_asset_value(dg.AssetKey("experiment_run"), instance=instance, partition_key=key)[key] for key in KEYS}
         control_version = (
             instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey("control_samples"), asset_partitions=["few_shot-s0"]), limit=1)
             .records[0].asset_materialization.metadata["version"].value
