@@ -5,6 +5,7 @@ synthaug profiles
 synthaug lineage MODEL_FOLDER | --shard URI
 synthaug gc [--profile digits] [--delete]
 synthaug dev
+synthaug worker [--name NAME] [--concurrency 1]
 synthaug bench generation|scoring [options]
 """
 
@@ -67,6 +68,11 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("name", choices=BENCHMARKS, help="which benchmark")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's own options")
 
+    worker = sub.add_parser("worker", help="serve steps of execution.executor=celery runs (broker in $SYNTHAUG_CELERY_BROKER)")
+    worker.add_argument("--name", default=None, help="worker name (default synthaug-<random>); the node is NAME@host")
+    worker.add_argument("--concurrency", type=int, default=1, help="steps at once (default 1: start one worker per GPU)")
+    worker.add_argument("--loglevel", default="INFO")
+
     dev = sub.add_parser("dev", help="start the Dagster UI on the same instance as `synthaug run`")
     profile_args(dev)
     dev.add_argument("--dagster-home", default=None)
@@ -107,8 +113,8 @@ def _run(args: argparse.Namespace) -> int:
     except ProfileError as exc:
         return _fail(str(exc))
 
-    import dagster as dg
-
+    from synthaug_pipeline.defs.instance import InstanceUnavailableError, open_instance
+    from synthaug_pipeline.lib.cost import headline_cost
     from synthaug_pipeline.lib.report import headline_table
     from synthaug_pipeline.orchestration import PipelineError, prepare_dagster_home, run_pipeline
 
@@ -117,7 +123,11 @@ def _run(args: argparse.Namespace) -> int:
     # A closed terminal (SIGHUP) stops the run like Ctrl-C: the run is marked failed and its pool slot freed.
     signal.signal(signal.SIGHUP, lambda *_: os.kill(os.getpid(), signal.SIGINT))
     started = time.perf_counter()
-    with dg.DagsterInstance.get() as instance:
+    try:
+        instance = open_instance(str(home))
+    except InstanceUnavailableError as exc:
+        return _fail(str(exc), code=1)
+    with instance:
         try:
             result = run_pipeline(args.profile, args.overrides, instance, classes=args.classes, resume=args.reuse)
         except (PipelineError, ProfileError) as exc:
@@ -129,6 +139,8 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     print()
     print(headline_table(result.evaluation))
+    if (result.report or {}).get("cost"):
+        print(headline_cost(result.report["cost"]))
     print()
     print(f"report: {redact_url(result.report['json'])}  {redact_url(result.report['markdown'])}")
     print(f"total {total:.0f}s; see every run and asset with `synthaug dev`")
@@ -150,6 +162,26 @@ def _dev(args: argparse.Namespace) -> int:
         env[OVERRIDES_ENV_VAR] = ";".join(args.overrides)
     command = [sys.executable, "-m", "dagster", "dev", "-m", "synthaug_pipeline.definitions", "-p", args.port, "-h", args.host]
     return subprocess.call(command, env=env)
+
+
+def _worker(args: argparse.Namespace) -> int:
+    """A Celery worker for the steps of celery-executor runs: it listens on dagster-celery's queue."""
+    import uuid
+
+    from synthaug_pipeline.defs.executors import CELERY_BROKER_ENV, CELERY_QUEUE
+
+    if not os.environ.get(CELERY_BROKER_ENV):
+        return _fail(f"set ${CELERY_BROKER_ENV} to the broker URL the runs use (e.g. redis://localhost:6379/0)")
+    if args.concurrency < 1:
+        return _fail("--concurrency must be at least 1")
+    name = args.name or f"synthaug-{uuid.uuid4().hex[:6]}"
+    command = [
+        sys.executable, "-m", "celery", "-A", "synthaug_pipeline.celery_worker", "worker", "-Q", CELERY_QUEUE,
+        "-n", f"{name}@%h", "-c", str(args.concurrency), "--prefetch-multiplier=1", "--loglevel", args.loglevel,
+        "--without-gossip", "--without-mingle",
+    ]  # fmt: skip
+    os.execv(sys.executable, command)  # the worker replaces this process: signals reach Celery directly
+    return 0  # pragma: no cover
 
 
 def _lineage(args: argparse.Namespace) -> int:
@@ -212,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         return _lineage(args)
     if args.command == "gc":
         return _gc(args)
+    if args.command == "worker":
+        return _worker(args)
     if args.command == "bench":
         return _bench(args)
     return _run(args)

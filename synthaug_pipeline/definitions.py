@@ -13,6 +13,7 @@ import dagster as dg
 
 from synthaug_pipeline.defs.data.assets import build_data_assets
 from synthaug_pipeline.defs.evaluation.assets import build_evaluation_assets
+from synthaug_pipeline.defs.executors import build_executor, build_stage_jobs, gpu_steps
 from synthaug_pipeline.defs.experiments.assets import build_experiment_assets, experiments_job
 from synthaug_pipeline.defs.generation.assets import build_generation_assets
 from synthaug_pipeline.defs.generation.schedules import build_regeneration_schedule
@@ -42,20 +43,15 @@ def build_definitions(profile_name: str | None = None, overrides: list[str] | No
         *build_evaluation_assets(),
         *build_experiment_assets(profile.experiments),
     ]
-    per_class = dg.define_asset_job(
-        "synthaug_per_class",
-        selection=dg.AssetSelection.assets(*[a for a in assets if a.partitions_def == partitions]),
-        partitions_def=partitions,
-        description="The per-class assets of one class (pick a partition).",
-    )
     sealed = seal_overrides(list(overrides or []))  # the resource's config is stored by Dagster: no secrets in it
     settings = SynthaugSettings(profile=profile_name or os.environ.get(PROFILE_ENV_VAR) or DEFAULT_PROFILE, overrides=sealed)
     return dg.Definitions(
         assets=assets,
-        jobs=[per_class, experiments_job],
+        jobs=[*build_stage_jobs(assets, partitions, profile.execution), experiments_job],
         schedules=[build_regeneration_schedule(profile, class_ids)],
         sensors=[reap_dead_runs_sensor],
         resources={"settings": settings, "io_manager": SynthaugIOManager()},
+        executor=build_executor(profile.execution, gpu_steps(assets)),  # in_process unless execution.executor says otherwise
     )
 
 

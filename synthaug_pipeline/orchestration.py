@@ -13,16 +13,18 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
 
 from synthaug_pipeline.definitions import build_definitions
+from synthaug_pipeline.defs.executors import StagePool, check_distributable, check_executor_ready, wait_for_class
 from synthaug_pipeline.defs.resources import default_device, set_progress_listener
 from synthaug_pipeline.defs.run_health import BlockedStepReporter, process_tags, reap_dead_runs
 from synthaug_pipeline.lib.classifier import reached_ratios, synthetic_images_needed
-from synthaug_pipeline.lib.config import Profile, load_profile
+from synthaug_pipeline.lib.config import Profile, ProfileError, load_profile
 from synthaug_pipeline.lib.datasets import check_classes, dataset_class_ids
 from synthaug_pipeline.lib.estimate import RunEstimate, estimate_run
 from synthaug_pipeline.lib.preflight import check_before_training
@@ -159,6 +161,16 @@ def run_pipeline(
         check_output_writable(profile)
     except OutputNotWritableError as exc:
         raise PipelineError(str(exc)) from None
+    execution = profile.execution
+    embedded = execution.executor == "in_process" and execution.step_retries == 0  # dg.materialize, as always
+    if not embedded:
+        try:
+            check_distributable(overrides, execution.executor)
+            check_executor_ready(execution)
+        except ProfileError as exc:
+            raise PipelineError(str(exc)) from None
+    if execution.gpu_slots is not None:
+        instance.event_log_storage.set_concurrency_slots("gpu", execution.gpu_slots)
     freed = reap_dead_runs(instance)
     if freed:
         echo(f"      marked {len(freed)} run(s) whose process is gone as failed and freed their pool slots: {', '.join(r[:8] for r in freed)}")
@@ -166,16 +178,21 @@ def run_pipeline(
     def materialize(stage: Stage, selection: list[str], partition: str | None) -> dg.ExecuteInProcessResult:
         tags = {"synthaug/profile": profile.name, "synthaug/stage": stage.name, **process_tags(), **fingerprint_tags(profile, selection)}
         with BlockedStepReporter(instance, echo):
-            result = dg.materialize(
-                assets,
-                selection=selection,
-                partition_key=partition,
-                instance=instance,
-                resources=resources,
-                run_config=quiet,
-                raise_on_error=False,
-                tags=tags,
-            )
+            if embedded:
+                result = dg.materialize(
+                    assets,
+                    selection=selection,
+                    partition_key=partition,
+                    instance=instance,
+                    resources=resources,
+                    run_config=quiet,
+                    raise_on_error=False,
+                    tags=tags,
+                )
+            else:  # the profile's executor: steps in other processes or on workers, retried per execution.step_retries
+                if partition is not None:
+                    wait_for_class(instance, partition, echo)
+                result = stage_pool.execute(profile_name or profile.name, overrides, selection, partition, quiet, tags, OUTPUTS_READ)
         outcome.run_ids.append(result.run_id)
         if not result.success and not _only_blocking_checks_failed(result):
             where = f" (class {partition})" if partition else ""
@@ -186,18 +203,46 @@ def run_pipeline(
         return result
 
     set_progress_listener(lambda message: echo(f"      {_clock()} {message}"))
+    parallel = 1 if execution.executor == "in_process" else min(execution.max_concurrent, len(classes))
+    stage_pool = None if embedded else StagePool(instance, parallel)
     try:
-        _run_stages(classes, _StageRunner(materialize, planner, echo), outcome, echo)
+        _run_stages(classes, _StageRunner(materialize, planner, echo, parallel), outcome, echo)
     finally:
         set_progress_listener(None)
+        if stage_pool is not None:
+            stage_pool.close()
     return outcome
 
 
 class _StageRunner:
     """Materializes what a stage needs for one partition (or none): reused assets are skipped, the rest run together."""
 
-    def __init__(self, materialize, planner: ReusePlanner | None, echo: Callable[[str], None]):
-        self.materialize, self.planner, self.echo = materialize, planner, echo
+    def __init__(self, materialize, planner: ReusePlanner | None, echo: Callable[[str], None], parallel: int = 1):
+        self.materialize, self.planner, self.echo, self.parallel = materialize, planner, echo, parallel
+
+    def run_classes(self, stage: Stage, classes: list[str]):
+        """``(class_id, values, seconds)`` per class in class order; up to ``parallel`` class runs at once.
+
+        The first failure stops new classes from starting, lets the running ones finish, and is raised."""
+        if self.parallel <= 1:
+            for class_id in classes:
+                started = time.perf_counter()
+                yield class_id, self.run(stage, class_id), time.perf_counter() - started
+            return
+
+        def timed(class_id: str):
+            started = time.perf_counter()
+            return self.run(stage, class_id), time.perf_counter() - started
+
+        with ThreadPoolExecutor(max_workers=self.parallel, thread_name_prefix="synthaug-class") as pool:
+            futures = [(class_id, pool.submit(timed, class_id)) for class_id in classes]
+            try:
+                for class_id, future in futures:
+                    values, seconds = future.result()
+                    yield class_id, values, seconds
+            finally:
+                for _, future in futures:
+                    future.cancel()  # classes not started yet; running ones finish before the pool closes
 
     def will_redo(self, asset: str, partition: str | None = None) -> bool:
         return self.planner is None or self.planner.reusable_run(asset, partition) is None
@@ -260,12 +305,10 @@ def _run_stages(classes, runner: _StageRunner, outcome: PipelineResult, echo: Ca
                     + ". Loosen filter.min_confidence / filter.min_accepted_per_class or improve the generator."
                 )
         if stage.per_class:
-            for class_id in classes:
-                class_started = time.perf_counter()
-                values = runner.run(stage, class_id)
+            for class_id, values, seconds in runner.run_classes(stage, classes):
                 if "synthetic_shards" in values:
                     _check_supply(profile, outcome.catalog, values["synthetic_shards"], echo)
-                echo(f"      class {class_id}: {time.perf_counter() - class_started:.1f}s")
+                echo(f"      class {class_id}: {seconds:.1f}s")
         else:
             values = {}
             for asset in stage.assets:  # one run per asset: a failure stops the pipeline at once

@@ -53,7 +53,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-from synthaug_pipeline.lib.faults import failpoint
+from synthaug_pipeline.lib.faults import fail_once, failpoint
 
 SHARD_CONTRACT = "synthaug-shard/2"
 CONTRACT_METADATA_KEY = b"synthaug_shard_contract"
@@ -369,6 +369,7 @@ def _fsync_dir(folder: str) -> None:
 def _put_atomic(loc: _ClassLocation, name: str, data: bytes, suffix: str) -> None:
     """Make ``<folder>/name`` hold exactly ``data``, all or nothing, for every reader."""
     path = f"{loc.folder}/{name}"
+    fail_once("storage_put")  # tests: the storage drops this request; nothing was written yet
     if isinstance(loc.fs, LocalFileSystem):
         _write_local_atomic(loc.folder, path, data, suffix)
     else:

@@ -9,7 +9,7 @@ from synthaug_pipeline.defs.data.assets import stack_real
 from synthaug_pipeline.defs.resources import SynthaugSettings, cached_classifier, log_progress
 from synthaug_pipeline.lib.evaluation import compare, evaluate_under_shift, load_shift_set
 from synthaug_pipeline.lib.redaction import redact_settings, redact_url, redact_urls
-from synthaug_pipeline.lib.report import render_report_markdown
+from synthaug_pipeline.lib.report import render_report_markdown, report_cost
 
 
 def build_evaluation_assets() -> list[dg.AssetsDefinition]:
@@ -74,6 +74,7 @@ def build_evaluation_assets() -> list[dg.AssetsDefinition]:
         settings: SynthaugSettings,
         class_catalog: dict,
         judge: dict,
+        generator: dict,
         synthetic_shards: dict[str, dict],
         synthetic_scores: dict[str, dict],
         classifier_baseline: dict,
@@ -92,6 +93,7 @@ def build_evaluation_assets() -> list[dg.AssetsDefinition]:
             "evaluation": evaluation,
             "run_id": context.run_id,
         }
+        payload["cost"] = report_cost(payload["shards"], generator, evaluation)
         payload = redact_urls(payload)  # what the report records; `base` below still writes to the real URL
         base = profile.output_url.rstrip("/")
         markdown = render_report_markdown(payload)
@@ -99,6 +101,11 @@ def build_evaluation_assets() -> list[dg.AssetsDefinition]:
             with fsspec.open(f"{base}/{name}", "w") as handle:
                 handle.write(text)
         context.add_output_metadata({"report_json": redact_url(f"{base}/report.json"), "report": dg.MetadataValue.md(markdown)})
-        return {"json": f"{base}/report.json", "markdown": f"{base}/report.md", "summary": payload["evaluation"]["delta"]}
+        return {
+            "json": f"{base}/report.json",
+            "markdown": f"{base}/report.md",
+            "summary": payload["evaluation"]["delta"],
+            "cost": payload["cost"],
+        }
 
     return [evaluation, report]

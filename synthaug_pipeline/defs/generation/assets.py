@@ -92,7 +92,15 @@ def train_ddpm_generator(context: dg.AssetExecutionContext, profile: Profile, cl
             "loss_curve": dg.MetadataValue.md(line_chart_markdown(trained.losses, "training loss")),
         }
     )
-    return {"url": url, "version": version, "backend": "ddpm", "num_parameters": trained.num_parameters, **lineage}
+    return {
+        "url": url,
+        "version": version,
+        "backend": "ddpm",
+        "num_parameters": trained.num_parameters,
+        **lineage,
+        "seconds": trained.seconds,  # the generator's share of the run's cost (lib.cost)
+        "device": resolve_device(cfg.device),
+    }
 
 
 def load_pretrained_generator(context: dg.AssetExecutionContext, cfg: GeneratorConfig, class_ids: list[str]) -> dict:
@@ -120,6 +128,8 @@ def load_pretrained_generator(context: dg.AssetExecutionContext, cfg: GeneratorC
         "dtype": cfg.dtype,
         "num_parameters": loaded.num_parameters,
         "class_indices": class_indices,
+        "seconds": loaded.load_seconds,
+        "device": resolve_device(cfg.device),
     }
 
 
@@ -265,6 +275,8 @@ def build_generation_assets(partitions: dg.PartitionsDefinition) -> list[dg.Asse
             "steps": cfg.sample_steps,
             "guidance_scale": cfg.guidance_scale,
             "regeneration_round": round_,
+            "seconds": seconds,  # sampling time on `device`: the class's cost (lib.cost)
+            "device": resolve_device(cfg.device),
         }
 
     return [generator, synthetic_images]

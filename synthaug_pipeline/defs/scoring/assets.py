@@ -46,6 +46,7 @@ from synthaug_pipeline.defs.resources import (
 from synthaug_pipeline.lib.classifier import save_classifier, train_classifier, untrained_classifier
 from synthaug_pipeline.lib.clip_score import ClipModelError, load_clip_scorer
 from synthaug_pipeline.lib.config import Profile
+from synthaug_pipeline.lib.cost import class_cost, cost_metadata
 from synthaug_pipeline.lib.evaluation import evaluate
 from synthaug_pipeline.lib.faults import failpoint
 from synthaug_pipeline.lib.features import (
@@ -375,6 +376,7 @@ def build_scoring_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsD
             # what refilter_table needs besides the shard: the threshold and the per-row test-leak flags (scores.is_test_leak)
             "duplicate_threshold": summary.get("duplicate_threshold"),
             "error": error,
+            "seconds": metadata["seconds"],
         }
 
     @dg.asset(
@@ -470,7 +472,7 @@ def build_scoring_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsD
         if len(flagged):
             near_duplicates = grid_markdown(images[flagged], "flagged synthetic images (table order)") + "\n\n" + near_duplicates
         metadata = {
-            "uri": shard.uri,
+            "uri": redact_url(shard.uri),
             "sha256": shard.sha256,
             "rows": shard.num_rows,
             "accepted": shard.num_accepted,
@@ -490,6 +492,13 @@ def build_scoring_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsD
         if error:
             metadata["error"] = error
         metadata["seconds"] = round(time.perf_counter() - started, 2)
+        cost = class_cost(
+            synthetic_images.get("device"),
+            {"sampling": synthetic_images.get("seconds"), "scoring": synthetic_scores.get("seconds"), "shard": metadata["seconds"]},
+            len(synthetic_images["images"]),
+            shard.num_accepted,
+        )
+        metadata.update(cost_metadata(cost))
         yield dg.Output(
             {
                 "class_id": synthetic_images["class_id"],
@@ -504,8 +513,10 @@ def build_scoring_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsD
                 "error": error,
                 # blocking check name -> passed; training refuses shards with a failed check
                 "checks": checks,
+                "cost": cost,
             },
             metadata={k: v for k, v in metadata.items() if v is not None},
+            data_version=dg.DataVersion(shard.sha256),  # the model's input data version follows the shard bytes
         )
         for name, (passed, check_metadata) in results.items():
             yield dg.AssetCheckResult(check_name=name, passed=bool(passed), metadata=check_metadata)

@@ -10,6 +10,7 @@ import dagster as dg
 import numpy as np
 
 from synthaug_pipeline.defs.data.assets import stack_real
+from synthaug_pipeline.defs.lineage_metadata import shard_lineage_table
 from synthaug_pipeline.defs.resources import (
     SynthaugSettings,
     default_device,
@@ -60,6 +61,7 @@ def _model_record(context: dg.AssetExecutionContext, trained: TrainedClassifier,
             "seconds": round(trained.seconds, 1),
             "loss_curve": dg.MetadataValue.md(line_chart_markdown([h["loss"] for h in trained.history], "training loss")),
             "lineage": dg.MetadataValue.json(redact_urls(lineage)),
+            "shards": shard_lineage_table(lineage["shards"]),  # every shard partition read, as a table in the UI
         }
     )
     return {"url": url, "version": version, "name": name, "lineage": lineage}
@@ -158,7 +160,7 @@ def build_training_assets() -> list[dg.AssetsDefinition]:
             **({"synthetic_ratio_by_class": by_class} if by_class is not None else {}),
             "aux_bn": profile.augmented.aux_bn,
             "shards": [
-                {k: s[k] for k in ("class_id", "uri", "sha256", "num_accepted", "filter_version", "generator_version", "run_id")}
+                {k: s[k] for k in ("class_id", "uri", "sha256", "num_rows", "num_accepted", "filter_version", "generator_version", "run_id")}
                 for s in shards
             ],
             "filter_versions": sorted({s["filter_version"] for s in shards}),
