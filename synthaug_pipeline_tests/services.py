@@ -159,10 +159,10 @@ def _pg_bin(name: str) -> str | None:
 
 
 def connect(port: int, password: str, db: str, **kwargs):
-    """A psycopg (3) connection to the test cluster as its superuser ``synthaug``."""
-    import psycopg
+    """A psycopg2 connection (dagster-postgres's driver) to the test cluster as its superuser ``synthaug``."""
+    import psycopg2
 
-    return psycopg.connect(host="127.0.0.1", port=port, user="synthaug", password=password, dbname=db, **kwargs)
+    return psycopg2.connect(host="127.0.0.1", port=port, user="synthaug", password=password, dbname=db, **kwargs)
 
 
 @contextlib.contextmanager
@@ -174,7 +174,7 @@ def postgres(password: str, db: str = "dagster") -> Iterator[Postgres]:
     initdb, server = _pg_bin("initdb"), _pg_bin("postgres")
     if initdb is None or server is None:
         missing("PostgreSQL (initdb, postgres)", "apt-get install postgresql")
-    import psycopg
+    import psycopg2
 
     as_user: list[str] = []
     folder = Path(tempfile.mkdtemp(prefix="synthaug-pg-"))
@@ -212,7 +212,7 @@ def postgres(password: str, db: str = "dagster") -> Iterator[Postgres]:
                     try:
                         connect(port, password, "postgres", connect_timeout=2).close()
                         return True
-                    except psycopg.OperationalError:
+                    except psycopg2.OperationalError:
                         return False
 
                 _wait(answers, proc, f"PostgreSQL on 127.0.0.1:{port}", log_path)
