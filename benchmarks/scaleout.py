@@ -82,7 +82,7 @@ def run_one(executor: str, classes: list[str], endpoint: str, bucket: str, home:
         "stages_s": {k: round(v, 1) for k, v in result.seconds.items()},
         "class_runs_s": per_class,
         "runs": len(result.run_ids),
-        "top1_delta": result.evaluation["delta"]["in_domain_top1"] if result.evaluation else None,
+        "top1_delta": result.evaluation["delta"].get("top1_delta") if result.evaluation else None,
         "bucket_bytes": _bucket_bytes(fs, root, classes),
         "cost": (result.report or {}).get("cost", {}).get("points_per_device_hour"),
     }

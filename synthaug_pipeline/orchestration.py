@@ -20,7 +20,7 @@ from pathlib import Path
 import dagster as dg
 
 from synthaug_pipeline.definitions import build_definitions
-from synthaug_pipeline.defs.executors import StagePool, check_distributable, check_executor_ready, wait_for_class
+from synthaug_pipeline.defs.executors import StagePool, apply_gpu_slots, check_distributable, check_executor_ready, wait_for_class
 from synthaug_pipeline.defs.resources import default_device, set_progress_listener
 from synthaug_pipeline.defs.run_health import BlockedStepReporter, process_tags, reap_dead_runs
 from synthaug_pipeline.lib.classifier import reached_ratios, synthetic_images_needed
@@ -169,8 +169,7 @@ def run_pipeline(
             check_executor_ready(execution)
         except ProfileError as exc:
             raise PipelineError(str(exc)) from None
-    if execution.gpu_slots is not None:
-        instance.event_log_storage.set_concurrency_slots("gpu", execution.gpu_slots)
+    apply_gpu_slots(instance, execution)  # execution.gpu_slots: steps that train or sample at once, across runs
     freed = reap_dead_runs(instance)
     if freed:
         echo(f"      marked {len(freed)} run(s) whose process is gone as failed and freed their pool slots: {', '.join(r[:8] for r in freed)}")

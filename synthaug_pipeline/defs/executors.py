@@ -108,7 +108,8 @@ def build_stage_jobs(
     models, classifiers, evaluation, report), each with the profile's step retries."""
     policy = retry_policy(execution)
     per_class = [a for a in assets if a.partitions_def == partitions]
-    shared = [a for a in assets if a.partitions_def is None]
+    # the ablation grid (group "experiments") has its own job
+    shared = [a for a in assets if a.partitions_def is None and "experiments" not in a.group_names_by_key.values()]
     return [
         dg.define_asset_job(
             PER_CLASS_JOB,
@@ -298,6 +299,15 @@ def _definitions(profile_name: str, overrides: tuple[str, ...]) -> dg.Definition
     from synthaug_pipeline.definitions import build_definitions
 
     return build_definitions(profile_name, list(overrides))
+
+
+GPU_POOL = "gpu"  # the pool of every asset that trains or samples
+
+
+def apply_gpu_slots(instance: dg.DagsterInstance, execution: ExecutionConfig) -> None:
+    """Size the instance's ``gpu`` pool to ``execution.gpu_slots`` (None: leave the instance's setting)."""
+    if execution.gpu_slots is not None:
+        instance.event_log_storage.set_concurrency_slots(GPU_POOL, execution.gpu_slots)
 
 
 CLASS_TAG = "dagster/partition"  # every run of a class carries it; the deployed run queue allows one run per value

@@ -111,3 +111,37 @@ def test_instance_with_an_unset_variable_is_one_line(tmp_path, monkeypatch):
 def test_default_instance_is_sqlite(tmp_path):
     shutil.copyfile(REPO / "dagster.yaml", tmp_path / "dagster.yaml")
     assert describe_storage(str(tmp_path)) == "sqlite"
+
+
+def test_a_class_waits_for_another_run_writing_it():
+    import threading
+
+    from dagster._core.storage.dagster_run import DagsterRun
+
+    from synthaug_pipeline.defs.executors import CLASS_TAG, wait_for_class
+
+    with dg.instance_for_test() as instance:
+        other = instance.add_run(DagsterRun(job_name=PER_CLASS_JOB, status=dg.DagsterRunStatus.STARTED, tags={CLASS_TAG: "3"}))
+        lines: list[str] = []
+        waiter = threading.Thread(target=wait_for_class, args=(instance, "3", lines.append), kwargs={"poll_s": 0.05})
+        waiter.start()
+        wait_for_class(instance, "4", lines.append, poll_s=0.05)  # another class: no wait
+        deadline = 200
+        while not lines and deadline:
+            waiter.join(0.05)
+            deadline -= 1
+        assert waiter.is_alive()
+        assert lines == [f"      class 3: waiting for run {other.run_id[:8]}, which writes the same class (Ctrl-C to stop)"]
+        instance.report_run_failed(other)
+        waiter.join(10)
+        assert not waiter.is_alive()
+
+
+def test_gpu_slots_size_the_pool_only_when_set():
+    from synthaug_pipeline.defs.executors import GPU_POOL, apply_gpu_slots
+
+    with dg.instance_for_test() as instance:
+        apply_gpu_slots(instance, _execution())
+        assert GPU_POOL not in instance.event_log_storage.get_concurrency_keys()
+        apply_gpu_slots(instance, _execution("execution.gpu_slots=4"))
+        assert instance.event_log_storage.get_concurrency_info(GPU_POOL).slot_count == 4
