@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import http.client
+import json
 import os
 import shutil
 import signal
@@ -26,6 +27,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 S3_BUCKET = "synthaug-test"
+S3_ACCESS_KEY = "synthaug-access-key"
 S3_SECRET = "never-print-this-secret"  # the AWS secret key of the s3_endpoint fixture: no output may contain it
 
 
@@ -72,11 +74,12 @@ def _wait(ready, proc: subprocess.Popen, what: str, log: Path, seconds: float = 
 
 
 @contextlib.contextmanager
-def seaweedfs(folder: Path, bucket: str) -> Iterator[str]:
+def seaweedfs(folder: Path, bucket: str, identity: tuple[str, str] | None = None) -> Iterator[str]:
     """A SeaweedFS server with S3 on free ports and ``bucket`` created; yields the S3 endpoint URL.
 
     A missing bucket stays missing (``-s3.autoCreateBucket=false``), so the preflight can report it.
-    Needs AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY set (any values: no IAM is configured).
+    With ``identity`` (access key, secret key) S3 requests must be signed with it: other credentials are
+    refused (403), as on a real store; without, any AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY are accepted.
     """
     from synthaug_pipeline.lib.config import load_profile
     from synthaug_pipeline.lib.storage import output_filesystem
@@ -92,6 +95,11 @@ def seaweedfs(folder: Path, bucket: str) -> Iterator[str]:
         f"-s3.port.iceberg={ice}", f"-s3.port.lance={lance}", f"-metricsPort={metrics}", f"-iam.port={iam}",
         "-s3.autoCreateBucket=false", "-master.volumeSizeLimitMB=64",
     ]  # fmt: skip
+    if identity is not None:
+        config = {"identities": [{"name": "synthaug", "credentials": [{"accessKey": identity[0], "secretKey": identity[1]}],
+                                  "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}  # fmt: skip
+        (folder / "s3.json").write_text(json.dumps(config))
+        command.append(f"-s3.config={folder / 's3.json'}")
     log_path = folder / "weed.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)

@@ -37,6 +37,18 @@ def test_preflight_missing_bucket_is_one_line(s3_endpoint):
     assert "\n" not in message and SECRET not in message
 
 
+def test_preflight_wrong_credentials_is_one_line(s3_endpoint, monkeypatch):
+    import s3fs
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "a-wrong-secret-key")
+    s3fs.S3FileSystem.clear_instance_cache()  # a cached filesystem would still hold the right key
+    with pytest.raises(OutputNotWritableError) as caught:
+        check_output_writable(_profile(f"s3://{BUCKET}/x", s3_endpoint, "output.retries=0"))
+    message = str(caught.value)
+    assert "access denied" in message and "AWS_ACCESS_KEY_ID" in message
+    assert "\n" not in message and "a-wrong-secret-key" not in message and SECRET not in message
+
+
 def test_preflight_unreachable_endpoint_fails_within_the_timeout(s3_endpoint):
     (closed_port,) = free_ports(1)  # nothing listens there
     profile = _profile(f"s3://{BUCKET}/x", f"http://127.0.0.1:{closed_port}", "output.connect_timeout_s=2", "output.retries=1")
