@@ -109,6 +109,15 @@ def test_two_classes_through_postgres_celery_and_the_bucket(distributed_run):
         for record in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_UP_FOR_RETRY)
     ]
     assert retried == ["synthetic_shards"]
+    # cost: every class's materialization and the report's sum
+    cost = result.report["cost"]
+    assert set(cost["per_class"]) == {"0", "1"} and cost["device"] == "CPU" and cost["points_per_device_hour"] is not None
+    for class_id in ("0", "1"):
+        (shard,) = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("synthetic_shards"), asset_partitions=[class_id]), limit=1
+        ).records
+        metadata = shard.asset_materialization.metadata
+        assert metadata["cpu_seconds_per_image"].value == pytest.approx(cost["per_class"][class_id]["seconds_per_generated_image"])
 
 
 def test_model_lineage_in_dagster_names_both_shards(distributed_run):

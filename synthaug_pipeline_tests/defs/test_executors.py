@@ -145,3 +145,12 @@ def test_gpu_slots_size_the_pool_only_when_set():
         assert GPU_POOL not in instance.event_log_storage.get_concurrency_keys()
         apply_gpu_slots(instance, _execution("execution.gpu_slots=4"))
         assert instance.event_log_storage.get_concurrency_info(GPU_POOL).slot_count == 4
+
+
+def test_worker_without_a_broker_is_one_line(monkeypatch, capsys):
+    from synthaug_pipeline.cli import main
+
+    monkeypatch.delenv(CELERY_BROKER_ENV, raising=False)
+    assert main(["worker"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and CELERY_BROKER_ENV in err
