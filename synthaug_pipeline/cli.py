@@ -6,6 +6,7 @@ synthaug profiles
 synthaug lineage MODEL_FOLDER | --shard URI
 synthaug gc [--profile digits] [--delete]
 synthaug dev
+synthaug worker [--name NAME] [--concurrency 1]
 synthaug bench generation|scoring [options]
 """
 
@@ -75,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("name", choices=BENCHMARKS, help="which benchmark")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's own options")
 
+    worker = sub.add_parser("worker", help="serve steps of execution.executor=celery runs (broker in $SYNTHAUG_CELERY_BROKER)")
+    worker.add_argument("--name", default=None, help="worker name (default synthaug-<random>); the node is NAME@host")
+    worker.add_argument("--concurrency", type=int, default=1, help="steps at once (default 1: start one worker per GPU)")
+    worker.add_argument("--loglevel", default="INFO")
+
     dev = sub.add_parser("dev", help="start the Dagster UI on the same instance as `synthaug run`")
     profile_args(dev)
     dev.add_argument("--dagster-home", default=None)
@@ -125,8 +131,8 @@ def _run(args: argparse.Namespace) -> int:
     except ProfileError as exc:
         return _fail(str(exc))
 
-    import dagster as dg
-
+    from synthaug_pipeline.defs.instance import InstanceUnavailableError, open_instance
+    from synthaug_pipeline.lib.cost import headline_cost
     from synthaug_pipeline.lib.report import headline_table
     from synthaug_pipeline.orchestration import PipelineError, prepare_dagster_home, run_pipeline
 
@@ -135,7 +141,11 @@ def _run(args: argparse.Namespace) -> int:
     # A closed terminal (SIGHUP) stops the run like Ctrl-C: the run is marked failed and its pool slot freed.
     signal.signal(signal.SIGHUP, lambda *_: os.kill(os.getpid(), signal.SIGINT))
     started = time.perf_counter()
-    with dg.DagsterInstance.get() as instance:
+    try:
+        instance = open_instance(str(home))
+    except InstanceUnavailableError as exc:
+        return _fail(str(exc), code=1)
+    with instance:
         try:
             result = run_pipeline(args.profile, args.overrides, instance, classes=args.classes, resume=args.reuse)
         except (PipelineError, ProfileError) as exc:
@@ -145,7 +155,7 @@ def _run(args: argparse.Namespace) -> int:
         from synthaug_pipeline.experiment_runs import run_experiment_grid
 
         print("\nexperiments: the profile's grid (experiments.in_run)", flush=True)
-        with dg.DagsterInstance.get() as instance:
+        with open_instance(str(home)) as instance:
             try:
                 grid = run_experiment_grid(args.profile, args.overrides, instance, resume=args.reuse, pipeline_done=True)
             except (PipelineError, ProfileError) as exc:
@@ -157,6 +167,8 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     print()
     print(headline_table(result.evaluation))
+    if (result.report or {}).get("cost"):
+        print(headline_cost(result.report["cost"]))
     print()
     print(f"report: {redact_url(result.report['json'])}  {redact_url(result.report['markdown'])}")
     if grid is not None:
@@ -221,6 +233,26 @@ def _dev(args: argparse.Namespace) -> int:
     return subprocess.call(command, env=env)
 
 
+def _worker(args: argparse.Namespace) -> int:
+    """A Celery worker for the steps of celery-executor runs: it listens on dagster-celery's queue."""
+    import uuid
+
+    from synthaug_pipeline.defs.executors import CELERY_BROKER_ENV, CELERY_QUEUE
+
+    if not os.environ.get(CELERY_BROKER_ENV):
+        return _fail(f"set ${CELERY_BROKER_ENV} to the broker URL the runs use (e.g. redis://localhost:6379/0)")
+    if args.concurrency < 1:
+        return _fail("--concurrency must be at least 1")
+    name = args.name or f"synthaug-{uuid.uuid4().hex[:6]}"
+    command = [
+        sys.executable, "-m", "celery", "-A", "synthaug_pipeline.celery_worker", "worker", "-Q", CELERY_QUEUE,
+        "-n", f"{name}@%h", "-c", str(args.concurrency), "--prefetch-multiplier=1", "--loglevel", args.loglevel,
+        "--without-gossip", "--without-mingle",
+    ]  # fmt: skip
+    os.execv(sys.executable, command)  # the worker replaces this process: signals reach Celery directly
+    return 0  # pragma: no cover
+
+
 def _lineage(args: argparse.Namespace) -> int:
     from synthaug_pipeline.lib.lineage import LineageError, describe_lineage, models_using_shard, read_lineage, verify_shards
 
@@ -281,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
         return _lineage(args)
     if args.command == "gc":
         return _gc(args)
+    if args.command == "worker":
+        return _worker(args)
     if args.command == "bench":
         return _bench(args)
     if args.command == "experiment":

@@ -14,6 +14,7 @@ import dagster as dg
 
 from synthaug_pipeline.defs.data.assets import build_data_assets
 from synthaug_pipeline.defs.evaluation.assets import build_evaluation_assets
+from synthaug_pipeline.defs.executors import build_executor, build_stage_jobs, gpu_steps, retry_policy
 from synthaug_pipeline.defs.experiments.assets import build_experiment_assets, experiment_jobs
 from synthaug_pipeline.defs.generation.assets import build_generation_assets
 from synthaug_pipeline.defs.generation.schedules import build_regeneration_schedule
@@ -39,21 +40,20 @@ def build_definitions(profile_name: str | None = None, overrides: list[str] | No
     with warnings.catch_warnings():  # backfill_policy is marked beta; it is the documented way to batch backfills
         warnings.simplefilter("ignore", dg.BetaWarning)
         assets = _assets(profile, partitions, batches)
-    per_class = dg.define_asset_job(
-        "synthaug_per_class",
-        selection=dg.AssetSelection.assets(*[a for a in assets if a.partitions_def == partitions]),
-        partitions_def=partitions,
-        description="The per-class assets of one class (pick a partition).",
-    )
     sealed = seal_overrides(list(overrides or []))  # the resource's config is stored by Dagster: no secrets in it
     settings = SynthaugSettings(profile=profile_name or os.environ.get(PROFILE_ENV_VAR) or DEFAULT_PROFILE, overrides=sealed)
     return dg.Definitions(
         assets=assets,
-        jobs=[per_class, *experiment_jobs(profile.experiments), *stage_jobs(assets, partitions)],
+        jobs=[
+            *build_stage_jobs(assets, partitions, profile.execution),  # every per-class asset / every shared one
+            *stage_jobs(assets, partitions, retry_policy(profile.execution)),  # `synthaug run`'s stages
+            *experiment_jobs(profile.experiments),
+        ],
         schedules=[build_regeneration_schedule(profile, class_ids)],
         sensors=[reap_dead_runs_sensor],
         resources={"settings": settings, "models": ModelsResource(), "io_manager": SynthaugIOManager(settings=settings)},
-        executor=dg.in_process_executor,  # steps of seconds: a process per step would cost more than the step
+        # in_process unless execution.executor says otherwise: steps of seconds cost less than a process per step
+        executor=build_executor(profile.execution, gpu_steps(assets)),
     )
 
 

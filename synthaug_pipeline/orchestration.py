@@ -13,6 +13,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,11 +23,12 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 
 from synthaug_pipeline.definitions import build_definitions
 from synthaug_pipeline.defs.resources import default_device, set_progress_listener
+from synthaug_pipeline.defs.executors import StagePool, apply_gpu_slots, check_distributable, check_executor_ready, wait_for_class
 from synthaug_pipeline.defs.launch import execute_named_job
 from synthaug_pipeline.defs.stages import Stage, derive_stages
 from synthaug_pipeline.defs.run_health import BlockedStepReporter, process_tags, reap_dead_runs
 from synthaug_pipeline.lib.classifier import reached_ratios, synthetic_images_needed
-from synthaug_pipeline.lib.config import Profile, load_profile
+from synthaug_pipeline.lib.config import Profile, ProfileError, load_profile
 from synthaug_pipeline.lib.datasets import check_classes, dataset_class_ids
 from synthaug_pipeline.lib.estimate import RunEstimate, estimate_run
 from synthaug_pipeline.lib.preflight import check_before_training
@@ -160,6 +162,15 @@ def run_pipeline(
         check_output_writable(profile)
     except OutputNotWritableError as exc:
         raise PipelineError(str(exc)) from None
+    execution = profile.execution
+    embedded = execution.executor == "in_process"  # the stage jobs run in this process, in class batches
+    if not embedded:
+        try:
+            check_distributable(overrides, execution.executor)
+            check_executor_ready(execution)
+        except ProfileError as exc:
+            raise PipelineError(str(exc)) from None
+    apply_gpu_slots(instance, execution)  # execution.gpu_slots: steps that train or sample at once, across runs
     freed = reap_dead_runs(instance)
     if freed:
         echo(f"      marked {len(freed)} run(s) whose process is gone as failed and freed their pool slots: {', '.join(r[:8] for r in freed)}")
@@ -169,15 +180,21 @@ def run_pipeline(
         if partitions and len(partitions) > 1:
             tags.update({ASSET_PARTITION_RANGE_START_TAG: partitions[0], ASSET_PARTITION_RANGE_END_TAG: partitions[-1]})
         with BlockedStepReporter(instance, echo):
-            result = execute_named_job(
-                defs,
-                stage.job_name,
-                instance,
-                asset_selection=selection,
-                run_config=run_config,
-                tags=tags,
-                partition_key=partitions[0] if partitions and len(partitions) == 1 else None,
-            )
+            if embedded:
+                result = execute_named_job(
+                    defs,
+                    stage.job_name,
+                    instance,
+                    asset_selection=selection,
+                    run_config=run_config,
+                    tags=tags,
+                    partition_key=partitions[0] if partitions and len(partitions) == 1 else None,
+                )
+            else:  # the profile's executor: steps in other processes or on workers, one class per run, retried per step_retries
+                partition = partitions[0] if partitions else None
+                if partition is not None:
+                    wait_for_class(instance, partition, echo)
+                result = stage_pool.execute(profile_name or profile.name, overrides, selection, partition, run_config, tags, OUTPUTS_READ)
         outcome.run_ids.append(result.run_id)
         if not result.success and not _only_blocking_checks_failed(result):
             where = f" (class {partitions[0]})" if partitions and len(partitions) == 1 else (f" (classes {partitions[0]}..{partitions[-1]})" if partitions else "")
@@ -185,18 +202,24 @@ def run_pipeline(
         return result
 
     set_progress_listener(lambda message: echo(f"      {_clock()} {message}"))
+    parallel = 1 if embedded else min(execution.max_concurrent, len(classes))
+    stage_pool = None if embedded else StagePool(instance, parallel)
+    batch = execution.classes_per_run if embedded else 1
     try:
-        _run_stages(classes, stages_of(defs), _StageRunner(materialize, planner, echo), outcome, echo, until)
+        _run_stages(classes, stages_of(defs), _StageRunner(materialize, planner, echo, batch, parallel), outcome, echo, until)
     finally:
         set_progress_listener(None)
+        if stage_pool is not None:
+            stage_pool.close()
     return outcome
 
 
 class _StageRunner:
     """Materializes what a stage needs: reused assets are skipped, the rest run together (per-class stages in batches)."""
 
-    def __init__(self, materialize, planner: ReusePlanner | None, echo: Callable[[str], None]):
+    def __init__(self, materialize, planner: ReusePlanner | None, echo: Callable[[str], None], batch: int = 1, parallel: int = 1):
         self.materialize, self.planner, self.echo = materialize, planner, echo
+        self.batch, self.parallel = batch, parallel
 
     def will_redo(self, asset: str, partition: str | None = None) -> bool:
         return self.planner is None or self.planner.reusable_run(asset, partition) is None
@@ -227,17 +250,38 @@ class _StageRunner:
                     values[asset] = result.output_for_node(asset)
         return values
 
-    def run_classes(self, stage: Stage, classes: list[str], batch: int) -> Iterator[tuple[list[str], dict[str, dict[str, object]]]]:
+    def run_classes(self, stage: Stage, classes: list[str]) -> Iterator[tuple[list[str], dict[str, dict[str, object]], float]]:
         """Run a per-class stage over ``classes`` in runs of up to ``batch`` consecutive classes that need the same
-        assets redone; yields each run's classes and ``{asset: {class: value}}`` of the values later stages read."""
+        assets redone; yields, in class order, each run's classes, ``{asset: {class: value}}`` of the values later
+        stages read, and its seconds. With ``parallel`` > 1 (executors other than in_process) up to that many runs go
+        at once; the first failure stops new runs from starting, lets the running ones finish, and is raised."""
         plans = [(c, tuple(a for a in stage.assets if a not in self._reused(stage.assets, c))) for c in classes]
+        groups: list[tuple[list[str], tuple[str, ...]]] = []
         group: list[str] = []
         for index, (class_id, todo) in enumerate(plans):
             group.append(class_id)
-            last = index == len(plans) - 1
-            if last or len(group) == batch or plans[index + 1][1] != todo:
-                yield group, self._run_group(stage, group, todo)
+            if index == len(plans) - 1 or len(group) == self.batch or plans[index + 1][1] != todo:
+                groups.append((group, todo))
                 group = []
+
+        def timed(group: list[str], todo: tuple[str, ...]):
+            started = time.perf_counter()
+            return self._run_group(stage, group, todo), time.perf_counter() - started
+
+        if self.parallel <= 1:
+            for group, todo in groups:
+                values, seconds = timed(group, todo)
+                yield group, values, seconds
+            return
+        with ThreadPoolExecutor(max_workers=self.parallel, thread_name_prefix="synthaug-class") as pool:
+            futures = [(group, pool.submit(timed, group, todo)) for group, todo in groups]
+            try:
+                for group, future in futures:
+                    values, seconds = future.result()
+                    yield group, values, seconds
+            finally:
+                for _, future in futures:
+                    future.cancel()  # runs not started yet; running ones finish before the pool closes
 
     def _run_group(self, stage: Stage, group: list[str], todo: tuple[str, ...]) -> dict[str, dict[str, object]]:
         values: dict[str, dict[str, object]] = {}
@@ -298,14 +342,12 @@ def _run_stages(
                     + ". Loosen filter.min_confidence / filter.min_accepted_per_class or improve the generator."
                 )
         if stage.per_class:
-            batch_started = time.perf_counter()
-            for group, values in runner.run_classes(stage, classes, profile.execution.classes_per_run):
+            for group, values, seconds in runner.run_classes(stage, classes):
                 for shard in (values.get("synthetic_shards") or {}).values():
                     _record_failed_checks(shard, outcome)
                     _check_supply(profile, outcome.catalog, shard, echo)
                 who = f"class {group[0]}" if len(group) == 1 else f"classes {group[0]}..{group[-1]} ({len(group)})"
-                echo(f"      {who}: {time.perf_counter() - batch_started:.1f}s")
-                batch_started = time.perf_counter()
+                echo(f"      {who}: {seconds:.1f}s")
         else:
             values = {}
             for asset in stage.assets:  # one run per asset: a failure stops the pipeline at once

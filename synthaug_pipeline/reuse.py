@@ -64,7 +64,7 @@ def asset_fingerprint(profile: Profile, asset: str) -> str:
         "asset": asset,
         "code": code_version(),
         "output": profile.output_url,
-        "settings": {name: getattr(profile, name).model_dump(mode="json") for name in sections if name not in ("name", "description")},
+        "settings": {name: getattr(profile, name).model_dump(mode="json") for name in sections if name not in ("name", "description", "execution")},
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -10,6 +10,7 @@ happens to load definitions next.
 """
 
 import gc
+import os
 
 import pytest
 
@@ -34,3 +35,27 @@ def no_dagster_instance_outlives_its_module(request):
             "close every instance and built context with `with`",
             pytrace=False,
         )
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint(tmp_path_factory):
+    """A SeaweedFS S3 server with bucket ``services.S3_BUCKET`` for the module that accepts only the credentials
+    ``services.S3_ACCESS_KEY`` / ``S3_SECRET``, set in the standard AWS variables; the environment and fsspec's
+    S3 defaults are restored after."""
+    import fsspec.config
+
+    from synthaug_pipeline_tests.services import S3_ACCESS_KEY, S3_BUCKET, S3_SECRET, seaweedfs
+
+    saved_env = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    saved_conf = fsspec.config.conf.get("s3")
+    os.environ.update(AWS_ACCESS_KEY_ID=S3_ACCESS_KEY, AWS_SECRET_ACCESS_KEY=S3_SECRET)
+    try:
+        with seaweedfs(tmp_path_factory.mktemp("seaweedfs"), S3_BUCKET, identity=(S3_ACCESS_KEY, S3_SECRET)) as endpoint:
+            yield endpoint
+    finally:
+        for key, value in saved_env.items():
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+        if saved_conf is None:
+            fsspec.config.conf.pop("s3", None)
+        else:
+            fsspec.config.conf["s3"] = saved_conf

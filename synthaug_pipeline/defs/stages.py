@@ -98,8 +98,11 @@ def derive_stages(assets: list[dg.AssetsDefinition], partitions: dg.PartitionsDe
     return tuple(stages)
 
 
-def stage_jobs(assets: list[dg.AssetsDefinition], partitions: dg.PartitionsDefinition) -> list[dg.UnresolvedAssetJobDefinition]:
-    """One job per stage, named ``synthaug_<stage>``; per-class stage jobs are partitioned by class."""
+def stage_jobs(
+    assets: list[dg.AssetsDefinition], partitions: dg.PartitionsDefinition, retry_policy: dg.RetryPolicy | None = None
+) -> list[dg.UnresolvedAssetJobDefinition]:
+    """One job per stage, named ``synthaug_<stage>``; per-class stage jobs are partitioned by class. ``retry_policy``:
+    the profile's step retries (execution.step_retries)."""
     return [
         dg.define_asset_job(
             stage.job_name,
@@ -107,6 +110,7 @@ def stage_jobs(assets: list[dg.AssetsDefinition], partitions: dg.PartitionsDefin
             partitions_def=partitions if stage.per_class else None,
             description=f"Stage '{stage.name}' of `synthaug run`: {stage.description}.",
             tags={"synthaug/stage": stage.name},
+            op_retry_policy=retry_policy,
         )
         for stage in derive_stages(assets, partitions)
     ]

@@ -450,6 +450,29 @@ class OutputConfig(_Section):
 
 
 class ExecutionConfig(_Section):
+    """Where steps run. Deployment settings: no asset reads them, so changing them redoes nothing."""
+
+    executor: Literal["in_process", "multiprocess", "celery", "k8s"] = Field(
+        "in_process",
+        description="in_process: every step in the run's process (the embedded default); multiprocess: one process per step "
+        "on this machine; celery: steps go to Celery workers (`synthaug worker`) through the broker in $SYNTHAUG_CELERY_BROKER; "
+        "k8s: one Kubernetes Job per step (dagster-k8s, inside a cluster deployed with docker/helm-values.yaml).",
+    )
+    max_concurrent: int = Field(
+        2, ge=1, le=64, description="multiprocess: steps of one run at once; also how many class runs `synthaug run` starts at once "
+        "with any executor but in_process."
+    )
+    gpu_slots: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="Slots of the instance's `gpu` pool (steps that train or sample at once, across all runs): set it to the number "
+        "of GPUs. None leaves the instance's setting (dagster.yaml concurrency.pools.default_limit, 1 by default).",
+    )
+    step_retries: int = Field(
+        0, ge=0, le=10, description="Retries of a failed step (a storage endpoint down mid-run, a lost worker); 0 fails at once."
+    )
+    retry_delay_s: float = Field(5.0, ge=0, le=3600, description="Seconds before the first step retry (doubled each retry, with jitter).")
     classes_per_run: int = Field(
         20,
         ge=1,
@@ -474,8 +497,8 @@ class Profile(_Section):
     experiments: ExperimentsConfig = Field(default_factory=ExperimentsConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     regeneration: RegenerationConfig = Field(default_factory=RegenerationConfig)
-    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
 
     @model_validator(mode="after")
     def _output_url_formats(self) -> Profile:

@@ -74,6 +74,7 @@ class SyntheticClass:
     negative_prompts: list[str | None] | None = None
     conditioning_image_ids: list[str] | None = None
     seconds: float = 0.0
+    device: str | None = None
     generator_revision: str | None = None
     generator_dtype: str | None = None
     clip_prompt: str | None = None  # what CLIP compares prompt-less images with: the class's disambiguated name

@@ -40,3 +40,31 @@ def failpoint(name: str) -> None:
     point, _, nth = wanted.partition("#")
     if point == name and _hits[name] >= int(nth or 1):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+FAIL_ONCE_ENV_VAR = "SYNTHAUG_FAIL_ONCE"  # "name:/path/of/marker": the first hit of `name` in any process raises
+
+
+class InjectedStorageError(ConnectionError):
+    """A transient failure injected by :func:`fail_once` (a storage endpoint that drops a request)."""
+
+
+def fail_once(name: str) -> None:
+    """Raise :class:`InjectedStorageError` at the first hit of ``name`` across all processes, then never again.
+
+    ``SYNTHAUG_FAIL_ONCE=name:/path/marker`` arms it; the hit that creates the marker file (atomically, so only
+    one process wins) raises. The retry tests use it to show that a step that fails on a transient storage
+    error is completed by its retry, with nothing half-written.
+    """
+    armed = os.environ.get(FAIL_ONCE_ENV_VAR)
+    if not armed or _suspended:
+        return
+    point, _, marker = armed.partition(":")
+    if point != name or not marker:
+        return
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.close(fd)
+    raise InjectedStorageError(f"injected transient storage failure at {name} (connection reset by the storage endpoint)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from synthaug_pipeline.lib.cost import cost_markdown, run_cost
+
 
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
@@ -171,5 +173,14 @@ def render_report_markdown(payload: dict) -> str:
         ],
         *_reached_lines(payload["models"]["augmented"].get("details", {}).get("lineage", {}).get("synthetic_ratio_by_class")),
         "",
+        *(cost_markdown(payload["cost"]) if payload.get("cost") else []),
     ]
     return "\n".join(lines)
+
+
+def report_cost(shards: list[dict], generator: dict, evaluation: dict) -> dict:
+    """The run's cost (lib.cost) from the shards' per-class records, the generator's time and the top-1 gain."""
+    models = evaluation["models"]
+    delta = _minus(models["classifier_augmented"]["in_domain"]["top1"], models["classifier_baseline"]["in_domain"]["top1"])
+    per_class = {shard["class_id"]: shard["cost"] for shard in shards if shard.get("cost")}  # shards of older runs have none
+    return run_cost(per_class, generator.get("seconds"), generator.get("device"), delta)

@@ -119,6 +119,7 @@ class ScoredClass:
     scores: ClassScores | None
     summary: dict[str, Any]
     error: str | None = None
+    seconds: float | None = None  # scoring time: part of the class's cost (lib.cost)
 
     @property
     def duplicate_threshold(self) -> float | None:

@@ -56,7 +56,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-from synthaug_pipeline.lib.faults import failpoint
+from synthaug_pipeline.lib.faults import fail_once, failpoint
 from synthaug_pipeline.lib.images import encode_image
 from synthaug_pipeline.lib.records import record
 from synthaug_pipeline.lib.redaction import redact_url
@@ -341,6 +341,7 @@ class ShardRef:
     run_id: str
     checks: dict[str, bool]
     error: str | None = None
+    cost: dict[str, Any] | None = None  # device seconds per generated / accepted image (lib.cost)
 
     @property
     def passed(self) -> bool:
@@ -348,7 +349,7 @@ class ShardRef:
 
     def lineage(self) -> dict[str, Any]:
         """What a model's lineage records of this shard."""
-        keys = ("class_id", "uri", "sha256", "num_accepted", "filter_version", "generator_version", "run_id")
+        keys = ("class_id", "uri", "sha256", "num_rows", "num_accepted", "filter_version", "generator_version", "run_id")
         return {key: getattr(self, key) for key in keys}
 
 
@@ -374,6 +375,7 @@ def _serialize(table: pa.Table) -> bytes:
 
 def _put_atomic(loc: _ClassLocation, name: str, data: bytes, suffix: str) -> None:
     """Make ``<folder>/name`` hold exactly ``data``, all or nothing, for every reader."""
+    fail_once("storage_put")  # tests: the storage drops this request; nothing was written yet
     put_atomic(loc.fs, f"{loc.folder}/{name}", data, suffix, point="shard_write")
 
 

@@ -26,6 +26,7 @@ EXPECTED_DEPS = {
     "report": {
         "class_catalog",
         "judge",
+        "generator",  # its training time is part of the run's cost
         "synthetic_shards",
         "synthetic_scores",
         "classifier_baseline",
@@ -66,6 +67,7 @@ def test_jobs_split_per_class_assets_from_the_experiment_grid():
         return {key.to_user_string() for key in defs.resolve_job_def(name).asset_layer.selected_asset_keys}
 
     assert selected("synthaug_per_class") == PER_CLASS
+    assert selected("synthaug_shared") == set(EXPECTED_DEPS) - PER_CLASS - EXPERIMENTS
     assert selected("synthaug_experiments") == EXPERIMENTS
 
 

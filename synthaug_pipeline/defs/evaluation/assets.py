@@ -13,7 +13,7 @@ from synthaug_pipeline.defs.resources import ModelsResource, SynthaugSettings, l
 from synthaug_pipeline.lib.evaluation import compare, evaluate, evaluate_under_shift, load_shift_set
 from synthaug_pipeline.lib.redaction import redact_settings, redact_url, redact_urls
 from synthaug_pipeline.lib.model_store import ModelRef
-from synthaug_pipeline.lib.report import render_report_markdown
+from synthaug_pipeline.lib.report import render_report_markdown, report_cost
 
 
 def build_evaluation_assets() -> list[dg.AssetsDefinition]:
@@ -89,6 +89,7 @@ def build_evaluation_assets() -> list[dg.AssetsDefinition]:
         settings: SynthaugSettings,
         class_catalog: dict,
         judge: ModelRef,
+        generator: ModelRef,
         synthetic_shards: Partitions,
         synthetic_scores: Partitions,
         classifier_baseline: ModelRef,
@@ -107,6 +108,7 @@ def build_evaluation_assets() -> list[dg.AssetsDefinition]:
             "evaluation": evaluation,
             "run_id": context.run_id,
         }
+        payload["cost"] = report_cost(payload["shards"], generator.details, evaluation)
         payload = redact_urls(payload)  # what the report records; `base` below still writes to the real URL
         base = profile.output_url.rstrip("/")
         markdown = render_report_markdown(payload)
@@ -114,6 +116,11 @@ def build_evaluation_assets() -> list[dg.AssetsDefinition]:
             with fsspec.open(f"{base}/{name}", "w") as handle:
                 handle.write(text)
         add_metadata(context, {"report_json": redact_url(f"{base}/report.json"), "report": dg.MetadataValue.md(markdown)})
-        return {"json": f"{base}/report.json", "markdown": f"{base}/report.md", "summary": payload["evaluation"]["delta"]}
+        return {
+            "json": f"{base}/report.json",
+            "markdown": f"{base}/report.md",
+            "summary": payload["evaluation"]["delta"],
+            "cost": payload["cost"],
+        }
 
     return [evaluation, report]

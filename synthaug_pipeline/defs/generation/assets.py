@@ -110,7 +110,8 @@ def train_ddpm_generator(
         version=version,
         model="ddpm",
         num_parameters=trained.num_parameters,
-        details={"backend": "ddpm", "kind": "ddpm", **lineage},
+        # seconds and device: the generator's share of the run's cost (lib.cost)
+        details={"backend": "ddpm", "kind": "ddpm", **lineage, "seconds": trained.seconds, "device": resolve_device(cfg.device)},
     )
 
 
@@ -148,6 +149,8 @@ def load_pretrained_generator(
             "revision": loaded.revision,
             "family": loaded.family,
             "class_indices": class_indices,
+            "seconds": loaded.load_seconds,
+            "device": resolve_device(cfg.device),
         },
     )
 
@@ -371,7 +374,8 @@ def build_generation_assets(
                 prompts=provenance["prompts"],
                 negative_prompts=provenance["negative_prompts"],
                 conditioning_image_ids=provenance["conditioning_image_ids"],
-                seconds=seconds,
+                seconds=seconds,  # sampling time on `device`: the class's cost (lib.cost)
+                device=resolve_device(cfg.device),
                 generator_revision=generator.get("revision"),
                 generator_dtype=generator.get("dtype", cfg.dtype),
                 # the text CLIP compares images with when they had no prompt (ddpm, DiT): the class's disambiguated name

@@ -46,6 +46,7 @@ from synthaug_pipeline.defs.resources import (
 from synthaug_pipeline.lib.classifier import save_classifier, train_classifier, untrained_classifier
 from synthaug_pipeline.lib.clip_score import ClipModelError
 from synthaug_pipeline.lib.config import Profile
+from synthaug_pipeline.lib.cost import class_cost, cost_metadata
 from synthaug_pipeline.lib.evaluation import evaluate
 from synthaug_pipeline.lib.faults import failpoint
 from synthaug_pipeline.lib.datasets import RealClass, stack_classes
@@ -173,7 +174,7 @@ def _scores(
     metadata["seconds"] = round(time.perf_counter() - started, 2)
     failpoint("synthetic_scores")
     add_partition_metadata(context, class_id, metadata)
-    return ScoredClass(class_id=class_id, class_index=synthetic.class_index, scores=scores, summary=summary, error=error)
+    return ScoredClass(class_id, synthetic.class_index, scores=scores, summary=summary, error=error, seconds=metadata["seconds"])
 
 
 def _shard(
@@ -242,6 +243,13 @@ def _shard(
         "error": error,
         "seconds": round(time.perf_counter() - started, 2),
     }
+    cost = class_cost(
+        synthetic.device,
+        {"sampling": synthetic.seconds, "scoring": scored.seconds, "shard": metadata["seconds"]},
+        len(synthetic.images),
+        shard.num_accepted,
+    )
+    metadata.update(cost_metadata(cost))
     add_partition_metadata(context, synthetic.class_id, {k: v for k, v in metadata.items() if v is not None})
     ref = ShardRef(
         class_id=synthetic.class_id,
@@ -255,6 +263,7 @@ def _shard(
         run_id=context.run_id,
         checks=checks,
         error=error,
+        cost=cost,
     )
     return ref, results
 
@@ -348,7 +357,9 @@ def build_scoring_assets(partitions: dg.PartitionsDefinition, backfill_policy: d
         refs, outcomes = PerPartition(), {}
         for class_id in context.partition_keys:
             refs[class_id], outcomes[class_id] = _shard(context, profile, synthetic_images[class_id], synthetic_scores[class_id])
-        yield dg.Output(refs)
+        # each class's data version is its shard's sha256: a model's input data version follows the shard bytes
+        versions = dg.DataVersionsByPartition({c: dg.DataVersion(ref.sha256) for c, ref in refs.items()})
+        yield dg.Output(refs, data_version=versions)
         for name in SHARD_CHECKS:
             if len(outcomes) == 1:
                 (passed, check_metadata), = [results[name] for results in outcomes.values()]

@@ -12,6 +12,7 @@ import numpy as np
 from synthaug_pipeline.lib.datasets import stack_classes
 from synthaug_pipeline.defs.io_managers import Partitions
 from synthaug_pipeline.defs.instance_queries import latest_materializations
+from synthaug_pipeline.defs.lineage_metadata import shard_lineage_table
 from synthaug_pipeline.defs.metadata import add_metadata
 from synthaug_pipeline.defs.resources import (
     SynthaugSettings,
@@ -65,6 +66,7 @@ def _model_record(context: dg.AssetExecutionContext, trained: TrainedClassifier,
             "seconds": round(trained.seconds, 1),
             "loss_curve": dg.MetadataValue.md(line_chart_markdown([h["loss"] for h in trained.history], "training loss")),
             "lineage": dg.MetadataValue.json(redact_urls(lineage)),
+            "shards": shard_lineage_table(lineage["shards"]),  # every shard partition read, as a table in the UI
         }
     )
     return ModelRef(role=name, url=url, version=version, model=trained.config.get("model", ""), details={"lineage": lineage})
