@@ -83,7 +83,7 @@ def train_ddpm_generator(
     if init_from is not None:
         log_progress(context, f"generator: fine-tuning {cfg.init_from} (version {init_from.version})")
     trained = train_generator(
-        images, labels, len(class_ids), cfg, progress=progress, device=resolve_device(cfg.device), init_from=init_from
+        images, labels, len(class_ids), cfg, progress=progress, device=str(resolve_device(cfg.device)), init_from=init_from
     )
     trained.config["class_ids"] = list(class_ids)  # lets a later generator.init_from check the label order
     url = model_url(profile.output_url, "generator", context.run_id)
@@ -111,7 +111,7 @@ def train_ddpm_generator(
         model="ddpm",
         num_parameters=trained.num_parameters,
         # seconds and device: the generator's share of the run's cost (lib.cost)
-        details={"backend": "ddpm", "kind": "ddpm", **lineage, "seconds": trained.seconds, "device": resolve_device(cfg.device)},
+        details={"backend": "ddpm", "kind": "ddpm", **lineage, "seconds": trained.seconds, "device": str(resolve_device(cfg.device))},
     )
 
 
@@ -150,7 +150,7 @@ def load_pretrained_generator(
             "family": loaded.family,
             "class_indices": class_indices,
             "seconds": loaded.load_seconds,
-            "device": resolve_device(cfg.device),
+            "device": str(resolve_device(cfg.device)),
         },
     )
 
@@ -375,7 +375,7 @@ def build_generation_assets(
                 negative_prompts=provenance["negative_prompts"],
                 conditioning_image_ids=provenance["conditioning_image_ids"],
                 seconds=seconds,  # sampling time on `device`: the class's cost (lib.cost)
-                device=resolve_device(cfg.device),
+                device=str(resolve_device(cfg.device)),
                 generator_revision=generator.get("revision"),
                 generator_dtype=generator.get("dtype", cfg.dtype),
                 # the text CLIP compares images with when they had no prompt (ddpm, DiT): the class's disambiguated name
