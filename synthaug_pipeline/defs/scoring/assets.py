@@ -357,9 +357,10 @@ def build_scoring_assets(partitions: dg.PartitionsDefinition, backfill_policy: d
         refs, outcomes = PerPartition(), {}
         for class_id in context.partition_keys:
             refs[class_id], outcomes[class_id] = _shard(context, profile, synthetic_images[class_id], synthetic_scores[class_id])
-        # each class's data version is its shard's sha256: a model's input data version follows the shard bytes
-        versions = dg.DataVersionsByPartition({c: dg.DataVersion(ref.sha256) for c, ref in refs.items()})
-        yield dg.Output(refs, data_version=versions)
+        # a one-class run gives the class its shard's sha256 as data version (a model's input data version follows the
+        # shard bytes); Output takes one version per step, so a batch of classes records the sha256 in each class's metadata
+        (only,) = refs.values() if len(refs) == 1 else (None,)
+        yield dg.Output(refs, data_version=dg.DataVersion(only.sha256) if only is not None else None)
         for name in SHARD_CHECKS:
             if len(outcomes) == 1:
                 (passed, check_metadata), = [results[name] for results in outcomes.values()]
