@@ -210,7 +210,7 @@ def test_shortfall_stops_at_the_class_or_trains_at_the_ratio_reached(tmp_path):
         lines: list[str] = []
         result = run_pipeline("digits", [*strict, "augmented.shortfall=use_available"], instance, echo=lines.append)
     assert any("warning: class '0': 0 accepted" in line for line in lines)
-    assert any("reused for class 0" in line and "synthetic_shards" in line for line in lines)  # the re-run regenerates nothing
+    assert any("reused for 2 classes" in line and "synthetic_shards" in line for line in lines)  # the re-run regenerates nothing
     lineage = result.report and json.loads((tmp_path / "output" / "report.json").read_text())["models"]["augmented"]["lineage"]
     assert lineage["synthetic_ratio_by_class"] == {"0": 0.0, "1": 0.0}
     assert "trained at the ratio they reach: 0 0, 1 0" in (tmp_path / "output" / "report.md").read_text()

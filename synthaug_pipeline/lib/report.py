@@ -171,7 +171,7 @@ def render_report_markdown(payload: dict) -> str:
             f"  - `{s['uri']}` sha256 {s['sha256'][:16]}, {s['num_accepted']}/{s['num_rows']} accepted, filter {s['filter_version']}"
             for s in payload["shards"]
         ],
-        *_reached_lines(payload["models"]["augmented"].get("details", {}).get("lineage", {}).get("synthetic_ratio_by_class")),
+        *_reached_lines(payload["models"]["augmented"].get("lineage", {}).get("synthetic_ratio_by_class")),
         "",
         *(cost_markdown(payload["cost"]) if payload.get("cost") else []),
     ]

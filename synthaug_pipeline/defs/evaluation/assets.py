@@ -16,6 +16,11 @@ from synthaug_pipeline.lib.model_store import ModelRef
 from synthaug_pipeline.lib.report import render_report_markdown, report_cost
 
 
+def _model_json(ref: ModelRef) -> dict:
+    """A model as report.json records it: name, where, which version, and its details (lineage, ...) at the top level."""
+    return {"name": ref.role, "url": ref.url, "version": ref.version, "model": ref.model, **ref.details}
+
+
 def build_evaluation_assets() -> list[dg.AssetsDefinition]:
     @dg.asset(group_name="evaluation", kinds={"pytorch"})
     def evaluation(
@@ -104,7 +109,7 @@ def build_evaluation_assets() -> list[dg.AssetsDefinition]:
             "judge": {**asdict(judge), "test_top1": judge.get("test_top1")},
             "per_class": {c: synthetic_scores[c].summary for c in class_catalog["class_ids"] if c in synthetic_scores},
             "shards": [asdict(synthetic_shards[c]) for c in class_catalog["class_ids"] if c in synthetic_shards],
-            "models": {"baseline": asdict(classifier_baseline), "augmented": asdict(classifier_augmented)},
+            "models": {"baseline": _model_json(classifier_baseline), "augmented": _model_json(classifier_augmented)},
             "evaluation": evaluation,
             "run_id": context.run_id,
         }
