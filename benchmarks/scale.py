@@ -33,27 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from synthaug_pipeline.lib.machine import describe_machine, finish_machine, machine_summary  # noqa: E402
+from synthaug_pipeline_tests.tiny_models import TINY_FOLDER_SETTINGS as TINY  # noqa: E402 - the tests' tiny settings
 
-TINY = [
-    "data.image_size=8",
-    "data.channels=1",
-    "data.train_per_class=null",
-    "data.test_fraction=0.34",
-    "generator.block_out_channels=[8, 16]",
-    "generator.norm_num_groups=4",
-    "generator.train_steps=2",
-    "generator.warmup_steps=1",
-    "generator.images_per_class=3",
-    "generator.sample_steps=2",
-    "judge.steps=2",
-    "classifier.steps=2",
-    "filter.min_confidence=0.0",
-    "filter.require_label_match=false",
-    "filter.min_accepted_per_class=0",
-    "augmented.synthetic_ratio=0.25",
-    "augmented.shortfall=use_available",
-    "evaluation.corruptions=[]",
-]
 
 
 def digits_folder(root: Path, classes: int, per_class: int = 6) -> Path:

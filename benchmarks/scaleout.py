@@ -25,20 +25,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-TINY = [
-    "data.test_per_class=20",
-    "generator.block_out_channels=[16, 32]",
-    "generator.train_steps=30",
-    "generator.warmup_steps=5",
-    "generator.images_per_class=12",
-    "generator.sample_steps=4",
-    "judge.steps=30",
-    "classifier.steps=20",
-    "filter.min_confidence=0.0",
-    "filter.require_label_match=false",
-    "augmented.synthetic_ratio=0.04",
-    "evaluation.severities=[2]",
-]
+from synthaug_pipeline_tests.defs.test_pipeline import tiny_overrides  # noqa: E402
+
+# the test suite's tiny two-class settings (data.classes and output.url are set per executor)
+TINY = [item for item in tiny_overrides("") if not item.startswith(("data.classes=", "output.url="))]
 
 
 def _bucket_bytes(fs, root: str, classes: list[str]) -> dict:

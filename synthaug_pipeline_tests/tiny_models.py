@@ -234,3 +234,27 @@ def shard_ref(class_id: str, checks: dict[str, bool], error: str | None = None):
     from synthaug_pipeline.lib.shards import ShardRef
 
     return ShardRef(class_id, f"memory://none/{class_id}.parquet", "0" * 64, 0, 0, "v", "{}", "g", "run", checks, error)
+
+
+# The folder profile at tiny settings (8x8 grey images, 2-step models, 3 generated images per class): measures
+# orchestration, storage and memory, not image quality. The storage-layer tests and benchmarks/scale.py use it.
+TINY_FOLDER_SETTINGS = [
+    "data.image_size=8",
+    "data.channels=1",
+    "data.train_per_class=null",
+    "data.test_fraction=0.34",
+    "generator.block_out_channels=[8, 16]",
+    "generator.norm_num_groups=4",
+    "generator.train_steps=2",
+    "generator.warmup_steps=1",
+    "generator.images_per_class=3",
+    "generator.sample_steps=2",
+    "judge.steps=2",
+    "classifier.steps=2",
+    "filter.min_confidence=0.0",
+    "filter.require_label_match=false",
+    "filter.min_accepted_per_class=0",
+    "augmented.synthetic_ratio=0.25",
+    "augmented.shortfall=use_available",
+    "evaluation.corruptions=[]",
+]

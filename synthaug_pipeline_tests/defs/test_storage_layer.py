@@ -20,6 +20,7 @@ from synthaug_pipeline.lib.datasets import RealClass
 from synthaug_pipeline.lib.model_store import PROCESS_STORE, ModelRef
 from synthaug_pipeline.lib.records import read_value
 from synthaug_pipeline.orchestration import run_pipeline
+from synthaug_pipeline_tests.tiny_models import TINY_FOLDER_SETTINGS
 
 
 def image_folder(root, classes: int, per_class: int = 6):
@@ -34,29 +35,7 @@ def image_folder(root, classes: int, per_class: int = 6):
 
 
 def tiny(data, output, classes_per_run: int) -> list[str]:
-    return [
-        f"data.path={data}",
-        "data.image_size=8",
-        "data.channels=1",
-        "data.train_per_class=null",
-        "data.test_fraction=0.34",
-        "generator.block_out_channels=[8, 16]",
-        "generator.norm_num_groups=4",
-        "generator.train_steps=2",
-        "generator.warmup_steps=1",
-        "generator.images_per_class=3",
-        "generator.sample_steps=2",
-        "judge.steps=2",
-        "classifier.steps=2",
-        "filter.min_confidence=0.0",
-        "filter.require_label_match=false",
-        "filter.min_accepted_per_class=0",
-        "augmented.synthetic_ratio=0.25",
-        "augmented.shortfall=use_available",
-        "evaluation.corruptions=[]",
-        f"execution.classes_per_run={classes_per_run}",
-        f"output.url={output}",
-    ]
+    return [f"data.path={data}", *TINY_FOLDER_SETTINGS, f"execution.classes_per_run={classes_per_run}", f"output.url={output}"]
 
 
 @pytest.fixture(scope="module")
