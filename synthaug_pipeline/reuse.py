@@ -22,10 +22,9 @@ from dagster._core.execution.stats import StepEventStatus
 
 import synthaug_pipeline
 from synthaug_pipeline.defs.instance_queries import latest_materializations
-from synthaug_pipeline.defs.io_managers import asset_folder
+from synthaug_pipeline.defs.io_managers import stored
 from synthaug_pipeline.defs.resources import latest_materialization
 from synthaug_pipeline.lib.config import Profile
-from synthaug_pipeline.lib.records import value_exists
 from synthaug_pipeline.lib.storage import output_filesystem
 
 FINGERPRINT_TAG = "synthaug/fingerprint."  # + asset name: one tag per asset the run materializes
@@ -155,8 +154,7 @@ class ReusePlanner:
         return self._step_status[run_id].get(asset) == StepEventStatus.SUCCESS
 
     def _stored(self, asset: str, partition: str | None) -> bool:
-        fs, base = output_filesystem(self.profile)
-        return value_exists(fs, asset_folder(base, asset, partition))
+        return stored(*output_filesystem(self.profile), asset, partition)
 
     def load(self, asset: str, partition: str | None = None):
         """The stored value of a reused asset, read through the definitions' IO manager."""

@@ -122,9 +122,9 @@ def stored_partitions(fs, base: str, asset: str) -> set[str]:
     return {path.rstrip("/").split("/")[-2] for path in found}
 
 
-def stored(profile_output_url: str, fs, asset: str, partition: str | None) -> bool:
+def stored(fs, output_url: str, asset: str, partition: str | None) -> bool:
     """Whether ``asset`` (``partition``) has a committed value under the output URL."""
-    return value_exists(fs, asset_folder(profile_output_url, asset, partition))
+    return value_exists(fs, asset_folder(output_url, asset, partition))
 
 
 # An input annotated ``Partitions`` accepts any ``{partition: value}`` mapping (tests hand assets plain dicts).

@@ -11,7 +11,7 @@ from pydantic import Field
 
 from synthaug_pipeline.lib.config import DEFAULT_PROFILE, Profile, load_profile
 from synthaug_pipeline.lib.datasets import Dataset, load_dataset
-from synthaug_pipeline.lib.model_store import PROCESS_STORE, ModelRef, ModelStore
+from synthaug_pipeline.lib.model_store import PROCESS_STORE, ModelRef
 from synthaug_pipeline.lib.progress import Eta
 from synthaug_pipeline.lib.redaction import redact_url
 from synthaug_pipeline.lib.storage import configure_output_storage
@@ -57,9 +57,6 @@ class ModelsResource(dg.ConfigurableResource):
     With the in-process executor (the default) a run is one process, so a batched backfill of N classes
     loads the generator, judge, CLIP model and language model once each.
     """
-
-    def store(self) -> ModelStore:
-        return PROCESS_STORE
 
     def generator(self, ref: ModelRef):
         """The DDPM a ``generator`` asset trained (``ref``)."""
