@@ -78,8 +78,8 @@ class ModelsResource(dg.ConfigurableResource):
         from synthaug_pipeline.lib.pretrained import load_pretrained
 
         loaded = load_pretrained(kind, model, dtype, device, compile, revision=revision, safety_checker=safety_checker)
-        # counted once per (pipeline, version): the lib keeps the loaded pipeline itself
-        PROCESS_STORE.get("pretrained_generator", (kind, model, revision, loaded.version, dtype, device, bool(compile)), lambda: loaded)
+        # counted once per (pipeline, version); the lib's own cache holds it, so a replaced version is freed there
+        PROCESS_STORE.record_load("pretrained_generator", (kind, model, revision, loaded.version, dtype, device, bool(compile)))
         return loaded
 
     def clip(self, model: str, pretrained: str | None, batch_size: int, device: str, section: str = "scoring"):

@@ -48,6 +48,7 @@ class ModelStore:
         self.capacity = capacity
         self.loads: Counter[str] = Counter()  # kind -> loads made
         self._models: OrderedDict[tuple[str, Hashable], Any] = OrderedDict()
+        self._counted: set[tuple[str, Hashable]] = set()
         self._lock = threading.Lock()
 
     def get(self, kind: str, key: Hashable, load: Callable[[], Any]) -> Any:
@@ -77,9 +78,18 @@ class ModelStore:
 
         return self.get(kind, (url, version), load_checked)
 
+    def record_load(self, kind: str, key: Hashable) -> None:
+        """Count a load made by a loader that keeps its own cache (pretrained pipelines): once per key, and the
+        model itself is not held here, so that cache alone decides when it is freed."""
+        with self._lock:
+            if (kind, key) not in self._counted:
+                self._counted.add((kind, key))
+                self.loads[kind] += 1
+
     def clear(self) -> None:
         with self._lock:
             self._models.clear()
+            self._counted.clear()
             self.loads.clear()
 
 

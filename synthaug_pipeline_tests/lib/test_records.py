@@ -144,3 +144,5 @@ def test_model_store_loads_each_model_once_and_refuses_a_rewritten_one():
         store.versioned("generator", "/g", "v2", load)
     store.get("a", 1, lambda: 1), store.get("b", 2, lambda: 2), store.get("c", 3, lambda: 3)
     assert len(store._models) == 2  # least recently used dropped
+    store.record_load("pretrained_generator", ("dit", "v1")), store.record_load("pretrained_generator", ("dit", "v1"))
+    assert store.loads["pretrained_generator"] == 1 and len(store._models) == 2  # counted once, not held
