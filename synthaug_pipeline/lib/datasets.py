@@ -12,7 +12,6 @@ import gzip
 import struct
 import unicodedata
 from collections import Counter
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,14 +85,6 @@ class RealClass:
     test: np.ndarray
     train_ids: list[str] | None = None  # stable names of the training images, when the source has them
     validation: np.ndarray | None = None  # carved from training (data.validation_fraction); None without it
-
-
-def stack_classes(classes: Mapping[str, RealClass] | Sequence[RealClass], split: str) -> tuple[np.ndarray, np.ndarray]:
-    """All given classes' images of one split with their class indices, in class order."""
-    parts = sorted(classes.values() if isinstance(classes, Mapping) else classes, key=lambda part: part.class_index)
-    images = np.concatenate([getattr(part, split) for part in parts])
-    labels = np.concatenate([np.full(len(getattr(part, split)), part.class_index, dtype=np.int64) for part in parts])
-    return images, labels
 
 
 # --- class lists (cheap, no pixels) -------------------------------------------------------

@@ -20,7 +20,7 @@ augmented model and the real-only baseline (overall, per class, per corruption, 
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -77,18 +77,26 @@ def corrupt(images: np.ndarray, kind: str, severity: int, seed: int = 0) -> np.n
 
     Deterministic for a given ``seed`` (only gaussian_noise is random).
     """
+    _check_corruption(kind, severity)
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError("corrupt expects uint8 images shaped [N, H, W, C]")
+    return _corrupt(images, kind, int(severity) - 1, np.random.default_rng(seed))
+
+
+def _check_corruption(kind: str, severity: Any) -> None:
     if kind not in CORRUPTIONS:
         raise ValueError(f"unknown corruption {kind!r}: choose one of {', '.join(CORRUPTIONS)}")
     if isinstance(severity, bool) or not isinstance(severity, (int, np.integer)) or severity not in SEVERITIES:
         raise ValueError(f"corruption severity must be an integer from 1 to 5, got {severity!r}")
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
-        raise ValueError("corrupt expects uint8 images shaped [N, H, W, C]")
-    level = int(severity) - 1
+
+
+def _corrupt(images: np.ndarray, kind: str, level: int, rng: np.random.Generator) -> np.ndarray:
+    """:func:`corrupt` with checked arguments; ``rng`` (only gaussian_noise draws from it) may carry on over chunks:
+    noise drawn chunk by chunk from one generator equals noise drawn for the whole set at once."""
     if kind == "jpeg":
         return _jpeg(images, JPEG_QUALITY[level])
     x = images.astype(np.float32)
     if kind == "gaussian_noise":
-        rng = np.random.default_rng(seed)
         x = x + rng.normal(0.0, NOISE_STD[level] * 255.0, size=x.shape).astype(np.float32)
     elif kind == "gaussian_blur":
         sigma = BLUR_SIGMA[level] * min(images.shape[1:3])
@@ -99,7 +107,7 @@ def corrupt(images: np.ndarray, kind: str, severity: int, seed: int = 0) -> np.n
     elif kind == "brightness":
         x = _brighten(x / 255.0, BRIGHTNESS_SHIFT[level]) * 255.0
     else:  # pixelate
-        x = _pixelate(x, pixelate_size(images.shape[1], severity), pixelate_size(images.shape[2], severity))
+        x = _pixelate(x, pixelate_size(images.shape[1], level + 1), pixelate_size(images.shape[2], level + 1))
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
@@ -158,39 +166,81 @@ def _logits(model: nn.Module, images: np.ndarray, batch_size: int) -> torch.Tens
     return torch.cat(chunks)
 
 
-def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray, class_ids: list[str], batch_size: int = 512) -> dict[str, Any]:
-    """Accuracy of ``model`` on labelled uint8 images.
+CHUNK_BYTES = 64 * 2**20  # pixels read (and corrupted) at a time: memory does not grow with the test set
 
-    Returns ``{"top1", "top5" (None unless more than 10 classes), "n", "per_class": {class_id:
-    accuracy or None when the class has no images}, "confusion": [[int]] rows = true, cols = predicted}``.
-    """
+
+def chunk_rows(images: np.ndarray, batch_size: int) -> int:
+    """Rows of ``images`` evaluated at a time: about CHUNK_BYTES of pixels, a whole number of batches (so the
+    model sees the same batches as over the whole array at once, whatever the chunking)."""
+    per_image = max(1, int(np.prod(images.shape[1:])))
+    return max(1, CHUNK_BYTES // per_image // batch_size) * batch_size
+
+
+def _chunks(images: np.ndarray, batch_size: int, kind: str | None = None, level: int = 0, seed: int = 0) -> Iterator[np.ndarray]:
+    """``images`` in consecutive chunks (:func:`chunk_rows`), corrupted by ``kind`` at ``level`` when given."""
+    rng = np.random.default_rng(seed)
+    step = chunk_rows(images, batch_size)
+    for start in range(0, len(images), step):
+        chunk = np.array(images[start : start + step])  # in RAM and writable (a memmap's pages are read-only)
+        yield chunk if kind is None else _corrupt(chunk, kind, level, rng)
+
+
+def _predictions(model: nn.Module, chunks: Iterable[np.ndarray], labels: np.ndarray, num_classes: int, batch_size: int):
+    """Top-1 predictions ``[N]`` and, with more than 10 classes, whether the label is in the top 5 (``[N]`` bool)."""
+    predicted, hits, start = [], [], 0
+    for chunk in chunks:
+        logits = _logits(model, chunk, batch_size)
+        if logits.shape[1] != num_classes:
+            raise ValueError(f"the model predicts {logits.shape[1]} classes but {num_classes} class ids were given")
+        predicted.append(logits.argmax(dim=1).numpy())
+        if num_classes > 10:
+            top5_classes = logits.topk(5, dim=1).indices.numpy()
+            hits.append((top5_classes == labels[start : start + len(chunk), None]).any(axis=1))
+        start += len(chunk)
+    return np.concatenate(predicted), (np.concatenate(hits) if num_classes > 10 else None)
+
+
+def _check_labelled(images: np.ndarray, labels: Any, num_classes: int) -> np.ndarray:
     labels = np.asarray(labels, dtype=np.int64)
-    num_classes = len(class_ids)
     if len(images) == 0:
         raise ValueError("evaluate needs at least one labelled image")
     if len(labels) != len(images):
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
     if labels.min() < 0 or labels.max() >= num_classes:
         raise ValueError(f"labels must lie in [0, {num_classes}) for {num_classes} class ids")
-    logits = _logits(model, images, batch_size)
-    if logits.shape[1] != num_classes:
-        raise ValueError(f"the model predicts {logits.shape[1]} classes but {num_classes} class ids were given")
+    return labels
 
-    predicted = logits.argmax(dim=1).numpy()
+
+def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray, class_ids: list[str], batch_size: int = 512) -> dict[str, Any]:
+    """Accuracy of ``model`` on labelled uint8 images.
+
+    Returns ``{"top1", "top5" (None unless more than 10 classes), "n", "per_class": {class_id:
+    accuracy or None when the class has no images}, "confusion": [[int]] rows = true, cols = predicted}``.
+    ``images`` may be a memmap (:mod:`synthaug_pipeline.lib.class_splits`): it is read a chunk at a time.
+    """
+    num_classes = len(class_ids)
+    labels = _check_labelled(images, labels, num_classes)
+    predicted, top5_hits = _predictions(model, _chunks(images, batch_size), labels, num_classes, batch_size)
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(confusion, (labels, predicted), 1)
     support = confusion.sum(axis=1)
-    top5 = None
-    if num_classes > 10:
-        top5_classes = logits.topk(5, dim=1).indices.numpy()
-        top5 = float((top5_classes == labels[:, None]).any(axis=1).mean())
     return {
         "top1": float((predicted == labels).mean()),
-        "top5": top5,
+        "top5": float(top5_hits.mean()) if top5_hits is not None else None,
         "n": int(len(labels)),
         "per_class": {class_id: (float(confusion[i, i] / support[i]) if support[i] else None) for i, class_id in enumerate(class_ids)},
         "confusion": confusion.tolist(),
     }
+
+
+def corrupted_top1(
+    model: nn.Module, images: np.ndarray, labels: np.ndarray, num_classes: int, kind: str, severity: int, seed: int = 0, batch_size: int = 512
+) -> float:
+    """Top-1 of ``model`` on ``corrupt(images, kind, severity, seed)``, corrupting a chunk at a time (same numbers)."""
+    _check_corruption(kind, severity)
+    labels = _check_labelled(images, labels, num_classes)
+    predicted, _ = _predictions(model, _chunks(images, batch_size, kind, int(severity) - 1, seed), labels, num_classes, batch_size)
+    return float((predicted == labels).mean())
 
 
 def evaluate_under_shift(
@@ -217,7 +267,7 @@ def evaluate_under_shift(
     in_domain = evaluate(model, images, labels, class_ids, batch_size)
     severities = list(severities)
     shifted = {
-        f"{kind}@{severity}": evaluate(model, corrupt(images, kind, severity, seed), labels, class_ids, batch_size)["top1"]
+        f"{kind}@{severity}": corrupted_top1(model, images, labels, len(class_ids), kind, severity, seed, batch_size)
         for kind in corruptions
         for severity in severities
     }

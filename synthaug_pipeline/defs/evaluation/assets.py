@@ -6,7 +6,7 @@ from dataclasses import asdict
 import dagster as dg
 import fsspec
 
-from synthaug_pipeline.lib.datasets import stack_classes
+from synthaug_pipeline.lib.class_splits import spill_classes
 from synthaug_pipeline.defs.io_managers import Partitions
 from synthaug_pipeline.defs.metadata import add_metadata
 from synthaug_pipeline.defs.resources import ModelsResource, SynthaugSettings, log_progress
@@ -36,7 +36,10 @@ def build_evaluation_assets() -> list[dg.AssetsDefinition]:
         copies of it and on the extra shifted test sets; the augmented-minus-baseline deltas of all of them."""
         cfg = settings.load().evaluation
         class_ids = class_catalog["class_ids"]
-        images, labels = stack_classes(real_images, "test")
+        # test and validation in one pass over the class stores, one class in RAM at a time (lib.class_splits);
+        # evaluate reads them back a chunk at a time
+        spilled = spill_classes(real_images, ("test", "validation"))
+        images, labels = spilled["test"].images, spilled["test"].labels
         shift_sets = {
             name: load_shift_set(name, url, class_ids, class_catalog["image_shape"], cfg.shift_folder_labels.get(name, "class_id"))
             for name, url in cfg.shift_folders.items()
@@ -71,10 +74,9 @@ def build_evaluation_assets() -> list[dg.AssetsDefinition]:
                 {f"baseline_top1_{name}": base["shift_sets"][name]["top1"], f"augmented_top1_{name}": aug["shift_sets"][name]["top1"]}
             )
         validation_error = None
-        validation = [real_images[c] for c in class_ids if c in real_images]
-        if validation and all(part.validation is not None for part in validation):
+        if spilled.has("validation"):
             # the closed loop's signal (regeneration.metric=validation_error): which classes the augmented model still gets wrong
-            val_images, val_labels = stack_classes(real_images, "validation")
+            val_images, val_labels = spilled["validation"].images, spilled["validation"].labels
             model = models.classifier(classifier_augmented).model
             per_class = evaluate(model, val_images, val_labels, class_ids)["per_class"]
             validation_error = {c: None if a is None else 1.0 - a for c, a in per_class.items()}

@@ -32,7 +32,7 @@ from synthaug_pipeline.defs.resources import (
 from synthaug_pipeline.defs.training.assets import upstream_materializations
 from synthaug_pipeline.lib.classifier import save_classifier, train_classifier, train_classifier_synthetic_only
 from synthaug_pipeline.lib.config import ExperimentsConfig
-from synthaug_pipeline.lib.datasets import stack_classes
+from synthaug_pipeline.lib.class_splits import spill_classes
 from synthaug_pipeline.lib.control import train_control
 from synthaug_pipeline.lib.diffusion import save_generator
 from synthaug_pipeline.lib.evaluation import evaluate_under_shift, load_shift_set
@@ -112,8 +112,10 @@ def build_experiment_assets(experiments: ExperimentsConfig) -> list[dg.AssetsDef
         shards = [synthetic_shards[c] for c in class_ids if c in synthetic_shards]
         if spec.uses_synthetic:
             check_shards_passed(shards, f"experiment {spec.key}")
-        check_experiment_grid(profile, class_ids, [len(real_images[c].train) for c in class_ids])  # before any training
-        images, labels = stack_classes(real_images, "train")
+        # every split in one pass over the class stores, one class in RAM at a time (lib.class_splits)
+        spilled = spill_classes(real_images, ("train", "validation", "test"))
+        check_experiment_grid(profile, class_ids, [spilled.counts["train"][c] for c in class_ids])  # before any training
+        images, labels = spilled["train"].images, spilled["train"].labels
         shift_sets = {  # read (and class-checked) before training, like everything else this run needs
             name: load_shift_set(
                 name, url, class_ids, class_catalog["image_shape"], profile.evaluation.shift_folder_labels.get(name, "class_id")
@@ -134,7 +136,8 @@ def build_experiment_assets(experiments: ExperimentsConfig) -> list[dg.AssetsDef
             pool_labels = np.asarray(rows["class_index"].to_numpy(zero_copy_only=False), dtype=np.int64)
         plan = plan_experiment(spec, profile.experiments, labels, pool_labels, class_ids)  # raises before any training
         if plan.extra_from_real:
-            synthetic, synthetic_labels = images[plan.synthetic_indices], labels[plan.synthetic_indices]
+            extra = spilled["train"].take(plan.synthetic_indices)  # copied to its own spill file, not into RAM
+            synthetic, synthetic_labels = extra.images, extra.labels
         elif control is not None:
             if not np.array_equal(control["real_indices"], plan.real_indices):
                 raise ValueError(
@@ -152,9 +155,10 @@ def build_experiment_assets(experiments: ExperimentsConfig) -> list[dg.AssetsDef
         if spec.synthetic_only:
             trained = train_classifier_synthetic_only(synthetic, synthetic_labels, len(class_ids), cfg, progress, default_device())
         else:
+            kept = spilled["train"].take(plan.real_indices)
             trained = train_classifier(
-                images[plan.real_indices],
-                labels[plan.real_indices],
+                kept.images,
+                kept.labels,
                 len(class_ids),
                 cfg,
                 synthetic_images=synthetic,
@@ -166,13 +170,13 @@ def build_experiment_assets(experiments: ExperimentsConfig) -> list[dg.AssetsDef
             )
         evaluated_at = time.perf_counter()
         validation = None
-        if all(part.validation is not None for part in real_images.values()):
-            val_images, val_labels = stack_classes(real_images, "validation")
-            rows_used = validation_subset(val_labels, profile.experiments.validation_per_class)
+        if spilled.has("validation"):
+            rows_used = validation_subset(spilled["validation"].labels, profile.experiments.validation_per_class)
+            subset = spilled["validation"].take(rows_used)
             scores = evaluate_under_shift(
                 trained.model.to(default_device()),
-                val_images[rows_used],
-                val_labels[rows_used],
+                subset.images,
+                subset.labels,
                 class_ids,
                 profile.evaluation.corruptions,
                 profile.evaluation.severities,
@@ -184,7 +188,7 @@ def build_experiment_assets(experiments: ExperimentsConfig) -> list[dg.AssetsDef
                 "per_class": scores["in_domain"]["per_class"],
                 "images": int(len(rows_used)),
             }
-        test_images, test_labels = stack_classes(real_images, "test")
+        test_images, test_labels = spilled["test"].images, spilled["test"].labels
         evaluation = evaluate_under_shift(
             trained.model.to(default_device()),
             test_images,
@@ -311,7 +315,8 @@ def build_experiment_assets(experiments: ExperimentsConfig) -> list[dg.AssetsDef
             profile = settings.load()
             seed = int(context.partition_key.rsplit("-s", 1)[1])
             class_ids = class_catalog["class_ids"]
-            images, labels = stack_classes(real_images, "train")
+            real = spill_classes(real_images, ("train",))["train"]  # one class in RAM at a time (lib.class_splits)
+            images, labels = real.images, real.labels
             subset = few_shot_subset(labels, profile.experiments, seed, len(class_ids))
             url = model_url(profile.output_url, f"control_generator-{context.partition_key}", context.run_id)
             samples = train_control(

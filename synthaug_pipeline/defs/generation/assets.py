@@ -23,7 +23,8 @@ from synthaug_pipeline.defs.resources import (
 )
 from synthaug_pipeline.lib.conditioning import conditioning_images, pixel_ids
 from synthaug_pipeline.lib.config import GeneratorConfig, Profile
-from synthaug_pipeline.lib.datasets import RealClass, stack_classes
+from synthaug_pipeline.lib.class_splits import spill_classes
+from synthaug_pipeline.lib.datasets import RealClass
 from synthaug_pipeline.lib.diffusion import (
     SyntheticClass,
     image_seed,
@@ -73,7 +74,10 @@ def train_ddpm_generator(
     training images and save it under the run's id."""
     cfg = profile.generator
     init_from = load_init_generator(cfg, class_ids) if cfg.init_from else None  # fail before reading images
-    images, labels = stack_classes(real_images, "train")
+    # read one class at a time into a spill file (lib.class_splits); the DDPM trainer (tiny images only) then holds its
+    # training set on the device
+    real = spill_classes(real_images, ("train",))["train"]
+    images, labels = np.array(real.images), real.labels
 
     eta = Eta(cfg.train_steps)
 

@@ -49,7 +49,8 @@ from synthaug_pipeline.lib.config import Profile
 from synthaug_pipeline.lib.cost import class_cost, cost_metadata
 from synthaug_pipeline.lib.evaluation import evaluate
 from synthaug_pipeline.lib.faults import failpoint
-from synthaug_pipeline.lib.datasets import RealClass, stack_classes
+from synthaug_pipeline.lib.class_splits import spill_classes
+from synthaug_pipeline.lib.datasets import RealClass
 from synthaug_pipeline.lib.diffusion import SyntheticClass
 from synthaug_pipeline.lib.features import (
     FeatureExtractor,
@@ -277,7 +278,8 @@ def build_scoring_assets(partitions: dg.PartitionsDefinition, backfill_policy: d
     ) -> ModelRef:
         """A classifier trained on the real training split; it scores synthetic images and provides features."""
         profile = settings.load()
-        images, labels = stack_classes(real_images, "train")
+        spilled = spill_classes(real_images, ("train", "test"))  # one class in RAM at a time (lib.class_splits)
+        images, labels = spilled["train"].images, spilled["train"].labels
         num_classes = len(class_catalog["class_ids"])
         model_name = profile.judge.model
         if profile.judge.pretrained:  # ImageNet weights used as-is: the run's classes pick their logits by wnid
@@ -297,7 +299,7 @@ def build_scoring_assets(partitions: dg.PartitionsDefinition, backfill_policy: d
         del images, labels
         url = model_url(profile.output_url, "judge", context.run_id)
         version = save_classifier(trained, url)
-        test_images, test_labels = stack_classes(real_images, "test")
+        test_images, test_labels = spilled["test"].images, spilled["test"].labels
         # no held-out image (one image per class): no accuracy to report
         accuracy = evaluate(trained.model, test_images, test_labels, class_catalog["class_ids"])["top1"] if len(test_images) else None
         add_metadata(

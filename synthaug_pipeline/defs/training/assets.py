@@ -9,7 +9,7 @@ has the synthetic images its ratio asks for. Lineage records the upstream materi
 import dagster as dg
 import numpy as np
 
-from synthaug_pipeline.lib.datasets import stack_classes
+from synthaug_pipeline.lib.class_splits import Split, spill_batches, spill_classes
 from synthaug_pipeline.defs.io_managers import Partitions
 from synthaug_pipeline.defs.instance_queries import latest_materializations
 from synthaug_pipeline.defs.lineage_metadata import shard_lineage_table
@@ -29,7 +29,13 @@ from synthaug_pipeline.lib.plots import line_chart_markdown
 from synthaug_pipeline.lib.preflight import check_shards_passed
 from synthaug_pipeline.lib.redaction import redact_url, redact_urls
 from synthaug_pipeline.lib.model_store import ModelRef
-from synthaug_pipeline.lib.shards import decode_shard_images, read_verified_shards
+from synthaug_pipeline.lib.shards import ShardRef, decode_shard_images, read_verified_shards
+
+
+def synthetic_pool(shards: list[ShardRef], image_shape: tuple[int, ...]) -> Split:
+    """The accepted rows of ``shards``, checked against the bytes their scoring run wrote, decoded one shard at a time
+    into a spilled split (:mod:`synthaug_pipeline.lib.class_splits`): same rows, same order as decoding them all at once."""
+    return spill_batches((decode_shard_images(read_verified_shards([shard])) for shard in shards), "synthetic", image_shape)
 
 
 def _materialization(record) -> dict | None:
@@ -80,7 +86,8 @@ def build_training_assets() -> list[dg.AssetsDefinition]:
         """A classifier trained on the real training images only."""
         profile = settings.load()
         check_shift_folders(profile.evaluation.shift_folders, class_catalog["class_ids"], profile.evaluation.shift_folder_labels)
-        images, labels = stack_classes(real_images, "train")
+        real = spill_classes(real_images, ("train",))["train"]  # one class in RAM at a time (lib.class_splits)
+        images, labels = real.images, real.labels
         trained = train_classifier(
             images,
             labels,
@@ -118,11 +125,10 @@ def build_training_assets() -> list[dg.AssetsDefinition]:
         if profile.augmented.synthetic_ratio > 0:  # checks of a run materialized earlier count too, not only this run's
             check_shards_passed(shards, "classifier_augmented")
         check_shift_folders(profile.evaluation.shift_folders, class_ids, profile.evaluation.shift_folder_labels)
-        images, labels = stack_classes(real_images, "train")
-        table = read_verified_shards(shards)  # the exact bytes the scoring run wrote
-        synthetic, synthetic_labels = (
-            decode_shard_images(table) if table.num_rows else (np.zeros((0, *images.shape[1:]), np.uint8), np.zeros(0, np.int64))
-        )
+        real = spill_classes(real_images, ("train",))["train"]  # one class in RAM at a time (lib.class_splits)
+        images, labels = real.images, real.labels
+        pool = synthetic_pool(shards, images.shape[1:])  # the exact bytes the scoring run wrote, one shard at a time
+        synthetic, synthetic_labels = pool.images, pool.labels
         ratio = profile.augmented.synthetic_ratio
         use_available = profile.augmented.shortfall == "use_available"
         if not use_available:
