@@ -109,7 +109,7 @@ def _validate(profile_name: str | None, overrides: list[str], classes: list[str]
     check_dataset_available(data)
     known = dataset_class_ids(profile.data)
     if profile.evaluation.shift_folders:
-        from synthaug_pipeline.lib.evaluation import check_shift_folders  # imports torch: only when needed
+        from synthaug_pipeline.lib.shift_sets import check_shift_folders
 
         check_shift_folders(profile.evaluation.shift_folders, known, profile.evaluation.shift_folder_labels)
     if classes:

@@ -17,7 +17,7 @@ import numpy as np
 
 from synthaug_pipeline.lib.classifier import check_synthetic_supply, synthetic_images_needed
 from synthaug_pipeline.lib.config import Profile, ProfileError
-from synthaug_pipeline.lib.evaluation import check_shift_folders
+from synthaug_pipeline.lib.shift_sets import check_shift_folders
 from synthaug_pipeline.lib.experiments import experiment_grid, format_ratio
 from synthaug_pipeline.lib.regimes import long_tail_counts
 from synthaug_pipeline.lib.shards import ShardRef

@@ -18,14 +18,13 @@ from torch import nn
 from synthaug_pipeline.lib.config import ProfileError
 from synthaug_pipeline.lib.evaluation import (
     CORRUPTIONS,
-    check_shift_folders,
     compare,
     corrupt,
     evaluate,
     evaluate_under_shift,
-    load_shift_set,
     pixelate_size,
 )
+from synthaug_pipeline.lib.shift_sets import check_shift_folders, load_shift_set
 
 
 class MeanDecoder(nn.Module):

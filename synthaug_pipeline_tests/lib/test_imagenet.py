@@ -246,7 +246,7 @@ def test_the_samples_parquet_serves_all_1000_classes_with_one_image_each():
 
 
 def test_shift_sets_of_wnids_or_indices_keep_the_runs_classes(tmp_path):
-    from synthaug_pipeline.lib.evaluation import check_shift_folders, load_shift_set
+    from synthaug_pipeline.lib.shift_sets import check_shift_folders, load_shift_set
 
     for folder, names in (("r", [TENCH, SHARK, "n01491361"]), ("v2", ["0", "2", "3"])):
         for i, name in enumerate(names):

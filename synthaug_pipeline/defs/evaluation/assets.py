@@ -10,7 +10,8 @@ from synthaug_pipeline.lib.class_splits import spill_classes
 from synthaug_pipeline.defs.io_managers import Partitions
 from synthaug_pipeline.defs.metadata import add_metadata
 from synthaug_pipeline.defs.resources import ModelsResource, SynthaugSettings, log_progress
-from synthaug_pipeline.lib.evaluation import compare, evaluate, evaluate_under_shift, load_shift_set
+from synthaug_pipeline.lib.evaluation import compare, evaluate, evaluate_under_shift
+from synthaug_pipeline.lib.shift_sets import load_shift_set
 from synthaug_pipeline.lib.redaction import redact_settings, redact_url, redact_urls
 from synthaug_pipeline.lib.model_store import ModelRef
 from synthaug_pipeline.lib.report import render_report_markdown, report_cost

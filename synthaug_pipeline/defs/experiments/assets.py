@@ -35,7 +35,8 @@ from synthaug_pipeline.lib.config import ExperimentsConfig
 from synthaug_pipeline.lib.class_splits import spill_classes
 from synthaug_pipeline.lib.control import train_control
 from synthaug_pipeline.lib.diffusion import save_generator
-from synthaug_pipeline.lib.evaluation import evaluate_under_shift, load_shift_set
+from synthaug_pipeline.lib.evaluation import evaluate_under_shift
+from synthaug_pipeline.lib.shift_sets import load_shift_set
 from synthaug_pipeline.lib.experiments import (
     control_partition,
     control_seeds,

@@ -23,7 +23,7 @@ from synthaug_pipeline.defs.resources import (
     training_progress,
 )
 from synthaug_pipeline.lib.classifier import TrainedClassifier, check_synthetic_supply, save_classifier, train_classifier
-from synthaug_pipeline.lib.evaluation import check_shift_folders
+from synthaug_pipeline.lib.shift_sets import check_shift_folders
 from synthaug_pipeline.lib.lineage import write_lineage
 from synthaug_pipeline.lib.plots import line_chart_markdown
 from synthaug_pipeline.lib.preflight import check_shards_passed
