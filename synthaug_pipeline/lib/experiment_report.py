@@ -2,7 +2,7 @@
 numbers choices are made on, how much of the retrieval control's gain synthetic images reach, what each
 arm cost, and every null or negative result said plainly.
 
-Works on the summary :func:`~synthaug_pipeline.lib.experiments.summarize_experiments` builds (plain dicts),
+Works on the summary :func:`~synthaug_pipeline.lib.experiment_summary.summarize_experiments` builds (plain dicts),
 so it is tested without training anything.
 """
 

@@ -4,7 +4,8 @@ import pytest
 
 from synthaug_pipeline.lib.config import ExperimentsConfig
 from synthaug_pipeline.lib.experiment_report import headline_lines, plain_findings, retrieval_shares
-from synthaug_pipeline.lib.experiments import experiment_keys, parse_experiment_key, render_experiments_markdown, summarize_experiments
+from synthaug_pipeline.lib.experiment_summary import render_experiments_markdown, summarize_experiments
+from synthaug_pipeline.lib.experiments import experiment_keys, parse_experiment_key
 
 
 def _result(key: str, top1: float, shifted: float, validation: float | None = None, seconds: float = 10.0) -> dict:

@@ -12,10 +12,9 @@ from synthaug_pipeline.lib.experiments import (
     format_ratio,
     parse_experiment_key,
     plan_experiment,
-    render_experiments_markdown,
     setup_fingerprint,
-    summarize_experiments,
 )
+from synthaug_pipeline.lib.experiment_summary import render_experiments_markdown, summarize_experiments
 
 CLASSES = ["a", "b"]
 

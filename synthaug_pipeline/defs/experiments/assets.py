@@ -44,11 +44,10 @@ from synthaug_pipeline.lib.experiments import (
     few_shot_subset,
     parse_experiment_key,
     plan_experiment,
-    render_experiments_markdown,
     setup_fingerprint,
-    summarize_experiments,
     validation_subset,
 )
+from synthaug_pipeline.lib.experiment_summary import render_experiments_markdown, summarize_experiments
 from synthaug_pipeline.lib.images import grid_markdown
 from synthaug_pipeline.lib.lineage import write_lineage
 from synthaug_pipeline.lib.redaction import redact_url, redact_urls
