@@ -24,8 +24,8 @@ from synthaug_pipeline.lib.shard_checks import (
     non_finite_scores,
 )
 from synthaug_pipeline.lib.config import load_profile
-from synthaug_pipeline.lib.filtering import FilterPolicy, policy_json_version, refilter_table
-from synthaug_pipeline.lib.filtering import filter_policy, filter_version
+from synthaug_pipeline.lib.filtering import FilterPolicy, policy_json_version
+from synthaug_pipeline.lib.shard_filtering import filter_policy, filter_version, refilter_table
 from synthaug_pipeline.lib.scoring import ClassScores, score_class
 from synthaug_pipeline.lib.shards import read_shards
 from synthaug_pipeline.orchestration import STAGES, PipelineError, _only_blocking_checks_failed, run_pipeline

@@ -11,16 +11,16 @@ import pyarrow as pa
 import pytest
 
 from synthaug_pipeline.lib.config import FilterConfig
-from synthaug_pipeline.lib.filtering import (
-    FilterPolicy,
-    apply_policy,
-    policy_json_version,
-    policy_version,
+from synthaug_pipeline.lib.filtering import FilterPolicy, apply_policy, policy_json_version, policy_version
+from synthaug_pipeline.lib.shard_filtering import (
+    accept,
+    filter_policy,
+    filter_version,
     refilter_table,
+    shard_accept,
     shard_decisions,
     shard_policy,
 )
-from synthaug_pipeline.lib.filtering import accept, filter_policy, filter_version, shard_accept
 from synthaug_pipeline.lib.scoring import ClassScores
 from synthaug_pipeline.lib.shards import build_shard_table, read_shards, write_class_shard
 

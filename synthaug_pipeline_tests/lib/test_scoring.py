@@ -13,7 +13,7 @@ from scipy.spatial.distance import cdist, pdist
 
 from synthaug_pipeline.lib import metrics
 from synthaug_pipeline.lib.config import FilterConfig
-from synthaug_pipeline.lib.filtering import accept, filter_version, shard_accept
+from synthaug_pipeline.lib.shard_filtering import accept, filter_version, shard_accept
 from synthaug_pipeline.lib.scoring import (
     ClassScores,
     frechet_distance,

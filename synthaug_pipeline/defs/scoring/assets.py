@@ -66,7 +66,7 @@ from synthaug_pipeline.lib.prompts import clip_prompt
 from synthaug_pipeline.lib.pretrained_classifiers import pretrained_judge
 from synthaug_pipeline.lib.redaction import redact_url
 from synthaug_pipeline.lib.model_store import ModelRef
-from synthaug_pipeline.lib.filtering import filter_policy, filter_version, shard_accept
+from synthaug_pipeline.lib.shard_filtering import filter_policy, filter_version, shard_accept
 from synthaug_pipeline.lib.scoring import ClassScores, ScoredClass, score_class
 from synthaug_pipeline.lib.shard_checks import (
     SHARD_CHECKS,
