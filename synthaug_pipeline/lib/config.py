@@ -2,6 +2,8 @@
 
 ``load_profile("digits", ["generator.train_steps=200"])`` returns a validated
 :class:`Profile`. Unknown keys and wrong types are errors that name the field.
+
+Longer than ~400 lines on purpose: it is the profile's whole schema, one pydantic model per section, read as one.
 """
 
 from __future__ import annotations
