@@ -4,6 +4,9 @@ Every loader returns a :class:`Dataset` with a fixed train/test split, uint8
 ``[N, H, W, C]`` images and integer labels indexing ``class_ids`` (the partition
 keys). ``dataset_class_ids`` answers the class list without reading images, so
 Dagster can build its partitions at load time.
+
+Longer than ~400 lines: lib/imagenet.py builds its loader on the folder/Parquet listing helpers here, so they stay
+together with the loaders that share them.
 """
 
 from __future__ import annotations
