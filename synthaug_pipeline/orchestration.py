@@ -190,11 +190,10 @@ def run_pipeline(
                     tags=tags,
                     partition_key=partitions[0] if partitions and len(partitions) == 1 else None,
                 )
-            else:  # the profile's executor: steps in other processes or on workers, one class per run, retried per step_retries
-                partition = partitions[0] if partitions else None
-                if partition is not None:
-                    wait_for_class(instance, partition, echo)
-                result = stage_pool.execute(profile_name or profile.name, overrides, selection, partition, run_config, tags, OUTPUTS_READ)
+            else:  # the profile's executor: steps in other processes or on workers, a batch of classes per run, retried per step_retries
+                for class_id in partitions or ():
+                    wait_for_class(instance, class_id, echo, order=classes)
+                result = stage_pool.execute(profile_name or profile.name, overrides, selection, partitions, run_config, tags, OUTPUTS_READ)
         outcome.run_ids.append(result.run_id)
         if not result.success and not _only_blocking_checks_failed(result):
             where = f" (class {partitions[0]})" if partitions and len(partitions) == 1 else (f" (classes {partitions[0]}..{partitions[-1]})" if partitions else "")
@@ -204,7 +203,9 @@ def run_pipeline(
     set_progress_listener(lambda message: echo(f"      {_clock()} {message}"))
     parallel = 1 if embedded else min(execution.max_concurrent, len(classes))
     stage_pool = None if embedded else StagePool(instance, parallel)
-    batch = execution.classes_per_run if embedded else 1
+    # a batch of classes per run (models load once per step); other executors split the classes so that each of the
+    # `parallel` concurrent runs gets a batch (2 classes on 2 workers: one class each)
+    batch = execution.classes_per_run if embedded else max(1, min(execution.classes_per_run, math.ceil(len(classes) / parallel)))
     try:
         _run_stages(classes, stages_of(defs), _StageRunner(materialize, planner, echo, batch, parallel), outcome, echo, until)
     finally:
