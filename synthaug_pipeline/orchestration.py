@@ -203,9 +203,7 @@ def run_pipeline(
     set_progress_listener(lambda message: echo(f"      {_clock()} {message}"))
     parallel = 1 if embedded else min(execution.max_concurrent, len(classes))
     stage_pool = None if embedded else StagePool(instance, parallel)
-    # a batch of classes per run (models load once per step); other executors split the classes so that each of the
-    # `parallel` concurrent runs gets a batch (2 classes on 2 workers: one class each)
-    batch = execution.classes_per_run if embedded else max(1, min(execution.classes_per_run, math.ceil(len(classes) / parallel)))
+    batch = class_batch_size(execution, len(classes))
     try:
         _run_stages(classes, stages_of(defs), _StageRunner(materialize, planner, echo, batch, parallel), outcome, echo, until)
     finally:
@@ -213,6 +211,15 @@ def run_pipeline(
         if stage_pool is not None:
             stage_pool.close()
     return outcome
+
+
+def class_batch_size(execution, classes: int) -> int:
+    """Classes per run of a per-class stage: ``execution.classes_per_run`` (a step loads its models once per batch);
+    executors other than in_process split the classes so that each of their concurrent runs gets a batch."""
+    if execution.executor == "in_process":
+        return execution.classes_per_run
+    parallel = max(1, min(execution.max_concurrent, classes))
+    return max(1, min(execution.classes_per_run, math.ceil(classes / parallel)))
 
 
 class _StageRunner:
