@@ -125,6 +125,8 @@ def run_one(executor: str, base: list[str], classes: list[str], endpoint: str, b
 def _compare(results: list[dict], classes: int) -> None:
     base = next((r for r in results if r["executor"] == "in_process" and r.get("wall_s") is not None), None)
     for r in results:
+        if r.get("wall_s") is None:
+            continue
         r["per_class_stages_s"] = round(sum(r["stages_s"].get(s, 0.0) for s in PER_CLASS_STAGES), 1)
         if base is not None:
             r["overhead_per_class_s"] = round((r["per_class_stages_s"] - base["per_class_stages_s"]) / classes, 2)

@@ -270,3 +270,22 @@ def test_endpoint_down_between_shard_and_manifest_keeps_the_current_shard(tmp_pa
         assert current is not None and current.endswith(old.uri.rsplit("/", 1)[1])
         assert shards.list_class_shards(base, "3") == [current]
         assert shards.read_shards([current], accepted_only=False).equals(writer_table("3", 0, 0))
+
+
+def test_a_worker_sees_partitions_another_worker_committed(s3_endpoint):
+    """Two processes sharing a bucket, each with its own S3 filesystem (and listing cache): a batch step in one must
+    see the classes the other committed after it first listed them (a stale listing made a Celery step fail with
+    KeyError on the third batch of 100 classes)."""
+    import fsspec
+
+    from synthaug_pipeline.defs.io_managers import stored_partitions
+    from synthaug_pipeline.lib.records import write_value
+
+    profile = load_profile("digits", [f"output.url=s3://{S3_BUCKET}/listing", f"output.endpoint_url={s3_endpoint}", "output.region=us-east-1"])
+    worker_a, base = output_filesystem(profile)
+    worker_b = fsspec.filesystem("s3", skip_instance_cache=True, **worker_a.storage_options)  # another process's instance
+    folder = f"{base}/assets/synthetic_images"
+    write_value(worker_a, f"{folder}/c1", {"n": 1})
+    assert stored_partitions(worker_a, base, "synthetic_images") == {"c1"}  # worker A has listed the asset once
+    write_value(worker_b, f"{folder}/c2", {"n": 2})
+    assert stored_partitions(worker_a, base, "synthetic_images") == {"c1", "c2"}
