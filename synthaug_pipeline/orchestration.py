@@ -190,11 +190,10 @@ def run_pipeline(
                     tags=tags,
                     partition_key=partitions[0] if partitions and len(partitions) == 1 else None,
                 )
-            else:  # the profile's executor: steps in other processes or on workers, one class per run, retried per step_retries
-                partition = partitions[0] if partitions else None
-                if partition is not None:
-                    wait_for_class(instance, partition, echo)
-                result = stage_pool.execute(profile_name or profile.name, overrides, selection, partition, run_config, tags, OUTPUTS_READ)
+            else:  # the profile's executor: steps in other processes or on workers, a batch of classes per run, retried per step_retries
+                for class_id in partitions or ():
+                    wait_for_class(instance, class_id, echo, order=classes)
+                result = stage_pool.execute(profile_name or profile.name, overrides, selection, partitions, run_config, tags, OUTPUTS_READ)
         outcome.run_ids.append(result.run_id)
         if not result.success and not _only_blocking_checks_failed(result):
             where = f" (class {partitions[0]})" if partitions and len(partitions) == 1 else (f" (classes {partitions[0]}..{partitions[-1]})" if partitions else "")
@@ -204,7 +203,7 @@ def run_pipeline(
     set_progress_listener(lambda message: echo(f"      {_clock()} {message}"))
     parallel = 1 if embedded else min(execution.max_concurrent, len(classes))
     stage_pool = None if embedded else StagePool(instance, parallel)
-    batch = execution.classes_per_run if embedded else 1
+    batch = class_batch_size(execution, len(classes))
     try:
         _run_stages(classes, stages_of(defs), _StageRunner(materialize, planner, echo, batch, parallel), outcome, echo, until)
     finally:
@@ -212,6 +211,15 @@ def run_pipeline(
         if stage_pool is not None:
             stage_pool.close()
     return outcome
+
+
+def class_batch_size(execution, classes: int) -> int:
+    """Classes per run of a per-class stage: ``execution.classes_per_run`` (a step loads its models once per batch);
+    executors other than in_process split the classes so that each of their concurrent runs gets a batch."""
+    if execution.executor == "in_process":
+        return execution.classes_per_run
+    parallel = max(1, min(execution.max_concurrent, classes))
+    return max(1, min(execution.classes_per_run, math.ceil(classes / parallel)))
 
 
 class _StageRunner:

@@ -73,6 +73,9 @@ def _wait(ready, proc: subprocess.Popen, what: str, log: Path, seconds: float = 
 # --- SeaweedFS -------------------------------------------------------------------------------------
 
 
+SEAWEEDFS_SERVERS: dict[str, subprocess.Popen] = {}  # S3 endpoint URL -> its running `weed server`
+
+
 @contextlib.contextmanager
 def seaweedfs(folder: Path, bucket: str, identity: tuple[str, str] | None = None) -> Iterator[str]:
     """A SeaweedFS server with S3 on free ports and ``bucket`` created; yields the S3 endpoint URL.
@@ -101,9 +104,10 @@ def seaweedfs(folder: Path, bucket: str, identity: tuple[str, str] | None = None
         (folder / "s3.json").write_text(json.dumps(config))
         command.append(f"-s3.config={folder / 's3.json'}")
     log_path = folder / "weed.log"
-    with open(log_path, "wb") as log:
+    with open(log_path, "ab") as log:  # appended: a server restarted on the same folder keeps the first one's log
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         endpoint = f"http://127.0.0.1:{s3}"
+        SEAWEEDFS_SERVERS[endpoint] = proc  # a fault test stops it mid-write (services.stop)
         try:
 
             def answers() -> bool:  # http.client: no proxy settings apply; any HTTP answer, even 403, means S3 is up
@@ -134,6 +138,7 @@ def seaweedfs(folder: Path, bucket: str, identity: tuple[str, str] | None = None
             yield endpoint
         finally:
             stop(proc)
+            SEAWEEDFS_SERVERS.pop(endpoint, None)
 
 
 # --- PostgreSQL -----------------------------------------------------------------------------------

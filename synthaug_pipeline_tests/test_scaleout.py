@@ -21,7 +21,18 @@ from synthaug_pipeline.lib.shards import current_class_shard, file_sha256
 from synthaug_pipeline.lib.storage import configure_output_storage, output_filesystem
 from synthaug_pipeline.orchestration import run_pipeline
 from synthaug_pipeline_tests.defs.test_pipeline import tiny_overrides
-from synthaug_pipeline_tests.services import REPO, S3_BUCKET, S3_SECRET, celery_workers, free_ports, postgres, redis
+from synthaug_pipeline_tests.services import (
+    REPO,
+    S3_BUCKET,
+    S3_SECRET,
+    SEAWEEDFS_SERVERS,
+    celery_workers,
+    free_ports,
+    postgres,
+    redis,
+    seaweedfs,
+    stop,
+)
 
 PG_PASSWORD = "pg-secret-never-shown"
 REDIS_PASSWORD = "redis-secret-never-shown"
@@ -218,3 +229,63 @@ def test_instance_storage_problems_are_one_line(cluster, problem, tmp_path, caps
     assert ("Connection refused" in err[0]) if problem == "unreachable" else ("password authentication failed" in err[0])
     assert PG_PASSWORD not in err[0] and "wrong-password-123" not in err[0]
     assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_endpoint_down_between_shard_and_manifest_keeps_the_current_shard(tmp_path, monkeypatch):
+    """The S3 server really stops mid-write (after the new shard's PUT, before the manifest's): the write fails with a
+    one-line error naming the endpoint, and on a restarted server the class's current shard is still the old one."""
+    from synthaug_pipeline.lib import shards
+    from synthaug_pipeline_tests.lib.shard_writers import writer_table
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "outage")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "outage-secret-key")
+    folder = tmp_path / "weed"
+    folder.mkdir()
+
+    def settings(endpoint: str):
+        profile = load_profile("digits", [f"output.url=s3://outage/run", f"output.endpoint_url={endpoint}", "output.region=us-east-1"])
+        configure_output_storage(profile.output)
+        return f"{profile.output_url}/synthetic_shards"
+
+    with seaweedfs(folder, "outage") as endpoint:
+        base = settings(endpoint)
+        old = shards.write_class_shard(base, "3", writer_table("3", 0, 0))
+        real_failpoint = shards.failpoint
+
+        def endpoint_goes_down(name: str) -> None:
+            real_failpoint(name)
+            if name == "shard_commit":
+                stop(SEAWEEDFS_SERVERS[endpoint])
+
+        monkeypatch.setattr(shards, "failpoint", endpoint_goes_down)
+        with pytest.raises(Exception) as caught:
+            shards.write_class_shard(base, "3", writer_table("3", 1, 1))
+        monkeypatch.setattr(shards, "failpoint", real_failpoint)
+    message = str(caught.value)
+    assert "\n" not in message.strip() and endpoint.split("//")[1] in message, message
+    assert "outage-secret-key" not in message
+    with seaweedfs(folder, "outage") as endpoint:  # the same data, a new server (new ports)
+        base = settings(endpoint)
+        current = shards.current_class_shard(base, "3")
+        assert current is not None and current.endswith(old.uri.rsplit("/", 1)[1])
+        assert shards.list_class_shards(base, "3") == [current]
+        assert shards.read_shards([current], accepted_only=False).equals(writer_table("3", 0, 0))
+
+
+def test_a_worker_sees_partitions_another_worker_committed(s3_endpoint):
+    """Two processes sharing a bucket, each with its own S3 filesystem (and listing cache): a batch step in one must
+    see the classes the other committed after it first listed them (a stale listing made a Celery step fail with
+    KeyError on the third batch of 100 classes)."""
+    import fsspec
+
+    from synthaug_pipeline.defs.io_managers import stored_partitions
+    from synthaug_pipeline.lib.records import write_value
+
+    profile = load_profile("digits", [f"output.url=s3://{S3_BUCKET}/listing", f"output.endpoint_url={s3_endpoint}", "output.region=us-east-1"])
+    worker_a, base = output_filesystem(profile)
+    worker_b = fsspec.filesystem("s3", skip_instance_cache=True, **worker_a.storage_options)  # another process's instance
+    folder = f"{base}/assets/synthetic_images"
+    write_value(worker_a, f"{folder}/c1", {"n": 1})
+    assert stored_partitions(worker_a, base, "synthetic_images") == {"c1"}  # worker A has listed the asset once
+    write_value(worker_b, f"{folder}/c2", {"n": 2})
+    assert stored_partitions(worker_a, base, "synthetic_images") == {"c1", "c2"}

@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterable, Sequence
 
 import dagster as dg
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from synthaug_pipeline.lib.config import ExecutionConfig, ProfileError
 from synthaug_pipeline.lib.redaction import is_secret_name, redact_override, redact_url
@@ -226,27 +227,49 @@ def execute_stage(
     profile_name: str,
     overrides: Sequence[str],
     selection: Sequence[str],
-    partition: str | None,
+    partitions: Sequence[str] | None,
     instance: dg.DagsterInstance,
     run_config: dict,
     tags: dict[str, str],
     load: Iterable[str] = (),
 ) -> StageResult:
-    """Materialize ``selection`` (of one class ``partition``, or of the shared assets) as one run of the stage job,
-    on the profile's executor; the steps may run in other processes or on other machines."""
-    job_name = PER_CLASS_JOB if partition is not None else SHARED_JOB
+    """Materialize ``selection`` (of the class ``partitions``, consecutive in the partitions' order, or of the shared
+    assets when None) as one run of the stage job, on the profile's executor; the steps may run in other processes or
+    on other machines. A run of several classes carries Dagster's partition range tags, so each of its steps
+    materializes the whole batch (the assets' BackfillPolicy.multi_run), as a backfill from the UI does."""
+    partitions = list(partitions) if partitions else None
+    job_name = PER_CLASS_JOB if partitions else SHARED_JOB
     job = dg.build_reconstructable_job(
         "synthaug_pipeline.defs.executors", "reconstruct_stage_job", reconstructable_args=(profile_name, list(overrides), job_name)
     )
     # `synthaug run` resumes a failed run itself when re-run: the daemon's run retries (docker/dagster.yaml) leave it alone
-    run_tags = {**tags, "dagster/max_retries": "0", **({CLASS_TAG: partition} if partition is not None else {})}
+    run_tags = {**tags, "dagster/max_retries": "0", **partition_tags(partitions)}
     result = dg.execute_job(job, instance, run_config=run_config, tags=run_tags, asset_selection=[dg.AssetKey(name) for name in selection])
     produced = {event.step_key for event in result.all_events if event.is_successful_output and event.step_key in selection}
-    # stored values are read as a downstream step would (by asset key and partition), through the definitions' IO manager
-    outputs = {
-        name: defs.load_asset_value(dg.AssetKey(name), instance=instance, partition_key=partition) for name in load if name in produced
-    }
+    # stored values are read as a downstream step would (by asset key and partition), through the definitions' IO manager;
+    # a per-class asset's value is ``{class: value}``, read eagerly (small references: shards, catalog entries)
+    outputs: dict[str, object] = {}
+    for name in load:
+        if name not in produced:
+            continue
+        if partitions is None:
+            outputs[name] = defs.load_asset_value(dg.AssetKey(name), instance=instance)
+        else:
+            values: dict[str, object] = {}
+            for class_id in partitions:
+                values.update(defs.load_asset_value(dg.AssetKey(name), instance=instance, partition_key=class_id))
+            outputs[name] = values
     return StageResult(result, outputs)
+
+
+def partition_tags(partitions: Sequence[str] | None) -> dict[str, str]:
+    """The run tags naming a run's classes: ``dagster/partition`` for one (the deployed queue's per-class key), Dagster's
+    partition range tags for a batch (first and last class; :func:`class_runs_in_progress` reads both)."""
+    if not partitions:
+        return {}
+    if len(partitions) == 1:
+        return {CLASS_TAG: partitions[0]}
+    return {ASSET_PARTITION_RANGE_START_TAG: partitions[0], ASSET_PARTITION_RANGE_END_TAG: partitions[-1]}
 
 
 class StagePool:
@@ -265,11 +288,11 @@ class StagePool:
             max_workers=size, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=(instance.get_ref(),)
         )
 
-    def execute(self, profile_name: str, overrides: Sequence[str], selection, partition, run_config, tags, load=()) -> StageResult:
+    def execute(self, profile_name: str, overrides: Sequence[str], selection, partitions, run_config, tags, load=()) -> StageResult:
         if os.path.isfile(profile_name):  # a profile YAML: workers may start in another folder
             profile_name = os.path.abspath(profile_name)
         future = self._pool.submit(
-            _execute_in_worker, profile_name, list(overrides), list(selection), partition, run_config, dict(tags), list(load)
+            _execute_in_worker, profile_name, list(overrides), list(selection), _as_list(partitions), run_config, dict(tags), list(load)
         )
         return future.result()
 
@@ -285,13 +308,19 @@ def _init_worker(instance_ref) -> None:
     _worker_instance = dg.DagsterInstance.from_ref(instance_ref)
 
 
-def _execute_in_worker(profile_name, overrides, selection, partition, run_config, tags, load) -> StageResult:
+def _as_list(partitions) -> list[str] | None:
+    if partitions is None:
+        return None
+    return [partitions] if isinstance(partitions, str) else list(partitions)
+
+
+def _execute_in_worker(profile_name, overrides, selection, partitions, run_config, tags, load) -> StageResult:
     from synthaug_pipeline.defs.run_health import process_tags
 
     assert _worker_instance is not None
     defs = _definitions(profile_name, tuple(overrides))
     tags = {**tags, **process_tags()}  # this process runs it: the reaper checks this pid
-    return execute_stage(defs, profile_name, overrides, selection, partition, _worker_instance, run_config, tags, load)
+    return execute_stage(defs, profile_name, overrides, selection, partitions, _worker_instance, run_config, tags, load)
 
 
 @functools.lru_cache(maxsize=2)
@@ -314,18 +343,30 @@ CLASS_TAG = "dagster/partition"  # every run of a class carries it; the deployed
 _UNFINISHED = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
 
 
-def class_runs_in_progress(instance: dg.DagsterInstance, class_id: str) -> list[dg.DagsterRun]:
-    """Unfinished runs (of any process, on any machine sharing the instance) that write class ``class_id``."""
-    return list(instance.get_runs(filters=dg.RunsFilter(statuses=_UNFINISHED, tags={CLASS_TAG: class_id})))
+def class_runs_in_progress(instance: dg.DagsterInstance, class_id: str, order: Sequence[str] = ()) -> list[dg.DagsterRun]:
+    """Unfinished runs (of any process, on any machine sharing the instance) that write class ``class_id``: runs of
+    that one class, and, given the partitions' ``order``, runs of a batch whose range covers it."""
+    runs = list(instance.get_runs(filters=dg.RunsFilter(statuses=_UNFINISHED, tags={CLASS_TAG: class_id})))
+    if class_id not in order:
+        return runs
+    index = {c: i for i, c in enumerate(order)}
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=_UNFINISHED)):
+        start, end = run.tags.get(ASSET_PARTITION_RANGE_START_TAG), run.tags.get(ASSET_PARTITION_RANGE_END_TAG)
+        if start in index and end in index and index[start] <= index[class_id] <= index[end]:
+            runs.append(run)
+    return runs
 
 
-def wait_for_class(instance: dg.DagsterInstance, class_id: str, echo, poll_s: float = 2.0, repeat_s: float = 30.0) -> None:
+def wait_for_class(
+    instance: dg.DagsterInstance, class_id: str, echo, poll_s: float = 2.0, repeat_s: float = 30.0, order: Sequence[str] = ()
+) -> None:
     """Before starting a run of class ``class_id``: wait while another run writes that class (the per-class key of
-    `synthaug run`; runs launched from the UI or a backfill are held by the run queue's limit on ``dagster/partition``).
-    A run whose process died is failed by the run-health reaper (this host) or the daemon's sensor, which ends the wait."""
+    `synthaug run`, batches included given the partitions' ``order``; runs launched from the UI or a backfill are held
+    by the run queue's limit on ``dagster/partition``). A run whose process died is failed by the run-health reaper
+    (this host) or the daemon's sensor, which ends the wait."""
     said_at = None
     while True:
-        busy = class_runs_in_progress(instance, class_id)
+        busy = class_runs_in_progress(instance, class_id, order)
         if not busy:
             return
         now = time.monotonic()

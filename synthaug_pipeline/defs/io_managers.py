@@ -115,11 +115,23 @@ class Partitions(Mapping):
 def stored_partitions(fs, base: str, asset: str) -> set[str]:
     """The partitions of ``asset`` with a committed value under ``base`` (one listing, not one request per class)."""
     root = f"{base.rstrip('/')}/assets/{asset}"
+    forget_listings(fs, root)  # another process (a worker, another machine) may have committed partitions since
     try:
         found = fs.glob(f"{root}/*/{VALUE_FILE}")
     except FileNotFoundError:
         return set()
     return {path.rstrip("/").split("/")[-2] for path in found}
+
+
+def forget_listings(fs, root: str) -> None:
+    """Drop ``fs``'s cached listings of ``root`` and everything under it (object stores cache directory listings
+    per filesystem instance, and a Celery worker keeps its instance across steps)."""
+    fs.invalidate_cache(root)
+    cache = getattr(fs, "dircache", None)
+    if cache:
+        prefix = fs._strip_protocol(root).rstrip("/") + "/"
+        for key in [k for k in list(cache) if str(k).startswith(prefix)]:
+            cache.pop(key, None)
 
 
 def stored(fs, output_url: str, asset: str, partition: str | None) -> bool:

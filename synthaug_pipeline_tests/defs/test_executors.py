@@ -137,6 +137,39 @@ def test_a_class_waits_for_another_run_writing_it():
         assert not waiter.is_alive()
 
 
+def test_a_batch_run_holds_every_class_of_its_range():
+    """A run of a batch of classes carries Dagster's range tags, not `dagster/partition`: the per-class key still sees it."""
+    from dagster._core.storage.dagster_run import DagsterRun
+
+    from synthaug_pipeline.defs.executors import CLASS_TAG, class_runs_in_progress, partition_tags
+
+    order = [f"c{i}" for i in range(6)]
+    assert partition_tags(None) == {} and partition_tags(["c2"]) == {CLASS_TAG: "c2"}
+    batch_tags = partition_tags(["c1", "c2", "c3"])
+    assert CLASS_TAG not in batch_tags and set(batch_tags.values()) == {"c1", "c3"}
+    with dg.instance_for_test() as instance:
+        batch = instance.add_run(DagsterRun(job_name=PER_CLASS_JOB, status=dg.DagsterRunStatus.STARTED, tags=batch_tags))
+        single = instance.add_run(DagsterRun(job_name=PER_CLASS_JOB, status=dg.DagsterRunStatus.STARTED, tags=partition_tags(["c5"])))
+        holders = {c: [r.run_id for r in class_runs_in_progress(instance, c, order)] for c in order}
+        assert holders == {"c0": [], "c1": [batch.run_id], "c2": [batch.run_id], "c3": [batch.run_id], "c4": [], "c5": [single.run_id]}
+        assert class_runs_in_progress(instance, "c2") == []  # without the partitions' order, only one-class runs are seen
+        instance.report_run_failed(batch)
+        assert class_runs_in_progress(instance, "c2", order) == []
+
+
+def test_other_executors_split_the_classes_into_concurrent_batches():
+    """`synthaug run` with multiprocess/celery: batches of execution.classes_per_run, but never fewer runs than
+    execution.max_concurrent can run at once (two classes on two workers: one each)."""
+    from synthaug_pipeline.orchestration import class_batch_size
+
+    assert class_batch_size(_execution(), 100) == 20  # in_process: classes_per_run
+    celery = ["execution.executor=celery", "execution.max_concurrent=2"]
+    assert class_batch_size(_execution(*celery), 100) == 20
+    assert class_batch_size(_execution(*celery), 2) == 1
+    assert class_batch_size(_execution(*celery), 25) == 13
+    assert class_batch_size(_execution(*celery, "execution.classes_per_run=1"), 100) == 1
+
+
 def test_gpu_slots_size_the_pool_only_when_set():
     from synthaug_pipeline.defs.executors import GPU_POOL, apply_gpu_slots
 
