@@ -230,6 +230,7 @@ def main() -> None:
             work.mkdir(parents=True)  # a kept folder must be new: the instance and the output are measured from empty
             n = args.imagenet_classes
             overrides = [*imagenet_overrides(args.imagenet_samples, work, n), f"execution.classes_per_run={args.batch}", f"output.url={work / 'output'}"]
+            (work / "run.json").write_text(json.dumps({"profile": "imagenet", "overrides": overrides, "dagster_home": str(work / "home")}))
             results.append(measure("imagenet", overrides, n, work))
             print(json.dumps(results[-1]), flush=True)
         else:
