@@ -138,12 +138,13 @@ def materialize_imagenet(overrides, assets, instance, partition=None):
         (["--set", "data.path=DATA", "--set", "data.classes=[n01440764, n01440764]"], "more than once"),
         (["--set", "data.path=DATA", "--classes", "n01440764", "n04592741"], "no training rows in Parquet file"),
         (["--set", "data.path=DATA", "--classes", "n01440764", "--set", "judge.model=resnet50"], "set judge.model=tf_efficientnet_lite0"),
+        (["--set", "data.path=DATA", "--classes", "n01440764", "--set", "judge.model=test_resnet", "--set", "judge.pretrained=JUDGE10"], "judge.model outputs 10 classes"),
     ],
 )
 def test_bad_imagenet_input_is_one_line_and_writes_nothing(extra, message, inputs, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
-    argv = ["run", "--profile", "imagenet", *[item.replace("DATA", inputs["data"]) for item in extra]]
+    argv = ["run", "--profile", "imagenet", *[item.replace("DATA", inputs["data"]).replace("JUDGE10", inputs["judge10"]) for item in extra]]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("synthaug: error: ") and message in err and len(err.splitlines()) == 1

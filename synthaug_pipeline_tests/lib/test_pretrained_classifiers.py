@@ -19,6 +19,7 @@ from synthaug_pipeline.lib.pretrained_classifiers import (
     LITE0_PACKAGE,
     PretrainedSettingError,
     check_pretrained_judge,
+    file_head_outputs,
     judge_class_indices,
     pretrained_judge,
 )
@@ -119,12 +120,31 @@ def test_bad_pretrained_judges_are_one_line_errors_before_loading(cfg, classes, 
     classes = classes or list(imagenet_1k())[:2]
     if cfg == "SMALL_HEAD":
         cfg = ClassifierConfig(model="test_resnet", pretrained=tiny_weights(tmp_path, num_classes=10))
-        with pytest.raises(PretrainedSettingError, match=message):  # a file's head size is known once it is read
+        with pytest.raises(PretrainedSettingError, match=message):  # the load checks it too
             pretrained_judge(cfg, classes, np.zeros((1, 8, 8, 3), np.uint8))
-        return
     if message is None:
         check_pretrained_judge(cfg, classes)
         return
     with pytest.raises(PretrainedSettingError, match=message) as info:
         check_pretrained_judge(cfg, classes)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("form", ["safetensors", "pth", "pth wrapped in state_dict"])
+def test_a_weights_file_head_size_is_read_without_loading_the_model(form, tmp_path):
+    torch.manual_seed(0)
+    state = timm.create_model("test_resnet", num_classes=10).state_dict()
+    if form == "safetensors":
+        path = tiny_weights(tmp_path, num_classes=10)
+    else:
+        path = str(tmp_path / "judge.pth")
+        torch.save({"state_dict": state, "epoch": 3} if "wrapped" in form else state, path)
+    assert file_head_outputs("test_resnet", path) == 10
+    cfg = ClassifierConfig(model="test_resnet", pretrained=path)
+    with pytest.raises(PretrainedSettingError, match="judge.model outputs 10 classes") as info:
+        check_pretrained_judge(cfg, list(imagenet_1k())[:2])  # the preflight: no model is built
+    assert "\n" not in str(info.value)
+    torch.save(timm.create_model("test_resnet", num_classes=1000).state_dict(), tmp_path / "ok.pth")
+    check_pretrained_judge(ClassifierConfig(model="test_resnet", pretrained=str(tmp_path / "ok.pth")), list(imagenet_1k())[:2])
+    (tmp_path / "garbage.pth").write_bytes(b"not a checkpoint")
+    assert file_head_outputs("test_resnet", str(tmp_path / "garbage.pth")) is None  # left to the load, which says why
