@@ -171,7 +171,7 @@ def main() -> None:
         "ready_definition": "Materialized (N) count shown, first partition key listed, last key found through the list's filter",
         "loads": loads,
         "ready_s": {"first": ready[0], "median": round(statistics.median(ready), 2), "max": max(ready)},
-        "screenshot": str(Path(args.shot).relative_to(REPO)) if Path(args.shot).resolve().is_relative_to(REPO) else args.shot,
+        "screenshot": str(Path(args.shot).resolve().relative_to(REPO)) if Path(args.shot).resolve().is_relative_to(REPO) else args.shot,
         "chromium": CHROMIUM,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
