@@ -151,13 +151,10 @@ def test_bad_imagenet_input_is_one_line_and_writes_nothing(extra, message, input
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_judge_whose_output_is_not_imagenet_1k_stops_before_the_generator_loads(inputs, tmp_path):
+def test_a_judge_whose_output_is_not_imagenet_1k_stops_at_the_catalog_before_any_model_loads(inputs, tmp_path):
     overrides = [*imagenet_overrides(inputs, str(tmp_path / "out")), f"judge.pretrained={inputs['judge10']}"]
-    with dg.instance_for_test() as instance:
-        assert materialize_imagenet(overrides, ("class_catalog",), instance).success
-        for wnid in WNIDS:
-            assert materialize_imagenet(overrides, ("real_images",), instance, wnid).success
-        result = materialize_imagenet(overrides, ("judge",), instance)
+    with dg.instance_for_test() as instance:  # the catalog's preflight reads the file's head size; nothing is built
+        result = materialize_imagenet(overrides, ("class_catalog",), instance)
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error
     text = failure.message + (failure.cause.message if failure.cause else "")
