@@ -23,7 +23,7 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 
 from synthaug_pipeline.definitions import build_definitions
 from synthaug_pipeline.defs.resources import default_device, set_progress_listener
-from synthaug_pipeline.defs.executors import StagePool, apply_gpu_slots, check_distributable, check_executor_ready, wait_for_class
+from synthaug_pipeline.defs.executors import StagePool, apply_gpu_slots, check_distributable, check_executor_ready, wait_for_classes
 from synthaug_pipeline.defs.launch import execute_named_job
 from synthaug_pipeline.defs.stages import Stage, derive_stages
 from synthaug_pipeline.defs.run_health import BlockedStepReporter, process_tags, reap_dead_runs
@@ -191,8 +191,8 @@ def run_pipeline(
                     partition_key=partitions[0] if partitions and len(partitions) == 1 else None,
                 )
             else:  # the profile's executor: steps in other processes or on workers, a batch of classes per run, retried per step_retries
-                for class_id in partitions or ():
-                    wait_for_class(instance, class_id, echo, order=classes)
+                if partitions:
+                    wait_for_classes(instance, partitions, echo, order=classes)
                 result = stage_pool.execute(profile_name or profile.name, overrides, selection, partitions, run_config, tags, OUTPUTS_READ)
         outcome.run_ids.append(result.run_id)
         if not result.success and not _only_blocking_checks_failed(result):

@@ -343,34 +343,40 @@ CLASS_TAG = "dagster/partition"  # every run of a class carries it; the deployed
 _UNFINISHED = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
 
 
-def class_runs_in_progress(instance: dg.DagsterInstance, class_id: str, order: Sequence[str] = ()) -> list[dg.DagsterRun]:
-    """Unfinished runs (of any process, on any machine sharing the instance) that write class ``class_id``: runs of
-    that one class, and, given the partitions' ``order``, runs of a batch whose range covers it."""
-    runs = list(instance.get_runs(filters=dg.RunsFilter(statuses=_UNFINISHED, tags={CLASS_TAG: class_id})))
-    if class_id not in order:
-        return runs
+def class_runs_in_progress(
+    instance: dg.DagsterInstance, class_ids: Sequence[str], order: Sequence[str] = ()
+) -> dict[str, list[dg.DagsterRun]]:
+    """Unfinished runs (of any process, on any machine sharing the instance) that write any of ``class_ids``, per
+    class (classes no run writes are absent): runs of that one class, and, given the partitions' ``order``, runs of a
+    batch whose range covers it. One query of the unfinished runs serves the whole batch."""
+    wanted = set(class_ids)
     index = {c: i for i, c in enumerate(order)}
+    busy: dict[str, list[dg.DagsterRun]] = {}
     for run in instance.get_runs(filters=dg.RunsFilter(statuses=_UNFINISHED)):
+        covered = [run.tags[CLASS_TAG]] if run.tags.get(CLASS_TAG) in wanted else []
         start, end = run.tags.get(ASSET_PARTITION_RANGE_START_TAG), run.tags.get(ASSET_PARTITION_RANGE_END_TAG)
-        if start in index and end in index and index[start] <= index[class_id] <= index[end]:
-            runs.append(run)
-    return runs
+        if start in index and end in index:
+            covered += [c for c in class_ids if c in index and index[start] <= index[c] <= index[end]]
+        for class_id in covered:
+            busy.setdefault(class_id, []).append(run)
+    return busy
 
 
-def wait_for_class(
-    instance: dg.DagsterInstance, class_id: str, echo, poll_s: float = 2.0, repeat_s: float = 30.0, order: Sequence[str] = ()
+def wait_for_classes(
+    instance: dg.DagsterInstance, class_ids: Sequence[str], echo, poll_s: float = 2.0, repeat_s: float = 30.0, order: Sequence[str] = ()
 ) -> None:
-    """Before starting a run of class ``class_id``: wait while another run writes that class (the per-class key of
-    `synthaug run`, batches included given the partitions' ``order``; runs launched from the UI or a backfill are held
-    by the run queue's limit on ``dagster/partition``). A run whose process died is failed by the run-health reaper
-    (this host) or the daemon's sensor, which ends the wait."""
+    """Before starting a run of the classes ``class_ids``: wait while another run writes any of them (the per-class key
+    of `synthaug run`, batches included given the partitions' ``order``; runs launched from the UI or a backfill are
+    held by the run queue's limit on ``dagster/partition``). A run whose process died is failed by the run-health
+    reaper (this host) or the daemon's sensor, which ends the wait."""
     said_at = None
     while True:
-        busy = class_runs_in_progress(instance, class_id, order)
+        busy = class_runs_in_progress(instance, class_ids, order)
         if not busy:
             return
         now = time.monotonic()
         if said_at is None or now - said_at > repeat_s:
-            echo(f"      class {class_id}: waiting for run {busy[0].run_id[:8]}, which writes the same class (Ctrl-C to stop)")
+            class_id = next(c for c in class_ids if c in busy)
+            echo(f"      class {class_id}: waiting for run {busy[class_id][0].run_id[:8]}, which writes the same class (Ctrl-C to stop)")
             said_at = now
         time.sleep(poll_s)

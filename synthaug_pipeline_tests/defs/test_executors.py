@@ -118,14 +118,14 @@ def test_a_class_waits_for_another_run_writing_it():
 
     from dagster._core.storage.dagster_run import DagsterRun
 
-    from synthaug_pipeline.defs.executors import CLASS_TAG, wait_for_class
+    from synthaug_pipeline.defs.executors import CLASS_TAG, wait_for_classes
 
     with dg.instance_for_test() as instance:
         other = instance.add_run(DagsterRun(job_name=PER_CLASS_JOB, status=dg.DagsterRunStatus.STARTED, tags={CLASS_TAG: "3"}))
         lines: list[str] = []
-        waiter = threading.Thread(target=wait_for_class, args=(instance, "3", lines.append), kwargs={"poll_s": 0.05})
+        waiter = threading.Thread(target=wait_for_classes, args=(instance, ["3"], lines.append), kwargs={"poll_s": 0.05})
         waiter.start()
-        wait_for_class(instance, "4", lines.append, poll_s=0.05)  # another class: no wait
+        wait_for_classes(instance, ["4"], lines.append, poll_s=0.05)  # another class: no wait
         deadline = 200
         while not lines and deadline:
             waiter.join(0.05)
@@ -150,11 +150,12 @@ def test_a_batch_run_holds_every_class_of_its_range():
     with dg.instance_for_test() as instance:
         batch = instance.add_run(DagsterRun(job_name=PER_CLASS_JOB, status=dg.DagsterRunStatus.STARTED, tags=batch_tags))
         single = instance.add_run(DagsterRun(job_name=PER_CLASS_JOB, status=dg.DagsterRunStatus.STARTED, tags=partition_tags(["c5"])))
-        holders = {c: [r.run_id for r in class_runs_in_progress(instance, c, order)] for c in order}
+        busy = class_runs_in_progress(instance, order, order)  # the whole batch in one query
+        holders = {c: [r.run_id for r in busy.get(c, [])] for c in order}
         assert holders == {"c0": [], "c1": [batch.run_id], "c2": [batch.run_id], "c3": [batch.run_id], "c4": [], "c5": [single.run_id]}
-        assert class_runs_in_progress(instance, "c2") == []  # without the partitions' order, only one-class runs are seen
+        assert class_runs_in_progress(instance, ["c2"]) == {}  # without the partitions' order, only one-class runs are seen
         instance.report_run_failed(batch)
-        assert class_runs_in_progress(instance, "c2", order) == []
+        assert class_runs_in_progress(instance, ["c2"], order) == {}
 
 
 def test_other_executors_split_the_classes_into_concurrent_batches():
