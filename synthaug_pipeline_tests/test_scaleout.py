@@ -158,7 +158,7 @@ def test_rematerialized_class_keeps_the_shard_a_model_references(distributed_run
     before = current_class_shard(base, "1")
     pool = StagePool(instance, 1)
     try:  # class 1's shard again, through the workers: a new run id, so a new content-addressed shard
-        again = pool.execute("digits", overrides, ["synthetic_shards"], "1", {}, {"synthaug/stage": "test"})
+        again = pool.execute("digits", overrides, ["synthetic_shards"], ["1"], {}, {"synthaug/stage": "test"})
     finally:
         pool.close()
     assert again.success

@@ -292,7 +292,7 @@ class StagePool:
         if os.path.isfile(profile_name):  # a profile YAML: workers may start in another folder
             profile_name = os.path.abspath(profile_name)
         future = self._pool.submit(
-            _execute_in_worker, profile_name, list(overrides), list(selection), _as_list(partitions), run_config, dict(tags), list(load)
+            _execute_in_worker, profile_name, list(overrides), list(selection), None if partitions is None else list(partitions), run_config, dict(tags), list(load)
         )
         return future.result()
 
@@ -306,12 +306,6 @@ _worker_instance: dg.DagsterInstance | None = None
 def _init_worker(instance_ref) -> None:
     global _worker_instance
     _worker_instance = dg.DagsterInstance.from_ref(instance_ref)
-
-
-def _as_list(partitions) -> list[str] | None:
-    if partitions is None:
-        return None
-    return [partitions] if isinstance(partitions, str) else list(partitions)
 
 
 def _execute_in_worker(profile_name, overrides, selection, partitions, run_config, tags, load) -> StageResult:
