@@ -10,7 +10,7 @@ import dagster as dg
 from pydantic import Field
 
 from synthaug_pipeline.lib.config import DEFAULT_PROFILE, Profile, load_profile
-from synthaug_pipeline.lib.datasets import Dataset, load_dataset
+from synthaug_pipeline.lib.datasets import EMBEDDED_SOURCES, Dataset, load_dataset
 from synthaug_pipeline.lib.model_store import PROCESS_STORE, ModelRef
 from synthaug_pipeline.lib.progress import Eta
 from synthaug_pipeline.lib.redaction import redact_url
@@ -28,8 +28,15 @@ class SynthaugSettings(dg.ConfigurableResource):
         configure_output_storage(profile.output)  # S3 endpoint, timeouts, retries for every URL this run opens
         return profile
 
-    def dataset(self) -> Dataset:
-        return _dataset(self.load().data.model_dump_json())
+    def dataset(self, classes: list[str] | None = None) -> Dataset:
+        """The profile's dataset with the pixels of ``classes`` (None: every class; ``[]``: the listing only).
+
+        A folder, Parquet or ImageNet source decodes only those classes, so a step holds its batch's images, not the
+        dataset's; digits and Fashion-MNIST are small and decoded whole once per process whatever is asked.
+        """
+        data = self.load().data
+        decode = None if classes is None or data.source in EMBEDDED_SOURCES else tuple(classes)
+        return _dataset(data.model_dump_json(), decode)
 
 
 @functools.lru_cache(maxsize=8)
@@ -38,11 +45,11 @@ def _profile(name: str, overrides: tuple[str, ...]) -> Profile:
 
 
 @functools.lru_cache(maxsize=2)
-def _dataset(data_json: str) -> Dataset:
-    # one decode per process serves every class partition of a multi-class run
+def _dataset(data_json: str, decode: tuple[str, ...] | None) -> Dataset:
+    # one decode per process and class batch serves every class partition of the step
     from synthaug_pipeline.lib.config import DataConfig
 
-    return load_dataset(DataConfig.model_validate(json.loads(data_json)))
+    return load_dataset(DataConfig.model_validate(json.loads(data_json)), None if decode is None else list(decode))
 
 
 def default_device() -> str:

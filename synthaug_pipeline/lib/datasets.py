@@ -62,10 +62,25 @@ class Dataset:
     available: dict[str, dict[str, int]] | None = None  # {class id: {"train": n, "test": n}} listed before caps (imagenet)
     # carved from the training split (data.validation_fraction): every choice is made on it, never on test
     validation: LabeledImages | None = None
+    # listed sources read only some classes' pixels (load_dataset's ``decode``): those classes, None for all
+    decoded: list[str] | None = None
+    # per class, the images each split gets when every listed file decodes: {class id: {"train", "validation", "test"}}
+    planned: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
+
+    def counts(self, class_id: str) -> dict[str, int]:
+        """Images per split of one class: counted from the decoded pixels, or the listing's plan for a class not decoded."""
+        if self.decoded is not None and class_id not in self.decoded:
+            return dict(self.planned[class_id])
+        index = self.class_ids.index(class_id)
+        return {
+            "train": int(np.sum(self.train.labels == index)),
+            "validation": int(np.sum(self.validation.labels == index)) if self.validation is not None else 0,
+            "test": int(np.sum(self.test.labels == index)),
+        }
 
     @property
     def skipped_by_reason(self) -> dict[str, int]:
@@ -218,8 +233,17 @@ def check_dataset_available(cfg: DataConfig) -> None:
 # --- loading -------------------------------------------------------------------------------
 
 
-def load_dataset(cfg: DataConfig) -> Dataset:
-    """Load, split, subset and resize the configured dataset."""
+EMBEDDED_SOURCES = ("digits", "fashion")  # decoded whole: at most ~70,000 small images
+
+
+def load_dataset(cfg: DataConfig, decode: list[str] | None = None) -> Dataset:
+    """Load, split, subset and resize the configured dataset.
+
+    ``decode``: the class ids whose images are read and decoded (None: every selected class). Listed sources (folder,
+    Parquet, imagenet) read only those, so a step over a batch of classes holds that batch's pixels, not the dataset's;
+    the split and each class's draw are the same as with every class decoded. The other classes keep their planned
+    counts (:meth:`Dataset.counts`). The embedded sources (digits, fashion) are always decoded whole.
+    """
     if cfg.source == "digits":
         dataset = _load_digits(cfg)
     elif cfg.source == "fashion":
@@ -227,9 +251,9 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     elif cfg.source == "imagenet":
         from synthaug_pipeline.lib.imagenet import load_imagenet
 
-        return load_imagenet(cfg)  # subsets before decoding, like folder
+        return load_imagenet(cfg, decode)  # subsets before decoding, like folder
     else:
-        return _load_folder(cfg)  # subsets before decoding
+        return _load_folder(cfg, decode)  # subsets before decoding
     return _postprocess(dataset, cfg)
 
 
@@ -511,7 +535,7 @@ def _draw_batches(groups: list[np.ndarray], k: int | None, chosen: dict[int, np.
             yield wanted[start : start + READ_BATCH]
 
 
-def _load_folder(cfg: DataConfig) -> Dataset:
+def _load_folder(cfg: DataConfig, decode: list[str] | None = None) -> Dataset:
     """Load an ImageFolder tree or Parquet file, deciding the split and the subset before decoding.
 
     Only the chosen images are read and decoded. Splits: ``train/`` with ``test/``, ``val/``, ``valid/``,
@@ -526,16 +550,28 @@ def _load_folder(cfg: DataConfig) -> Dataset:
     class_ids = _select_classes(all_ids, wanted_classes(cfg))
     fs, root = fsspec.core.url_to_fs(path)
     listing = _list_parquet(fs, root, path, all_ids) if _is_parquet(path) else _list_folder(fs, root, all_ids)
-    return load_listing(cfg, listing, all_ids, class_ids, _folder_reader(fs, root, path), name=Path(root).name, path=path)
+    return load_listing(
+        cfg, listing, all_ids, class_ids, _folder_reader(fs, root, path), name=Path(root).name, path=path, decode=decode
+    )
 
 
 def load_listing(
-    cfg: DataConfig, listing: _Listing, all_ids: list[str], class_ids: list[str], read, *, name: str, path: str, class_names=None
+    cfg: DataConfig,
+    listing: _Listing,
+    all_ids: list[str],
+    class_ids: list[str],
+    read,
+    *,
+    name: str,
+    path: str,
+    class_names=None,
+    decode: list[str] | None = None,
 ) -> Dataset:
     """Split, subset, read and decode a listed dataset: only the chosen images are read (see :func:`_load_folder`).
 
     ``listing.labels`` index ``all_ids``; the result keeps ``class_ids`` (a subset, in that order). ``read`` maps a
-    batch of ``listing.refs`` to their encoded bytes (an exception or None for one that cannot be read).
+    batch of ``listing.refs`` to their encoded bytes (an exception or None for one that cannot be read). ``decode``
+    limits the reading to those classes (see :func:`load_dataset`); every draw is made over all classes first.
     """
     from synthaug_pipeline.lib.images import ImageDecodeError, decode_image  # imports torch: only when pixels are read
 
@@ -549,6 +585,10 @@ def load_listing(
     train_idx, validation_idx = carve_validation(train_idx[labels[train_idx] >= 0], labels, cfg.validation_fraction, cfg.seed, class_ids)
     skipped = [entry for entry in listing.skipped if entry[1] in class_ids]
     size, channels = cfg.image_size or 32, cfg.channels or 3
+    unknown = sorted(set(decode or []) - set(class_ids))
+    if unknown:
+        raise DatasetError(f"classes {unknown[:10]} are not among the selected classes of {path!r}")
+    decoded = np.ones(len(class_ids), dtype=bool) if decode is None else np.isin(class_ids, list(decode))
 
     def attempt(data) -> np.ndarray | str:
         """The fitted image, or why it is skipped."""
@@ -564,7 +604,9 @@ def load_listing(
     def read_split(indices: np.ndarray, k: int | None, seed: int) -> LabeledImages:
         indices = indices[labels[indices] >= 0]
         chosen: dict[int, np.ndarray] = {}
-        for batch in _draw_batches(_draw_order(indices, labels, k, seed), k, chosen):
+        # drawn over every class (the same random stream whatever is decoded), then only the decoded classes are read
+        groups = [order[decoded[labels[order]]] for order in _draw_order(indices, labels, k, seed)]
+        for batch in _draw_batches([g for g in groups if len(g)], k, chosen):
             for i, data in zip(batch, read([listing.refs[i] for i in batch]), strict=True):
                 outcome = attempt(data)
                 if isinstance(outcome, str):
@@ -579,8 +621,9 @@ def load_listing(
     test = read_split(test_idx, cfg.test_per_class, cfg.seed + 1)
     validation = read_split(validation_idx, None, cfg.seed) if cfg.validation_fraction else None
     counts = _skip_counts(skipped)
+    planned = _planned_counts(class_ids, labels, train_idx, validation_idx, test_idx, cfg)
     for index, class_id in enumerate(class_ids):
-        if not np.any(train.labels == index):
+        if not np.any(train.labels == index) if decoded[index] else not planned[class_id]["train"]:
             reasons = counts.get(class_id)
             held_out = int(np.sum(labels[test_idx] == index))
             if reasons:
@@ -601,7 +644,23 @@ def load_listing(
         skipped_files=[ref for ref, _, _ in skipped],
         skipped=counts,
         validation=validation,
+        decoded=None if decode is None else [c for c, d in zip(class_ids, decoded, strict=True) if d],
+        planned=planned,
     )
+
+
+def _planned_counts(
+    class_ids: list[str], labels: np.ndarray, train_idx: np.ndarray, validation_idx: np.ndarray, test_idx: np.ndarray, cfg: DataConfig
+) -> dict[str, dict[str, int]]:
+    """Per class, the images each split gets when every listed file decodes (the per-class caps applied)."""
+
+    def per_class(indices: np.ndarray, cap: int | None) -> np.ndarray:
+        n = np.bincount(labels[indices][labels[indices] >= 0], minlength=len(class_ids))
+        return n if cap is None else np.minimum(n, cap)
+
+    train, test = per_class(train_idx, cfg.train_per_class), per_class(test_idx, cfg.test_per_class)
+    validation = per_class(validation_idx, None)
+    return {c: {"train": int(train[i]), "validation": int(validation[i]), "test": int(test[i])} for i, c in enumerate(class_ids)}
 
 
 def _to_channels(image: np.ndarray, channels: int) -> np.ndarray:

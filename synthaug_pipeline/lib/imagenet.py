@@ -361,11 +361,13 @@ def available_counts(listing: _Listing, all_ids: list[str], class_ids: list[str]
     return {c: {"train": int(train[position[c]]), "test": int(test[position[c]])} for c in class_ids}
 
 
-def load_imagenet(cfg: DataConfig) -> Dataset:
-    """The selected classes of an ImageNet tree or Parquet file (only the chosen images decoded), named by WordNet."""
+def load_imagenet(cfg: DataConfig, decode: list[str] | None = None) -> Dataset:
+    """The selected classes of an ImageNet tree or Parquet file (only the chosen images of the ``decode`` classes
+    decoded, every class when None), named by WordNet."""
     listing, all_ids, class_ids, read = _listing(cfg)
     dataset = load_listing(
-        cfg, listing, all_ids, class_ids, read, name="imagenet", path=cfg.path, class_names=[class_name(c) for c in class_ids]
+        cfg, listing, all_ids, class_ids, read, name="imagenet", path=cfg.path, class_names=[class_name(c) for c in class_ids],
+        decode=decode,
     )
     dataset.available = available_counts(listing, all_ids, class_ids)
     return dataset

@@ -174,3 +174,35 @@ def test_the_io_manager_stores_at_a_memory_url_and_reads_lazily(tmp_path):
     fs = fsspec.filesystem("memory")
     assert fs.exists("/synthaug-io-test/out/assets/real_images/2/value.json")
     assert not [p for p in fs.find("/synthaug-io-test/out/assets") if p.endswith((".pkl", ".pickle"))]
+
+
+def test_the_catalog_lists_a_folder_and_real_images_decodes_only_its_batch(tmp_path, monkeypatch):
+    """A folder dataset: class_catalog decodes no image, a real_images step of 2 of 5 classes decodes only those 2,
+    and a file that cannot be decoded is counted in its class's real_images metadata."""
+    from synthaug_pipeline.defs import resources
+
+    data = image_folder(tmp_path / "data", classes=5)
+    (data / "c003" / "broken.png").write_bytes(b"not an image")
+    decoded = []
+    real_decode = __import__("synthaug_pipeline.lib.images", fromlist=["decode_image"]).decode_image
+    monkeypatch.setattr("synthaug_pipeline.lib.images.decode_image", lambda data, channels: decoded.append(1) or real_decode(data, channels))
+    resources._dataset.cache_clear()
+    defs = build_definitions("folder", tiny(data, tmp_path / "output", 2))
+    with dg.instance_for_test() as instance:
+        assets, res = list(defs.assets), dict(defs.resources)
+        assert dg.materialize(assets, selection=["class_catalog"], instance=instance, resources=res).success
+        assert decoded == []  # listed, not decoded
+        catalog = defs.load_asset_value("class_catalog", instance=instance)
+        assert [c["train"] + c["validation"] + c["test"] for c in catalog["classes"]] == [6, 6, 6, 7, 6]  # the plan lists broken.png
+        tags = {"dagster/asset_partition_range_start": "c002", "dagster/asset_partition_range_end": "c003"}
+        assert dg.materialize(assets, selection=["real_images"], instance=instance, resources=res, tags=tags).success
+        assert len(decoded) == 13  # 6 + 7 files of the two classes, none of the other three
+        metadata = {
+            r.partition_key: r.asset_materialization.metadata
+            for r in instance.fetch_materializations(dg.AssetKey("real_images"), limit=10).records
+        }
+        real = defs.load_asset_value("real_images", instance=instance, partition_key="c003")["c003"]
+    assert sorted(metadata) == ["c002", "c003"]
+    assert metadata["c003"]["skipped_files"].value == {"not_an_image": 1} and metadata["c002"]["skipped_files"].value == {}
+    assert len(real.train) + len(real.validation if real.validation is not None else []) + len(real.test) == 6
+    resources._dataset.cache_clear()

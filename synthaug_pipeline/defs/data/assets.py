@@ -17,20 +17,22 @@ from synthaug_pipeline.lib.preflight import check_before_training, check_experim
 def build_data_assets(partitions: dg.PartitionsDefinition, backfill_policy: dg.BackfillPolicy | None = None) -> list[dg.AssetsDefinition]:
     @dg.asset(group_name="data", kinds={"python"})
     def class_catalog(context: dg.AssetExecutionContext, settings: SynthaugSettings) -> dict:
-        """Class ids, names and real-image counts of the active profile's dataset."""
+        """Class ids, names and real-image counts of the active profile's dataset.
+
+        A folder, Parquet or ImageNet source is listed, not decoded, here: its counts are what each split gets when
+        every listed file decodes, and files skipped at decode time are counted per class by ``real_images``.
+        """
         started = time.perf_counter()
-        dataset = settings.dataset()
+        dataset = settings.dataset(classes=[])  # the listing; digits and Fashion-MNIST are decoded whole (small)
         counts = [
             {
                 "class_id": class_id,
                 "name": name,
-                "train": int(np.sum(dataset.train.labels == i)),
-                "test": int(np.sum(dataset.test.labels == i)),
-                "validation": int(np.sum(dataset.validation.labels == i)) if dataset.validation is not None else 0,
+                **dataset.counts(class_id),
                 "skipped": dataset.skipped.get(class_id, {}),
                 **({"available": dataset.available[class_id]} if dataset.available else {}),  # listed before per-class caps
             }
-            for i, (class_id, name) in enumerate(zip(dataset.class_ids, dataset.class_names, strict=True))
+            for class_id, name in zip(dataset.class_ids, dataset.class_names, strict=True)
         ]
         profile = settings.load()
         train_counts = [c["train"] for c in counts]
@@ -78,8 +80,8 @@ def build_data_assets(partitions: dg.PartitionsDefinition, backfill_policy: dg.B
 
     @dg.asset(partitions_def=partitions, group_name="data", kinds={"numpy"}, backfill_policy=backfill_policy)
     def real_images(context: dg.AssetExecutionContext, settings: SynthaugSettings, class_catalog: dict) -> PerPartition:
-        """The real train and test images of each class of the step."""
-        dataset = settings.dataset()
+        """The real train and test images of each class of the step (only the step's classes are decoded)."""
+        dataset = settings.dataset(classes=list(context.partition_keys))
         values = PerPartition()
         for class_id in context.partition_keys:
             started = time.perf_counter()
@@ -96,6 +98,8 @@ def build_data_assets(partitions: dg.PartitionsDefinition, backfill_policy: dg.B
                     "train_images": len(train),
                     "validation_images": 0 if validation is None else len(validation),
                     "test_images": len(test),
+                    # files of this class that could not be decoded (corrupt, empty, too large, ...): skipped, replaced
+                    "skipped_files": dg.MetadataValue.json(dataset.skipped.get(class_id, {})),
                     "preview": dg.MetadataValue.md(grid_markdown(train, f"real {class_id} ({name})")),
                     "seconds": round(time.perf_counter() - started, 2),
                 },
