@@ -33,7 +33,7 @@ import numpy as np
 
 from synthaug_pipeline.lib.classifier import load_classifier, predict, save_classifier, train_classifier
 from synthaug_pipeline.lib.config import ProfileError, load_profile
-from synthaug_pipeline.lib.datasets import load_dataset
+from synthaug_pipeline.lib.datasets import load_dataset, validation_split
 from synthaug_pipeline.lib.diffusion import image_seed, load_generator, sample_images, sample_images_naive, save_generator, train_generator
 from synthaug_pipeline.lib.machine import describe_machine, finish_machine, machine_summary
 from synthaug_pipeline.lib.metrics import frechet_distance, mean_pairwise_distance
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         judge = load_classifier(args.judge)
     else:
         log(f"training judge ({profile.judge.steps} steps) ...")
-        judge = train_classifier(dataset.train.images, dataset.train.labels, num_classes, profile.judge)
+        judge = train_classifier(dataset.train.images, dataset.train.labels, num_classes, profile.judge, validation=validation_split(dataset))
     if args.save_models:
         save_generator(generator, f"{args.save_models}/generator")
         save_classifier(judge, f"{args.save_models}/judge")

@@ -35,7 +35,7 @@ import torch
 
 from synthaug_pipeline.lib.classifier import load_classifier, train_classifier
 from synthaug_pipeline.lib.config import ProfileError, load_profile
-from synthaug_pipeline.lib.datasets import load_dataset
+from synthaug_pipeline.lib.datasets import load_dataset, validation_split
 from synthaug_pipeline.lib.features import FeatureExtractorError, build_feature_extractor, judge_name, judge_probs_and_features
 from synthaug_pipeline.lib.machine import describe_machine, finish_machine, machine_summary
 from synthaug_pipeline.lib.metrics import frechet_distance, kernel_inception_distance, manifold_metrics
@@ -223,7 +223,9 @@ def main(argv: list[str] | None = None) -> int:
         trained = load_classifier(args.judge)
     else:
         log(f"training judge ({profile.judge.steps} steps, not timed) ...")
-        trained = train_classifier(dataset.train.images, dataset.train.labels, len(dataset.class_ids), profile.judge)
+        trained = train_classifier(
+            dataset.train.images, dataset.train.labels, len(dataset.class_ids), profile.judge, validation=validation_split(dataset)
+        )
     judge = trained.model.eval()
     features_name = judge_name(trained.config["model"], trained.version or "unsaved")
 

@@ -130,6 +130,10 @@ class ClassSplits:
     def has(self, split: str) -> bool:
         return self.splits.get(split) is not None
 
+    def validation(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(images, labels)`` of the validation split for early stopping, None when it was not spilled or is empty."""
+        return (self.splits["validation"].images, self.splits["validation"].labels) if self.has("validation") else None
+
 
 def spill_classes(classes: Mapping[str, Any] | Sequence[Any], splits: Iterable[str] = ("train",)) -> ClassSplits:
     """Every class's ``splits`` (``RealClass`` attributes) spilled to local files, classes in ``class_index`` order.

@@ -225,6 +225,13 @@ class ClassifierConfig(_Section):
     weight_decay: Float = Field(5e-4, ge=0)
     optimizer: Literal["adamw", "sgd"] = Field("adamw", description="AdamW, or SGD with Nesterov momentum 0.9; cosine schedule either way.")
     seed: Seed = 0
+    early_stopping_every: int | None = Field(
+        None,
+        ge=1,
+        description="Early stopping on the validation split: every N steps (and at the last) measure top-1 on it and keep the "
+        "weights that scored best (the earliest of equal scores); the steps run are the same either way. Needs "
+        "data.validation_fraction > 0. None: keep the last step's weights.",
+    )
 
 
 class AugmentedConfig(_Section):
@@ -518,6 +525,13 @@ class Profile(_Section):
             raise ValueError("regeneration.metric=validation_error ranks classes on the validation split: set data.validation_fraction > 0")
         if self.experiments.validation_per_class is not None and not self.data.validation_fraction:
             raise ValueError("experiments.validation_per_class needs a validation split: set data.validation_fraction > 0")
+        for section in ("judge", "classifier"):
+            every = getattr(self, section).early_stopping_every
+            if every is not None and not self.data.validation_fraction:
+                raise ValueError(
+                    f"{section}.early_stopping_every={every} selects weights on the validation split: set data.validation_fraction > 0 "
+                    "(never the test split)"
+                )
         return self
 
     @property

@@ -91,6 +91,11 @@ class Dataset:
         return dict(sorted(totals.items()))
 
 
+def validation_split(dataset: Dataset) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(images, labels)`` of the dataset's validation split (early stopping), None without one."""
+    return (dataset.validation.images, dataset.validation.labels) if dataset.validation is not None else None
+
+
 @record("real_class")
 @dataclass
 class RealClass:

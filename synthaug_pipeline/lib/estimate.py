@@ -99,7 +99,7 @@ def _estimate(profile, num_classes, image_shape, device, generator, judge, sampl
         if wanted:
             images, labels = _fake_images(max(num_classes, 2 * cfg.batch_size), tuple(image_shape), num_classes, rng)
             per_step, _ = _per_step(
-                lambda steps: train_classifier(images, labels, num_classes, cfg.model_copy(update={"steps": steps}), device=device)
+                lambda steps: train_classifier(images, labels, num_classes, cfg.model_copy(update={"steps": steps, "early_stopping_every": None}), device=device)
             )
             what = f"{cfg.steps} steps" if runs == 1 else f"{runs} x {cfg.steps} steps"
             estimate.parts[name] = (what, per_step * cfg.steps * runs)

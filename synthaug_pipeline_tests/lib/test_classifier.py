@@ -563,3 +563,41 @@ def test_load_errors(tiny_trained: TrainedClassifier, tmp_path) -> None:
     fs.pipe_file(f"{root}/config.json", json.dumps(record).encode())
     with pytest.raises(ValueError, match="does not match"):
         load_classifier(url)
+
+
+def _top1(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray) -> float:
+    probabilities, _ = predict(model, images)
+    return float(np.mean(probabilities.argmax(axis=1) == labels))
+
+
+def test_early_stopping_keeps_the_best_validation_weights_and_trains_the_same_steps() -> None:
+    images, labels = _patterns(6, seed=0)
+    held_images, held_labels = _patterns(20, seed=1)
+    cfg = FAST.model_copy(update={"steps": 40, "learning_rate": 3e-2})  # a rate high enough to wobble on validation
+    plain = train_classifier(images, labels, 3, cfg)
+    early = train_classifier(images, labels, 3, cfg.model_copy(update={"early_stopping_every": 5}), validation=(held_images, held_labels))
+    assert early.history == plain.history  # the same steps, losses and rates: the checks draw no random numbers
+    record = early.config["early_stopping"]
+    curve = record["curve"]
+    assert [p["step"] for p in curve] == list(range(5, 41, 5))
+    best = max(p["top1"] for p in curve)
+    assert record["best_validation_top1"] == best
+    assert record["best_step"] == next(p["step"] for p in curve if p["top1"] == best)  # the earliest of equal scores
+    assert record["validation_images"] == len(held_images)
+    assert _top1(early.model, held_images, held_labels) == pytest.approx(best, abs=1e-9)
+    final = curve[-1]["top1"]
+    assert _top1(plain.model, held_images, held_labels) == pytest.approx(final, abs=1e-9)  # the last check is the plain model
+    if record["best_step"] != 40:
+        assert not all(torch.equal(a, b) for a, b in zip(early.model.state_dict().values(), plain.model.state_dict().values()))
+    assert "early_stopping" not in plain.config
+
+
+def test_early_stopping_without_a_validation_split_is_refused_before_training() -> None:
+    images, labels = _patterns(4, seed=0)
+    cfg = FAST.model_copy(update={"early_stopping_every": 5})
+    with pytest.raises(ValueError, match="early_stopping_every=5 selects weights on the validation split, and there is none"):
+        train_classifier(images, labels, 3, cfg)
+    with pytest.raises(ValueError, match="validation: labels must lie in"):
+        train_classifier(images, labels, 3, cfg, validation=(images, labels + 5))
+    cas = train_classifier_synthetic_only(images, labels, 3, cfg, validation=(images, labels))
+    assert cas.config["early_stopping"]["validation_images"] == len(images)

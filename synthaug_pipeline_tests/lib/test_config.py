@@ -125,3 +125,10 @@ def test_errors_stay_on_one_line_and_hide_credentials():
     with pytest.raises(ProfileError) as caught:
         load_profile("digits", ["data.path=[https://reader:hunter22@example.com/d.parquet]"])  # a list: quoted back
     assert "hunter22" not in str(caught.value) and "https://***@example.com/d.parquet" in str(caught.value)
+
+
+@pytest.mark.parametrize("section", ["judge", "classifier"])
+def test_early_stopping_needs_a_validation_split(section):
+    with pytest.raises(ProfileError, match=f"{section}.early_stopping_every=50 selects weights on the validation split"):
+        load_profile("fashion", [f"{section}.early_stopping_every=50", "data.validation_fraction=0"])
+    assert load_profile("digits", [f"{section}.early_stopping_every=50"]).model_dump()[section]["early_stopping_every"] == 50

@@ -152,8 +152,15 @@ def build_experiment_assets(experiments: ExperimentsConfig) -> list[dg.AssetsDef
 
         cfg = profile.classifier.model_copy(update={"seed": spec.seed})  # same steps for every run: gains are not longer training
         progress = training_progress(context, f"experiment {spec.key}")
+        rows_used = validation = None
+        if spilled.has("validation"):  # the reported validation numbers and early stopping (when set) use the same images
+            rows_used = validation_subset(spilled["validation"].labels, profile.experiments.validation_per_class)
+            held = spilled["validation"].take(rows_used)
+            validation = (held.images, held.labels)
         if spec.synthetic_only:
-            trained = train_classifier_synthetic_only(synthetic, synthetic_labels, len(class_ids), cfg, progress, default_device())
+            trained = train_classifier_synthetic_only(
+                synthetic, synthetic_labels, len(class_ids), cfg, progress, default_device(), validation=validation
+            )
         else:
             kept = spilled["train"].take(plan.real_indices)
             trained = train_classifier(
@@ -167,16 +174,14 @@ def build_experiment_assets(experiments: ExperimentsConfig) -> list[dg.AssetsDef
                 progress=progress,
                 device=default_device(),
                 aux_bn=spec.aux_bn,
+                validation=validation,
             )
         evaluated_at = time.perf_counter()
-        validation = None
-        if spilled.has("validation"):
-            rows_used = validation_subset(spilled["validation"].labels, profile.experiments.validation_per_class)
-            subset = spilled["validation"].take(rows_used)
+        if validation is not None:
             scores = evaluate_under_shift(
                 trained.model.to(default_device()),
-                subset.images,
-                subset.labels,
+                validation[0],
+                validation[1],
                 class_ids,
                 profile.evaluation.corruptions,
                 profile.evaluation.severities,

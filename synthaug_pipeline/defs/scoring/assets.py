@@ -278,7 +278,9 @@ def build_scoring_assets(partitions: dg.PartitionsDefinition, backfill_policy: d
     ) -> ModelRef:
         """A classifier trained on the real training split; it scores synthetic images and provides features."""
         profile = settings.load()
-        spilled = spill_classes(real_images, ("train", "test"))  # one class in RAM at a time (lib.class_splits)
+        # one class in RAM at a time (lib.class_splits); the validation split too when the judge selects weights on it
+        early = profile.judge.early_stopping_every and profile.data.validation_fraction
+        spilled = spill_classes(real_images, ("train", "validation", "test") if early else ("train", "test"))
         images, labels = spilled["train"].images, spilled["train"].labels
         num_classes = len(class_catalog["class_ids"])
         model_name = profile.judge.model
@@ -294,7 +296,13 @@ def build_scoring_assets(partitions: dg.PartitionsDefinition, backfill_policy: d
             log_progress(context, "one class: the judge is an untrained network (confidence 1 for every image; random features)")
         else:
             trained = train_classifier(
-                images, labels, num_classes, profile.judge, progress=training_progress(context, "judge"), device=default_device()
+                images,
+                labels,
+                num_classes,
+                profile.judge,
+                progress=training_progress(context, "judge"),
+                device=default_device(),
+                validation=spilled.validation(),
             )
         del images, labels
         url = model_url(profile.output_url, "judge", context.run_id)

@@ -78,6 +78,11 @@ def _model_record(context: dg.AssetExecutionContext, trained: TrainedClassifier,
     return ModelRef(role=name, url=url, version=version, model=trained.config.get("model", ""), details={"lineage": lineage})
 
 
+def _splits(profile) -> tuple[str, ...]:
+    """The real splits a classifier reads: the validation split too when it selects weights on it (early stopping)."""
+    return ("train", "validation") if profile.classifier.early_stopping_every and profile.data.validation_fraction else ("train",)
+
+
 def build_training_assets() -> list[dg.AssetsDefinition]:
     @dg.asset(group_name="training", pool="gpu", kinds={"pytorch", "timm"})
     def classifier_baseline(
@@ -86,8 +91,8 @@ def build_training_assets() -> list[dg.AssetsDefinition]:
         """A classifier trained on the real training images only."""
         profile = settings.load()
         check_shift_folders(profile.evaluation.shift_folders, class_catalog["class_ids"], profile.evaluation.shift_folder_labels)
-        real = spill_classes(real_images, ("train",))["train"]  # one class in RAM at a time (lib.class_splits)
-        images, labels = real.images, real.labels
+        spilled = spill_classes(real_images, _splits(profile))  # one class in RAM at a time (lib.class_splits)
+        images, labels = spilled["train"].images, spilled["train"].labels
         trained = train_classifier(
             images,
             labels,
@@ -95,6 +100,7 @@ def build_training_assets() -> list[dg.AssetsDefinition]:
             profile.classifier,
             progress=training_progress(context, "classifier_baseline"),
             device=default_device(),
+            validation=spilled.validation(),
         )
         lineage = {
             "real": {"dataset": class_catalog["dataset"], "source": class_catalog["source"], "images": len(images)},
@@ -125,8 +131,8 @@ def build_training_assets() -> list[dg.AssetsDefinition]:
         if profile.augmented.synthetic_ratio > 0:  # checks of a run materialized earlier count too, not only this run's
             check_shards_passed(shards, "classifier_augmented")
         check_shift_folders(profile.evaluation.shift_folders, class_ids, profile.evaluation.shift_folder_labels)
-        real = spill_classes(real_images, ("train",))["train"]  # one class in RAM at a time (lib.class_splits)
-        images, labels = real.images, real.labels
+        spilled = spill_classes(real_images, _splits(profile))  # one class in RAM at a time (lib.class_splits)
+        images, labels = spilled["train"].images, spilled["train"].labels
         pool = synthetic_pool(shards, images.shape[1:])  # the exact bytes the scoring run wrote, one shard at a time
         synthetic, synthetic_labels = pool.images, pool.labels
         ratio = profile.augmented.synthetic_ratio
@@ -153,6 +159,7 @@ def build_training_assets() -> list[dg.AssetsDefinition]:
             device=default_device(),
             aux_bn=profile.augmented.aux_bn,
             use_available=use_available,
+            validation=spilled.validation(),
         )
         reached = trained.config.get("synthetic_ratio_by_class")
         by_class = dict(zip(class_ids, reached, strict=True)) if reached is not None else None

@@ -103,6 +103,7 @@ def train_classifier(
     allow_synthetic_reuse: bool = False,
     use_available: bool = False,
     amp: bool = True,
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> TrainedClassifier:
     """Train ``cfg.model`` for exactly ``cfg.steps`` steps of ``cfg.batch_size`` images.
 
@@ -130,6 +131,9 @@ def train_classifier(
     any other). Without synthetic images in the mix it changes nothing. ``augment=False`` turns the
     random translation off. The defaults reproduce earlier results bit for bit. Both settings are
     recorded in ``config`` (``aux_bn``, ``augment``; ``max_translate`` is 0 without augmentation).
+
+    ``validation`` (images, labels): the held-out split that ``cfg.early_stopping_every`` selects the weights on
+    (see :func:`_fit`); never the test split.
 
     For synthetic-only training (Classification Accuracy Score) use
     :func:`train_classifier_synthetic_only`.
@@ -165,6 +169,7 @@ def train_classifier(
         augment=augment,
         amp=amp,
         class_ratios=class_ratios,
+        validation=validation,
     )
     config = {
         **run.config,
@@ -219,6 +224,7 @@ def train_classifier_synthetic_only(
     *,
     augment: bool = True,
     amp: bool = True,
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> TrainedClassifier:
     """Train on synthetic images only, for the Classification Accuracy Score (CAS).
 
@@ -231,7 +237,8 @@ def train_classifier_synthetic_only(
 
     The result records ``num_real=0``, ``num_synthetic=len(synthetic_images)`` and in ``config``
     ``synthetic_only=True`` and ``synthetic_ratio=None`` (no real images to be a ratio of). There is
-    no ``aux_bn`` option: with no real images the main BN would never be trained.
+    no ``aux_bn`` option: with no real images the main BN would never be trained. ``validation``: real held-out
+    images for ``cfg.early_stopping_every`` (see :func:`_fit`).
     """
     if num_classes < 2:
         raise ValueError(f"a classifier needs at least 2 classes, got num_classes={num_classes}")
@@ -243,7 +250,8 @@ def train_classifier_synthetic_only(
     if len(missing):
         raise ValueError(f"classes {missing.tolist()} have no synthetic images; synthetic-only training (CAS) needs at least one per class")
     run = _fit(
-        synthetic_images, synthetic_labels, num_classes, cfg, None, None, 0.0, progress, device, aux_bn=False, augment=augment, amp=amp
+        synthetic_images, synthetic_labels, num_classes, cfg, None, None, 0.0, progress, device, aux_bn=False, augment=augment, amp=amp,
+        validation=validation,
     )
     return TrainedClassifier(
         model=run.model,
@@ -279,12 +287,27 @@ def _fit(
     augment: bool,
     amp: bool,
     class_ratios: np.ndarray | None = None,
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> _Run:
     """The training loop behind train_classifier / train_classifier_synthetic_only (inputs validated).
 
     ``images`` is the primary pool; ``synthetic_*`` the pool mixed in at ``synthetic_ratio`` (None
     and 0.0 for none). Returns the model (CPU, eval mode, aux BN stripped) and the shared config.
+
+    With ``cfg.early_stopping_every`` = N, top-1 on ``validation`` is measured every N steps and at the last, in
+    eval mode (the main batch-norm layers), and the weights that scored best are returned (the earliest of equal
+    scores), recorded as ``config["early_stopping"]``. The measurements draw no random numbers and change no
+    running statistics, so the training steps are the same as without it.
     """
+    every = cfg.early_stopping_every
+    if every is not None:
+        if validation is None or len(validation[0]) == 0:
+            raise ValueError(
+                f"classifier.early_stopping_every={every} selects weights on the validation split, and there is none: "
+                "set data.validation_fraction > 0, or unset early_stopping_every"
+            )
+        _check_images(validation[0], "validation")
+        validation = (validation[0], _check_labels(validation[1], len(validation[0]), num_classes, "validation"))
     use_synthetic = synthetic_ratio > 0
     rng = np.random.default_rng(cfg.seed)
     sampler = BalancedMixSampler(labels, num_classes, synthetic_labels if use_synthetic else None, synthetic_ratio, rng, class_ratios)
@@ -306,6 +329,8 @@ def _fit(
         loss_fn = nn.CrossEntropyLoss(label_smoothing=LABEL_SMOOTHING)
 
         history: list[dict[str, float]] = []
+        curve: list[dict[str, float]] = []  # early stopping: validation top-1 per check
+        best: tuple[float, int, dict[str, torch.Tensor]] | None = None
         loss_sum, loss_count = torch.zeros((), device=device), 0
         start = time.perf_counter()
         for step in range(1, cfg.steps + 1):
@@ -351,6 +376,13 @@ def _fit(
                 loss_count = 0
                 if progress is not None:
                     progress(step, cfg.steps, mean_loss)
+            if every is not None and (step % every == 0 or step == cfg.steps):
+                top1 = _validation_top1(model, validation, device, amp_dtype)
+                curve.append({"step": step, "top1": round(top1, 6)})
+                if best is None or top1 > best[0]:
+                    best = (top1, step, {k: v.detach().clone() for k, v in model.state_dict().items()})
+        if best is not None:
+            model.load_state_dict(best[2])
         seconds = time.perf_counter() - start
 
     if aux_bn:
@@ -368,8 +400,32 @@ def _fit(
         "aux_bn": bool(aux_bn),
         "amp": str(amp_dtype).removeprefix("torch.") if amp_dtype is not None else None,
         **_adapter_config(model),
+        **(
+            {"early_stopping": {"best_step": best[1], "best_validation_top1": round(best[0], 6), "validation_images": len(validation[0]), "curve": curve}}
+            if best is not None
+            else {}
+        ),
     }
     return _Run(model=model, config=config, history=history, seconds=seconds)
+
+
+@torch.no_grad()
+def _validation_top1(
+    model: nn.Module, validation: tuple[np.ndarray, np.ndarray], device: torch.device, amp_dtype: torch.dtype | None, batch_size: int = 512
+) -> float:
+    """Top-1 on ``validation`` in eval mode (no random numbers, no running-statistics update); back to train mode after."""
+    images, labels = validation
+    model.eval()
+    try:
+        correct = 0
+        for start in range(0, len(images), batch_size):
+            x = to_model_tensor(images[start : start + batch_size]).to(device)
+            with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext():
+                predicted = model(x).argmax(dim=1).cpu().numpy()
+            correct += int(np.sum(predicted == labels[start : start + batch_size]))
+    finally:
+        model.train()
+    return correct / len(images)
 
 
 def make_optimizer(model: nn.Module, cfg: ClassifierConfig) -> torch.optim.Optimizer:
