@@ -2,7 +2,8 @@
 
 ``generator.backend`` picks the generator: ``ddpm`` trains a class-conditional DDPM on the real images;
 ``dit``, ``text2img`` and ``img2img`` (``image_variation`` for its image-embedding variant) load a
-pretrained pipeline from ``generator.model`` once per process (see :mod:`synthaug_pipeline.lib.pretrained`).
+pretrained pipeline from ``generator.model`` once per process (see :mod:`synthaug_pipeline.lib.pretrained`) and samples
+it with :mod:`synthaug_pipeline.lib.pretrained_sampling`.
 """
 
 import time
@@ -37,14 +38,13 @@ from synthaug_pipeline.lib.diffusion import (
 from synthaug_pipeline.lib.faults import failpoint
 from synthaug_pipeline.lib.images import grid_markdown
 from synthaug_pipeline.lib.plots import line_chart_markdown
-from synthaug_pipeline.lib.pretrained import (
+from synthaug_pipeline.lib.pretrained import pipeline_kind
+from synthaug_pipeline.lib.pretrained_sampling import generate_class, per_image
+from synthaug_pipeline.lib.pretrained_settings import (
     SamplingSettings,
     dit_class_indices,
     dit_num_labels,
-    generate_class,
     make_pretrained_scheduler,
-    per_image,
-    pipeline_kind,
     validate_settings,
 )
 from synthaug_pipeline.lib.model_store import ModelRef
