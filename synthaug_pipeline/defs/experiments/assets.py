@@ -54,7 +54,8 @@ from synthaug_pipeline.lib.redaction import redact_url, redact_urls
 from synthaug_pipeline.lib.plots import line_chart_markdown
 from synthaug_pipeline.lib.preflight import check_experiment_grid, check_shards_passed
 from synthaug_pipeline.lib.scoring import ScoredClass
-from synthaug_pipeline.lib.shards import ShardRef, decode_shard_images, read_shards, read_verified_shards
+from synthaug_pipeline.lib.shard_reading import decode_shard_images, read_shards, read_verified_shards
+from synthaug_pipeline.lib.shards import ShardRef
 
 RESULT_FILE = "result.json"
 
