@@ -1,12 +1,12 @@
 """Sampling one class from a loaded pretrained pipeline (:mod:`~.pretrained`) with :mod:`~.pretrained_settings`.
 
 :func:`generate_class` samples one class and returns uint8 ``[N, H, W, C]`` images at the profile's size and
-channel count, the format of the DDPM backend's :func:`~.diffusion.sample_images`, with each image's batch
+channel count, the format of the DDPM backend's :func:`~.diffusion_sampling.sample_images`, with each image's batch
 size and safety flag (the checkpoint's safety checker, run on the real pixels by :func:`safety_flags`).
 
 Reproducibility: image ``i`` draws all its randomness (initial latents, img2img's VAE posterior sample and
 added noise, ancestral scheduler noise) from its own CPU ``torch.Generator`` seeded with ``seeds[i]`` (the
-callers use :func:`~.diffusion.image_seed`), so on a CPU the same settings reproduce the same pixels at any
+callers use :func:`~.diffusion_sampling.image_seed`), so on a CPU the same settings reproduce the same pixels at any
 batch size. On CUDA, kernels may reduce in another order at another batch size (after an out-of-memory
 retry, say): each image's batch size is returned and recorded on its shard row.
 Pure module: no Dagster here.

@@ -82,7 +82,7 @@ def dit_num_labels(generator: PretrainedGenerator) -> int:
 # Schedulers and sampling settings
 # --------------------------------------------------------------------------- #
 
-# The DDPM backend's sampler names (diffusion.SAMPLERS), but built from the model's own scheduler config
+# The DDPM backend's sampler names (diffusion_sampling.SAMPLERS), but built from the model's own scheduler config
 # (betas, timestep count, prediction type, no sample clipping for latents): only the solver changes.
 SCHEDULERS: dict[str, tuple[type, dict]] = {
     "ddim": (DDIMScheduler, {}),

@@ -10,7 +10,7 @@ from synthaug_pipeline.definitions import build_definitions
 from synthaug_pipeline.lib.conditioning import parse_provenance, pixel_ids
 from synthaug_pipeline.lib.config import ProfileError, load_profile
 from synthaug_pipeline.lib.datasets import load_dataset
-from synthaug_pipeline.lib.diffusion import load_generator
+from synthaug_pipeline.lib.diffusion_store import load_generator
 from synthaug_pipeline.lib.images import decode_image
 from synthaug_pipeline.lib.pretrained import model_version
 from synthaug_pipeline.lib.shard_reading import read_shards

@@ -11,7 +11,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline, DPMSolver
 
 from synthaug_pipeline.lib import pretrained, pretrained_sampling
 from synthaug_pipeline.lib.config import GeneratorConfig
-from synthaug_pipeline.lib.diffusion import SAMPLERS
+from synthaug_pipeline.lib.diffusion_sampling import SAMPLERS
 from synthaug_pipeline.lib.pretrained import (
     GeneratorSettingError,
     NonFiniteImagesError,

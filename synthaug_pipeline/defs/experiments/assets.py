@@ -34,7 +34,7 @@ from synthaug_pipeline.lib.classifier import save_classifier, train_classifier, 
 from synthaug_pipeline.lib.config import ExperimentsConfig
 from synthaug_pipeline.lib.class_splits import spill_classes
 from synthaug_pipeline.lib.control import train_control
-from synthaug_pipeline.lib.diffusion import save_generator
+from synthaug_pipeline.lib.diffusion_store import save_generator
 from synthaug_pipeline.lib.evaluation import evaluate_under_shift
 from synthaug_pipeline.lib.shift_sets import load_shift_set
 from synthaug_pipeline.lib.experiments import (

@@ -26,15 +26,9 @@ from synthaug_pipeline.lib.conditioning import conditioning_images, pixel_ids
 from synthaug_pipeline.lib.config import GeneratorConfig, Profile
 from synthaug_pipeline.lib.class_splits import spill_classes
 from synthaug_pipeline.lib.datasets import RealClass
-from synthaug_pipeline.lib.diffusion import (
-    SyntheticClass,
-    image_seed,
-    load_generator,
-    resolve_device,
-    sample_images,
-    save_generator,
-    train_generator,
-)
+from synthaug_pipeline.lib.diffusion import SyntheticClass, resolve_device, train_generator
+from synthaug_pipeline.lib.diffusion_sampling import image_seed, sample_images
+from synthaug_pipeline.lib.diffusion_store import load_generator, save_generator
 from synthaug_pipeline.lib.faults import failpoint
 from synthaug_pipeline.lib.images import grid_markdown
 from synthaug_pipeline.lib.plots import line_chart_markdown
