@@ -25,8 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+from synthaug_pipeline.lib.class_names import describe_class, wordnet_noun_senses
 from synthaug_pipeline.lib.config import PromptsConfig
-from synthaug_pipeline.lib.prompts import build_class_prompts, describe_class, name_candidates, wordnet_noun_senses
+from synthaug_pipeline.lib.name_ranking import name_candidates
+from synthaug_pipeline.lib.prompts import build_class_prompts
 
 # wnid, plain name, the sense ImageNet means, why the plain name is ambiguous, words that single out the sense
 AMBIGUOUS = [

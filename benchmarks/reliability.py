@@ -27,7 +27,8 @@ sys.path.insert(0, str(REPO))
 
 from synthaug_pipeline.lib.faults import FAILPOINTS, KILL_AT_ENV_VAR  # noqa: E402
 from synthaug_pipeline.lib.machine import describe_machine, machine_summary  # noqa: E402
-from synthaug_pipeline.lib.shards import list_class_shards, read_shards  # noqa: E402
+from synthaug_pipeline.lib.shard_reading import read_shards  # noqa: E402
+from synthaug_pipeline.lib.shards import list_class_shards  # noqa: E402
 from synthaug_pipeline_tests.defs.test_pipeline import tiny_overrides  # noqa: E402
 
 COMPARED = ["image", "seed", "image_index", "judge_confidence", "judge_top1", "nearest_real_distance", "accepted"]

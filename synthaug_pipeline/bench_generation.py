@@ -34,7 +34,9 @@ import numpy as np
 from synthaug_pipeline.lib.classifier import load_classifier, predict, save_classifier, train_classifier
 from synthaug_pipeline.lib.config import ProfileError, load_profile
 from synthaug_pipeline.lib.datasets import load_dataset, validation_split
-from synthaug_pipeline.lib.diffusion import image_seed, load_generator, sample_images, sample_images_naive, save_generator, train_generator
+from synthaug_pipeline.lib.diffusion import train_generator
+from synthaug_pipeline.lib.diffusion_sampling import image_seed, sample_images, sample_images_naive
+from synthaug_pipeline.lib.diffusion_store import load_generator, save_generator
 from synthaug_pipeline.lib.machine import describe_machine, finish_machine, machine_summary
 from synthaug_pipeline.lib.metrics import frechet_distance, mean_pairwise_distance
 

@@ -12,7 +12,7 @@ model, image quality is not measured.
 
 *Stock*: ``StableDiffusionPipeline`` / ``DiTPipeline`` as ``from_pretrained`` gives it (float32, its shipped
 scheduler: PNDM for SD 1.5, DDIM for DiT), called with default settings (50 steps, guidance 7.5 / 4.0, one
-image per call). *Ours*: :func:`~synthaug_pipeline.lib.pretrained.generate_class` with the levers it has:
+image per call). *Ours*: :func:`~synthaug_pipeline.lib.pretrained_sampling.generate_class` with the levers it has:
 bfloat16 weights, PyTorch SDPA attention, channels_last, guidance as one batched forward, ``--batch`` images
 per call (the VAE decodes each batch at once), DPM-Solver++ with ``--steps`` steps, ``--compile`` for
 torch.compile. Both use the same prompts and seeds.
@@ -36,7 +36,9 @@ from pathlib import Path
 import torch
 
 from synthaug_pipeline.lib.machine import describe_machine, finish_machine, machine_summary
-from synthaug_pipeline.lib.pretrained import PretrainedGenerator, SamplingSettings, generate_class
+from synthaug_pipeline.lib.pretrained import PretrainedGenerator
+from synthaug_pipeline.lib.pretrained_sampling import generate_class
+from synthaug_pipeline.lib.pretrained_settings import SamplingSettings
 
 # Dense (no sparsity) bf16 tensor-core peaks from the vendors' data sheets, TFLOP/s, by a name fragment.
 BF16_PEAK_TFLOPS = {

@@ -19,7 +19,8 @@ import dagster as dg
 import pytest
 
 from synthaug_pipeline.lib.faults import KILL_AT_ENV_VAR
-from synthaug_pipeline.lib.shards import list_class_shards, read_shards
+from synthaug_pipeline.lib.shard_reading import read_shards
+from synthaug_pipeline.lib.shards import list_class_shards
 from synthaug_pipeline_tests.defs.test_pipeline import tiny_overrides
 
 REPO = Path(__file__).resolve().parents[1]

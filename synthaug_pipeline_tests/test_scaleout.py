@@ -17,7 +17,8 @@ from synthaug_pipeline.lib.config import load_profile
 from synthaug_pipeline.lib.faults import FAIL_ONCE_ENV_VAR
 from synthaug_pipeline.lib.lineage import read_lineage, verify_shards
 from synthaug_pipeline.lib.shard_gc import gc_shards
-from synthaug_pipeline.lib.shards import current_class_shard, file_sha256
+from synthaug_pipeline.lib.shard_reading import file_sha256
+from synthaug_pipeline.lib.shards import current_class_shard
 from synthaug_pipeline.lib.storage import configure_output_storage, output_filesystem
 from synthaug_pipeline.orchestration import run_pipeline
 from synthaug_pipeline_tests.defs.test_pipeline import tiny_overrides
@@ -234,7 +235,7 @@ def test_instance_storage_problems_are_one_line(cluster, problem, tmp_path, caps
 def test_endpoint_down_between_shard_and_manifest_keeps_the_current_shard(tmp_path, monkeypatch):
     """The S3 server really stops mid-write (after the new shard's PUT, before the manifest's): the write fails with a
     one-line error naming the endpoint, and on a restarted server the class's current shard is still the old one."""
-    from synthaug_pipeline.lib import shards
+    from synthaug_pipeline.lib import shard_reading, shards
     from synthaug_pipeline_tests.lib.shard_writers import writer_table
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "outage")
@@ -269,7 +270,7 @@ def test_endpoint_down_between_shard_and_manifest_keeps_the_current_shard(tmp_pa
         current = shards.current_class_shard(base, "3")
         assert current is not None and current.endswith(old.uri.rsplit("/", 1)[1])
         assert shards.list_class_shards(base, "3") == [current]
-        assert shards.read_shards([current], accepted_only=False).equals(writer_table("3", 0, 0))
+        assert shard_reading.read_shards([current], accepted_only=False).equals(writer_table("3", 0, 0))
 
 
 def test_a_worker_sees_partitions_another_worker_committed(s3_endpoint):

@@ -67,7 +67,7 @@ class ModelsResource(dg.ConfigurableResource):
 
     def generator(self, ref: ModelRef):
         """The DDPM a ``generator`` asset trained (``ref``)."""
-        from synthaug_pipeline.lib.diffusion import load_generator
+        from synthaug_pipeline.lib.diffusion_store import load_generator
 
         return PROCESS_STORE.versioned("generator", ref.url, ref.version, load_generator)
 

@@ -15,20 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from synthaug_pipeline.lib.class_names import ClassDescription, wordnet_noun_senses
 from synthaug_pipeline.lib.clip_score import ClipScorer
 from synthaug_pipeline.lib.config import PromptsConfig
+from synthaug_pipeline.lib.name_ranking import NameChoice, choose_name, name_candidates, rank_names
 from synthaug_pipeline.lib.prompt_llm import ChatFn, LlmResult, ask_llm
-from synthaug_pipeline.lib.prompts import (
-    ClassDescription,
-    NameChoice,
-    Prompt,
-    build_class_prompts,
-    choose_name,
-    clip_prompt,
-    name_candidates,
-    rank_names,
-    wordnet_noun_senses,
-)
+from synthaug_pipeline.lib.prompts import Prompt, build_class_prompts, clip_prompt
 
 
 @dataclass

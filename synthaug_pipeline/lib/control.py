@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from synthaug_pipeline.lib.config import Profile
-from synthaug_pipeline.lib.diffusion import TrainedGenerator, image_seed, resolve_device, sample_images, train_generator
+from synthaug_pipeline.lib.diffusion import TrainedGenerator, resolve_device, train_generator
+from synthaug_pipeline.lib.diffusion_sampling import image_seed, sample_images
 
 
 @dataclass

@@ -67,7 +67,8 @@ def estimate_run(
 
 def _estimate(profile, num_classes, image_shape, device, generator, judge, sample_classes, classifiers) -> RunEstimate:
     from synthaug_pipeline.lib.classifier import train_classifier
-    from synthaug_pipeline.lib.diffusion import sample_images, train_generator
+    from synthaug_pipeline.lib.diffusion import train_generator
+    from synthaug_pipeline.lib.diffusion_sampling import sample_images
 
     started = time.perf_counter()
     rng = np.random.default_rng(0)

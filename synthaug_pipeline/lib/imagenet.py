@@ -2,7 +2,7 @@
 
 Class ids are WordNet ids (wnids) in the standard ImageNet-1k order, the order of every timm and torchvision
 ImageNet head (index 0 = ``n01440764``, tench), read from timm's ``timm/data/_info`` tables through
-:func:`synthaug_pipeline.lib.prompts.imagenet_wordnet` (names and glosses come from the same tables).
+:func:`synthaug_pipeline.lib.class_names.imagenet_wordnet` (names and glosses come from the same tables).
 ``data.classes`` picks a subset: a list, a text file of wnids, or a named subset shipped with the package
 (``imagenet100``: the 100 classes of Tian et al.'s CMC). The class list needs no data: the partitions of an
 ``imagenet`` profile exist before ``data.path`` is read.
@@ -41,6 +41,7 @@ from pathlib import Path, PurePosixPath
 import fsspec
 import numpy as np
 
+from synthaug_pipeline.lib.class_names import imagenet_wordnet
 from synthaug_pipeline.lib.config import DataConfig
 from synthaug_pipeline.lib.datasets import (
     IMAGE_SUFFIXES,
@@ -54,7 +55,6 @@ from synthaug_pipeline.lib.datasets import (
     _require_path,
     load_listing,
 )
-from synthaug_pipeline.lib.prompts import imagenet_wordnet
 
 SUBSETS = {"imagenet100": "imagenet100.txt"}  # named data.classes values -> package data files (synthaug_pipeline/data)
 LOC_SOLUTION = "LOC_val_solution.csv"

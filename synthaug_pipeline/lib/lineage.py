@@ -54,7 +54,7 @@ def _parse(uri: str, data: bytes) -> dict:
 def verify_shards(record: dict) -> list[tuple[str, str]]:
     """``(uri, status)`` for every shard a model trained on: ``ok``, ``missing`` or ``changed`` (its bytes no longer
     hash to the recorded sha256: the model's lineage no longer describes what is there)."""
-    from synthaug_pipeline.lib.shards import file_sha256
+    from synthaug_pipeline.lib.shard_reading import file_sha256
 
     results = []
     for shard in record.get("shards", []):

@@ -29,7 +29,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from synthaug_pipeline.lib.prompts import ClassDescription, Prompt, PromptError, gloss_genus, tidy
+from synthaug_pipeline.lib.class_names import ClassDescription
+from synthaug_pipeline.lib.name_ranking import gloss_genus
+from synthaug_pipeline.lib.prompts import Prompt, PromptError, tidy
 
 LLM_PROMPT_VERSION = "class-prompts/1"  # bump when the messages change: cached replies are keyed by it
 ChatFn = Callable[[list[dict[str, str]]], str]

@@ -61,7 +61,7 @@ def shard_decisions(
 
     The one decision path for rows written by the pipeline and rows rewritten
     by :func:`refilter_table`. Confidences and distances are first rounded to
-    float32, as :data:`~synthaug_pipeline.lib.shards.SHARD_SCHEMA` stores them,
+    float32, as :data:`~synthaug_pipeline.lib.shard_schema.SHARD_SCHEMA` stores them,
     so re-filtering a shard with the same policy, ``duplicate_threshold`` and
     ``test_leak`` flags reproduces its rows exactly.
 
@@ -135,7 +135,7 @@ def refilter_table(
     """Re-apply a policy to one class's shard table from its cached scores.
 
     Reads ``judge_confidence``, ``judge_top1`` and ``nearest_real_distance``
-    (see :data:`synthaug_pipeline.lib.shards.SHARD_SCHEMA`) and returns the
+    (see :data:`synthaug_pipeline.lib.shard_schema.SHARD_SCHEMA`) and returns the
     table with only ``accepted``, ``filter_version`` and ``filter_policy``
     (the canonical JSON of the new policy, :func:`shard_policy`) replaced; every other
     column (``image`` included) is the same Arrow data, so no image is decoded

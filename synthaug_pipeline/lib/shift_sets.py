@@ -15,9 +15,9 @@ from pathlib import PurePosixPath
 import fsspec
 import numpy as np
 
+from synthaug_pipeline.lib.class_names import WNID_PATTERN
 from synthaug_pipeline.lib.config import DataConfig, ProfileError
 from synthaug_pipeline.lib.datasets import dataset_class_ids, load_dataset
-from synthaug_pipeline.lib.prompts import WNID_PATTERN
 
 SHIFT_LABEL_MODES = ("class_id", "class_index", "wnid", "imagenet_index")
 _SPLIT_DIRS = ("test", "val")

@@ -10,10 +10,11 @@ from synthaug_pipeline.definitions import build_definitions
 from synthaug_pipeline.lib.conditioning import parse_provenance, pixel_ids
 from synthaug_pipeline.lib.config import ProfileError, load_profile
 from synthaug_pipeline.lib.datasets import load_dataset
-from synthaug_pipeline.lib.diffusion import load_generator
+from synthaug_pipeline.lib.diffusion_store import load_generator
 from synthaug_pipeline.lib.images import decode_image
 from synthaug_pipeline.lib.pretrained import model_version
-from synthaug_pipeline.lib.shards import list_class_shards, read_shards
+from synthaug_pipeline.lib.shard_reading import read_shards
+from synthaug_pipeline.lib.shards import list_class_shards
 from synthaug_pipeline.orchestration import STAGES
 from synthaug_pipeline_tests.tiny_models import tiny_dit_pipeline, tiny_image_variation_pipeline, tiny_stable_diffusion_pipeline
 

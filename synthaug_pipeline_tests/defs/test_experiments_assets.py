@@ -13,7 +13,8 @@ from synthaug_pipeline.lib.config import ProfileError
 from synthaug_pipeline.lib.datasets import RealClass
 from synthaug_pipeline_tests.tiny_models import shard_ref
 from synthaug_pipeline.lib.lineage import models_using_shard, read_lineage
-from synthaug_pipeline.lib.shards import file_sha256, list_class_shards, read_shards
+from synthaug_pipeline.lib.shard_reading import file_sha256, read_shards
+from synthaug_pipeline.lib.shards import list_class_shards
 from synthaug_pipeline.orchestration import STAGES
 from synthaug_pipeline_tests.defs.test_pipeline import tiny_overrides
 

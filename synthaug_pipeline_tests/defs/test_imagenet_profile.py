@@ -16,7 +16,7 @@ from PIL import Image
 
 from synthaug_pipeline.cli import main
 from synthaug_pipeline.lib.imagenet import imagenet_1k
-from synthaug_pipeline.lib.shards import read_shards
+from synthaug_pipeline.lib.shard_reading import read_shards
 from synthaug_pipeline.orchestration import run_pipeline
 from synthaug_pipeline_tests.tiny_models import IMAGE_SIZE, tiny_dit_pipeline
 

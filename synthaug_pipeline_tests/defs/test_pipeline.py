@@ -8,7 +8,9 @@ import pytest
 
 from synthaug_pipeline.definitions import build_definitions
 from synthaug_pipeline.lib.config import load_profile
-from synthaug_pipeline.lib.shards import SHARD_SCHEMA, list_class_shards, read_shards
+from synthaug_pipeline.lib.shard_reading import read_shards
+from synthaug_pipeline.lib.shard_schema import SHARD_SCHEMA
+from synthaug_pipeline.lib.shards import list_class_shards
 from synthaug_pipeline.orchestration import PipelineError, run_pipeline
 
 

@@ -27,7 +27,7 @@ from synthaug_pipeline.lib.config import load_profile
 from synthaug_pipeline.lib.filtering import FilterPolicy, policy_json_version
 from synthaug_pipeline.lib.shard_filtering import filter_policy, filter_version, refilter_table
 from synthaug_pipeline.lib.scoring import ClassScores, score_class
-from synthaug_pipeline.lib.shards import read_shards
+from synthaug_pipeline.lib.shard_reading import read_shards
 from synthaug_pipeline.orchestration import STAGES, PipelineError, _only_blocking_checks_failed, run_pipeline
 from synthaug_pipeline_tests.lib.test_clip_score import write_tiny_clip
 

@@ -9,7 +9,8 @@ import datetime as dt
 
 import pyarrow as pa
 
-from synthaug_pipeline.lib.shards import build_shard_table, write_class_shard
+from synthaug_pipeline.lib.shard_schema import build_shard_table
+from synthaug_pipeline.lib.shards import write_class_shard
 
 CREATED = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.timezone.utc)
 

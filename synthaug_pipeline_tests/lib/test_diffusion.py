@@ -11,19 +11,9 @@ import pytest
 import torch
 
 from synthaug_pipeline.lib.config import GeneratorConfig
-from synthaug_pipeline.lib.diffusion import (
-    SAMPLERS,
-    TrainedGenerator,
-    build_unet,
-    check_init_compatible,
-    consistent_clip,
-    image_seed,
-    load_generator,
-    make_scheduler,
-    sample_images,
-    save_generator,
-    train_generator,
-)
+from synthaug_pipeline.lib.diffusion import TrainedGenerator, build_unet, check_init_compatible, train_generator
+from synthaug_pipeline.lib.diffusion_sampling import SAMPLERS, consistent_clip, image_seed, make_scheduler, sample_images
+from synthaug_pipeline.lib.diffusion_store import load_generator, save_generator
 
 TINY = dict(block_out_channels=[16, 32], norm_num_groups=8, batch_size=32, learning_rate=2e-3, warmup_steps=5)
 

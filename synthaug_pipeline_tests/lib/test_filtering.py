@@ -22,7 +22,9 @@ from synthaug_pipeline.lib.shard_filtering import (
     shard_policy,
 )
 from synthaug_pipeline.lib.scoring import ClassScores
-from synthaug_pipeline.lib.shards import build_shard_table, read_shards, write_class_shard
+from synthaug_pipeline.lib.shard_reading import read_shards
+from synthaug_pipeline.lib.shard_schema import build_shard_table
+from synthaug_pipeline.lib.shards import write_class_shard
 
 # Six images of class 2. Confidence ties at 0.9 (rows 0, 2, 5); row 4 fails the
 # threshold, row 6 has the wrong top-1 class.

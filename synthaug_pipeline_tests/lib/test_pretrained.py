@@ -9,25 +9,24 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
-from synthaug_pipeline.lib import pretrained
+from synthaug_pipeline.lib import pretrained, pretrained_sampling
 from synthaug_pipeline.lib.config import GeneratorConfig
-from synthaug_pipeline.lib.diffusion import SAMPLERS
+from synthaug_pipeline.lib.diffusion_sampling import SAMPLERS
 from synthaug_pipeline.lib.pretrained import (
-    SCHEDULERS,
     GeneratorSettingError,
     NonFiniteImagesError,
-    SamplingSettings,
-    default_batch_size,
-    dit_class_indices,
-    generate_images,
-    imagenet_1k_wnids,
     load_pretrained,
-    make_pretrained_scheduler,
     model_version,
-    per_image,
     pipeline_kind,
     resolve_model_path,
-    to_profile_images,
+)
+from synthaug_pipeline.lib.pretrained_sampling import default_batch_size, generate_images, per_image, to_profile_images
+from synthaug_pipeline.lib.pretrained_settings import (
+    SCHEDULERS,
+    SamplingSettings,
+    dit_class_indices,
+    imagenet_1k_wnids,
+    make_pretrained_scheduler,
     validate_settings,
 )
 from synthaug_pipeline_tests.tiny_models import (
@@ -315,7 +314,7 @@ def test_pretrained_batches_default_to_a_size_that_fits():
 
 
 def test_out_of_memory_halves_the_batch_with_the_same_pixels(models, monkeypatch):
-    real, sizes, logs = pretrained._sample_stable_diffusion, [], []
+    real, sizes, logs = pretrained_sampling._sample_stable_diffusion, [], []
 
     def small_gpu(generator, gens, *args):
         sizes.append(len(gens))
@@ -325,7 +324,7 @@ def test_out_of_memory_halves_the_batch_with_the_same_pixels(models, monkeypatch
 
     seeds, inputs = [21, 22, 23, 24, 25], _inputs("text2img", 5)
     one_by_one = _sample(models, "text2img", seeds, SamplingSettings(**{**FAST.__dict__, "batch_size": 1}), **inputs)
-    monkeypatch.setattr(pretrained, "_sample_stable_diffusion", small_gpu)
+    monkeypatch.setattr(pretrained_sampling, "_sample_stable_diffusion", small_gpu)
     calls = []
     images = _sample(
         models, "text2img", seeds, SamplingSettings(**{**FAST.__dict__, "batch_size": 4}), **inputs,
@@ -335,7 +334,8 @@ def test_out_of_memory_halves_the_batch_with_the_same_pixels(models, monkeypatch
     assert calls == [2, 4, 5] and len(logs) == 1 and "batch of 4 images ran out of cpu memory; retrying with 2" in logs[0]
     assert np.array_equal(images, one_by_one)
 
-    monkeypatch.setattr(pretrained, "_sample_stable_diffusion", lambda *a: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("oom")))
+    out_of_memory = lambda *a: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("oom"))
+    monkeypatch.setattr(pretrained_sampling, "_sample_stable_diffusion", out_of_memory)
     with pytest.raises(GeneratorSettingError, match=r"class '0': one 16 px image .* does not fit .*generator.output_size"):
         _sample(models, "text2img", [1, 2], SamplingSettings(**{**FAST.__dict__, "batch_size": 2}), prompts=["x", "y"])
 

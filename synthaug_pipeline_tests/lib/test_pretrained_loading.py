@@ -8,18 +8,12 @@ import pytest
 import torch
 from diffusers import DiffusionPipeline, DiTPipeline
 
-from synthaug_pipeline.lib import model_files, pretrained
+from synthaug_pipeline.lib import model_files, pretrained, pretrained_sampling, pretrained_settings
 from synthaug_pipeline.lib.config import GeneratorConfig
-from synthaug_pipeline.lib.pretrained import (
-    GeneratorSettingError,
-    SamplingSettings,
-    generate_class,
-    generate_images,
-    load_pretrained,
-    model_version,
-    safety_flags,
-)
+from synthaug_pipeline.lib.pretrained import GeneratorSettingError, load_pretrained, model_version
 from synthaug_pipeline.lib.pretrained_defaults import FAMILY_DEFAULTS, model_family, resolve_sampling
+from synthaug_pipeline.lib.pretrained_sampling import generate_class, generate_images, safety_flags
+from synthaug_pipeline.lib.pretrained_settings import SamplingSettings
 from synthaug_pipeline_tests.tiny_models import IMAGE_SIZE, tiny_dit_pipeline, tiny_stable_diffusion_pipeline
 
 
@@ -46,8 +40,8 @@ def test_dit_sampling_loop_matches_dit_pipeline_call(dit_folder):
         output_type="np",
     ).images
     gens = [torch.Generator().manual_seed(s) for s in (5, 6)]
-    scheduler = pretrained.make_pretrained_scheduler("ddim", loaded.scheduler_config)
-    pixels = pretrained._sample_dit(loaded, 3, gens, scheduler, settings, lambda *a: None).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    scheduler = pretrained_settings.make_pretrained_scheduler("ddim", loaded.scheduler_config)
+    pixels = pretrained_sampling._sample_dit(loaded, 3, gens, scheduler, settings, lambda *a: None).clamp(0, 1).permute(0, 2, 3, 1).numpy()
     diff = float(np.abs(pixels - reference).max())
     assert diff < 1e-5, f"max pixel difference {diff} (in [0, 1]) between our DiT loop and DiTPipeline.__call__"
     reference_uint8 = (np.clip(reference, 0, 1) * 255).round().astype(np.uint8)

@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 import torch
 
+from synthaug_pipeline.lib.class_names import describe_class
 from synthaug_pipeline.lib.class_prompts import make_class_prompts
 from synthaug_pipeline.lib.clip_score import ClipScorer
 from synthaug_pipeline.lib.config import PromptsConfig
+from synthaug_pipeline.lib.name_ranking import name_candidates
 from synthaug_pipeline.lib.prompt_llm import (
     LLM_PROMPT_VERSION,
     LlmReplyError,
@@ -25,7 +27,7 @@ from synthaug_pipeline.lib.prompt_llm import (
     local_chat,
     parse_reply,
 )
-from synthaug_pipeline.lib.prompts import PromptError, describe_class, name_candidates
+from synthaug_pipeline.lib.prompts import PromptError
 
 CRANE_BIRD = "n02012849"
 GOOD_REPLY = json.dumps(

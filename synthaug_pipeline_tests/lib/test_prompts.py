@@ -3,25 +3,17 @@
 import numpy as np
 import pytest
 
+from synthaug_pipeline.lib.class_names import ClassDescription, describe_class, imagenet_wordnet, short_gloss, with_article
 from synthaug_pipeline.lib.config import PromptsConfig
+from synthaug_pipeline.lib.name_ranking import RankedName, choose_name, gloss_genus, name_candidates, rank_names
 from synthaug_pipeline.lib.prompts import (
-    ClassDescription,
     Prompt,
     PromptError,
-    RankedName,
     build_class_prompts,
     check_template,
-    choose_name,
     clip_prompt,
-    describe_class,
     diversified_prompts,
-    gloss_genus,
-    imagenet_wordnet,
-    name_candidates,
-    rank_names,
     render_prompt,
-    short_gloss,
-    with_article,
 )
 
 CRANE_BIRD, CRANE_MACHINE, DRAKE, MAILLOT_TIGHTS, MAILLOT_SWIMSUIT = "n02012849", "n03126707", "n01847000", "n03710637", "n03710721"
@@ -261,15 +253,15 @@ def test_the_full_wordnet_index_reveals_everyday_senses_imagenet_lacks(tmp_path,
         "sax n 1 2 @ + 1 0 04141076  \n"
     )
     monkeypatch.setenv("WNSEARCHDIR", str(tmp_path))
-    from synthaug_pipeline.lib import prompts
+    from synthaug_pipeline.lib import class_names
 
-    prompts.wordnet_noun_senses.cache_clear()
+    class_names.wordnet_noun_senses.cache_clear()
     try:
-        assert prompts.wordnet_noun_senses()["kite"] == ("03621473", "01608432")
+        assert class_names.wordnet_noun_senses()["kite"] == ("03621473", "01608432")
         kite = describe_class(kite_bird, kite_bird, "folder", curated_names=False)
         assert kite.ambiguous and kite.disambiguated_name.startswith("kite, ") and "hawk" in kite.disambiguated_name
         plain = describe_class(kite_bird, kite_bird, "folder", curated_names=False, full_wordnet=False)
         assert plain.disambiguated_name == "kite" and not plain.ambiguous
         assert describe_class("n04141076", "n04141076", "folder", curated_names=False).disambiguated_name == "sax"  # its own first sense
     finally:
-        prompts.wordnet_noun_senses.cache_clear()
+        class_names.wordnet_noun_senses.cache_clear()

@@ -1,6 +1,6 @@
 import pytest
 
-from synthaug_pipeline.lib.diffusion import image_seed
+from synthaug_pipeline.lib.diffusion_sampling import image_seed
 from synthaug_pipeline.lib.regeneration import ClassQuality, worst_classes
 
 

@@ -15,7 +15,8 @@ import pytest
 from synthaug_pipeline.lib import shards
 from synthaug_pipeline.lib.lineage import write_lineage
 from synthaug_pipeline.lib.shard_gc import gc_shards
-from synthaug_pipeline.lib.shards import MANIFEST_NAME, current_class_shard, list_class_shards, read_shards, write_class_shard
+from synthaug_pipeline.lib.shard_reading import read_shards
+from synthaug_pipeline.lib.shards import MANIFEST_NAME, current_class_shard, list_class_shards, write_class_shard
 from synthaug_pipeline_tests.lib.shard_writers import race_writer, writer_table
 
 ROUNDS = 20

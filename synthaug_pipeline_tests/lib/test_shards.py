@@ -14,17 +14,9 @@ import pytest
 
 from synthaug_pipeline.lib import storage
 from synthaug_pipeline.lib.images import encode_image
-from synthaug_pipeline.lib.shards import (
-    SHARD_CONTRACT,
-    SHARD_SCHEMA,
-    ShardInfo,
-    build_shard_table,
-    decode_shard_images,
-    file_sha256,
-    list_class_shards,
-    read_shards,
-    write_class_shard,
-)
+from synthaug_pipeline.lib.shard_reading import decode_shard_images, file_sha256, read_shards
+from synthaug_pipeline.lib.shard_schema import SHARD_CONTRACT, SHARD_SCHEMA, build_shard_table
+from synthaug_pipeline.lib.shards import ShardInfo, list_class_shards, write_class_shard
 
 CREATED = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.timezone.utc)
 

@@ -8,7 +8,8 @@ import threading
 import pytest
 
 from synthaug_pipeline.lib.config import load_profile
-from synthaug_pipeline.lib.shards import file_sha256, list_class_shards, read_shards, write_class_shard
+from synthaug_pipeline.lib.shard_reading import file_sha256, read_shards
+from synthaug_pipeline.lib.shards import list_class_shards, write_class_shard
 from synthaug_pipeline.lib.storage import OutputNotWritableError, check_output_writable, configure_output_storage, output_filesystem
 from synthaug_pipeline_tests.lib.shard_writers import race_writer, writer_table
 from synthaug_pipeline_tests.lib.test_shard_concurrency import ROUNDS, race

@@ -34,7 +34,7 @@ from synthaug_pipeline.lib.classifier import save_classifier, train_classifier, 
 from synthaug_pipeline.lib.config import ExperimentsConfig
 from synthaug_pipeline.lib.class_splits import spill_classes
 from synthaug_pipeline.lib.control import train_control
-from synthaug_pipeline.lib.diffusion import save_generator
+from synthaug_pipeline.lib.diffusion_store import save_generator
 from synthaug_pipeline.lib.evaluation import evaluate_under_shift
 from synthaug_pipeline.lib.shift_sets import load_shift_set
 from synthaug_pipeline.lib.experiments import (
@@ -54,7 +54,8 @@ from synthaug_pipeline.lib.redaction import redact_url, redact_urls
 from synthaug_pipeline.lib.plots import line_chart_markdown
 from synthaug_pipeline.lib.preflight import check_experiment_grid, check_shards_passed
 from synthaug_pipeline.lib.scoring import ScoredClass
-from synthaug_pipeline.lib.shards import ShardRef, decode_shard_images, read_shards, read_verified_shards
+from synthaug_pipeline.lib.shard_reading import decode_shard_images, read_shards, read_verified_shards
+from synthaug_pipeline.lib.shards import ShardRef
 
 RESULT_FILE = "result.json"
 

@@ -2,7 +2,8 @@
 
 ``generator.backend`` picks the generator: ``ddpm`` trains a class-conditional DDPM on the real images;
 ``dit``, ``text2img`` and ``img2img`` (``image_variation`` for its image-embedding variant) load a
-pretrained pipeline from ``generator.model`` once per process (see :mod:`synthaug_pipeline.lib.pretrained`).
+pretrained pipeline from ``generator.model`` once per process (see :mod:`synthaug_pipeline.lib.pretrained`) and samples
+it with :mod:`synthaug_pipeline.lib.pretrained_sampling`.
 """
 
 import time
@@ -25,26 +26,19 @@ from synthaug_pipeline.lib.conditioning import conditioning_images, pixel_ids
 from synthaug_pipeline.lib.config import GeneratorConfig, Profile
 from synthaug_pipeline.lib.class_splits import spill_classes
 from synthaug_pipeline.lib.datasets import RealClass
-from synthaug_pipeline.lib.diffusion import (
-    SyntheticClass,
-    image_seed,
-    load_generator,
-    resolve_device,
-    sample_images,
-    save_generator,
-    train_generator,
-)
+from synthaug_pipeline.lib.diffusion import SyntheticClass, resolve_device, train_generator
+from synthaug_pipeline.lib.diffusion_sampling import image_seed, sample_images
+from synthaug_pipeline.lib.diffusion_store import load_generator, save_generator
 from synthaug_pipeline.lib.faults import failpoint
 from synthaug_pipeline.lib.images import grid_markdown
 from synthaug_pipeline.lib.plots import line_chart_markdown
-from synthaug_pipeline.lib.pretrained import (
+from synthaug_pipeline.lib.pretrained import pipeline_kind
+from synthaug_pipeline.lib.pretrained_sampling import generate_class, per_image
+from synthaug_pipeline.lib.pretrained_settings import (
     SamplingSettings,
     dit_class_indices,
     dit_num_labels,
-    generate_class,
     make_pretrained_scheduler,
-    per_image,
-    pipeline_kind,
     validate_settings,
 )
 from synthaug_pipeline.lib.model_store import ModelRef

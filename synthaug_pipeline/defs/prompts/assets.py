@@ -4,8 +4,9 @@ import dagster as dg
 
 from synthaug_pipeline.defs.io_managers import Partitions, PerPartition
 from synthaug_pipeline.defs.resources import ModelsResource, SynthaugSettings, add_partition_metadata, default_device, log_warning
+from synthaug_pipeline.lib.class_names import describe_class
 from synthaug_pipeline.lib.class_prompts import make_class_prompts
-from synthaug_pipeline.lib.prompts import Prompt, describe_class
+from synthaug_pipeline.lib.prompts import Prompt
 
 
 def prompts_markdown(prompts: list[Prompt]) -> str:

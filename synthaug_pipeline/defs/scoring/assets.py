@@ -77,7 +77,9 @@ from synthaug_pipeline.lib.shard_checks import (
     near_duplicates_markdown,
     non_finite_scores,
 )
-from synthaug_pipeline.lib.shards import SHARD_SCHEMA, ShardRef, class_shard_table, read_shards, write_class_shard
+from synthaug_pipeline.lib.shard_reading import read_shards
+from synthaug_pipeline.lib.shard_schema import SHARD_SCHEMA, class_shard_table
+from synthaug_pipeline.lib.shards import ShardRef, write_class_shard
 
 SCORING_ERRORS = (FeatureExtractorError, ClipModelError, ValueError)  # bad input or setting of one class
 

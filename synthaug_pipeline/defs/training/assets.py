@@ -29,7 +29,8 @@ from synthaug_pipeline.lib.plots import line_chart_markdown
 from synthaug_pipeline.lib.preflight import check_shards_passed
 from synthaug_pipeline.lib.redaction import redact_url, redact_urls
 from synthaug_pipeline.lib.model_store import ModelRef
-from synthaug_pipeline.lib.shards import ShardRef, decode_shard_images, read_verified_shards
+from synthaug_pipeline.lib.shard_reading import decode_shard_images, read_verified_shards
+from synthaug_pipeline.lib.shards import ShardRef
 
 
 def synthetic_pool(shards: list[ShardRef], image_shape: tuple[int, ...]) -> Split:
