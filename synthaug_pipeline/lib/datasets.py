@@ -8,11 +8,8 @@ Dagster can build its partitions at load time.
 
 from __future__ import annotations
 
-import gzip
-import struct
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -20,10 +17,7 @@ from PIL import Image
 from synthaug_pipeline.lib.config import DataConfig, ProfileError
 from synthaug_pipeline.lib.records import record
 
-DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 FASHION_IDS = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot"]
-FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
-FASHION_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 
 
 class DatasetError(ProfileError):
@@ -158,48 +152,18 @@ def check_classes(cfg: DataConfig, classes: list[str]) -> list[str]:
 
 # --- availability (cheap, no pixels, no download) ------------------------------------------
 
-FASHION_FILES = {
-    "train_images": "train-images-idx3-ubyte.gz",
-    "train_labels": "train-labels-idx1-ubyte.gz",
-    "test_images": "t10k-images-idx3-ubyte.gz",
-    "test_labels": "t10k-labels-idx1-ubyte.gz",
-}
-
-
-def _fashion_files(directory: Path) -> tuple[dict[str, Path], list[str]]:
-    """Each idx file in ``directory`` (gzipped or not) and the names of the missing ones."""
-    found, missing = {}, []
-    for key, name in FASHION_FILES.items():
-        candidates = [directory / name, directory / name[: -len(".gz")]]
-        present = next((c for c in candidates if c.is_file()), None)
-        if present is None:
-            missing.append(name)
-        else:
-            found[key] = present
-    return found, missing
-
-
 def check_dataset_available(cfg: DataConfig) -> None:
     """Fail fast, before anything is written, when an explicit ``data.path`` cannot hold the configured data.
 
     Reads no pixels and downloads nothing. Without ``data.path``, fashion may still fall back to the
     Debian package or torchvision's download at load time. A folder dataset's class ids are checked
-    (:func:`check_class_id`), a Parquet file's schema, labels and splits too, and each selected class
-    folder must hold at least one image file (one listing per class).
+    (:func:`~synthaug_pipeline.lib.listed_datasets.check_class_id`), a Parquet file's schema, labels and splits
+    too, and each selected class folder must hold at least one image file (one listing per class).
     """
     if cfg.source == "fashion" and cfg.path:
-        directory = Path(cfg.path)
-        if not directory.is_dir():
-            raise DatasetError(
-                f"data.path {cfg.path!r} for fashion is not a folder: point it at a folder holding the four "
-                f"Fashion-MNIST idx files ({', '.join(FASHION_FILES.values())}), or unset it to use {FASHION_DEBIAN_DIR}"
-            )
-        _, missing = _fashion_files(directory)
-        if missing:
-            raise DatasetError(
-                f"data.path {cfg.path!r} lacks the Fashion-MNIST files {missing} (gzipped or not): copy them there, "
-                f"or unset data.path to use {FASHION_DEBIAN_DIR} (apt-get install dataset-fashion-mnist)"
-            )
+        from synthaug_pipeline.lib.embedded_datasets import check_fashion_available
+
+        check_fashion_available(cfg)
     elif cfg.source == "imagenet":
         from synthaug_pipeline.lib.imagenet import check_imagenet_available
 
@@ -225,8 +189,12 @@ def load_dataset(cfg: DataConfig, decode: list[str] | None = None) -> Dataset:
     counts (:meth:`Dataset.counts`). The embedded sources (digits, fashion) are always decoded whole.
     """
     if cfg.source == "digits":
+        from synthaug_pipeline.lib.embedded_datasets import _load_digits
+
         dataset = _load_digits(cfg)
     elif cfg.source == "fashion":
+        from synthaug_pipeline.lib.embedded_datasets import _load_fashion
+
         dataset = _load_fashion(cfg)
     elif cfg.source == "imagenet":
         from synthaug_pipeline.lib.imagenet import load_imagenet
@@ -237,76 +205,6 @@ def load_dataset(cfg: DataConfig, decode: list[str] | None = None) -> Dataset:
 
         return _load_folder(cfg, decode)  # subsets before decoding
     return _postprocess(dataset, cfg)
-
-
-def _load_digits(cfg: DataConfig) -> Dataset:
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    # digits pixels are 0..16 ink counts; scale to the full uint8 range
-    images = np.clip(bunch.images * 16.0, 0, 255).astype(np.uint8)[..., None]
-    labels = bunch.target.astype(np.int64)
-    train_idx, test_idx = _stratified_split(labels, cfg.test_fraction, cfg.seed)
-    return Dataset(
-        name="digits",
-        class_ids=[str(i) for i in range(10)],
-        class_names=list(DIGIT_NAMES),
-        train=LabeledImages(images[train_idx], labels[train_idx]),
-        test=LabeledImages(images[test_idx], labels[test_idx]),
-        source="sklearn.datasets.load_digits",
-    )
-
-
-def _read_idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as handle:
-        data = handle.read()
-    _, dtype_code, ndim = struct.unpack(">HBB", data[:4])
-    if dtype_code != 0x08:
-        raise DatasetError(f"{path} is not an idx file of unsigned bytes")
-    shape = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
-
-
-def _load_fashion(cfg: DataConfig) -> Dataset:
-    if cfg.path:
-        check_dataset_available(cfg)  # an explicit path must hold the files: never fall back to a download
-    directory = Path(cfg.path or FASHION_DEBIAN_DIR)
-    found, missing = _fashion_files(directory)
-    if not missing:
-        arrays = {key: _read_idx(path) for key, path in found.items()}
-        source = str(directory)
-    else:
-        arrays, source = _fashion_from_torchvision(directory)
-    return Dataset(
-        name="fashion",
-        class_ids=list(FASHION_IDS),
-        class_names=list(FASHION_NAMES),
-        train=LabeledImages(arrays["train_images"][..., None].copy(), arrays["train_labels"].astype(np.int64)),
-        test=LabeledImages(arrays["test_images"][..., None].copy(), arrays["test_labels"].astype(np.int64)),
-        source=source,
-    )
-
-
-def _fashion_from_torchvision(directory: Path) -> tuple[dict[str, np.ndarray], str]:
-    root = Path.home() / ".cache" / "synthaug" / "fashion-mnist"
-    try:
-        from torchvision.datasets import FashionMNIST
-
-        train = FashionMNIST(str(root), train=True, download=True)
-        test = FashionMNIST(str(root), train=False, download=True)
-    except Exception as exc:  # noqa: BLE001 - any download failure gets the same advice
-        raise DatasetError(
-            f"Fashion-MNIST not found in {directory} and torchvision could not download it ({type(exc).__name__}). "
-            "Install the Debian package: `apt-get install dataset-fashion-mnist`, or set data.path to a folder "
-            "holding the four *-idx*-ubyte.gz files."
-        ) from None
-    arrays = {
-        "train_images": train.data.numpy(),
-        "train_labels": train.targets.numpy(),
-        "test_images": test.data.numpy(),
-        "test_labels": test.targets.numpy(),
-    }
-    return arrays, f"torchvision FashionMNIST ({root})"
 
 
 def _to_channels(image: np.ndarray, channels: int) -> np.ndarray:
