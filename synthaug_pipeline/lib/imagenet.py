@@ -23,7 +23,7 @@ Layouts read by ``data.source=imagenet`` (``data.path``):
   0..999 in the standard order), optionally ``split`` (train / val / test, as for the folder source).
 
 Only the selected classes are listed, and only the chosen images are decoded (the folder source's
-machinery, :func:`synthaug_pipeline.lib.datasets.load_listing`). Every mismatch between labels and data
+machinery, :func:`synthaug_pipeline.lib.listed_datasets.load_listing`). Every mismatch between labels and data
 (a wnid outside ImageNet-1k, a selected class without a train folder or rows, a val image without a label,
 a val folder that is no ImageNet-1k wnid) is a one-line :class:`~synthaug_pipeline.lib.datasets.DatasetError`,
 raised by :func:`check_imagenet_available` before anything is written or any model loads.
@@ -43,16 +43,14 @@ import numpy as np
 
 from synthaug_pipeline.lib.class_names import imagenet_wordnet
 from synthaug_pipeline.lib.config import DataConfig
-from synthaug_pipeline.lib.datasets import (
+from synthaug_pipeline.lib.datasets import Dataset, DatasetError, _require_path
+from synthaug_pipeline.lib.listed_datasets import (
     IMAGE_SUFFIXES,
-    Dataset,
-    DatasetError,
     _folder_reader,
     _is_parquet,
     _list_folder,
     _Listing,
     _parquet_index,
-    _require_path,
     load_listing,
 )
 

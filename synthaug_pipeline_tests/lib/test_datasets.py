@@ -10,16 +10,15 @@ import pytest
 from PIL import Image
 
 from synthaug_pipeline.lib.config import DataConfig
-from synthaug_pipeline.lib import datasets
+from synthaug_pipeline.lib import datasets, embedded_datasets
 from synthaug_pipeline.lib.datasets import (
-    FASHION_DEBIAN_DIR,
-    FASHION_FILES,
     DatasetError,
     check_classes,
     check_dataset_available,
     dataset_class_ids,
     load_dataset,
 )
+from synthaug_pipeline.lib.embedded_datasets import FASHION_DEBIAN_DIR, FASHION_FILES
 
 
 def test_digits_split_is_stratified_and_uint8():
@@ -67,7 +66,7 @@ def _no_download(monkeypatch) -> list:
 
 def test_fashion_without_path_or_debian_package_says_how_to_install(tmp_path, monkeypatch):
     calls = _no_download(monkeypatch)
-    monkeypatch.setattr(datasets, "FASHION_DEBIAN_DIR", str(tmp_path / "not-installed"))
+    monkeypatch.setattr(embedded_datasets, "FASHION_DEBIAN_DIR", str(tmp_path / "not-installed"))
     with pytest.raises(DatasetError, match="apt-get install dataset-fashion-mnist"):
         load_dataset(DataConfig(source="fashion"))
     assert calls  # no explicit path: the download fallback was tried

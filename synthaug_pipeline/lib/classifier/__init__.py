@@ -2,7 +2,8 @@
 
 * :mod:`.models`: the architectures (``synthaug_cnn`` registered with timm on import; any timm name works),
 * :mod:`.mixing`: the class-balanced real + synthetic mix sampler and the "ceil(ratio x real)" supply rule,
-* :mod:`.training`: the fixed-compute training loop (augmentation, auxiliary batch-norm, CAS),
+* :mod:`.training`: the fixed-compute training loop (auxiliary batch-norm, CAS, early stopping),
+* :mod:`.recipe`: the pieces around the loop: schedule, augmentation, optimizer, autocast dtype, input checks,
 * :mod:`.inference`: predictions and features in batches,
 * :mod:`.storage`: safetensors + JSON under any fsspec URL, versioned by content.
 
@@ -17,13 +18,10 @@ from synthaug_pipeline.lib.classifier.mixing import (
     synthetic_images_needed,
 )
 from synthaug_pipeline.lib.classifier.models import SynthaugCNN, create_classifier
+from synthaug_pipeline.lib.classifier.recipe import autocast_dtype, lr_factor, make_optimizer, random_translate
 from synthaug_pipeline.lib.classifier.storage import load_classifier, save_classifier
 from synthaug_pipeline.lib.classifier.training import (
     TrainedClassifier,
-    autocast_dtype,
-    lr_factor,
-    make_optimizer,
-    random_translate,
     train_classifier,
     train_classifier_synthetic_only,
     untrained_classifier,

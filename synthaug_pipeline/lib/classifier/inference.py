@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from synthaug_pipeline.lib.images import to_model_tensor
-from synthaug_pipeline.lib.classifier.training import _check_images
+from synthaug_pipeline.lib.classifier.recipe import _check_images
 
 
 @torch.no_grad()
