@@ -153,14 +153,14 @@ def build_experiment_assets(experiments: ExperimentsConfig) -> list[dg.AssetsDef
 
         cfg = profile.classifier.model_copy(update={"seed": spec.seed})  # same steps for every run: gains are not longer training
         progress = training_progress(context, f"experiment {spec.key}")
-        rows_used = validation = None
+        rows_used = held_out = validation = None
         if spilled.has("validation"):  # the reported validation numbers and early stopping (when set) use the same images
             rows_used = validation_subset(spilled["validation"].labels, profile.experiments.validation_per_class)
             held = spilled["validation"].take(rows_used)
-            validation = (held.images, held.labels)
+            held_out = (held.images, held.labels)
         if spec.synthetic_only:
             trained = train_classifier_synthetic_only(
-                synthetic, synthetic_labels, len(class_ids), cfg, progress, default_device(), validation=validation
+                synthetic, synthetic_labels, len(class_ids), cfg, progress, default_device(), validation=held_out
             )
         else:
             kept = spilled["train"].take(plan.real_indices)
@@ -175,14 +175,14 @@ def build_experiment_assets(experiments: ExperimentsConfig) -> list[dg.AssetsDef
                 progress=progress,
                 device=default_device(),
                 aux_bn=spec.aux_bn,
-                validation=validation,
+                validation=held_out,
             )
         evaluated_at = time.perf_counter()
-        if validation is not None:
+        if held_out is not None:
             scores = evaluate_under_shift(
                 trained.model.to(default_device()),
-                validation[0],
-                validation[1],
+                held_out[0],
+                held_out[1],
                 class_ids,
                 profile.evaluation.corruptions,
                 profile.evaluation.severities,
