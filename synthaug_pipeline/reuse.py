@@ -44,7 +44,24 @@ ASSET_SECTIONS: dict[str, tuple[str, ...]] = {
     "classifier_baseline": ("data", "classifier", "evaluation"),
     "classifier_augmented": ("data", "classifier", "augmented", "evaluation", "filter"),
     "evaluation": ("data", "classifier", "augmented", "evaluation"),
+    # The grid's own assets: not the whole experiments section (adding an arm, a seed or a ratio must not redo every
+    # point). experiment_run also compares each point's setup fingerprint (lib.experiments.setup_fingerprint: the
+    # experiments settings that point uses, the shards' content, its control generator); control_samples reads the
+    # control settings below.
+    "experiment_run": ("data", "classifier", "evaluation"),
+    "control_samples": ("data", "generator"),
 }
+
+
+def _control_settings(profile: Profile) -> dict:
+    from synthaug_pipeline.lib.experiments import control_images_per_class
+
+    cfg = profile.experiments
+    return {"few_shot_k": cfg.few_shot_k, "train_steps": cfg.control_train_steps, "images_per_class": control_images_per_class(cfg)}
+
+
+# Settings an asset reads from a section it does not read whole (ASSET_SECTIONS): name -> what it reads.
+ASSET_SETTINGS = {"control_samples": _control_settings}
 
 
 @functools.lru_cache(maxsize=1)
@@ -65,6 +82,8 @@ def asset_fingerprint(profile: Profile, asset: str) -> str:
         "output": profile.output_url,
         "settings": {name: getattr(profile, name).model_dump(mode="json") for name in sections if name not in ("name", "description", "execution")},
     }
+    if asset in ASSET_SETTINGS:
+        payload["read"] = ASSET_SETTINGS[asset](profile)
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -146,6 +146,12 @@ class GeneratorConfig(_Section):
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train (ddpm) and sample; auto uses CUDA when present.")
     compile: bool = Field(False, description="torch.compile the denoiser (GPU runs with many classes).")
+    train_dtype: Literal["float32", "bfloat16", "auto"] = Field(
+        "float32",
+        description="ddpm training: autocast dtype of the UNet's forward pass (weights, optimizer and EMA stay float32). "
+        "bfloat16 halves a step on CPUs with native bf16 (AVX512-BF16/AMX; BENCHMARKS.md) and on recent GPUs, and is slow "
+        "where it is emulated; auto uses bfloat16 only where the device runs it natively. Recorded in the generator's config.",
+    )
     init_from: str | None = Field(
         None,
         description="ddpm: fine-tune from a generator folder/URL written by a previous run (config.json + model.safetensors); "
@@ -269,7 +275,8 @@ class ExperimentsConfig(_Section):
     )
     control_train_steps: int = Field(400, ge=1, description="Training steps of the same-data control generator (control arm).")
     control_images_per_class: int | None = Field(
-        None, ge=1, description="Images per class the control generator samples; None: generator.images_per_class."
+        None, ge=1, description="Images per class the control generator samples; None: what the grid draws (ceil(largest few_shot ratio x few_shot_k)), "
+        "since the control's samples are not filtered."
     )
     validation_per_class: int | None = Field(
         None,

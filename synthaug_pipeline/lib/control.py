@@ -5,8 +5,8 @@ classifier sees. A generator that saw exactly the classifier's few-shot images a
 gain it gives is what diffusion sampling adds as an augmentation. It is trained with the profile's generator
 settings (architecture, schedule, sampler, guidance) for ``experiments.control_train_steps`` steps, on the
 real subset :func:`~synthaug_pipeline.lib.experiments.few_shot_subset` draws for that seed (the same one every
-arm of the seed trains on), and samples ``experiments.control_images_per_class`` images per class with the
-pipeline's per-image seeds. Its samples are not filtered: the pipeline's judge saw the full training split,
+arm of the seed trains on), and samples :func:`~synthaug_pipeline.lib.experiments.control_images_per_class` images
+per class (what the grid draws, unless set) with the pipeline's per-image seeds. Its samples are not filtered: the pipeline's judge saw the full training split,
 and filtering with it would hand the control the knowledge it is meant to lack.
 """
 
@@ -21,6 +21,7 @@ import numpy as np
 from synthaug_pipeline.lib.config import Profile
 from synthaug_pipeline.lib.diffusion import TrainedGenerator, resolve_device, train_generator
 from synthaug_pipeline.lib.diffusion_sampling import image_seed, sample_images
+from synthaug_pipeline.lib.experiments import control_images_per_class
 
 
 @dataclass
@@ -33,10 +34,6 @@ class ControlSamples:
     generator: TrainedGenerator
     train_seconds: float
     sample_seconds: float
-
-
-def control_images_per_class(profile: Profile) -> int:
-    return profile.experiments.control_images_per_class or profile.generator.images_per_class
 
 
 def train_control(
@@ -66,7 +63,7 @@ def train_control(
     generator.config["class_ids"] = list(class_ids)
     save(generator)
     train_seconds = time.perf_counter() - started
-    per_class = control_images_per_class(profile)
+    per_class = control_images_per_class(profile.experiments)
     started = time.perf_counter()
     samples, sample_labels = [], []
     for index, class_id in enumerate(class_ids):

@@ -12,6 +12,7 @@ Images enter as uint8 ``[N, H, W, C]`` (see :mod:`.images`). Pure module: no Dag
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -78,6 +79,25 @@ class TrainedGenerator:
     url: str = ""  # where it was saved to / loaded from (set by save/load)
     # torch.compile wrappers of ``model`` by device, built once per process (the generator is cached per process)
     compiled: dict = field(default_factory=dict, repr=False, compare=False)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` runs bfloat16 kernels natively (CUDA with bf16 support; a CPU with AVX512-BF16 or AMX)."""
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def training_autocast_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    """``generator.train_dtype`` on ``device``: the autocast dtype of the UNet's forward pass (None: plain float32)."""
+    if setting == "float32":
+        return None
+    if setting == "bfloat16":
+        return torch.bfloat16
+    if setting == "auto":
+        return torch.bfloat16 if native_bf16(device) else None
+    raise ValueError(f"generator.train_dtype {setting!r} is unknown: choose float32, bfloat16 or auto")
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -217,6 +237,8 @@ def train_generator(
     warmup = min(cfg.warmup_steps, cfg.train_steps // 2)
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, warmup, cfg.train_steps))
 
+    autocast_dtype = training_autocast_dtype(cfg.train_dtype, device)
+    autocast = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext()
     data = to_model_tensor(images).to(device)
     targets = torch.as_tensor(np.asarray(labels), dtype=torch.long, device=device)
     null_class = num_classes
@@ -237,8 +259,9 @@ def train_generator(
         y = torch.where(drop.to(device), torch.full_like(y, null_class), y)
         noise, t = noise.to(device), t.to(device)
 
-        prediction = model(scheduler.add_noise(x0, noise, t), t, class_labels=y).sample
-        loss = F.mse_loss(prediction, noise)
+        with autocast:
+            prediction = model(scheduler.add_noise(x0, noise, t), t, class_labels=y).sample
+        loss = F.mse_loss(prediction.float(), noise)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss became {loss.item()} at step {step}; lower learning_rate (now {cfg.learning_rate})")
         optimizer.zero_grad(set_to_none=True)
@@ -285,6 +308,7 @@ def train_generator(
         "warmup_steps": warmup,
         "label_dropout": cfg.label_dropout,
         "ema_decay": cfg.ema_decay,
+        "train_dtype": str(autocast_dtype or torch.float32).removeprefix("torch."),
         "seed": cfg.seed,
         "loss_interval": LOSS_INTERVAL,
         "init_from": init_from.version if init_from is not None else None,

@@ -192,6 +192,16 @@ def regime_ratios(cfg: ExperimentsConfig, regime: str) -> list[float]:
     return list(cfg.ratios_by_regime.get(regime, cfg.ratios))
 
 
+def control_images_per_class(cfg: ExperimentsConfig) -> int:
+    """Images per class each control generator samples: ``experiments.control_images_per_class`` when set, else what
+    the grid's largest few-shot ratio draws (``ceil(ratio x few_shot_k)``). The control's samples are not filtered, so
+    every one is used; sampling ``generator.images_per_class`` (hundreds) for a grid that draws 30 was most of its cost."""
+    if cfg.control_images_per_class:
+        return cfg.control_images_per_class
+    needed = [int(synthetic_images_needed([cfg.few_shot_k], ratio)[0]) for ratio in regime_ratios(cfg, "few_shot")]
+    return max([1, *needed])
+
+
 def experiment_keys(cfg: ExperimentsConfig) -> list[str]:
     """The partition keys of :func:`experiment_grid`."""
     return [spec.key for spec in experiment_grid(cfg)]
@@ -405,7 +415,7 @@ def experiment_setup(spec: ExperimentSpec, profile: Profile) -> dict[str, Any]:
     if spec.arm != FILTERED:
         setup["arm"] = spec.arm
     if spec.arm == "control":
-        setup["control"] = {"train_steps": profile.experiments.control_train_steps, "images_per_class": profile.experiments.control_images_per_class}
+        setup["control"] = {"train_steps": profile.experiments.control_train_steps, "images_per_class": control_images_per_class(profile.experiments)}
     if profile.experiments.validation_per_class is not None:
         setup["validation_per_class"] = profile.experiments.validation_per_class
     if spec.regime == "long_tail":

@@ -18,7 +18,7 @@ import numpy as np
 from synthaug_pipeline.lib.classifier import check_synthetic_supply, synthetic_images_needed
 from synthaug_pipeline.lib.config import Profile, ProfileError
 from synthaug_pipeline.lib.shift_sets import check_shift_folders
-from synthaug_pipeline.lib.experiments import experiment_grid, format_ratio
+from synthaug_pipeline.lib.experiments import control_images_per_class, experiment_grid, format_ratio
 from synthaug_pipeline.lib.regimes import long_tail_counts
 from synthaug_pipeline.lib.shards import ShardRef
 
@@ -126,8 +126,7 @@ def _pool_capacity(profile: Profile, arm: str) -> tuple[int | None, str]:
     if arm == "retrieval":
         return None, ""
     if arm == "control":
-        control = profile.experiments.control_images_per_class
-        return (control, "experiments.control_images_per_class") if control else (generated, "generator.images_per_class")
+        return control_images_per_class(profile.experiments), "experiments.control_images_per_class"
     if arm == "filtered" and profile.filter.top_k is not None and profile.filter.top_k < generated:
         return profile.filter.top_k, "filter.top_k"
     if arm == "filtered" and profile.filter.quantile is not None:

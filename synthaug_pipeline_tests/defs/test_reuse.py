@@ -85,3 +85,34 @@ def test_every_staged_asset_lists_the_settings_it_reads():
             read = set(re.findall(r"profile\.([a-z_]+)", inspect.getsource(compute))) - {"output_url", "model_dump"}
             assert read <= set(reuse.ASSET_SECTIONS[asset]), (asset, read)
     assert set(OUTPUTS_READ) <= {a for s in STAGES for a in s.assets}
+
+
+def test_growing_the_grid_keeps_the_points_already_run():
+    """Adding an arm, a seed or a ratio must not redo every grid point (the whole experiments section used to be part
+    of experiment_run's fingerprint: adding the control arm retrained 12 finished Fashion runs, ~40 min)."""
+    from synthaug_pipeline.lib.experiments import parse_experiment_key, setup_fingerprint
+
+    base = load_profile("fashion-headline", ["experiments.arms=[filtered, unfiltered]"])
+    grown = load_profile("fashion-headline", ["experiments.arms=[filtered, unfiltered, retrieval, control]", "experiments.seeds=[0, 1, 2, 3]"])
+    for asset in ("experiment_run", "control_samples"):
+        assert reuse.asset_fingerprint(base, asset) == reuse.asset_fingerprint(grown, asset)
+    wider = load_profile("fashion-headline", ["experiments.arms=[filtered, unfiltered]", "experiments.ratios=[0, 3, 6]"])
+    assert reuse.asset_fingerprint(base, "experiment_run") == reuse.asset_fingerprint(wider, "experiment_run")
+    # a larger ratio makes the control sample more images, from which its runs draw: that one is redone
+    assert reuse.asset_fingerprint(base, "control_samples") != reuse.asset_fingerprint(wider, "control_samples")
+    key = parse_experiment_key("few_shot-r3-s0")
+    for other in (grown, wider):
+        assert setup_fingerprint(key, base, ["h"]) == setup_fingerprint(key, other, ["h"])
+    # what a point does read still redoes it
+    for change, asset in (
+        ("classifier.steps=800", "experiment_run"),
+        ("evaluation.severities=[3]", "experiment_run"),
+        ("experiments.control_train_steps=100", "control_samples"),
+        ("experiments.control_images_per_class=50", "control_samples"),
+        ("experiments.few_shot_k=20", "control_samples"),
+        ("generator.train_steps=10", "control_samples"),
+    ):
+        changed = load_profile("fashion-headline", ["experiments.arms=[filtered, unfiltered]", change])
+        assert reuse.asset_fingerprint(base, asset) != reuse.asset_fingerprint(changed, asset), change
+    few = load_profile("fashion-headline", ["experiments.arms=[filtered, unfiltered]", "experiments.few_shot_k=20"])
+    assert setup_fingerprint(key, base, ["h"]) != setup_fingerprint(key, few, ["h"])

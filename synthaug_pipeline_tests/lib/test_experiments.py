@@ -7,6 +7,7 @@ from synthaug_pipeline.lib.config import ExperimentsConfig, ProfileError, load_p
 from synthaug_pipeline.lib.experiments import (
     ExperimentError,
     ExperimentSpec,
+    control_images_per_class,
     experiment_grid,
     experiment_keys,
     format_ratio,
@@ -437,6 +438,10 @@ def test_few_shot_subsets_vary_with_the_seed_and_the_control_generator_sees_the_
             r"few_shot-r1-s0-retrieval: the retrieval arm needs 60 more real images of class '0'",
         ),
         (["data.validation_fraction=0", "experiments.validation_per_class=10"], "experiments.validation_per_class needs a validation split"),
+        (
+            ["experiments.arms=[control]", "experiments.control_images_per_class=20", "experiments.ratios=[0, 3]"],
+            r"few_shot-r3-s0-control: ratio 3 needs 30 .* experiments.control_images_per_class=20",
+        ),
     ],
 )
 def test_preflight_refuses_arms_and_pools_that_cannot_exist_in_one_line(overrides, message):
@@ -455,3 +460,18 @@ def test_fingerprint_of_a_control_run_follows_its_generator_and_retrieval_ignore
     retrieval = parse_experiment_key("few_shot-r3-s0-retrieval")
     assert setup_fingerprint(retrieval, profile, ["a"]) == setup_fingerprint(retrieval, profile, ["b"])
     assert setup_fingerprint(retrieval, profile, []) != setup_fingerprint(parse_experiment_key("few_shot-r3-s0"), profile, [])
+
+
+def test_control_generator_samples_what_the_grid_draws_unless_told():
+    """The control's samples are unfiltered and every one is drawn: by default it samples ceil(largest few-shot ratio x k)
+    per class, not generator.images_per_class (200 per class for a grid that draws 30 was most of the arm's cost)."""
+    profile = load_profile("fashion-headline", [])
+    assert profile.experiments.control_images_per_class is None
+    assert control_images_per_class(profile.experiments) == 30  # ratio 3 x 10 real
+    wider = ExperimentsConfig(ratios=[0, 1.5], ratios_by_regime={"few_shot": [0, 2.5, 6.25]}, few_shot_k=8, arms=["control"])
+    assert control_images_per_class(wider) == 50  # ceil(6.25 x 8): the few-shot ratios, not the shared ones
+    assert control_images_per_class(ExperimentsConfig(ratios=[0], arms=["control"])) == 1
+    assert control_images_per_class(ExperimentsConfig(control_images_per_class=7, arms=["control"])) == 7
+    control = parse_experiment_key("few_shot-r3-s0-control")
+    told = load_profile("fashion-headline", ["experiments.control_images_per_class=30"])
+    assert setup_fingerprint(control, profile, [], "v") == setup_fingerprint(control, told, [], "v")  # the same samples either way
