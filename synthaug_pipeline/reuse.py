@@ -2,18 +2,21 @@
 
 An asset partition is reused when its latest materialization came from a step that succeeded in a
 `synthaug run` run whose fingerprint for that asset equals today's, its stored value still exists, and
-nothing upstream of it was redone in this run. The fingerprint hashes the package's code (every
-``.py`` and profile ``.yaml`` file), the output URL and the profile sections the asset reads
-(:data:`ASSET_SECTIONS`): a changed filter threshold redoes the shards and what trains on them, and
-reuses the models, images and scores.
+nothing upstream of it was redone in this run. The fingerprint hashes the code the asset runs (its module
+and every package module that module imports, directly or not: :func:`code_version`; docstrings, comments,
+layout and setting descriptions do not count), the output URL and the profile settings the asset reads
+(:data:`ASSET_SECTIONS`, narrowed by :data:`SECTION_VIEWS`): a changed filter threshold redoes the shards
+and what trains on them, and reuses the models, images and scores; an edit to the experiment grid's code or
+to the number of images to sample keeps a trained generator.
 """
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,23 +67,142 @@ def _control_settings(profile: Profile) -> dict:
 ASSET_SETTINGS = {"control_samples": _control_settings}
 
 
-@functools.lru_cache(maxsize=1)
-def code_version() -> str:
-    """sha256 (16 hex) of the package's source and profiles: any code change redoes every asset."""
-    root = Path(synthaug_pipeline.__file__).parent
-    digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".yaml") and "__pycache__" not in p.parts):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+# The module that defines each asset (checked against the definitions by a test). An asset's code version covers
+# this module and every package module it imports; an asset not listed here gets the whole package's.
+ASSET_MODULES: dict[str, str] = {
+    **dict.fromkeys(("class_catalog", "real_images"), "synthaug_pipeline.defs.data.assets"),
+    "class_prompts": "synthaug_pipeline.defs.prompts.assets",
+    **dict.fromkeys(("generator", "synthetic_images"), "synthaug_pipeline.defs.generation.assets"),
+    **dict.fromkeys(("judge", "real_features", "synthetic_scores", "synthetic_shards"), "synthaug_pipeline.defs.scoring.assets"),
+    **dict.fromkeys(("classifier_baseline", "classifier_augmented"), "synthaug_pipeline.defs.training.assets"),
+    **dict.fromkeys(("evaluation", "report"), "synthaug_pipeline.defs.evaluation.assets"),
+    **dict.fromkeys(("experiment_run", "control_samples", "experiment_summary"), "synthaug_pipeline.defs.experiments.assets"),
+}
+
+# Generator settings the DDPM backend reads only when sampling (synthetic_images), never when training: changing
+# them re-samples and keeps the trained generator. (Pretrained backends check them when loading: whole section.)
+# A test trains a tiny DDPM with every one of them changed and gets the same weights.
+DDPM_SAMPLING_ONLY = frozenset({
+    "sampler", "sample_steps", "guidance_scale", "images_per_class", "sample_batch_size", "pretrained_batch_size",
+    "negative_prompt", "strength", "output_size", "conditioning_augmentations", "image_variation", "safety_checker",
+})
+
+
+def _generator_training_view(profile: Profile) -> dict:
+    settings = profile.generator.model_dump(mode="json")
+    if profile.generator.backend != "ddpm":
+        return settings
+    return {name: value for name, value in settings.items() if name not in DDPM_SAMPLING_ONLY}
+
+
+# (asset, section) -> the part of a section an asset reads, where it does not read it whole.
+SECTION_VIEWS: dict[tuple[str, str], Callable[[Profile], dict]] = {("generator", "generator"): _generator_training_view}
+
+_PACKAGE = "synthaug_pipeline"
+
+
+def _package_modules(root: Path) -> dict[str, Path]:
+    modules = {}
+    for path in root.rglob("*.py"):
+        if "__pycache__" in path.parts:
+            continue
+        parts = (_PACKAGE, *path.relative_to(root).with_suffix("").parts)
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return modules
+
+
+def _parse(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+
+
+def _imported_modules(name: str, tree: ast.Module, modules: dict[str, Path]) -> set[str]:
+    """The package modules ``name`` imports anywhere in its body (lazy imports too), with their parent packages."""
+    package = name if modules[name].name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parts, *([node.module] if node.module else [])])
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)  # `from pkg import module`
+    closure = set()
+    for module in found:
+        parts = module.split(".")
+        closure.update(".".join(parts[:i]) for i in range(1, len(parts) + 1) if ".".join(parts[:i]) in modules)
+    return closure
+
+
+def _normalized(tree: ast.Module) -> str:
+    """The module's code without what cannot change a result: docstrings, comments and layout (ast.dump has
+    neither), and ``description=`` arguments (setting and asset descriptions)."""
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+        elif isinstance(node, ast.Call):
+            node.keywords = [k for k in node.keywords if k.arg != "description"]
+    return ast.dump(tree, annotate_fields=False, include_attributes=False)
+
+
+@functools.lru_cache(maxsize=4)
+def _module_index(root: Path) -> tuple[dict[str, tuple[bytes, frozenset[str]]], bytes]:
+    """Every package module -> (sha256 of its normalized code, the package modules it imports), and the sha256 of the
+    package's data files (read through importlib.resources, not imports; every asset's version covers them). Profile
+    files are left out: the settings they give enter the fingerprint by value. Read once per process."""
+    modules = _package_modules(root)
+    index = {}
+    for name, path in modules.items():
+        tree = _parse(path)
+        imports = frozenset(_imported_modules(name, tree, modules))
+        index[name] = (hashlib.sha256(_normalized(tree).encode()).digest(), imports)
+    data = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root)
+        if path.is_file() and path.suffix not in (".py", ".pyc") and "__pycache__" not in relative.parts and relative.parts[0] != "profiles":
+            data.update(relative.as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return index, data.digest()
+
+
+@functools.lru_cache(maxsize=None)
+def code_version(asset: str | None = None, root: Path | None = None) -> str:
+    """sha256 (16 hex) of the code ``asset`` runs: its defining module (:data:`ASSET_MODULES`) and every package
+    module that imports, directly or not, normalized (:func:`_normalized`); the whole package for an asset not
+    listed (or None). Editing the CLI, the experiment grid or the report keeps a trained generator; editing the
+    diffusion code does not. ``root``: the package folder (tests use a copy)."""
+    index, data = _module_index(root or Path(synthaug_pipeline.__file__).parent)
+    start = ASSET_MODULES.get(asset) if asset else None
+    if start is None:
+        covered = set(index)
+    else:
+        covered, todo = set(), [start, _PACKAGE]
+        while todo:
+            name = todo.pop()
+            if name not in covered:
+                covered.add(name)
+                todo.extend(index[name][1] - covered)
+    digest = hashlib.sha256(data)
+    for name in sorted(covered):
+        digest.update(name.encode() + b"\0" + index[name][0])
     return digest.hexdigest()[:16]
+
+
+def _section_settings(profile: Profile, asset: str, section: str) -> dict:
+    view = SECTION_VIEWS.get((asset, section))
+    return view(profile) if view else getattr(profile, section).model_dump(mode="json")
 
 
 def asset_fingerprint(profile: Profile, asset: str) -> str:
     sections = ASSET_SECTIONS.get(asset) or tuple(type(profile).model_fields)
     payload = {
         "asset": asset,
-        "code": code_version(),
+        "code": code_version(asset),
         "output": profile.output_url,
-        "settings": {name: getattr(profile, name).model_dump(mode="json") for name in sections if name not in ("name", "description", "execution")},
+        "settings": {name: _section_settings(profile, asset, name) for name in sections if name not in ("name", "description", "execution")},
     }
     if asset in ASSET_SETTINGS:
         payload["read"] = ASSET_SETTINGS[asset](profile)

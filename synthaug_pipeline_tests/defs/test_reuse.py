@@ -2,6 +2,7 @@
 
 import inspect
 import re
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -52,7 +53,7 @@ def test_changed_code_or_settings_reuse_nothing(first_run, monkeypatch):
     profile = load_profile("digits", tiny_overrides(output))
     planner = reuse.ReusePlanner.for_definitions(instance, profile, defs)
     assert planner.reusable_run("generator", None) is not None
-    monkeypatch.setattr(reuse, "code_version", lambda: "another version")
+    monkeypatch.setattr(reuse, "code_version", lambda *args, **kwargs: "another version")
     planner = reuse.ReusePlanner.for_definitions(instance, profile, defs)  # one planner per run: the next run's code
     assert planner.reusable_run("generator", None) is None
     monkeypatch.undo()
@@ -60,6 +61,11 @@ def test_changed_code_or_settings_reuse_nothing(first_run, monkeypatch):
     planner = reuse.ReusePlanner.for_definitions(instance, changed, defs)
     assert planner.reusable_run("generator", None) is None
     assert planner.reusable_run("judge", None) is not None  # the judge does not read generator settings
+    # sampling settings re-sample with the trained generator
+    more = load_profile("digits", [*tiny_overrides(output), "generator.images_per_class=7", "generator.guidance_scale=1.5"])
+    planner = reuse.ReusePlanner.for_definitions(instance, more, defs)
+    assert planner.reusable_run("generator", None) is not None
+    assert planner.reusable_run("synthetic_images", "0") is None
 
 
 def test_upstream_redone_invalidates_downstream(first_run):
@@ -85,6 +91,105 @@ def test_every_staged_asset_lists_the_settings_it_reads():
             read = set(re.findall(r"profile\.([a-z_]+)", inspect.getsource(compute))) - {"output_url", "model_dump"}
             assert read <= set(reuse.ASSET_SECTIONS[asset]), (asset, read)
     assert set(OUTPUTS_READ) <= {a for s in STAGES for a in s.assets}
+
+
+def test_every_asset_module_is_where_the_asset_is_defined():
+    defs = build_definitions("fashion-headline", ["experiments.arms=[filtered, control]"])
+    names = set()
+    for assets_def in defs.assets or ():
+        for key in assets_def.keys:
+            name = key.to_user_string()
+            names.add(name)
+            assert reuse.ASSET_MODULES.get(name) == assets_def.op.compute_fn.decorated_fn.__module__, name
+    assert {a for s in STAGES for a in s.assets} | {"experiment_run", "control_samples", "experiment_summary"} <= names
+
+
+def _edit(root, module: str, old: str, new: str) -> None:
+    path = root / module
+    text = path.read_text()
+    assert old in text, (module, old)
+    path.write_text(text.replace(old, new, 1))
+
+
+def test_an_asset_code_version_covers_the_code_it_imports_and_nothing_else(tmp_path):
+    """A docstring edit or a change to the experiment grid's code keeps a trained generator (it used to retrain the
+    37-66 min Fashion generator); a change to the diffusion code redoes it and what it feeds."""
+    import shutil
+
+    import synthaug_pipeline
+
+    source = Path(synthaug_pipeline.__file__).parent
+    assets = ("generator", "judge", "classifier_baseline", "experiment_run", "report", None)
+
+    def versions(root: Path) -> dict:
+        return {asset: reuse.code_version(asset, root) for asset in assets}
+
+    def copy(name: str) -> Path:
+        root = tmp_path / name / "synthaug_pipeline"
+        shutil.copytree(source, root, ignore=shutil.ignore_patterns("__pycache__"))
+        return root
+
+    base = versions(copy("base"))
+    assert base == versions(source)  # a copy has the same versions
+    assert len(set(base.values())) == len(assets)
+
+    cosmetic = copy("cosmetic")  # a docstring, a comment, layout, a setting's description
+    _edit(cosmetic, "lib/diffusion.py", '"""', '"""Reworded. ')
+    _edit(cosmetic, "lib/diffusion.py", "\ndef ", "\n# a new comment\n\n\ndef ")
+    _edit(cosmetic, "lib/config.py", 'description="Denoising steps;', 'description="How many denoising steps;')
+    assert versions(cosmetic) == base
+
+    grid = copy("grid")
+    _edit(grid, "lib/experiments.py", "def format_ratio(ratio: float) -> str:\n", "def format_ratio(ratio: float) -> str:\n    ratio = float(ratio)\n")
+    changed = versions(grid)
+    assert changed["generator"] == base["generator"] and changed["judge"] == base["judge"]
+    assert changed["experiment_run"] != base["experiment_run"] and changed[None] != base[None]
+
+    diffusion = copy("diffusion")
+    _edit(diffusion, "lib/diffusion.py", "\ndef ", "\nSOMETHING_NEW = 1\n\n\ndef ")
+    changed = versions(diffusion)
+    assert changed["generator"] != base["generator"] and changed[None] != base[None]
+    assert changed["experiment_run"] != base["experiment_run"]  # the grid imports the diffusion code (control arm)
+
+    data = copy("data")
+    (data / "data" / "imagenet100.txt").write_text("n01440764\n")  # package data, read without an import
+    assert all(versions(data)[asset] != base[asset] for asset in assets)
+
+    profiles = copy("profiles")  # settings enter by value, not as code
+    _edit(profiles, "profiles/digits.yaml", "\n", "\n# edited\n")
+    assert versions(profiles) == base
+
+
+def test_ddpm_sampling_settings_keep_the_trained_generator():
+    """What training does not read is out of the generator's fingerprint, and training really does not read it."""
+    from synthaug_pipeline.lib.config import GeneratorConfig
+    from synthaug_pipeline.lib.diffusion import train_generator
+    from synthaug_pipeline_tests.lib.test_diffusion import TINY, two_class_images, weights_equal
+
+    sampling = {
+        "sampler": "ddim", "sample_steps": 3, "guidance_scale": 1.0, "images_per_class": 7, "sample_batch_size": 5,
+        "pretrained_batch_size": 2, "negative_prompt": "blurry", "strength": 0.3, "output_size": 16,
+        "conditioning_augmentations": ["flip"], "image_variation": True, "safety_checker": "drop",
+    }
+    assert set(sampling) == reuse.DDPM_SAMPLING_ONLY
+    base = load_profile("digits", [])
+    changed = load_profile("digits", [f"generator.{k}={v}" for k, v in sampling.items()])
+    assert reuse.asset_fingerprint(base, "generator") == reuse.asset_fingerprint(changed, "generator")
+    assert reuse.asset_fingerprint(base, "synthetic_images") != reuse.asset_fingerprint(changed, "synthetic_images")
+    assert reuse.asset_fingerprint(base, "control_samples") != reuse.asset_fingerprint(changed, "control_samples")
+    for training in ("generator.train_steps=7", "generator.seed=3", "generator.train_dtype=bfloat16", "generator.ema_decay=0.99"):
+        assert reuse.asset_fingerprint(base, "generator") != reuse.asset_fingerprint(load_profile("digits", [training]), "generator"), training
+    # a pretrained backend checks its sampling settings when it loads: the whole section counts
+    text2img = ["generator.backend=text2img", "generator.model=/models/sd"]
+    assert reuse.asset_fingerprint(load_profile("digits", text2img), "generator") != reuse.asset_fingerprint(
+        load_profile("digits", [*text2img, "generator.images_per_class=7"]), "generator"
+    )
+
+    images, labels = two_class_images(16)
+    cfg = GeneratorConfig(train_steps=2, **{**TINY, "batch_size": 8})
+    a = train_generator(images, labels, 2, cfg)
+    b = train_generator(images, labels, 2, cfg.model_copy(update=sampling))
+    assert weights_equal(a.model, b.model) and a.losses == b.losses
 
 
 def test_growing_the_grid_keeps_the_points_already_run():
