@@ -2,7 +2,8 @@
 
 1. Check the grid against the data before anything trains (class counts, pools, arms, validation split).
 2. Materialize the pipeline up to the shards (:func:`~synthaug_pipeline.orchestration.run_pipeline`, with its
-   resume): judge, generator, samples, scores, shards, reused across every arm and seed.
+   resume): judge, generator, samples, scores, shards, reused across every arm and seed; only the real images when
+   no point reads generated images (:func:`grid_uses_generated_images`).
 3. ``control_samples[few_shot-s<seed>]`` for the control arm, as runs of the ``synthaug_control_samples`` job.
 4. One run of the ``synthaug_experiment_runs`` job per grid point (the partition key names it); a point whose
    last materialization has today's settings, code and shard content is reused.
@@ -52,6 +53,12 @@ def check_grid_before_training(profile: Profile) -> None:
     check_experiment_grid(profile, dataset.class_ids, counts)
 
 
+def grid_uses_generated_images(profile: Profile) -> bool:
+    """Whether a point of the grid trains on the pipeline's shards (filtered, unfiltered or CAS): if none does, the judge,
+    the generator and the shards are not needed."""
+    return any(parse_experiment_key(key).uses_synthetic for key in experiment_keys(profile.experiments))
+
+
 def run_experiment_grid(
     profile_name: str | None,
     overrides: list[str],
@@ -70,8 +77,12 @@ def run_experiment_grid(
     check_grid_before_training(profile)
     started = time.perf_counter()
     if not pipeline_done:
-        echo("experiments: the pipeline up to the shards (reused where its settings and code are unchanged)")
-        run_pipeline(profile_name, overrides, instance, echo=echo, resume=resume, until="synthetic")
+        if grid_uses_generated_images(profile):
+            echo("experiments: the pipeline up to the shards (reused where its settings and code are unchanged)")
+            run_pipeline(profile_name, overrides, instance, echo=echo, resume=resume, until="synthetic")
+        else:  # real-only, retrieval and photometric points (and control, with its own generators) read no shard
+            echo("experiments: no grid point reads generated images (arms: real only, retrieval, photometric, control): the real images only")
+            run_pipeline(profile_name, overrides, instance, echo=echo, resume=resume, until="real images")
         outcome.seconds["pipeline"] = time.perf_counter() - started
     defs = build_definitions(profile_name or profile.name, overrides)
     planner = ReusePlanner.for_definitions(instance, profile, defs) if resume else None

@@ -267,11 +267,12 @@ class ExperimentsConfig(_Section):
     few_shot_k: int = Field(10, ge=1, description="Real images per class in the few_shot regime.")
     long_tail_imbalance: Float = Field(10.0, ge=1, description="Largest / smallest class size in the long_tail regime.")
     synthetic_only: bool = Field(True, description="Also train on synthetic images only (Classification Accuracy Score).")
-    arms: list[Literal["filtered", "unfiltered", "retrieval", "control"]] = Field(
+    arms: list[Literal["filtered", "unfiltered", "retrieval", "control", "photometric"]] = Field(
         default_factory=lambda: ["filtered"],
         description="Where the extra images of a run at ratio > 0 come from: filtered (accepted by the filter), unfiltered "
         "(every generated image but test leaks), retrieval (REAL images of the generator's training pool the regime did not "
-        "keep; not for the full regime), control (a generator trained only on the seed's few-shot subset; few_shot only).",
+        "keep; not for the full regime), control (a generator trained only on the seed's few-shot subset; few_shot only), "
+        "photometric (copies of the run's own real images with random contrast, brightness and gamma: classical augmentation).",
     )
     control_train_steps: int = Field(400, ge=1, description="Training steps of the same-data control generator (control arm).")
     control_images_per_class: int | None = Field(

@@ -18,6 +18,7 @@ ARM_LABELS = {
     "unfiltered": "real + unfiltered synthetic",
     "retrieval": "real + retrieved real (retrieval control)",
     "control": "real + same-data generator (control)",
+    "photometric": "real + photometric copies of it (augmentation control)",
 }
 
 

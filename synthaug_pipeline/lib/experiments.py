@@ -10,6 +10,7 @@ has a stable, readable key that is its Dagster partition key:
     few_shot-r3-s0-unfiltered    the same share of synthetic images, drawn from every generated image
     few_shot-r3-s0-retrieval     the same share of REAL images, drawn from the generator's training pool
     few_shot-r3-s0-control       the same share of images from a generator trained only on the seed's few-shot subset
+    few_shot-r3-s0-photometric   the same share of photometric copies (contrast, brightness, gamma) of the seed's own real images
     cas-s0                  synthetic images only (Classification Accuracy Score), seed 0
 
 The arm (``experiments.arms``) says where the extra images come from: ``filtered`` (the default, no
@@ -17,7 +18,9 @@ suffix: images the filter accepted), ``unfiltered`` (every generated image but t
 ``retrieval`` (real images of the generator's training pool that the regime did not keep: what the
 generator could at best hand back) and ``control`` (a same-data generator: trained on exactly the
 few-shot images of that seed, so a gain it gives is diffusion as augmentation, not knowledge from
-more data). Meaningless points are dropped: aux BN or an arm without synthetic images is the plain
+more data) and ``photometric`` (copies of the run's own real images with random contrast, brightness and
+gamma: classical augmentation in place of generated images, :mod:`~synthaug_pipeline.lib.photometric`).
+Meaningless points are dropped: aux BN or an arm without synthetic images is the plain
 run, retrieval needs a regime that leaves real images over (not ``full``), control is defined for
 ``few_shot``, and CAS has no real images, hence no regime, ratio, arm or aux BN.
 
@@ -53,14 +56,15 @@ from synthaug_pipeline.lib.regimes import REGIMES, select_regime
 CAS = "cas"
 AUX_BN_SUFFIX = "auxbn"
 FILTERED = "filtered"
-ARMS = ("filtered", "unfiltered", "retrieval", "control")  # where the extra images of a run come from
+PHOTOMETRIC = "photometric"
+ARMS = ("filtered", "unfiltered", "retrieval", "control", PHOTOMETRIC)  # where the extra images of a run come from
 CONTROL_REGIME = "few_shot"  # the same-data control generator is trained on the few-shot subset of a seed
 METRICS = ("top1", "top5", "shifted_mean_top1", "shift_drop")  # the numbers a result carries under "metrics" (top5: >10 classes)
 VALIDATION_METRICS = ("top1", "shifted_mean_top1", "shift_drop")  # a result's "validation": what choices are made on
 TOP5_MIN_CLASSES = 11  # evaluation reports top-5 only with more than 10 classes
 
 _MIX_KEY = re.compile(
-    r"^(?P<regime>[a-z_]+)-r(?P<ratio>[0-9]+(?:\.[0-9]+)?)-s(?P<seed>[0-9]+)(?:-(?P<arm>unfiltered|retrieval|control))?(?P<aux_bn>-auxbn)?$"
+    r"^(?P<regime>[a-z_]+)-r(?P<ratio>[0-9]+(?:\.[0-9]+)?)-s(?P<seed>[0-9]+)(?:-(?P<arm>unfiltered|retrieval|control|photometric))?(?P<aux_bn>-auxbn)?$"
 )
 _CAS_KEY = re.compile(r"^cas-s(?P<seed>[0-9]+)$")
 
@@ -237,8 +241,9 @@ class ExperimentPlan:
     """Which real and extra images (indices into the given pools, sorted) one experiment trains on.
 
     ``synthetic_indices`` index the arm's pool: the accepted synthetic rows (filtered), every usable
-    generated row (unfiltered), the control generator's images (control) or, for the retrieval arm,
-    the real training images themselves (``extra_from_real``).
+    generated row (unfiltered), the control generator's images (control) or, for the retrieval and photometric
+    arms, the real training images themselves (``extra_from_real``; ``photometric``: each index is a kept real
+    image to copy with random contrast, brightness and gamma, repeated where the ratio asks for more copies).
     """
 
     spec: ExperimentSpec
@@ -247,6 +252,7 @@ class ExperimentPlan:
     real_per_class: dict[str, int]
     synthetic_per_class: dict[str, int]
     extra_from_real: bool = False
+    photometric: bool = False
 
 
 POOL_NAMES = {
@@ -301,6 +307,21 @@ def plan_experiment(
     real_indices = _select_real(spec, cfg, real_labels, real_counts, class_ids)
     kept = np.bincount(real_labels[real_indices], minlength=num_classes)
     needed = synthetic_images_needed(kept, spec.ratio).tolist()
+    if spec.arm == PHOTOMETRIC:
+        rng = np.random.default_rng([spec.seed, 3])
+        sources = []
+        for c, need in enumerate(needed):
+            own = real_indices[real_labels[real_indices] == c]
+            sources.append(np.resize(rng.permutation(own), need))  # every kept image copied equally often (to within one)
+        return ExperimentPlan(
+            spec,
+            real_indices,
+            np.sort(np.concatenate(sources)).astype(np.int64),
+            {c: int(n) for c, n in zip(class_ids, kept)},
+            {c: int(n) for c, n in zip(class_ids, needed)},
+            extra_from_real=True,
+            photometric=True,
+        )
     if spec.arm == "retrieval":
         left = np.ones(len(real_labels), dtype=bool)
         left[real_indices] = False

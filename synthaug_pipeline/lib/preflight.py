@@ -120,11 +120,14 @@ def check_experiment_grid(profile: Profile, class_ids: Sequence[str], train_coun
         raise ProfileError(f"experiment grid point {failures[0]}{more}")
 
 
-def _pool_capacity(profile: Profile, arm: str) -> tuple[int | None, str]:
-    """The most images per class the arm's pool can ever hold (None: retrieval, sized by the real data), and the setting bounding it."""
+def _pool_capacity(profile: Profile, arm: str) -> tuple[float | None, str]:
+    """The most images per class the arm's pool can ever hold (None: retrieval, sized by the real data; inf: photometric
+    copies), and the setting bounding it."""
     generated = profile.generator.images_per_class
     if arm == "retrieval":
         return None, ""
+    if arm == "photometric":  # copies of the kept real images: as many as any ratio asks
+        return math.inf, ""
     if arm == "control":
         return control_images_per_class(profile.experiments), "experiments.control_images_per_class"
     if arm == "filtered" and profile.filter.top_k is not None and profile.filter.top_k < generated:
@@ -135,7 +138,7 @@ def _pool_capacity(profile: Profile, arm: str) -> tuple[int | None, str]:
 
 
 def _grid_point_problem(
-    key: str, regime: str, ratio: float, counts: list[int], class_ids: Sequence[str], cfg: Any, generated: int | None, bound: str
+    key: str, regime: str, ratio: float, counts: list[int], class_ids: Sequence[str], cfg: Any, generated: float | None, bound: str
 ) -> str | None:
     empty = [c for c, n in enumerate(counts) if n == 0]
     if empty:

@@ -17,7 +17,7 @@ GRID = [
     "experiments.ratios=[0, 1]",
     "experiments.seeds=[0, 1]",
     "experiments.few_shot_k=5",
-    "experiments.arms=[filtered, unfiltered, retrieval, control]",
+    "experiments.arms=[filtered, unfiltered, retrieval, control, photometric]",
     "experiments.control_train_steps=5",
     "experiments.control_images_per_class=6",
     "experiments.synthetic_only=false",
@@ -27,6 +27,7 @@ GRID = [
 KEYS = [
     "few_shot-r0-s0", "few_shot-r0-s1", "few_shot-r1-s0", "few_shot-r1-s1", "few_shot-r1-s0-unfiltered", "few_shot-r1-s1-unfiltered",
     "few_shot-r1-s0-retrieval", "few_shot-r1-s1-retrieval", "few_shot-r1-s0-control", "few_shot-r1-s1-control",
+    "few_shot-r1-s0-photometric", "few_shot-r1-s1-photometric",
 ]
 
 
@@ -78,13 +79,16 @@ def test_arms_draw_the_same_number_of_extra_images_from_their_own_pools(grid):
     control = read_lineage(values["few_shot-r1-s0-control"]["model"]["url"])
     assert control["control_generator"]["version"] == grid["control_version"] and control["control_generator"]["train_images"] == 10
     assert read_lineage(values["few_shot-r1-s0-unfiltered"]["model"]["url"])["arm"] == "unfiltered"
+    photometric = read_lineage(values["few_shot-r1-s0-photometric"]["model"]["url"])
+    assert photometric["arm"] == "photometric" and photometric["photometric_copies"] == {"0": 5, "1": 5} and photometric["shards"] == []
+    assert "retrieved_real_images" not in photometric
 
 
 def test_the_summary_reports_intervals_retrieval_share_validation_and_costs(grid):
     summary = grid["second"].summary
     assert summary["materialized"] == KEYS and summary["stale"] == []
     groups = {g["group"]: g for g in summary["groups"]}
-    assert set(groups) == {"few_shot-r0", "few_shot-r1", "few_shot-r1-unfiltered", "few_shot-r1-retrieval", "few_shot-r1-control"}
+    assert set(groups) == {"few_shot-r0", "few_shot-r1", "few_shot-r1-unfiltered", "few_shot-r1-retrieval", "few_shot-r1-control", "few_shot-r1-photometric"}
     assert groups["few_shot-r1-retrieval"]["vs_real_only"]["paired_seeds"] == 2
     assert "ci95" in groups["few_shot-r1"]["vs_real_only"]["top1"]
     assert groups["few_shot-r1"]["validation"]["top1"]["n"] == 2
@@ -99,3 +103,21 @@ def test_a_grid_asking_for_more_images_than_can_exist_is_refused_before_any_run(
     assert grid["too_many"] is not None and "\n" not in grid["too_many"]
     assert "few_shot-r3-s0: ratio 3 needs 15 accepted synthetic images of class '0'" in grid["too_many"]
     assert grid["runs_after_refusal"] == len(grid["runs"])
+
+
+def test_a_grid_that_reads_no_generated_image_trains_no_generator(tmp_path):
+    """Real-only, retrieval and photometric points need the real images only: no judge, generator or shards."""
+    overrides = tiny_overrides(str(tmp_path)) + [
+        "experiments.regimes=['few_shot']", "experiments.ratios=[0, 1]", "experiments.seeds=[0]", "experiments.few_shot_k=5",
+        "experiments.arms=[retrieval, photometric]", "experiments.synthetic_only=false", "evaluation.corruptions=[gaussian_noise]",
+    ]
+    with dg.instance_for_test() as instance:
+        lines: list[str] = []
+        outcome = run_experiment_grid("digits", overrides, instance, echo=lines.append)
+        assert outcome.trained == ["few_shot-r0-s0", "few_shot-r1-s0-retrieval", "few_shot-r1-s0-photometric"]
+        assert any("no grid point reads generated images" in line for line in lines)
+        materialized = {key.to_user_string() for key in instance.get_asset_keys()}
+        assert {"real_images", "experiment_run", "experiment_summary"} <= materialized
+        assert not materialized & {"judge", "generator", "synthetic_images", "synthetic_shards"}
+        groups = {g["group"] for g in outcome.summary["groups"]}
+        assert groups == {"few_shot-r0", "few_shot-r1-retrieval", "few_shot-r1-photometric"}

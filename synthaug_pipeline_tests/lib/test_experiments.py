@@ -333,6 +333,10 @@ def test_preflight_passes_a_grid_that_just_fits_and_refuses_a_class_without_imag
 
     fits = load_profile("digits", ["generator.images_per_class=10", "experiments.regimes=[few_shot]", "experiments.ratios=[0, 1]"])
     check_experiment_grid(fits, ["0", "1"], [30, 12])  # ceil(1 x 10) = 10 of 10
+    copies = load_profile("digits", ["generator.images_per_class=10", "experiments.ratios=[0, 50]", "experiments.arms=[photometric]"])
+    check_experiment_grid(copies, ["0", "1"], [30, 12])  # photometric copies: no pool bounds the ratio
+    with pytest.raises(ProfileError, match="few_shot-r50-s0: ratio 50 needs 500 accepted synthetic images"):
+        check_experiment_grid(copies.model_copy(update={"experiments": copies.experiments.model_copy(update={"arms": ["filtered"]})}), ["0", "1"], [30, 12])
     with pytest.raises(ProfileError, match="grid point few_shot-r0-s0: class '1' has no real training images"):
         check_experiment_grid(fits, ["0", "1"], [30, 0])
 
@@ -404,6 +408,45 @@ def test_retrieval_draws_as_many_extra_real_images_from_outside_the_seeds_subset
     assert np.bincount(labels[retrieval.synthetic_indices]).tolist() == [8, 8]
     with pytest.raises(ExperimentError, match=r"retrieval arm needs 20 more real images of class 'a' \(5 x 4 real\) but the generator's training pool has only 16"):
         plan_experiment(parse_experiment_key("few_shot-r5-s0-retrieval"), cfg, labels, None, CLASSES)
+
+
+def test_photometric_copies_the_seeds_own_real_images_as_often_as_a_synthetic_arm_adds_images():
+    labels = np.repeat([0, 1], 20)
+    cfg = ExperimentsConfig(few_shot_k=4)
+    filtered = plan_experiment(parse_experiment_key("few_shot-r2.5-s1"), cfg, labels, np.repeat([0, 1], 10), CLASSES)
+    photometric = plan_experiment(parse_experiment_key("few_shot-r2.5-s1-photometric"), cfg, labels, None, CLASSES)
+    assert photometric.photometric and photometric.extra_from_real and not filtered.photometric
+    np.testing.assert_array_equal(photometric.real_indices, filtered.real_indices)
+    assert photometric.synthetic_per_class == filtered.synthetic_per_class == {"a": 10, "b": 10}  # ceil(2.5 x 4)
+    assert set(photometric.synthetic_indices) == set(photometric.real_indices)  # copies of the kept images only
+    copies = np.bincount(photometric.synthetic_indices, minlength=len(labels))[photometric.real_indices]
+    assert sorted(copies.tolist()) == [2, 2, 2, 2, 3, 3, 3, 3]  # 10 copies of 4 images per class: evenly, to within one
+    assert np.bincount(labels[photometric.synthetic_indices]).tolist() == [10, 10]
+    # no pool bounds it: any ratio plans
+    assert plan_experiment(parse_experiment_key("few_shot-r40-s0-photometric"), cfg, labels, None, CLASSES).synthetic_per_class == {"a": 160, "b": 160}
+    spec = parse_experiment_key("full-r0.5-s0-photometric")
+    assert (spec.group, spec.uses_synthetic) == ("full-r0.5-photometric", False)
+    with pytest.raises(ExperimentError, match="ratio 0 is the real-only run"):
+        ExperimentSpec(seed=0, regime="few_shot", ratio=0.0, arm="photometric")
+
+
+def test_photometric_copies_vary_intensity_reproducibly_and_keep_the_shape():
+    from synthaug_pipeline.lib.photometric import photometric_copies
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(40, 200, size=(64, 8, 8, 3), dtype=np.uint8)
+    a, b, other = photometric_copies(images, seed=3), photometric_copies(images, seed=3), photometric_copies(images, seed=4)
+    assert a.dtype == np.uint8 and a.shape == images.shape
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, other)
+    means = a.reshape(64, -1).mean(axis=1) - images.reshape(64, -1).mean(axis=1)
+    spreads = a.reshape(64, -1).std(axis=1) / images.reshape(64, -1).std(axis=1)
+    assert means.min() < -15 and means.max() > 15  # darker and brighter copies
+    assert spreads.min() < 0.8 and spreads.max() > 1.2  # lower and higher contrast
+    grey = np.repeat(images[..., :1], 3, axis=3)  # one factor for every channel: a grey image stays grey
+    np.testing.assert_array_equal(np.ptp(photometric_copies(grey, seed=3), axis=3), 0)
+    with pytest.raises(ValueError, match=r"uint8 images shaped \[N, H, W, C\]"):
+        photometric_copies(images.astype(np.float32), seed=0)
 
 
 def test_few_shot_subsets_vary_with_the_seed_and_the_control_generator_sees_the_same_one():

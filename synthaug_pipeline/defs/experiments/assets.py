@@ -50,6 +50,7 @@ from synthaug_pipeline.lib.experiments import (
 from synthaug_pipeline.lib.experiment_summary import render_experiments_markdown, summarize_experiments
 from synthaug_pipeline.lib.images import grid_markdown
 from synthaug_pipeline.lib.lineage import write_lineage
+from synthaug_pipeline.lib.photometric import photometric_copies
 from synthaug_pipeline.lib.redaction import redact_url, redact_urls
 from synthaug_pipeline.lib.plots import line_chart_markdown
 from synthaug_pipeline.lib.preflight import check_experiment_grid, check_shards_passed
@@ -136,7 +137,10 @@ def build_experiment_assets(experiments: ExperimentsConfig) -> list[dg.AssetsDef
             rows = accepted_synthetic_rows(shards) if spec.uses_synthetic else read_shards([])
             pool_labels = np.asarray(rows["class_index"].to_numpy(zero_copy_only=False), dtype=np.int64)
         plan = plan_experiment(spec, profile.experiments, labels, pool_labels, class_ids)  # raises before any training
-        if plan.extra_from_real:
+        if plan.photometric:  # the copies are new images: in RAM (as many as a synthetic arm would add)
+            extra = spilled["train"].take(plan.synthetic_indices)
+            synthetic, synthetic_labels = photometric_copies(np.asarray(extra.images), seed=spec.seed), np.asarray(extra.labels)
+        elif plan.extra_from_real:
             extra = spilled["train"].take(plan.synthetic_indices)  # copied to its own spill file, not into RAM
             synthetic, synthetic_labels = extra.images, extra.labels
         elif control is not None:
@@ -225,7 +229,8 @@ def build_experiment_assets(experiments: ExperimentsConfig) -> list[dg.AssetsDef
             },
             "synthetic_ratio": spec.ratio,
             "arm": spec.arm,
-            **({"retrieved_real_images": plan.synthetic_per_class} if plan.extra_from_real else {}),
+            **({"retrieved_real_images": plan.synthetic_per_class} if plan.extra_from_real and not plan.photometric else {}),
+            **({"photometric_copies": plan.synthetic_per_class} if plan.photometric else {}),
             **({"control_generator": {k: control[k] for k in ("url", "version", "train_images")}} if control else {}),
             "shards": [{**s.lineage(), "images_used": plan.synthetic_per_class[s.class_id]} for s in used],
             "filter_versions": sorted({s.filter_version for s in used}),
