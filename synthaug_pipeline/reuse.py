@@ -99,6 +99,10 @@ def _generator_training_view(profile: Profile) -> dict:
 SECTION_VIEWS: dict[tuple[str, str], Callable[[Profile], dict]] = {("generator", "generator"): _generator_training_view}
 
 _PACKAGE = "synthaug_pipeline"
+# The settings module is not code an asset runs: what it gives an asset (defaults, validation, the values an override
+# sets, output_url) reaches it as the settings' values, which the fingerprint hashes section by section. Hashing it as
+# code made every new setting (one line in any section) retrain every model.
+SETTINGS_MODULE = "synthaug_pipeline.lib.config"
 
 
 def _package_modules(root: Path) -> dict[str, Path]:
@@ -171,8 +175,9 @@ def _module_index(root: Path) -> tuple[dict[str, tuple[bytes, frozenset[str]]], 
 @functools.lru_cache(maxsize=None)
 def code_version(asset: str | None = None, root: Path | None = None) -> str:
     """sha256 (16 hex) of the code ``asset`` runs: its defining module (:data:`ASSET_MODULES`) and every package
-    module that imports, directly or not, normalized (:func:`_normalized`); the whole package for an asset not
-    listed (or None). Editing the CLI, the experiment grid or the report keeps a trained generator; editing the
+    module that imports, directly or not, normalized (:func:`_normalized`), except the settings module
+    (:data:`SETTINGS_MODULE`: settings enter the fingerprint by value); the whole package for an asset not listed
+    (or None). Editing the CLI, the experiment grid or the report keeps a trained generator; editing the
     diffusion code does not. ``root``: the package folder (tests use a copy)."""
     index, data = _module_index(root or Path(synthaug_pipeline.__file__).parent)
     start = ASSET_MODULES.get(asset) if asset else None
@@ -182,7 +187,7 @@ def code_version(asset: str | None = None, root: Path | None = None) -> str:
         covered, todo = set(), [start, _PACKAGE]
         while todo:
             name = todo.pop()
-            if name not in covered:
+            if name not in covered and name != SETTINGS_MODULE:
                 covered.add(name)
                 todo.extend(index[name][1] - covered)
     digest = hashlib.sha256(data)

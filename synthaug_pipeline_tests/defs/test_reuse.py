@@ -139,6 +139,11 @@ def test_an_asset_code_version_covers_the_code_it_imports_and_nothing_else(tmp_p
     _edit(cosmetic, "lib/config.py", 'description="Denoising steps;', 'description="How many denoising steps;')
     assert versions(cosmetic) == base
 
+    setting = copy("setting")  # a new setting: the assets that read it see its value, not the settings module's code
+    _edit(setting, "lib/config.py", "    images_per_class: int = Field(100, ge=1)\n", "    images_per_class: int = Field(100, ge=1)\n    new_knob: int = 3\n")
+    changed = versions(setting)
+    assert all(changed[asset] == base[asset] for asset in assets if asset) and changed[None] != base[None]
+
     grid = copy("grid")
     _edit(grid, "lib/experiments.py", "def format_ratio(ratio: float) -> str:\n", "def format_ratio(ratio: float) -> str:\n    ratio = float(ratio)\n")
     changed = versions(grid)
