@@ -46,7 +46,7 @@ def test_bench_generation_end_to_end(tmp_path, capsys):
     assert record["machine"]["cores"] >= 1 and record["machine"]["cpu"] and record["machine"]["torch"] == torch.__version__
     settings = record["settings"]
     assert settings["classes"] == ["0", "1"] and settings["images_per_class"] == 3
-    assert settings["naive"]["steps"] == 20 and settings["fast"]["sampler"] == "sde-dpmsolver++"  # the profile's
+    assert settings["naive"]["steps"] == 20 and settings["fast"]["sampler"] == "dpmsolver++"  # the profile's
     assert settings["generator"]["train_seconds"] > 0
     for path in ("fast", "naive", "real_reference"):
         result = record[path]
