@@ -123,6 +123,30 @@ def retrieval_markdown(summary: Mapping[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def arm_comparison_markdown(summary: Mapping[str, Any]) -> str:
+    """Filtered minus each other arm, paired by seed (the same real images in both runs of a seed), with 95% intervals."""
+    rows = []
+    for g in summary["groups"]:
+        for arm, cmp in (g.get("vs_arms") or {}).items():
+            test, validation = cmp["test"] or {}, cmp["validation"] or {}
+            rows.append(
+                f"| {g['group']} | {cmp['group']} | {_points(test.get('top1'))} | {_points(test.get('shifted_mean_top1'))} "
+                f"| {_points(validation.get('top1'))} | {_points(validation.get('shifted_mean_top1'))} |"
+            )
+    if not rows:
+        return ""
+    return "\n".join(
+        [
+            "The filtered arm against each other arm (filtered minus the other, paired by seed; points, [95% interval]; "
+            "positive: the filter's images did better):",
+            "",
+            "| filtered | against | top-1, test | under shift, test | top-1, validation | under shift, validation |",
+            "|---|---|---|---|---|---|",
+            *rows,
+        ]
+    )
+
+
 def cost_markdown(summary: Mapping[str, Any]) -> str:
     """Wall time per run of each group, and the shared costs (generators, sampling) the arms draw on."""
     groups = [g for g in summary["groups"] if (g.get("seconds") or {}).get("seconds", {}).get("mean") is not None]
@@ -160,7 +184,9 @@ def plain_findings(summary: Mapping[str, Any]) -> list[str]:
 
 def headline_sections(summary: Mapping[str, Any]) -> list[str]:
     """The extra sections of experiments.md, in reading order (empty ones left out)."""
-    sections = [paired_gains_markdown(summary), retrieval_markdown(summary), validation_markdown(summary), cost_markdown(summary)]
+    sections = [
+        paired_gains_markdown(summary), arm_comparison_markdown(summary), retrieval_markdown(summary), validation_markdown(summary), cost_markdown(summary)
+    ]
     findings = plain_findings(summary)
     if findings:
         sections.append("Null and negative results:\n\n" + "\n".join(f"- {f}" for f in findings))

@@ -65,6 +65,7 @@ def summarize_experiments(
                 "seconds": summarize_seeds(runs, ["seconds", "eval_seconds"]),
             }
         )
+    _compare_arms(groups, by_group)
     return {
         "grid": list(grid_keys),
         "materialized": sorted(current, key=list(grid_keys).index),
@@ -72,6 +73,26 @@ def summarize_experiments(
         "stale": stale,
         "groups": groups,
     }
+
+
+def _compare_arms(groups: list[dict[str, Any]], by_group: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
+    """``vs_arms`` on each filtered group: per-seed differences filtered minus each other arm of the same regime, ratio
+    and aux BN (test and validation), so "filtered beats unfiltered / photometric / ..." comes with its own interval
+    instead of a comparison of two gains' spreads."""
+    for g in groups:
+        if g["synthetic_only"] or not g["ratio"] or g["arm"] != "filtered":
+            continue
+        for other in groups:
+            if other is g or other["synthetic_only"] or other["arm"] == "filtered":
+                continue
+            if (other["regime"], other["ratio"], other["aux_bn"]) != (g["regime"], g["ratio"], g["aux_bn"]):
+                continue
+            runs, against = by_group[g["group"]], by_group[other["group"]]
+            g.setdefault("vs_arms", {})[other["arm"]] = {
+                "group": other["group"],
+                "test": _paired_gain(runs, against, other["group"]),
+                "validation": _paired_gain(runs, against, other["group"], "validation"),
+            }
 
 
 def _over_seeds(runs: Sequence[Mapping[str, Any]], field: str, name: str) -> dict[str, Any]:

@@ -49,6 +49,19 @@ def test_paired_gains_carry_95_percent_t_intervals(summary):
     assert group["seconds"]["seconds"]["mean"] == pytest.approx(20.0)
 
 
+def test_the_filtered_arm_is_compared_with_every_other_arm_paired_by_seed(summary):
+    group = {g["group"]: g for g in summary["groups"]}["few_shot-r3"]
+    assert set(group["vs_arms"]) == {"retrieval", "control"}
+    retrieval = group["vs_arms"]["retrieval"]
+    assert retrieval["group"] == "few_shot-r3-retrieval"
+    diff = retrieval["test"]["top1"]  # (0.10 - 0.20, 0.11 - 0.19, 0.09 - 0.21) per seed
+    assert diff["mean"] == pytest.approx(-0.10) and diff["std"] == pytest.approx(0.02) and diff["ci95"][1] < 0
+    assert group["vs_arms"]["control"]["validation"]["top1"]["mean"] == pytest.approx((0.09 + 0.13 + 0.07) / 3)
+    assert all("vs_arms" not in g for g in summary["groups"] if g["group"] != "few_shot-r3")  # only the filtered arm's
+    markdown = render_experiments_markdown(summary)
+    assert "| few_shot-r3 | few_shot-r3-retrieval | -10.0 ± 2.0 [-15.0, -5.0] |" in markdown
+
+
 def test_the_report_says_how_much_of_the_retrieval_gain_synthetic_images_reach(summary):
     shares = {s["group"]: s for s in retrieval_shares(summary)}
     assert shares["few_shot-r3"]["top1"] == pytest.approx(0.5)  # +10 of the retrieval arm's +20 points
