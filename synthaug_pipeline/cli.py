@@ -178,13 +178,15 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _print_grid(outcome) -> None:
-    from synthaug_pipeline.lib.experiment_report import headline_lines
+    from synthaug_pipeline.lib.experiment_report import comparison_lines, headline_lines
 
     summary = outcome.summary
     print()
     print(f"experiments: {len(outcome.trained)} trained, {len(outcome.reused)} reused; {redact_url(summary['markdown'])}")
     arms = outcome.profile.experiments.arms
     for line in headline_lines(summary, arms) or ["no paired real-only vs synthetic result (see experiments.md)"]:
+        print(line)
+    for line in comparison_lines(summary):
         print(line)
 
 

@@ -97,3 +97,20 @@ def test_run_on_two_classes_prints_the_table_and_writes_the_report(tmp_path, mon
     report = json.loads((output / "report.json").read_text())
     assert report["dataset"]["class_ids"] == ["0", "1"]  # --classes narrowed the data, not only the partitions run
     assert (output / "report.md").is_file()
+
+
+def test_experiment_prints_each_arms_gain_and_the_filtered_arm_against_the_others(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    grid = [
+        "data.validation_fraction=0.2", "experiments.regimes=['few_shot']", "experiments.ratios=[0, 1]", "experiments.seeds=[0, 1]",
+        "experiments.few_shot_k=5", "experiments.arms=[filtered, photometric]", "experiments.synthetic_only=false",
+        "evaluation.corruptions=[gaussian_noise]",
+    ]
+    argv = ["experiment", "--dagster-home", str(tmp_path / "home")]
+    for item in [*tiny_overrides(str(tmp_path / "out")), *grid]:
+        argv += ["--set", item]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "few_shot-r1 (real + filtered synthetic) vs real only, 2 seeds: top-1" in out
+    assert "few_shot-r1-photometric (real + photometric copies of it (augmentation control)) vs real only, 2 seeds" in out
+    assert "few_shot-r1 filtered minus photometric (few_shot-r1-photometric), 2 seeds: top-1" in out

@@ -205,3 +205,16 @@ def headline_lines(summary: Mapping[str, Any], arms: Sequence[str] = ("filtered"
             f"top-1 {_points(gain.get('top1'))} points, under shift {_points(gain.get('shifted_mean_top1'))} points"
         )
     return lines
+
+
+def comparison_lines(summary: Mapping[str, Any]) -> list[str]:
+    """One terminal line per arm the filtered arm was compared with (filtered minus it, paired by seed, test split)."""
+    lines = []
+    for g in summary["groups"]:
+        for arm, cmp in (g.get("vs_arms") or {}).items():
+            test = cmp["test"] or {}
+            lines.append(
+                f"{g['group']} filtered minus {arm} ({cmp['group']}), {test.get('paired_seeds', 0)} seeds: "
+                f"top-1 {_points(test.get('top1'))} points, under shift {_points(test.get('shifted_mean_top1'))} points"
+            )
+    return lines

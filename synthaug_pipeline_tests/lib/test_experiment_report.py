@@ -60,6 +60,11 @@ def test_the_filtered_arm_is_compared_with_every_other_arm_paired_by_seed(summar
     assert all("vs_arms" not in g for g in summary["groups"] if g["group"] != "few_shot-r3")  # only the filtered arm's
     markdown = render_experiments_markdown(summary)
     assert "| few_shot-r3 | few_shot-r3-retrieval | -10.0 ± 2.0 [-15.0, -5.0] |" in markdown
+    from synthaug_pipeline.lib.experiment_report import comparison_lines
+
+    assert comparison_lines(summary)[0].startswith(
+        "few_shot-r3 filtered minus retrieval (few_shot-r3-retrieval), 3 seeds: top-1 -10.0 ± 2.0 [-15.0, -5.0] points, under shift"
+    )
 
 
 def test_the_report_says_how_much_of_the_retrieval_gain_synthetic_images_reach(summary):
