@@ -28,7 +28,14 @@ from synthaug_pipeline.defs.resources import latest_materialization, set_progres
 from synthaug_pipeline.defs.run_health import BlockedStepReporter, process_tags
 from synthaug_pipeline.lib.config import Profile, ProfileError, load_profile
 from synthaug_pipeline.lib.datasets import load_dataset
-from synthaug_pipeline.lib.experiments import control_partition, control_seeds, experiment_keys, parse_experiment_key, setup_fingerprint
+from synthaug_pipeline.lib.experiments import (
+    control_partition,
+    control_seeds,
+    experiment_grid,
+    experiment_keys,
+    parse_experiment_key,
+    setup_fingerprint,
+)
 from synthaug_pipeline.lib.preflight import check_experiment_grid
 from synthaug_pipeline.orchestration import PipelineError, _failure_message, run_pipeline
 from synthaug_pipeline.reuse import ReusePlanner, fingerprint_tags
@@ -56,7 +63,7 @@ def check_grid_before_training(profile: Profile) -> None:
 def grid_uses_generated_images(profile: Profile) -> bool:
     """Whether a point of the grid trains on the pipeline's shards (filtered, unfiltered or CAS): if none does, the judge,
     the generator and the shards are not needed."""
-    return any(parse_experiment_key(key).uses_synthetic for key in experiment_keys(profile.experiments))
+    return any(spec.uses_synthetic for spec in experiment_grid(profile.experiments))
 
 
 def run_experiment_grid(

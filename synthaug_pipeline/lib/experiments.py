@@ -252,7 +252,10 @@ class ExperimentPlan:
     real_per_class: dict[str, int]
     synthetic_per_class: dict[str, int]
     extra_from_real: bool = False
-    photometric: bool = False
+
+    @property
+    def photometric(self) -> bool:
+        return self.spec.arm == PHOTOMETRIC
 
 
 POOL_NAMES = {
@@ -320,7 +323,6 @@ def plan_experiment(
             {c: int(n) for c, n in zip(class_ids, kept)},
             {c: int(n) for c, n in zip(class_ids, needed)},
             extra_from_real=True,
-            photometric=True,
         )
     if spec.arm == "retrieval":
         left = np.ones(len(real_labels), dtype=bool)

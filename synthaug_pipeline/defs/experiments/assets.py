@@ -137,12 +137,11 @@ def build_experiment_assets(experiments: ExperimentsConfig) -> list[dg.AssetsDef
             rows = accepted_synthetic_rows(shards) if spec.uses_synthetic else read_shards([])
             pool_labels = np.asarray(rows["class_index"].to_numpy(zero_copy_only=False), dtype=np.int64)
         plan = plan_experiment(spec, profile.experiments, labels, pool_labels, class_ids)  # raises before any training
-        if plan.photometric:  # the copies are new images: in RAM (as many as a synthetic arm would add)
-            extra = spilled["train"].take(plan.synthetic_indices)
-            synthetic, synthetic_labels = photometric_copies(np.asarray(extra.images), seed=spec.seed), np.asarray(extra.labels)
-        elif plan.extra_from_real:
+        if plan.extra_from_real:
             extra = spilled["train"].take(plan.synthetic_indices)  # copied to its own spill file, not into RAM
             synthetic, synthetic_labels = extra.images, extra.labels
+            if plan.photometric:  # the copies are new images: in RAM (as many as a synthetic arm would add)
+                synthetic, synthetic_labels = photometric_copies(np.asarray(synthetic), seed=spec.seed), np.asarray(synthetic_labels)
         elif control is not None:
             if not np.array_equal(control["real_indices"], plan.real_indices):
                 raise ValueError(
