@@ -29,6 +29,7 @@ from synthaug_pipeline.defs.run_health import BlockedStepReporter, process_tags
 from synthaug_pipeline.lib.config import Profile, ProfileError, load_profile
 from synthaug_pipeline.lib.datasets import load_dataset
 from synthaug_pipeline.lib.experiments import (
+    TARGETED,
     control_partition,
     control_seeds,
     experiment_grid,
@@ -120,7 +121,8 @@ def run_experiment_grid(
         outcome.seconds["control"] = time.perf_counter() - stage_started
 
         shard_hashes = _shard_hashes(instance, profile)
-        keys = experiment_keys(profile.experiments)
+        # a targeted point reads its real-only partner's result: partners first (stable otherwise)
+        keys = sorted(experiment_keys(profile.experiments), key=lambda key: parse_experiment_key(key).arm == TARGETED)
         echo(f"[experiments] {time.strftime('%H:%M:%S')} {len(keys)} grid points: {', '.join(keys)}")
         stage_started = time.perf_counter()
         for number, key in enumerate(keys, start=1):

@@ -267,12 +267,21 @@ class ExperimentsConfig(_Section):
     few_shot_k: int = Field(10, ge=1, description="Real images per class in the few_shot regime.")
     long_tail_imbalance: Float = Field(10.0, ge=1, description="Largest / smallest class size in the long_tail regime.")
     synthetic_only: bool = Field(True, description="Also train on synthetic images only (Classification Accuracy Score).")
-    arms: list[Literal["filtered", "unfiltered", "retrieval", "control", "photometric"]] = Field(
+    arms: list[Literal["filtered", "unfiltered", "retrieval", "control", "photometric", "targeted"]] = Field(
         default_factory=lambda: ["filtered"],
         description="Where the extra images of a run at ratio > 0 come from: filtered (accepted by the filter), unfiltered "
         "(every generated image but test leaks), retrieval (REAL images of the generator's training pool the regime did not "
         "keep; not for the full regime), control (a generator trained only on the seed's few-shot subset; few_shot only), "
-        "photometric (copies of the run's own real images with random contrast, brightness and gamma: classical augmentation).",
+        "photometric (copies of the run's own real images with random contrast, brightness and gamma: classical augmentation), "
+        "targeted (closed loop: the filtered arm's total of accepted images shared out by the per-class validation error of the "
+        "seed's real-only run; needs ratio 0 in the grid and data.validation_fraction > 0).",
+    )
+    targeted_floor: Float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="targeted arm: the fraction of the synthetic images shared out evenly (as the filtered arm does); the rest "
+        "goes to classes in proportion to the real-only run's validation error. 1: the filtered arm's counts; 0: error only.",
     )
     control_train_steps: int = Field(400, ge=1, description="Training steps of the same-data control generator (control arm).")
     control_images_per_class: int | None = Field(

@@ -19,6 +19,7 @@ ARM_LABELS = {
     "retrieval": "real + retrieved real (retrieval control)",
     "control": "real + same-data generator (control)",
     "photometric": "real + photometric copies of it (augmentation control)",
+    "targeted": "real + filtered synthetic shared out by real-only validation error (closed loop)",
 }
 
 

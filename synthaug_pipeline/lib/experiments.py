@@ -11,6 +11,7 @@ has a stable, readable key that is its Dagster partition key:
     few_shot-r3-s0-retrieval     the same share of REAL images, drawn from the generator's training pool
     few_shot-r3-s0-control       the same share of images from a generator trained only on the seed's few-shot subset
     few_shot-r3-s0-photometric   the same share of photometric copies (contrast, brightness, gamma) of the seed's own real images
+    few_shot-r3-s0-targeted      the same NUMBER of accepted synthetic images in all, shared out by few_shot-r0-s0's validation errors
     cas-s0                  synthetic images only (Classification Accuracy Score), seed 0
 
 The arm (``experiments.arms``) says where the extra images come from: ``filtered`` (the default, no
@@ -19,7 +20,10 @@ suffix: images the filter accepted), ``unfiltered`` (every generated image but t
 generator could at best hand back) and ``control`` (a same-data generator: trained on exactly the
 few-shot images of that seed, so a gain it gives is diffusion as augmentation, not knowledge from
 more data) and ``photometric`` (copies of the run's own real images with random contrast, brightness and
-gamma: classical augmentation in place of generated images, :mod:`~synthaug_pipeline.lib.photometric`).
+gamma: classical augmentation in place of generated images, :mod:`~synthaug_pipeline.lib.photometric`) and
+``targeted`` (closed loop: the filtered arm's total of accepted images, shared out across classes by the per-class
+validation error of the same seed's real-only run, so classes the classifier gets wrong receive more;
+:func:`targeted_allocation`).
 Meaningless points are dropped: aux BN or an arm without synthetic images is the plain
 run, retrieval needs a regime that leaves real images over (not ``full``), control is defined for
 ``few_shot``, and CAS has no real images, hence no regime, ratio, arm or aux BN.
@@ -57,14 +61,15 @@ CAS = "cas"
 AUX_BN_SUFFIX = "auxbn"
 FILTERED = "filtered"
 PHOTOMETRIC = "photometric"
-ARMS = ("filtered", "unfiltered", "retrieval", "control", PHOTOMETRIC)  # where the extra images of a run come from
+TARGETED = "targeted"
+ARMS = ("filtered", "unfiltered", "retrieval", "control", PHOTOMETRIC, TARGETED)  # where the extra images of a run come from
 CONTROL_REGIME = "few_shot"  # the same-data control generator is trained on the few-shot subset of a seed
 METRICS = ("top1", "top5", "shifted_mean_top1", "shift_drop")  # the numbers a result carries under "metrics" (top5: >10 classes)
 VALIDATION_METRICS = ("top1", "shifted_mean_top1", "shift_drop")  # a result's "validation": what choices are made on
 TOP5_MIN_CLASSES = 11  # evaluation reports top-5 only with more than 10 classes
 
 _MIX_KEY = re.compile(
-    r"^(?P<regime>[a-z_]+)-r(?P<ratio>[0-9]+(?:\.[0-9]+)?)-s(?P<seed>[0-9]+)(?:-(?P<arm>unfiltered|retrieval|control|photometric))?(?P<aux_bn>-auxbn)?$"
+    r"^(?P<regime>[a-z_]+)-r(?P<ratio>[0-9]+(?:\.[0-9]+)?)-s(?P<seed>[0-9]+)(?:-(?P<arm>unfiltered|retrieval|control|photometric|targeted))?(?P<aux_bn>-auxbn)?$"
 )
 _CAS_KEY = re.compile(r"^cas-s(?P<seed>[0-9]+)$")
 
@@ -112,8 +117,13 @@ class ExperimentSpec:
 
     @property
     def uses_synthetic(self) -> bool:
-        """Whether the run reads the synthetic shards (filtered and unfiltered arms, and CAS)."""
-        return self.synthetic_only or (bool(self.ratio) and self.arm in (FILTERED, "unfiltered"))
+        """Whether the run reads the synthetic shards (filtered, unfiltered and targeted arms, and CAS)."""
+        return self.synthetic_only or (bool(self.ratio) and self.arm in (FILTERED, "unfiltered", TARGETED))
+
+    @property
+    def real_only_partner(self) -> "ExperimentSpec":
+        """The real-only run of the same regime and seed (the targeted arm shares its images out by that run's errors)."""
+        return ExperimentSpec(seed=self.seed, regime=self.regime, ratio=0.0)
 
     @property
     def _arm_suffix(self) -> str:
@@ -260,11 +270,13 @@ class ExperimentPlan:
 
 POOL_NAMES = {
     FILTERED: "its shard holds only {have} accepted",
+    TARGETED: "its shard holds only {have} accepted",
     "unfiltered": "its shard holds only {have} usable generated images",
     "control": "the control generator made only {have}",
 }
 POOL_FIXES = {
     FILTERED: "generate more (generator.images_per_class), loosen the filter (or raise filter.top_k), or lower experiments.ratios",
+    TARGETED: "generate more (generator.images_per_class), loosen the filter (or raise filter.top_k), or lower experiments.ratios",
     "unfiltered": "generate more (generator.images_per_class) or lower experiments.ratios",
     "control": "raise experiments.control_images_per_class or lower experiments.ratios",
 }
@@ -276,14 +288,17 @@ def plan_experiment(
     real_labels: np.ndarray,
     synthetic_labels: np.ndarray | None,
     class_ids: Sequence[str],
+    class_errors: Sequence[float] | None = None,
 ) -> ExperimentPlan:
     """Select the real images (regime) and extra images (ratio, from the arm's pool) of ``spec``, or explain why it cannot run.
 
     ``real_labels``: class index of every real training image; ``synthetic_labels``: class index of every
     image of the arm's pool (ignored by the retrieval arm, whose pool is the real images the regime did not
     keep). Every arm draws the same ``ceil(ratio x n_c)`` images per class, so arms differ in which images,
-    not how many. Raises ExperimentError naming the experiment and the first class that has no real
-    images, fewer than the regime keeps, or fewer pool images than the ratio needs.
+    not how many -- except ``targeted``, which draws the same total from the accepted pool shared out by
+    ``class_errors`` (the real-only partner's validation error of each class, :func:`targeted_allocation`).
+    Raises ExperimentError naming the experiment and the first class that has no real images, fewer than the
+    regime keeps, or fewer pool images than the ratio needs.
     """
     num_classes = len(class_ids)
     real_labels = _class_indices(real_labels, num_classes, "real")
@@ -346,6 +361,13 @@ def plan_experiment(
             {c: int(n) for c, n in zip(class_ids, needed)},
             extra_from_real=True,
         )
+    if spec.arm == TARGETED:
+        if class_errors is None:
+            raise ExperimentError(f"experiment {spec.key}: the targeted arm needs the per-class validation errors of {spec.real_only_partner.key}")
+        try:
+            needed = targeted_allocation(needed, class_errors, synthetic_counts, cfg.targeted_floor)
+        except ExperimentError as exc:
+            raise ExperimentError(f"experiment {spec.key}: {exc}") from None
     for c, (need, have) in enumerate(zip(needed, synthetic_counts)):
         if need > have:
             raise ExperimentError(
@@ -360,6 +382,55 @@ def plan_experiment(
         {c: int(n) for c, n in zip(class_ids, kept)},
         {c: int(n) for c, n in zip(class_ids, needed)},
     )
+
+
+def targeted_allocation(uniform: Sequence[int], errors: Sequence[float], available: Sequence[int], floor: float) -> list[int]:
+    """Share out ``sum(uniform)`` images across classes: a ``floor`` fraction as ``uniform`` does, the rest in proportion
+    to ``errors`` (a class the classifier never gets wrong gets only its floor), then capped at ``available`` per class
+    with what a full class cannot take re-shared among the others (water-filling), rounded by largest remainder so the
+    total is exactly ``sum(uniform)``. Errors that are all zero share like ``uniform``. Raises ExperimentError when the
+    classes together hold fewer than the total or an error is not in [0, 1]."""
+    uniform = np.asarray(uniform, dtype=np.int64)
+    available = np.asarray(available, dtype=np.int64)
+    errors = np.asarray(errors, dtype=np.float64)
+    if not (len(uniform) == len(errors) == len(available)):
+        raise ExperimentError(f"targeted allocation: {len(uniform)} classes, {len(errors)} errors, {len(available)} pool sizes")
+    if not np.all(np.isfinite(errors)) or errors.min(initial=0) < 0 or errors.max(initial=0) > 1:
+        raise ExperimentError(f"targeted allocation: per-class errors must lie in [0, 1], got {errors.tolist()}")
+    if not 0 <= floor <= 1:
+        raise ExperimentError(f"targeted allocation: the floor is a fraction in [0, 1], got {floor}")
+    total = int(uniform.sum())
+    if total > available.sum():
+        raise ExperimentError(
+            f"it shares out {total} accepted synthetic images but the classes hold only {int(available.sum())}: "
+            "generate more (generator.images_per_class), loosen the filter (or raise filter.top_k), or lower experiments.ratios"
+        )
+    if total == 0:
+        return [0] * len(uniform)
+    share = uniform / total
+    weight = errors / errors.sum() if errors.sum() > 0 else share
+    target = total * (floor * share + (1 - floor) * weight)
+    amounts = target.copy()
+    full = np.zeros(len(target), dtype=bool)
+    while True:  # water-filling: a class offered more than its pool holds takes all of it; the rest is re-shared
+        over = ~full & (amounts > available)
+        if not over.any():
+            break
+        full |= over
+        amounts[full] = available[full]
+        free = ~full
+        left = total - available[full].sum()
+        basis = target[free] if target[free].sum() > 0 else (available[free] - 0.0)
+        amounts[free] = left * basis / basis.sum() if basis.sum() > 0 else 0.0
+    counts = np.minimum(np.floor(amounts + 1e-9).astype(np.int64), available)
+    short = total - int(counts.sum())  # < number of classes: each floor lost less than one
+    if short > 0:
+        order = sorted(np.flatnonzero(counts < available), key=lambda c: (-(amounts[c] - counts[c]), c))
+        counts[order[:short]] += 1
+    elif short < 0:  # amounts a hair under an integer were rounded up
+        order = sorted(np.flatnonzero(counts > 0), key=lambda c: (amounts[c] - counts[c], c))
+        counts[order[:-short]] -= 1
+    return counts.tolist()
 
 
 def _select_real(
@@ -437,6 +508,8 @@ def experiment_setup(spec: ExperimentSpec, profile: Profile) -> dict[str, Any]:
         setup["few_shot_k"] = profile.experiments.few_shot_k
     if spec.arm != FILTERED:
         setup["arm"] = spec.arm
+    if spec.arm == TARGETED:  # its share-out follows from the real-only partner, whose setup is this one without the arm
+        setup["targeted_floor"] = profile.experiments.targeted_floor
     if spec.arm == "control":
         setup["control"] = {"train_steps": profile.experiments.control_train_steps, "images_per_class": control_images_per_class(profile.experiments)}
     if profile.experiments.validation_per_class is not None:

@@ -108,11 +108,26 @@ def check_experiment_grid(profile: Profile, class_ids: Sequence[str], train_coun
         )
     if cfg.validation_per_class is not None and not profile.data.validation_fraction:
         raise ProfileError("experiments.validation_per_class needs a validation split: set data.validation_fraction > 0")
+    if "targeted" in arms:
+        if not profile.data.validation_fraction:
+            raise ProfileError(
+                "experiments.arms: the targeted arm shares images out by the real-only run's per-class validation error: "
+                "set data.validation_fraction > 0"
+            )
+        keys = {spec.key for spec in grid}
+        partnerless = [spec for spec in grid if spec.arm == "targeted" and spec.real_only_partner.key not in keys]
+        if partnerless:
+            raise ProfileError(
+                f"experiment grid point {partnerless[0].key}: the targeted arm shares images out by the per-class validation "
+                f"error of {partnerless[0].real_only_partner.key}, which the grid does not train: add 0 to experiments.ratios"
+            )
     failures: list[str] = []
     for spec in grid:
         if spec.synthetic_only:
             continue  # CAS needs one accepted image per class; generator.images_per_class >= 1 always allows it
-        problem = _grid_point_problem(spec.key, spec.regime, spec.ratio, counts, class_ids, cfg, *_pool_capacity(profile, spec.arm))
+        problem = _grid_point_problem(
+            spec.key, spec.regime, spec.ratio, counts, class_ids, cfg, *_pool_capacity(profile, spec.arm), pooled=spec.arm == "targeted"
+        )
         if problem:
             failures.append(problem)
     if failures:
@@ -130,16 +145,26 @@ def _pool_capacity(profile: Profile, arm: str) -> tuple[float | None, str]:
         return math.inf, ""
     if arm == "control":
         return control_images_per_class(profile.experiments), "experiments.control_images_per_class"
-    if arm == "filtered" and profile.filter.top_k is not None and profile.filter.top_k < generated:
+    if arm in ("filtered", "targeted") and profile.filter.top_k is not None and profile.filter.top_k < generated:
         return profile.filter.top_k, "filter.top_k"
-    if arm == "filtered" and profile.filter.quantile is not None:
+    if arm in ("filtered", "targeted") and profile.filter.quantile is not None:
         return math.ceil(round(profile.filter.quantile * generated, 9)), f"filter.quantile x generator.images_per_class={generated}"
     return generated, "generator.images_per_class"
 
 
 def _grid_point_problem(
-    key: str, regime: str, ratio: float, counts: list[int], class_ids: Sequence[str], cfg: Any, generated: float | None, bound: str
+    key: str,
+    regime: str,
+    ratio: float,
+    counts: list[int],
+    class_ids: Sequence[str],
+    cfg: Any,
+    generated: float | None,
+    bound: str,
+    pooled: bool = False,
 ) -> str | None:
+    """Why grid point ``key`` cannot run, or None. ``pooled`` (targeted arm): the classes' images are shared out after
+    the real-only run, so only their total must fit in what the classes can hold together."""
     empty = [c for c, n in enumerate(counts) if n == 0]
     if empty:
         return (
@@ -167,6 +192,15 @@ def _grid_point_problem(
             f"{key}: the retrieval arm needs {needed[c]} more real images of class {class_ids[c]!r} ({format_ratio(ratio)} x "
             f"{kept[c]}) but only {left[c]} are left in the generator's training pool beyond the {kept[c]} {regime} keeps: "
             "lower the ratio or drop retrieval from experiments.arms"
+        )
+    if pooled:
+        total, holds = sum(needed), generated * len(counts)
+        if total <= holds:
+            return None
+        return (
+            f"{key}: the targeted arm shares out {total} accepted synthetic images ({format_ratio(ratio)} x the real images "
+            f"{regime} keeps) but {len(counts)} classes x {bound}={generated} hold at most {holds:g}: lower the ratio or raise "
+            f"{bound.split(' x ')[0].split('=')[0]}"
         )
     short = [c for c, need in enumerate(needed) if need > generated]
     if not short:

@@ -17,7 +17,7 @@ GRID = [
     "experiments.ratios=[0, 1]",
     "experiments.seeds=[0, 1]",
     "experiments.few_shot_k=5",
-    "experiments.arms=[filtered, unfiltered, retrieval, control, photometric]",
+    "experiments.arms=[filtered, unfiltered, retrieval, control, photometric, targeted]",
     "experiments.control_train_steps=5",
     "experiments.control_images_per_class=6",
     "experiments.synthetic_only=false",
@@ -27,7 +27,7 @@ GRID = [
 KEYS = [
     "few_shot-r0-s0", "few_shot-r0-s1", "few_shot-r1-s0", "few_shot-r1-s1", "few_shot-r1-s0-unfiltered", "few_shot-r1-s1-unfiltered",
     "few_shot-r1-s0-retrieval", "few_shot-r1-s1-retrieval", "few_shot-r1-s0-control", "few_shot-r1-s1-control",
-    "few_shot-r1-s0-photometric", "few_shot-r1-s1-photometric",
+    "few_shot-r1-s0-photometric", "few_shot-r1-s1-photometric", "few_shot-r1-s0-targeted", "few_shot-r1-s1-targeted",
 ]
 
 
@@ -82,13 +82,29 @@ def test_arms_draw_the_same_number_of_extra_images_from_their_own_pools(grid):
     photometric = read_lineage(values["few_shot-r1-s0-photometric"]["model"]["url"])
     assert photometric["arm"] == "photometric" and photometric["photometric_copies"] == {"0": 5, "1": 5} and photometric["shards"] == []
     assert "retrieved_real_images" not in photometric
+    # closed loop: the filtered arm's total, shared out by the seed's real-only validation errors, from the same shards
+    targeted = read_lineage(values["few_shot-r1-s0-targeted"]["model"]["url"])
+    real_only = values["few_shot-r0-s0"]
+    assert targeted["arm"] == "targeted" and targeted["targeted"]["from"] == "few_shot-r0-s0"
+    assert targeted["targeted"]["fingerprint"] == real_only["fingerprint"]
+    errors = {c: 1 - acc for c, acc in real_only["validation"]["per_class"].items()}
+    assert targeted["targeted"]["validation_error"] == pytest.approx(errors)
+    assert sum(targeted["targeted"]["per_class"].values()) == 10 and targeted["targeted"]["floor"] == 0.5
+    assert {s["class_id"]: s["images_used"] for s in targeted["shards"]} == targeted["targeted"]["per_class"]
+    if errors["0"] != errors["1"]:  # the class the real-only model gets wrong more often gets more images
+        worse = max(errors, key=errors.get)
+        assert targeted["targeted"]["per_class"][worse] > 5
 
 
 def test_the_summary_reports_intervals_retrieval_share_validation_and_costs(grid):
     summary = grid["second"].summary
     assert summary["materialized"] == KEYS and summary["stale"] == []
     groups = {g["group"]: g for g in summary["groups"]}
-    assert set(groups) == {"few_shot-r0", "few_shot-r1", "few_shot-r1-unfiltered", "few_shot-r1-retrieval", "few_shot-r1-control", "few_shot-r1-photometric"}
+    assert set(groups) == {
+        "few_shot-r0", "few_shot-r1", "few_shot-r1-unfiltered", "few_shot-r1-retrieval", "few_shot-r1-control", "few_shot-r1-photometric",
+        "few_shot-r1-targeted",
+    }
+    assert groups["few_shot-r1"]["vs_arms"]["targeted"]["test"]["paired_seeds"] == 2  # filtered minus targeted, paired by seed
     assert groups["few_shot-r1-retrieval"]["vs_real_only"]["paired_seeds"] == 2
     assert "ci95" in groups["few_shot-r1"]["vs_real_only"]["top1"]
     assert groups["few_shot-r1"]["validation"]["top1"]["n"] == 2
@@ -121,3 +137,20 @@ def test_a_grid_that_reads_no_generated_image_trains_no_generator(tmp_path):
         assert not materialized & {"judge", "generator", "synthetic_images", "synthetic_shards"}
         groups = {g["group"] for g in outcome.summary["groups"]}
         assert groups == {"few_shot-r0", "few_shot-r1-retrieval", "few_shot-r1-photometric"}
+
+
+def test_a_targeted_run_refuses_a_missing_or_stale_real_only_partner():
+    from synthaug_pipeline.defs.experiments.assets import partner_validation_errors
+    from synthaug_pipeline.lib.config import load_profile
+    from synthaug_pipeline.lib.experiments import parse_experiment_key
+
+    profile = load_profile("digits", ["data.validation_fraction=0.2", "experiments.arms=[targeted]", "experiments.ratios=[0, 1]"])
+    spec = parse_experiment_key("few_shot-r1-s0-targeted")
+    with dg.instance_for_test() as instance:
+        with pytest.raises(ValueError, match="validation errors of few_shot-r0-s0: materialize few_shot-r0-s0 first"):
+            partner_validation_errors(instance, spec, profile, ["0", "1"])
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization("experiment_run", partition="few_shot-r0-s0", metadata={"fingerprint": "0123456789abcdef"})
+        )
+        with pytest.raises(ValueError, match="trained under other settings: re-materialize few_shot-r0-s0 first"):
+            partner_validation_errors(instance, spec, profile, ["0", "1"])

@@ -518,3 +518,81 @@ def test_control_generator_samples_what_the_grid_draws_unless_told():
     control = parse_experiment_key("few_shot-r3-s0-control")
     told = load_profile("fashion-headline", ["experiments.control_images_per_class=30"])
     assert setup_fingerprint(control, profile, [], "v") == setup_fingerprint(control, told, [], "v")  # the same samples either way
+
+
+def test_targeted_allocation_keeps_the_total_gives_weak_classes_more_and_respects_the_pools():
+    from synthaug_pipeline.lib.experiments import targeted_allocation
+
+    uniform, plenty = [30, 30, 30, 30], [200] * 4
+    assert targeted_allocation(uniform, [0.6, 0.2, 0.2, 0.0], plenty, floor=1.0) == uniform  # floor 1: the filtered arm's counts
+    assert targeted_allocation(uniform, [0.0] * 4, plenty, floor=0.0) == uniform  # a perfect classifier: shared evenly
+    half = targeted_allocation(uniform, [0.6, 0.2, 0.2, 0.0], plenty, floor=0.5)
+    assert half == [15 + 36, 15 + 12, 15 + 12, 15] and sum(half) == 120  # half evenly, half by error (60/20/20/0 %)
+    errors_only = targeted_allocation(uniform, [0.5, 0.25, 0.25, 0.0], plenty, floor=0.0)
+    assert errors_only == [60, 30, 30, 0]
+    # a class offered more than its pool holds takes all of it; the others share what it could not take, in proportion
+    capped = targeted_allocation(uniform, [0.5, 0.25, 0.25, 0.0], [40, 200, 200, 200], floor=0.0)
+    assert capped == [40, 40, 40, 0] and sum(capped) == 120
+    # rounding by largest remainder: the total is exact
+    odd = targeted_allocation([3, 3, 3], [0.3, 0.3, 0.3], [10] * 3, floor=0.3)
+    assert sum(odd) == 9 and odd == [3, 3, 3]
+    skewed = targeted_allocation([7, 7, 7], [0.9, 0.05, 0.05], [100] * 3, floor=0.2)
+    assert sum(skewed) == 21 and skewed[0] > 7 > skewed[1]
+    with pytest.raises(ExperimentError, match="shares out 120 accepted synthetic images but the classes hold only 100"):
+        targeted_allocation(uniform, [0.1] * 4, [25] * 4, floor=0.5)
+    with pytest.raises(ExperimentError, match=r"errors must lie in \[0, 1\]"):
+        targeted_allocation(uniform, [0.1, 0.2, 1.5, 0.0], plenty, floor=0.5)
+
+
+def test_targeted_plan_draws_the_filtered_total_nested_with_the_filtered_draw():
+    labels = np.repeat([0, 1], 20)
+    pool = np.repeat([0, 1], 30)
+    cfg = ExperimentsConfig(few_shot_k=4)
+    filtered = plan_experiment(parse_experiment_key("few_shot-r3-s2"), cfg, labels, pool, CLASSES)
+    targeted = plan_experiment(parse_experiment_key("few_shot-r3-s2-targeted"), cfg, labels, pool, CLASSES, class_errors=[0.5, 0.0])
+    np.testing.assert_array_equal(targeted.real_indices, filtered.real_indices)
+    assert filtered.synthetic_per_class == {"a": 12, "b": 12}
+    assert targeted.synthetic_per_class == {"a": 18, "b": 6}  # floor 0.5 (the default): 6 each evenly, 12 to the class it gets wrong
+    assert not targeted.extra_from_real
+    for c in (0, 1):  # the same seeded permutation per class: one draw is a prefix of the other
+        small, large = sorted((set(filtered.synthetic_indices[pool[filtered.synthetic_indices] == c]),
+                               set(targeted.synthetic_indices[pool[targeted.synthetic_indices] == c])), key=len)
+        assert small <= large
+    with pytest.raises(ExperimentError, match="needs the per-class validation errors of few_shot-r0-s2"):
+        plan_experiment(parse_experiment_key("few_shot-r3-s2-targeted"), cfg, labels, pool, CLASSES)
+    with pytest.raises(ExperimentError, match="few_shot-r8-s2-targeted: it shares out 64 accepted synthetic images but the classes hold only 60"):
+        plan_experiment(parse_experiment_key("few_shot-r8-s2-targeted"), cfg, labels, pool, CLASSES, class_errors=[0.5, 0.0])
+    spec = parse_experiment_key("few_shot-r3-s2-targeted")
+    assert (spec.group, spec.uses_synthetic, spec.real_only_partner.key) == ("few_shot-r3-targeted", True, "few_shot-r0-s2")
+    profile = load_profile("digits", ["experiments.arms=[filtered, targeted]"])
+    other_floor = load_profile("digits", ["experiments.arms=[filtered, targeted]", "experiments.targeted_floor=0.2"])
+    assert setup_fingerprint(spec, profile, ["x"]) != setup_fingerprint(spec, other_floor, ["x"])
+    filtered_spec = parse_experiment_key("few_shot-r3-s2")
+    assert setup_fingerprint(filtered_spec, profile, ["x"]) == setup_fingerprint(filtered_spec, other_floor, ["x"])
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["data.validation_fraction=0", "experiments.arms=[targeted]", "experiments.ratios=[0, 1]"],
+            "the targeted arm shares images out by the real-only run's per-class validation error: set data.validation_fraction > 0",
+        ),
+        (
+            ["data.validation_fraction=0.1", "experiments.arms=[targeted]", "experiments.ratios=[1]"],
+            "grid point few_shot-r1-s0-targeted: .* of few_shot-r0-s0, which the grid does not train: add 0 to experiments.ratios",
+        ),
+        (
+            ["data.validation_fraction=0.1", "experiments.arms=[targeted]", "experiments.ratios=[0, 3]", "filter.top_k=20"],
+            r"few_shot-r3-s0-targeted: the targeted arm shares out 300 accepted synthetic images .* but 10 classes x filter.top_k=20 hold at most 200",
+        ),
+    ],
+)
+def test_preflight_refuses_a_targeted_arm_without_its_partner_validation_or_pool(overrides, message):
+    from synthaug_pipeline.lib.preflight import check_experiment_grid
+
+    with pytest.raises(ProfileError, match=message) as raised:
+        check_experiment_grid(load_profile("digits", ["experiments.seeds=[0]", *overrides]), [str(i) for i in range(10)], [100] * 10)
+    assert "\n" not in str(raised.value)
+    fits = load_profile("digits", ["experiments.seeds=[0]", "data.validation_fraction=0.1", "experiments.arms=[targeted]", "experiments.ratios=[0, 2]", "filter.top_k=20"])
+    check_experiment_grid(fits, [str(i) for i in range(10)], [100] * 10)  # 200 in all fit 10 x 20, however they are shared out

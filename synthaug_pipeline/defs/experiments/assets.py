@@ -31,13 +31,15 @@ from synthaug_pipeline.defs.resources import (
 )
 from synthaug_pipeline.defs.training.assets import upstream_materializations
 from synthaug_pipeline.lib.classifier import save_classifier, train_classifier, train_classifier_synthetic_only
-from synthaug_pipeline.lib.config import ExperimentsConfig
+from synthaug_pipeline.lib.config import ExperimentsConfig, Profile
 from synthaug_pipeline.lib.class_splits import spill_classes
 from synthaug_pipeline.lib.control import train_control
 from synthaug_pipeline.lib.diffusion_store import save_generator
 from synthaug_pipeline.lib.evaluation import evaluate_under_shift
 from synthaug_pipeline.lib.shift_sets import load_shift_set
 from synthaug_pipeline.lib.experiments import (
+    TARGETED,
+    ExperimentSpec,
     control_partition,
     control_seeds,
     experiment_keys,
@@ -92,6 +94,33 @@ def usable_synthetic_rows(shards: list[ShardRef], synthetic_scores: Mapping[str,
     return table.filter(pa.array(keep))
 
 
+def partner_validation_errors(
+    instance: dg.DagsterInstance, spec: ExperimentSpec, profile: Profile, class_ids: list[str]
+) -> tuple[list[float], dict]:
+    """The targeted arm's closed loop: each class's error on the validation split of the same seed's real-only run
+    (``spec.real_only_partner``), read from that run's stored result, and where it came from. Raises ValueError when
+    the partner was never materialized, was trained under other settings, or has no validation number for a class."""
+    partner = spec.real_only_partner
+    record = latest_materialization(instance, "experiment_run", partner.key)
+    if record is None:
+        raise ValueError(f"experiment {spec.key} shares its images out by the validation errors of {partner.key}: materialize {partner.key} first")
+    metadata = record.asset_materialization.metadata
+    fingerprint = getattr(metadata.get("fingerprint"), "value", None)
+    if fingerprint != setup_fingerprint(partner, profile, []):
+        raise ValueError(
+            f"experiment {spec.key} shares its images out by the validation errors of {partner.key}, but its last result was "
+            f"trained under other settings: re-materialize {partner.key} first"
+        )
+    url = model_url(profile.output_url, f"experiment-{partner.key}", record.run_id)  # the unredacted URL the run wrote to
+    with fsspec.open(f"{url}/{RESULT_FILE}", "r") as handle:
+        per_class = (json.load(handle).get("validation") or {}).get("per_class") or {}
+    missing = [c for c in class_ids if per_class.get(c) is None]
+    if missing:
+        raise ValueError(f"experiment {spec.key}: {partner.key} has no validation top-1 for class {missing[0]!r} (no validation images of it)")
+    errors = [1.0 - float(per_class[c]) for c in class_ids]
+    return errors, {"from": partner.key, "run_id": record.run_id, "fingerprint": fingerprint, "validation_error": dict(zip(class_ids, errors))}
+
+
 def build_experiment_assets(experiments: ExperimentsConfig) -> list[dg.AssetsDefinition]:
     partitions = experiment_partitions(experiments)
     every_class = dg.AssetIn(partition_mapping=dg.AllPartitionMapping())
@@ -136,7 +165,10 @@ def build_experiment_assets(experiments: ExperimentsConfig) -> list[dg.AssetsDef
         else:
             rows = accepted_synthetic_rows(shards) if spec.uses_synthetic else read_shards([])
             pool_labels = np.asarray(rows["class_index"].to_numpy(zero_copy_only=False), dtype=np.int64)
-        plan = plan_experiment(spec, profile.experiments, labels, pool_labels, class_ids)  # raises before any training
+        targeted = partner_validation_errors(context.instance, spec, profile, class_ids) if spec.arm == TARGETED else None
+        plan = plan_experiment(  # raises before any training
+            spec, profile.experiments, labels, pool_labels, class_ids, class_errors=targeted[0] if targeted else None
+        )
         if plan.extra_from_real:
             extra = spilled["train"].take(plan.synthetic_indices)  # copied to its own spill file, not into RAM
             synthetic, synthetic_labels = extra.images, extra.labels
@@ -167,6 +199,11 @@ def build_experiment_assets(experiments: ExperimentsConfig) -> list[dg.AssetsDef
             )
         else:
             kept = spilled["train"].take(plan.real_indices)
+            ratio, by_class = spec.ratio, False
+            if targeted:  # each class at the ratio of its own share (asked as the largest; every class "reaches" its pool's
+                # ratio): a synthetic image is drawn as often as a real one of its class, the mean share stays the grid's
+                ratio = max(plan.synthetic_per_class[c] / max(plan.real_per_class[c], 1) for c in class_ids)
+                by_class = True
             trained = train_classifier(
                 kept.images,
                 kept.labels,
@@ -174,10 +211,11 @@ def build_experiment_assets(experiments: ExperimentsConfig) -> list[dg.AssetsDef
                 cfg,
                 synthetic_images=synthetic,
                 synthetic_labels=synthetic_labels,
-                synthetic_ratio=spec.ratio,
+                synthetic_ratio=ratio,
                 progress=progress,
                 device=default_device(),
                 aux_bn=spec.aux_bn,
+                use_available=by_class,
                 validation=held_out,
             )
         evaluated_at = time.perf_counter()
@@ -231,6 +269,7 @@ def build_experiment_assets(experiments: ExperimentsConfig) -> list[dg.AssetsDef
             **({"retrieved_real_images": plan.synthetic_per_class} if plan.extra_from_real and not plan.photometric else {}),
             **({"photometric_copies": plan.synthetic_per_class} if plan.photometric else {}),
             **({"control_generator": {k: control[k] for k in ("url", "version", "train_images")}} if control else {}),
+            **({"targeted": {**targeted[1], "floor": profile.experiments.targeted_floor, "per_class": plan.synthetic_per_class}} if targeted else {}),
             "shards": [{**s.lineage(), "images_used": plan.synthetic_per_class[s.class_id]} for s in used],
             "filter_versions": sorted({s.filter_version for s in used}),
             "generator_versions": sorted({s.generator_version for s in used}),
