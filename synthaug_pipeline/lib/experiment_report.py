@@ -23,6 +23,12 @@ ARM_LABELS = {
 }
 
 
+TARGETED_VALIDATION_NOTE = (
+    "targeted: its images were shared out by the real-only run's errors on these same validation images, so its "
+    "validation numbers are optimistic; judge it on test."
+)
+
+
 def _points(stat: Mapping[str, Any] | None, signed: bool = True) -> str:
     """``+10.3 ± 0.8 [+8.4, +12.2]`` (points) from a gain stat with a ``ci95``; ``—`` without a mean."""
     if not stat or stat.get("mean") is None:
@@ -77,6 +83,8 @@ def validation_markdown(summary: Mapping[str, Any]) -> str:
             f"{format_pm(v['shifted_mean_top1']['mean'], v['shifted_mean_top1']['std'] if v['shifted_mean_top1']['n'] > 1 else None)} | "
             f"{_points(gain.get('top1'))} | {_points(gain.get('shifted_mean_top1'))} |"
         )
+    if any(g.get("arm") == "targeted" for g in groups):
+        rows += ["", TARGETED_VALIDATION_NOTE]
     return "\n".join(rows)
 
 
@@ -144,6 +152,11 @@ def arm_comparison_markdown(summary: Mapping[str, Any]) -> str:
             "| filtered | against | top-1, test | under shift, test | top-1, validation | under shift, validation |",
             "|---|---|---|---|---|---|",
             *rows,
+            *(
+                ["", TARGETED_VALIDATION_NOTE]
+                if any(cmp["group"].endswith("-targeted") or "-targeted-" in cmp["group"] for g in summary["groups"] for cmp in (g.get("vs_arms") or {}).values())
+                else []
+            ),
         ]
     )
 

@@ -86,3 +86,16 @@ def test_null_and_negative_results_are_said_plainly(summary):
     lines = headline_lines(summary, ["filtered"])
     assert lines == ["few_shot-r3 (real + filtered synthetic) vs real only, 3 seeds: top-1 +10.0 ± 1.0 [+7.5, +12.5] points, "
                      "under shift +10.0 ± 1.0 [+7.5, +12.5] points"]
+
+
+def test_a_targeted_arm_is_compared_on_test_and_its_validation_numbers_are_flagged():
+    cfg = ExperimentsConfig(regimes=["few_shot"], ratios=[0, 3], seeds=[0, 1], arms=["filtered", "targeted"], synthetic_only=False)
+    grid = experiment_keys(cfg)
+    results = {key: _result(key, 0.8 if "-r3-" in key else 0.7, 0.5, validation=0.8) for key in grid}
+    markdown = render_experiments_markdown(summarize_experiments(results, grid, dict.fromkeys(grid, "now")))
+    assert "| few_shot-r3 | few_shot-r3-targeted |" in markdown
+    assert markdown.count("validation numbers are optimistic; judge it on test") == 2  # under the validation and comparison tables
+    plain = ExperimentsConfig(regimes=["few_shot"], ratios=[0, 3], seeds=[0, 1], arms=["filtered", "retrieval"], synthetic_only=False)
+    keys = experiment_keys(plain)
+    results = {key: _result(key, 0.8, 0.5, validation=0.8) for key in keys}
+    assert "optimistic" not in render_experiments_markdown(summarize_experiments(results, keys, dict.fromkeys(keys, "now")))
