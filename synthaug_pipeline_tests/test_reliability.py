@@ -58,12 +58,17 @@ def _visible_files(folder: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> dict[str, dict]:
-    """The shards of an uninterrupted run."""
+def reference(tmp_path_factory) -> dict:
+    """An uninterrupted run: its shards, and (for test_a_dead_runs_slot_is_freed_and_the_next_run_goes_through, which
+    would otherwise pay for the same run again) it starts on an instance where a dead process's run holds the `gpu`
+    pool's only slot."""
     cwd = tmp_path_factory.mktemp("reference")
-    done = _synthaug(_argv(cwd / "output"), cwd)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return _shards(cwd / "output")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    holder = _hold_gpu_slot(cwd / "home", dead.pid)
+    done = _synthaug(_argv(cwd / "output"), cwd, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return {"shards": _shards(cwd / "output"), "stdout": done.stdout, "home": cwd / "home", "holder": holder}
 
 
 @pytest.mark.slow
@@ -76,7 +81,7 @@ def test_sigkill_anywhere_then_rerun_gives_the_uninterrupted_shards(kill_at, ref
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "marked 1 run(s) whose process is gone as failed" in again.stdout
     assert "reused" in again.stdout  # the models trained before the kill are not trained again
-    assert _shards(tmp_path / "output") == reference
+    assert _shards(tmp_path / "output") == reference["shards"]
     assert not [name for name in _visible_files(tmp_path / "output" / "synthetic_shards") if "tmp" in name]
 
     os.environ["DAGSTER_HOME"] = str(tmp_path / "home")
@@ -121,14 +126,11 @@ def _run_status(home: Path, run_id: str) -> dg.DagsterRunStatus:
 
 
 @pytest.mark.slow
-def test_a_dead_runs_slot_is_freed_and_the_next_run_goes_through(tmp_path):
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    holder = _hold_gpu_slot(tmp_path / "home", dead.pid)
-    done = _synthaug(_argv(tmp_path / "output"), tmp_path, timeout=300)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert f"freed their pool slots: {holder[:8]}" in done.stdout
-    assert _run_status(tmp_path / "home", holder) == dg.DagsterRunStatus.FAILURE
+def test_a_dead_runs_slot_is_freed_and_the_next_run_goes_through(reference):
+    """The reference run started with a dead process's run holding the only `gpu` slot, and completed (the fixture)."""
+    holder = reference["holder"]
+    assert f"freed their pool slots: {holder[:8]}" in reference["stdout"]
+    assert _run_status(reference["home"], holder) == dg.DagsterRunStatus.FAILURE
 
 
 @pytest.mark.slow
