@@ -22,7 +22,9 @@ GRID = [
     "experiments.control_images_per_class=6",
     "experiments.synthetic_only=false",
     "experiments.validation_per_class=5",
-    "evaluation.corruptions=[gaussian_noise]",  # one corruption keeps 10 runs x 2 splits cheap; the suite is tested elsewhere
+    "evaluation.corruptions=[gaussian_noise]",  # one corruption keeps 14 runs x 2 splits cheap; the suite is tested elsewhere
+    # every check here is on counts, lineage, seeds and messages, never on accuracy: the fewest steps that train at all
+    "generator.train_steps=3", "generator.warmup_steps=1", "generator.sample_steps=2", "judge.steps=3", "classifier.steps=4",
 ]
 KEYS = [
     "few_shot-r0-s0", "few_shot-r0-s1", "few_shot-r1-s0", "few_shot-r1-s1", "few_shot-r1-s0-unfiltered", "few_shot-r1-s1-unfiltered",
