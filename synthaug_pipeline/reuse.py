@@ -103,6 +103,10 @@ _PACKAGE = "synthaug_pipeline"
 # sets, output_url) reaches it as the settings' values, which the fingerprint hashes section by section. Hashing it as
 # code made every new setting (one line in any section) retrain every model.
 SETTINGS_MODULE = "synthaug_pipeline.lib.config"
+# Checks that only refuse (raise before anything runs) or word a warning never change what an asset writes, so their
+# code (and what they import) is not part of an asset's code version: the catalog's grid check imports the experiment
+# grid's code, which made every edit to the grid redo the catalog, the real images and, after them, the generator.
+CHECK_MODULES = frozenset({"synthaug_pipeline.lib.preflight"})
 
 
 def _package_modules(root: Path) -> dict[str, Path]:
@@ -176,7 +180,8 @@ def _module_index(root: Path) -> tuple[dict[str, tuple[bytes, frozenset[str]]], 
 def code_version(asset: str | None = None, root: Path | None = None) -> str:
     """sha256 (16 hex) of the code ``asset`` runs: its defining module (:data:`ASSET_MODULES`) and every package
     module that imports, directly or not, normalized (:func:`_normalized`), except the settings module
-    (:data:`SETTINGS_MODULE`: settings enter the fingerprint by value); the whole package for an asset not listed
+    (:data:`SETTINGS_MODULE`: settings enter the fingerprint by value) and the refuse-only checks (:data:`CHECK_MODULES`,
+    not followed either); the whole package for an asset not listed
     (or None). Editing the CLI, the experiment grid or the report keeps a trained generator; editing the
     diffusion code does not. ``root``: the package folder (tests use a copy)."""
     index, data = _module_index(root or Path(synthaug_pipeline.__file__).parent)
@@ -187,7 +192,7 @@ def code_version(asset: str | None = None, root: Path | None = None) -> str:
         covered, todo = set(), [start, _PACKAGE]
         while todo:
             name = todo.pop()
-            if name not in covered and name != SETTINGS_MODULE:
+            if name not in covered and name != SETTINGS_MODULE and name not in CHECK_MODULES:
                 covered.add(name)
                 todo.extend(index[name][1] - covered)
     digest = hashlib.sha256(data)

@@ -119,7 +119,7 @@ def test_an_asset_code_version_covers_the_code_it_imports_and_nothing_else(tmp_p
     import synthaug_pipeline
 
     source = Path(synthaug_pipeline.__file__).parent
-    assets = ("generator", "judge", "classifier_baseline", "experiment_run", "report", None)
+    assets = ("real_images", "generator", "judge", "classifier_baseline", "experiment_run", "report", None)
 
     def versions(root: Path) -> dict:
         return {asset: reuse.code_version(asset, root) for asset in assets}
@@ -132,6 +132,7 @@ def test_an_asset_code_version_covers_the_code_it_imports_and_nothing_else(tmp_p
     base = versions(copy("base"))
     assert base == versions(source)  # a copy has the same versions
     assert len(set(base.values())) == len(assets)
+    assert reuse.code_version("class_catalog", source) == base["real_images"]  # one module defines both
 
     cosmetic = copy("cosmetic")  # a docstring, a comment, layout, a setting's description
     _edit(cosmetic, "lib/diffusion.py", '"""', '"""Reworded. ')
@@ -148,7 +149,13 @@ def test_an_asset_code_version_covers_the_code_it_imports_and_nothing_else(tmp_p
     _edit(grid, "lib/experiments.py", "def format_ratio(ratio: float) -> str:\n", "def format_ratio(ratio: float) -> str:\n    ratio = float(ratio)\n")
     changed = versions(grid)
     assert changed["generator"] == base["generator"] and changed["judge"] == base["judge"]
+    assert changed["real_images"] == base["real_images"]  # redoing the real images would redo the generator after them
     assert changed["experiment_run"] != base["experiment_run"] and changed[None] != base[None]
+
+    check = copy("check")  # a new refusal in the checks that run before anything trains: nothing written changes
+    _edit(check, "lib/preflight.py", "\ndef ", "\nA_NEW_LIMIT = 7\n\n\ndef ")
+    changed = versions(check)
+    assert all(changed[asset] == base[asset] for asset in assets if asset) and changed[None] != base[None]
 
     diffusion = copy("diffusion")
     _edit(diffusion, "lib/diffusion.py", "\ndef ", "\nSOMETHING_NEW = 1\n\n\ndef ")
