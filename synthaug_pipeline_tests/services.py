@@ -80,9 +80,9 @@ def stop_seaweedfs(proc: subprocess.Popen, ports: tuple[int, ...] = ()) -> None:
     """Stop a `weed server` at once (SIGKILL) and remove the Unix sockets it names after ``ports``.
 
     A graceful stop (SIGINT/SIGTERM) takes ~15 s: the filer's gRPC server waits out its own metadata subscription
-    (``graceful stop timed out after 15s``). Nothing is lost by not waiting: every write was acknowledged, so it is in the
-    volume and filer files (the page cache), and a server restarted on the same folder serves it (the outage test in
-    test_scaleout.py reads the old shard back after exactly this)."""
+    (``graceful stop timed out after 15s``). Only for a server whose folder is never served again (fixture teardown):
+    a killed server's folder may not serve writes it acknowledged once restarted (seen under load: GetObject
+    InternalError), so the outage test, which restarts on the same folder, stops it gracefully."""
     stop(proc, signal.SIGKILL)
     for port in ports:
         for leftover in glob.glob(f"/tmp/seaweedfs-*-{port}.sock"):

@@ -32,7 +32,7 @@ from synthaug_pipeline_tests.services import (
     postgres,
     redis,
     seaweedfs,
-    stop_seaweedfs,
+    stop,
 )
 
 PG_PASSWORD = "pg-secret-never-shown"
@@ -256,7 +256,7 @@ def test_endpoint_down_between_shard_and_manifest_keeps_the_current_shard(tmp_pa
         def endpoint_goes_down(name: str) -> None:
             real_failpoint(name)
             if name == "shard_commit":
-                stop_seaweedfs(SEAWEEDFS_SERVERS[endpoint])  # killed: gone before the manifest's PUT, as in a crash
+                stop(SEAWEEDFS_SERVERS[endpoint])  # gracefully: the same folder is served again below (see stop_seaweedfs)
 
         monkeypatch.setattr(shards, "failpoint", endpoint_goes_down)
         with pytest.raises(Exception) as caught:
