@@ -270,16 +270,15 @@ class ExperimentPlan:
 
 POOL_NAMES = {
     FILTERED: "its shard holds only {have} accepted",
-    TARGETED: "its shard holds only {have} accepted",
     "unfiltered": "its shard holds only {have} usable generated images",
     "control": "the control generator made only {have}",
 }
 POOL_FIXES = {
     FILTERED: "generate more (generator.images_per_class), loosen the filter (or raise filter.top_k), or lower experiments.ratios",
-    TARGETED: "generate more (generator.images_per_class), loosen the filter (or raise filter.top_k), or lower experiments.ratios",
     "unfiltered": "generate more (generator.images_per_class) or lower experiments.ratios",
     "control": "raise experiments.control_images_per_class or lower experiments.ratios",
 }
+POOL_NAMES[TARGETED], POOL_FIXES[TARGETED] = POOL_NAMES[FILTERED], POOL_FIXES[FILTERED]  # the same accepted pool
 
 
 def plan_experiment(
@@ -402,8 +401,7 @@ def targeted_allocation(uniform: Sequence[int], errors: Sequence[float], availab
     total = int(uniform.sum())
     if total > available.sum():
         raise ExperimentError(
-            f"it shares out {total} accepted synthetic images but the classes hold only {int(available.sum())}: "
-            "generate more (generator.images_per_class), loosen the filter (or raise filter.top_k), or lower experiments.ratios"
+            f"it shares out {total} accepted synthetic images but the classes hold only {int(available.sum())}: {POOL_FIXES[TARGETED]}"
         )
     if total == 0:
         return [0] * len(uniform)
@@ -420,7 +418,7 @@ def targeted_allocation(uniform: Sequence[int], errors: Sequence[float], availab
         amounts[full] = available[full]
         free = ~full
         left = total - available[full].sum()
-        basis = target[free] if target[free].sum() > 0 else (available[free] - 0.0)
+        basis = target[free] if target[free].sum() > 0 else available[free].astype(np.float64)
         amounts[free] = left * basis / basis.sum() if basis.sum() > 0 else 0.0
     counts = np.minimum(np.floor(amounts + 1e-9).astype(np.int64), available)
     short = total - int(counts.sum())  # < number of classes: each floor lost less than one
