@@ -267,6 +267,12 @@ class ExperimentsConfig(_Section):
     few_shot_k: int = Field(10, ge=1, description="Real images per class in the few_shot regime.")
     long_tail_imbalance: Float = Field(10.0, ge=1, description="Largest / smallest class size in the long_tail regime.")
     synthetic_only: bool = Field(True, description="Also train on synthetic images only (Classification Accuracy Score).")
+    cas_per_class: int | None = Field(
+        None,
+        ge=1,
+        description="CAS runs: accepted synthetic images per class, a seeded draw (set it to the real-only run's size, e.g. "
+        "few_shot_k, for CAS in its usual sense: the same number of synthetic as real images); None: every accepted image.",
+    )
     arms: list[Literal["filtered", "unfiltered", "retrieval", "control", "photometric", "targeted"]] = Field(
         default_factory=lambda: ["filtered"],
         description="Where the extra images of a run at ratio > 0 come from: filtered (accepted by the filter), unfiltered "
@@ -277,11 +283,12 @@ class ExperimentsConfig(_Section):
         "seed's real-only run; needs ratio 0 in the grid and data.validation_fraction > 0).",
     )
     targeted_floor: Float = Field(
-        0.5,
+        0.75,
         ge=0,
         le=1,
         description="targeted arm: the fraction of the synthetic images shared out evenly (as the filtered arm does); the rest "
-        "goes to classes in proportion to the real-only run's validation error. 1: the filtered arm's counts; 0: error only.",
+        "goes to classes in proportion to the real-only run's validation error. 1: the filtered arm's counts; 0: error only. "
+        "0.75 was chosen on validation among 0/0.25/0.5/0.75 (digits, 5 seeds; BENCHMARKS.md): the more even, the better under shift.",
     )
     control_train_steps: int = Field(400, ge=1, description="Training steps of the same-data control generator (control arm).")
     control_images_per_class: int | None = Field(

@@ -296,6 +296,7 @@ def plan_experiment(
     keep). Every arm draws the same ``ceil(ratio x n_c)`` images per class, so arms differ in which images,
     not how many -- except ``targeted``, which draws the same total from the accepted pool shared out by
     ``class_errors`` (the real-only partner's validation error of each class, :func:`targeted_allocation`).
+    A CAS run trains on every accepted image, or on a seeded draw of ``cfg.cas_per_class`` per class.
     Raises ExperimentError naming the experiment and the first class that has no real images, fewer than the
     regime keeps, or fewer pool images than the ratio needs.
     """
@@ -313,12 +314,26 @@ def plan_experiment(
                 "synthetic-only training (CAS) needs at least one per class"
             )
         synthetic_indices = np.arange(len(synthetic_labels), dtype=np.int64)
+        if cfg.cas_per_class is not None:
+            short = np.flatnonzero(synthetic_counts < cfg.cas_per_class)
+            if len(short):
+                c = short[0]
+                raise ExperimentError(
+                    f"experiment {spec.key}: class {class_ids[c]!r} has {int(synthetic_counts[c])} accepted synthetic images but "
+                    f"experiments.cas_per_class is {cfg.cas_per_class} [{len(short)} class(es) short]: raise "
+                    "generator.images_per_class or lower experiments.cas_per_class"
+                )
+            rng = np.random.default_rng([spec.seed, 5])  # a stream of its own, the same for every CAS run of this seed
+            synthetic_indices = np.sort(np.concatenate([
+                rng.permutation(np.flatnonzero(synthetic_labels == c))[: cfg.cas_per_class] for c in range(num_classes)
+            ]))
+        used = np.bincount(synthetic_labels[synthetic_indices], minlength=num_classes)
         return ExperimentPlan(
             spec,
             np.zeros(0, np.int64),
             synthetic_indices,
             dict.fromkeys(class_ids, 0),
-            {c: int(n) for c, n in zip(class_ids, synthetic_counts)},
+            {c: int(n) for c, n in zip(class_ids, used)},
         )
 
     real_indices = _select_real(spec, cfg, real_labels, real_counts, class_ids)
@@ -504,6 +519,8 @@ def experiment_setup(spec: ExperimentSpec, profile: Profile) -> dict[str, Any]:
     }
     if spec.regime == "few_shot":
         setup["few_shot_k"] = profile.experiments.few_shot_k
+    if spec.synthetic_only and profile.experiments.cas_per_class is not None:
+        setup["cas_per_class"] = profile.experiments.cas_per_class
     if spec.arm != FILTERED:
         setup["arm"] = spec.arm
     if spec.arm == TARGETED:  # its share-out follows from the real-only partner, whose setup is this one without the arm

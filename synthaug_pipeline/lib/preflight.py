@@ -121,10 +121,17 @@ def check_experiment_grid(profile: Profile, class_ids: Sequence[str], train_coun
                 f"experiment grid point {partnerless[0].key}: the targeted arm shares images out by the per-class validation "
                 f"error of {partnerless[0].real_only_partner.key}, which the grid does not train: add 0 to experiments.ratios"
             )
+    if cfg.synthetic_only and cfg.cas_per_class is not None:
+        capacity, setting = _pool_capacity(profile, "filtered")  # CAS trains on the filtered shards
+        if cfg.cas_per_class > capacity:
+            raise ProfileError(
+                f"experiments.cas_per_class {cfg.cas_per_class} is more than the {capacity} accepted images per class that "
+                f"{setting} allows: lower experiments.cas_per_class or raise {setting}"
+            )
     failures: list[str] = []
     for spec in grid:
         if spec.synthetic_only:
-            continue  # CAS needs one accepted image per class; generator.images_per_class >= 1 always allows it
+            continue  # CAS needs one accepted image per class (or cas_per_class, checked above against what is generated)
         problem = _grid_point_problem(
             spec.key, spec.regime, spec.ratio, counts, class_ids, cfg, *_pool_capacity(profile, spec.arm), pooled=spec.arm == "targeted"
         )

@@ -146,6 +146,25 @@ def test_cas_plan_uses_every_accepted_synthetic_image_and_no_real_one():
     assert plan.synthetic_per_class == {"a": 3, "b": 4}
 
 
+def test_cas_per_class_draws_that_many_per_class_seeded_and_refuses_a_short_class():
+    cfg = ExperimentsConfig(cas_per_class=3)
+    synthetic = _labels(6, 4)
+    plan = plan_experiment(parse_experiment_key("cas-s1"), cfg, _labels(5, 5), synthetic, CLASSES)
+    assert np.bincount(synthetic[plan.synthetic_indices]).tolist() == [3, 3] and len(plan.real_indices) == 0
+    assert plan.synthetic_per_class == {"a": 3, "b": 3} and np.all(np.diff(plan.synthetic_indices) > 0)
+    again = plan_experiment(parse_experiment_key("cas-s1"), cfg, _labels(5, 5), synthetic, CLASSES)
+    np.testing.assert_array_equal(again.synthetic_indices, plan.synthetic_indices)  # seeded
+    draws = {tuple(plan_experiment(parse_experiment_key(f"cas-s{seed}"), cfg, _labels(5, 5), synthetic, CLASSES).synthetic_indices)
+             for seed in range(6)}
+    assert len(draws) > 1  # another seed, another draw
+    with pytest.raises(ExperimentError, match=r"experiment cas-s0: class 'b' has 2 accepted synthetic images but experiments.cas_per_class is 3"):
+        plan_experiment(parse_experiment_key("cas-s0"), cfg, _labels(5, 5), _labels(6, 2), CLASSES)
+    profile, matched = load_profile("digits", []), load_profile("digits", ["experiments.cas_per_class=10"])
+    cas, few = parse_experiment_key("cas-s0"), parse_experiment_key("few_shot-r3-s0")
+    assert setup_fingerprint(cas, profile, ["aa"]) != setup_fingerprint(cas, matched, ["aa"])
+    assert setup_fingerprint(few, profile, ["aa"]) == setup_fingerprint(few, matched, ["aa"])  # only CAS runs read it
+
+
 def test_fingerprint_tracks_what_the_key_does_not_say():
     profile = load_profile("digits", [])
     few, cas, full = (parse_experiment_key(k) for k in ("few_shot-r0-s0", "cas-s0", "full-r1-s2"))
@@ -318,6 +337,14 @@ def test_packaged_profiles_default_grids_are_feasible():
             ["experiments.regimes=[full]", "experiments.ratios_by_regime={full: [0, 0.5]}"],
             r"grid point full-r0.5-s0: .*lower the ratio in experiments.ratios_by_regime.full",
         ),
+        (
+            ["experiments.synthetic_only=true", "experiments.cas_per_class=51"],
+            r"experiments.cas_per_class 51 is more than the 50 accepted images per class that generator.images_per_class allows",
+        ),
+        (
+            ["experiments.synthetic_only=true", "experiments.cas_per_class=40", "filter.top_k=30"],
+            r"experiments.cas_per_class 40 is more than the 30 accepted images per class that filter.top_k allows",
+        ),
     ],
 )
 def test_preflight_names_the_grid_point_class_and_fix(overrides, message):
@@ -331,8 +358,9 @@ def test_preflight_names_the_grid_point_class_and_fix(overrides, message):
 def test_preflight_passes_a_grid_that_just_fits_and_refuses_a_class_without_images():
     from synthaug_pipeline.lib.preflight import check_experiment_grid
 
-    fits = load_profile("digits", ["generator.images_per_class=10", "experiments.regimes=[few_shot]", "experiments.ratios=[0, 1]"])
-    check_experiment_grid(fits, ["0", "1"], [30, 12])  # ceil(1 x 10) = 10 of 10
+    fits = load_profile("digits", ["generator.images_per_class=10", "experiments.regimes=[few_shot]", "experiments.ratios=[0, 1]",
+                                   "experiments.synthetic_only=true", "experiments.cas_per_class=10"])
+    check_experiment_grid(fits, ["0", "1"], [30, 12])  # ceil(1 x 10) = 10 of 10, and CAS draws 10 of 10
     copies = load_profile("digits", ["generator.images_per_class=10", "experiments.ratios=[0, 50]", "experiments.arms=[photometric]"])
     check_experiment_grid(copies, ["0", "1"], [30, 12])  # photometric copies: no pool bounds the ratio
     with pytest.raises(ProfileError, match="few_shot-r50-s0: ratio 50 needs 500 accepted synthetic images"):
@@ -552,7 +580,7 @@ def test_targeted_plan_draws_the_filtered_total_nested_with_the_filtered_draw():
     targeted = plan_experiment(parse_experiment_key("few_shot-r3-s2-targeted"), cfg, labels, pool, CLASSES, class_errors=[0.5, 0.0])
     np.testing.assert_array_equal(targeted.real_indices, filtered.real_indices)
     assert filtered.synthetic_per_class == {"a": 12, "b": 12}
-    assert targeted.synthetic_per_class == {"a": 18, "b": 6}  # floor 0.5 (the default): 6 each evenly, 12 to the class it gets wrong
+    assert targeted.synthetic_per_class == {"a": 15, "b": 9}  # floor 0.75 (the default): 9 each evenly, 6 to the class it gets wrong
     assert not targeted.extra_from_real
     for c in (0, 1):  # the same seeded permutation per class: one draw is a prefix of the other
         small, large = sorted((set(filtered.synthetic_indices[pool[filtered.synthetic_indices] == c]),
