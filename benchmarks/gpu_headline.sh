@@ -38,7 +38,11 @@ fashion=/usr/share/datasets/fashion-mnist
 
 {
   date -u +"%Y-%m-%d %H:%M UTC"
-  echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (+ uncommitted changes)')"
+  if git rev-parse --short HEAD >/dev/null 2>&1; then  # the device tool sends the working tree, maybe without .git
+    echo "commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . 2>/dev/null || echo ' (+ uncommitted changes)')"
+  else
+    echo "commit: no .git here (record the commit the working tree was sent from)"
+  fi
   python3 -c "import torch, platform; print('python', platform.python_version(), 'torch', torch.__version__, 'cuda', torch.version.cuda); print('device:', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu only'); import os; print('cpus', os.cpu_count())"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
 } | tee "$OUT/machine.txt"
