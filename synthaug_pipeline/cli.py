@@ -147,7 +147,12 @@ def _run(args: argparse.Namespace) -> int:
         return _fail(str(exc), code=1)
     with instance:
         try:
-            result = run_pipeline(args.profile, args.overrides, instance, classes=args.classes, resume=args.reuse)
+            grid_runs = 0
+            if profile.experiments.in_run and not args.classes:  # the grid follows the pipeline: the estimate counts it
+                from synthaug_pipeline.experiment_runs import new_grid_points
+
+                grid_runs = new_grid_points(instance, profile)
+            result = run_pipeline(args.profile, args.overrides, instance, classes=args.classes, resume=args.reuse, grid_runs=grid_runs)
         except (PipelineError, ProfileError) as exc:
             return _fail(str(exc), code=1)
     grid = None

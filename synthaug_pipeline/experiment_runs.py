@@ -61,6 +61,13 @@ def check_grid_before_training(profile: Profile) -> None:
     check_experiment_grid(profile, dataset.class_ids, counts)
 
 
+def new_grid_points(instance: dg.DagsterInstance, profile: Profile) -> int:
+    """Grid points never materialized on ``instance``: the runs the time estimate can count on (a point with an
+    older materialization may be reused or retrained; that is only known once its shards are)."""
+    keys = experiment_keys(profile.experiments)
+    return len(keys) - len(latest_materializations(instance, "experiment_run", keys))
+
+
 def grid_uses_generated_images(profile: Profile) -> bool:
     """Whether a point of the grid trains on the pipeline's shards (filtered, unfiltered or CAS): if none does, the judge,
     the generator and the shards are not needed."""
@@ -87,7 +94,9 @@ def run_experiment_grid(
     if not pipeline_done:
         if grid_uses_generated_images(profile):
             echo("experiments: the pipeline up to the shards (reused where its settings and code are unchanged)")
-            run_pipeline(profile_name, overrides, instance, echo=echo, resume=resume, until="synthetic")
+            run_pipeline(
+                profile_name, overrides, instance, echo=echo, resume=resume, until="synthetic", grid_runs=new_grid_points(instance, profile)
+            )
         else:  # real-only, retrieval and photometric points (and control, with its own generators) read no shard
             echo("experiments: no grid point reads generated images (arms: real only, retrieval, photometric, control): the real images only")
             run_pipeline(profile_name, overrides, instance, echo=echo, resume=resume, until="real images")

@@ -136,6 +136,7 @@ def run_pipeline(
     classes: list[str] | None = None,
     resume: bool = True,
     until: str | None = None,
+    grid_runs: int = 0,
 ) -> PipelineResult:
     """Materialize every stage for every class (or ``classes``) and return the evaluation.
 
@@ -143,7 +144,8 @@ def run_pipeline(
     the generator and the classifiers all cover exactly those classes. With ``resume`` (the default),
     materializations left by an earlier run with the same settings and code are reused (:mod:`synthaug_pipeline.reuse`).
     ``until`` names the last stage to run (``synthaug experiment`` stops after "synthetic")
-    and the terminal says which. Runs of this instance whose process died are marked failed and their pool
+    and the terminal says which. ``grid_runs``: experiment grid points the caller trains after the pipeline
+    (counted in the printed time estimate). Runs of this instance whose process died are marked failed and their pool
     slots freed first, so they cannot block this one.
     """
     overrides = with_classes(profile_name, overrides, classes)
@@ -205,7 +207,7 @@ def run_pipeline(
     stage_pool = None if embedded else StagePool(instance, parallel)
     batch = class_batch_size(execution, len(classes))
     try:
-        _run_stages(classes, stages_of(defs), _StageRunner(materialize, planner, echo, batch, parallel), outcome, echo, until)
+        _run_stages(classes, stages_of(defs), _StageRunner(materialize, planner, echo, batch, parallel), outcome, echo, until, grid_runs)
     finally:
         set_progress_listener(None)
         if stage_pool is not None:
@@ -324,7 +326,8 @@ def with_classes(profile_name: str | None, overrides: list[str], classes: list[s
 
 
 def _run_stages(
-    classes, stages, runner: _StageRunner, outcome: PipelineResult, echo: Callable[[str], None], until: str | None = None
+    classes, stages, runner: _StageRunner, outcome: PipelineResult, echo: Callable[[str], None], until: str | None = None,
+    grid_runs: int = 0,
 ) -> None:
     profile = outcome.profile
     stages = stages[: [s.name for s in stages].index(until) + 1] if until else stages
@@ -335,7 +338,8 @@ def _run_stages(
         )
         if stage.name == "models":
             try:
-                echo(f"      {_estimate(profile, outcome.catalog, classes, runner).describe()}")
+                trains_classifiers = "classifiers" in [later.name for later in stages]
+                echo(f"      {_estimate(profile, outcome.catalog, classes, runner, trains_classifiers, grid_runs).describe()}")
             except Exception as exc:  # noqa: BLE001 - the estimate is advice: the stage itself reports a real failure
                 echo(f"      estimate: not available ({type(exc).__name__}: {exc})")
         started = time.perf_counter()
@@ -369,8 +373,11 @@ def _run_stages(
         echo(f"      done in {outcome.seconds[stage.name]:.1f}s")
 
 
-def _estimate(profile: Profile, catalog: dict, classes: list[str], runner: _StageRunner) -> RunEstimate:
-    """Time a few steps of each model this run will still train, on this machine (see lib.estimate)."""
+def _estimate(
+    profile: Profile, catalog: dict, classes: list[str], runner: _StageRunner, trains_classifiers: bool, grid_runs: int
+) -> RunEstimate:
+    """Time a few steps of each model this run will still train, on this machine (see lib.estimate); ``grid_runs``
+    experiment grid points follow the pipeline."""
     return estimate_run(
         profile,
         len(classes),
@@ -379,7 +386,8 @@ def _estimate(profile: Profile, catalog: dict, classes: list[str], runner: _Stag
         generator=runner.will_redo("generator"),
         judge=runner.will_redo("judge"),
         sample_classes=sum(runner.will_redo("synthetic_images", c) for c in classes),
-        classifiers=runner.will_redo("classifier_baseline") or runner.will_redo("classifier_augmented"),
+        classifiers=trains_classifiers and (runner.will_redo("classifier_baseline") or runner.will_redo("classifier_augmented")),
+        experiment_runs=grid_runs,
     )
 
 

@@ -1,6 +1,7 @@
 """The command line: bad input is one clear line, exit 2 and nothing written; a tiny `run` end to end."""
 
 import json
+import re
 
 import dagster as dg
 import pytest
@@ -111,6 +112,9 @@ def test_experiment_prints_each_arms_gain_and_the_filtered_arm_against_the_other
         argv += ["--set", item]
     assert main(argv) == 0
     out = capsys.readouterr().out
+    # the time estimate counts the six grid runs still to train, and no full-data classifiers (this command trains none)
+    estimate_line = next(line for line in out.splitlines() if "estimate: ~" in line)
+    assert re.search(r"experiments 6 x \d+ steps ~", estimate_line) and "classifiers" not in estimate_line
     assert "few_shot-r1 (real + filtered synthetic) vs real only, 2 seeds: top-1" in out
     assert "few_shot-r1-photometric (real + photometric copies of it (augmentation control)) vs real only, 2 seeds" in out
     assert "few_shot-r1 filtered minus photometric (few_shot-r1-photometric), 2 seeds: top-1" in out

@@ -2,8 +2,9 @@
 
 The generator, the judge and the classifiers train for a fixed number of steps, and sampling costs a
 fixed amount per image, so a handful of real steps on images of the run's shape, scaled by the
-profile's step and image counts, predicts the expensive stages well. Scoring, evaluation and Dagster's
-own overhead are not included (seconds on the small profiles).
+profile's step and image counts, predicts the expensive stages well; the experiment grid that follows the
+pipeline (``synthaug run`` with ``experiments.in_run``, ``synthaug experiment``) is priced at the classifier's
+step. Scoring, evaluation and Dagster's own overhead are not included (seconds on the small profiles).
 """
 
 from __future__ import annotations
@@ -66,14 +67,19 @@ def estimate_run(
     judge: bool = True,
     sample_classes: int | None = None,
     classifiers: bool = True,
+    experiment_runs: int = 0,
 ) -> RunEstimate:
-    """Time ``TIMED_STEPS`` steps of every model the run will train (the flags drop what is reused) and scale them."""
+    """Time ``TIMED_STEPS`` steps of every model the run will train (the flags drop what is reused) and scale them.
+
+    ``experiment_runs``: grid points (``experiments.*``) trained after the pipeline, each a classifier of
+    ``profile.classifier``'s steps (a control arm's own generator is not included).
+    """
     with suspended():
-        estimate = _estimate(profile, num_classes, image_shape, device, generator, judge, sample_classes, classifiers)
+        estimate = _estimate(profile, num_classes, image_shape, device, generator, judge, sample_classes, classifiers, experiment_runs)
     return estimate
 
 
-def _estimate(profile, num_classes, image_shape, device, generator, judge, sample_classes, classifiers) -> RunEstimate:
+def _estimate(profile, num_classes, image_shape, device, generator, judge, sample_classes, classifiers, experiment_runs) -> RunEstimate:
     from synthaug_pipeline.lib.classifier import train_classifier
     from synthaug_pipeline.lib.diffusion import train_generator
     from synthaug_pipeline.lib.diffusion_sampling import sample_images
@@ -101,16 +107,18 @@ def _estimate(profile, num_classes, image_shape, device, generator, judge, sampl
             per_image = (time.perf_counter() - begin) / count
             total_images = gen.images_per_class * sample_classes
             estimate.parts["sampling"] = (f"{total_images} images", per_image * total_images)
-    for name, cfg, runs, wanted in (
-        ("judge", profile.judge, 1, judge and num_classes >= 2 and not profile.judge.pretrained),  # a pretrained judge is not trained
-        ("classifiers", profile.classifier, 2, classifiers and num_classes >= 2),
+    for names, cfg, runs in (
+        (("judge",), profile.judge, (1 if judge and num_classes >= 2 and not profile.judge.pretrained else 0,)),  # a pretrained judge is not trained
+        (("classifiers", "experiments"), profile.classifier, (2 if classifiers and num_classes >= 2 else 0, experiment_runs if num_classes >= 2 else 0)),
     ):
-        if wanted:
+        if any(runs):
             images, labels = _fake_images(max(num_classes, 2 * cfg.batch_size), tuple(image_shape), num_classes, rng)
             per_step, _ = _per_step(
                 lambda steps: train_classifier(images, labels, num_classes, cfg.model_copy(update={"steps": steps, "early_stopping_every": None}), device=device)
             )
-            what = f"{cfg.steps} steps" if runs == 1 else f"{runs} x {cfg.steps} steps"
-            estimate.parts[name] = (what, per_step * cfg.steps * runs)
+            for name, count in zip(names, runs):
+                if count:
+                    what = f"{cfg.steps} steps" if name == "judge" else f"{count} x {cfg.steps} steps"
+                    estimate.parts[name] = (what, per_step * cfg.steps * count)
     estimate.measured_in = time.perf_counter() - started
     return estimate

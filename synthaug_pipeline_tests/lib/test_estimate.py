@@ -51,3 +51,14 @@ def test_estimate_run_times_every_part_it_will_run():
     assert "estimate: ~" in result.describe() and result.measured_in > 0
     reused = estimate.estimate_run(profile, 10, (8, 8, 1), generator=False, judge=False, sample_classes=0, classifiers=False)
     assert reused.parts == {} and reused.describe() == "estimate: nothing left to train or sample"
+
+
+def test_estimate_counts_the_experiment_grid_at_the_classifiers_cost_per_step():
+    profile = load_profile("digits", ["classifier.batch_size=16", "classifier.steps=200"])
+    grid_only = estimate.estimate_run(profile, 10, (8, 8, 1), generator=False, judge=False, sample_classes=0, classifiers=False, experiment_runs=6)
+    assert set(grid_only.parts) == {"experiments"} and grid_only.parts["experiments"][0] == "6 x 200 steps"
+    both = estimate.estimate_run(profile, 10, (8, 8, 1), generator=False, judge=False, sample_classes=0, classifiers=True, experiment_runs=3)
+    assert both.parts["classifiers"][0] == "2 x 200 steps" and both.parts["experiments"][0] == "3 x 200 steps"
+    # one timing of the classifier's step prices both parts: 3 grid runs cost 1.5x the 2 classifiers
+    assert both.parts["experiments"][1] == pytest.approx(1.5 * both.parts["classifiers"][1])
+    assert "experiments 3 x 200 steps ~" in both.describe()
