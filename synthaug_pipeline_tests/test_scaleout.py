@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 
 import dagster as dg
 import pytest
@@ -28,6 +27,7 @@ from synthaug_pipeline_tests.services import (
     S3_BUCKET,
     S3_SECRET,
     SEAWEEDFS_SERVERS,
+    _wait,
     celery_workers,
     free_ports,
     postgres,
@@ -272,16 +272,16 @@ def test_endpoint_down_between_shard_and_manifest_keeps_the_current_shard(tmp_pa
         # until then a GET of an old object is InternalError (seen under load). Wait for that warm-up, not for the shard
         # to appear: the bytes were acknowledged before the outage, so a read that never succeeds still fails the test.
         fs, _ = output_filesystem(load_profile("digits", [f"output.url={base}", f"output.endpoint_url={endpoint}", "output.region=us-east-1"]))
-        deadline = time.monotonic() + 60
-        while True:
+
+        def old_shard_served() -> bool:
             try:
                 fs.invalidate_cache()
                 fs.cat_file(old.uri)
-                break
             except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
+                return False
+            return True
+
+        _wait(old_shard_served, SEAWEEDFS_SERVERS[endpoint], "the restarted SeaweedFS serving its old volumes", folder / "weed.log")
         current = shards.current_class_shard(base, "3")
         assert current is not None and current.endswith(old.uri.rsplit("/", 1)[1])
         assert shards.list_class_shards(base, "3") == [current]

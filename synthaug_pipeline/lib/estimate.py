@@ -107,18 +107,21 @@ def _estimate(profile, num_classes, image_shape, device, generator, judge, sampl
             per_image = (time.perf_counter() - begin) / count
             total_images = gen.images_per_class * sample_classes
             estimate.parts["sampling"] = (f"{total_images} images", per_image * total_images)
-    for names, cfg, runs in (
-        (("judge",), profile.judge, (1 if judge and num_classes >= 2 and not profile.judge.pretrained else 0,)),  # a pretrained judge is not trained
-        (("classifiers", "experiments"), profile.classifier, (2 if classifiers and num_classes >= 2 else 0, experiment_runs if num_classes >= 2 else 0)),
-    ):
-        if any(runs):
-            images, labels = _fake_images(max(num_classes, 2 * cfg.batch_size), tuple(image_shape), num_classes, rng)
-            per_step, _ = _per_step(
-                lambda steps: train_classifier(images, labels, num_classes, cfg.model_copy(update={"steps": steps, "early_stopping_every": None}), device=device)
-            )
-            for name, count in zip(names, runs):
-                if count:
-                    what = f"{cfg.steps} steps" if name == "judge" else f"{count} x {cfg.steps} steps"
-                    estimate.parts[name] = (what, per_step * cfg.steps * count)
+
+    def classifier_step(cfg) -> float:  # the judge and every classifier train with lib.classifier
+        images, labels = _fake_images(max(num_classes, 2 * cfg.batch_size), tuple(image_shape), num_classes, rng)
+        per_step, _ = _per_step(
+            lambda steps: train_classifier(images, labels, num_classes, cfg.model_copy(update={"steps": steps, "early_stopping_every": None}), device=device)
+        )
+        return per_step
+
+    if num_classes >= 2:  # one class trains no judge and no classifier
+        if judge and not profile.judge.pretrained:  # a pretrained judge is not trained
+            estimate.parts["judge"] = (f"{profile.judge.steps} steps", classifier_step(profile.judge) * profile.judge.steps)
+        runs = {"classifiers": 2 if classifiers else 0, "experiments": experiment_runs}  # one timed step prices both
+        if any(runs.values()):
+            steps = profile.classifier.steps
+            seconds = classifier_step(profile.classifier) * steps
+            estimate.parts.update({name: (f"{count} x {steps} steps", seconds * count) for name, count in runs.items() if count})
     estimate.measured_in = time.perf_counter() - started
     return estimate
